@@ -1,0 +1,105 @@
+"""The audit log's write side: capture an object's fields, diff, and record one row.
+
+Called by services inside their transaction, so a change and its audit row commit together.
+Fields a model lists in ``audit_exclude`` (hashes, tokens) never reach the log.
+"""
+
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+
+from core.middleware import request_id_var
+from core.tenancy import Caller
+
+from .models import AuditEntry, Customer
+
+FieldValues = dict[str, Any]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe form of a field value."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, list | dict | str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def snapshot(obj: models.Model) -> FieldValues:
+    """The audited field values of ``obj`` (foreign keys by id)."""
+    excluded = getattr(obj, "audit_exclude", frozenset())
+    values: FieldValues = {}
+    for field in obj._meta.concrete_fields:
+        if field.name in excluded or field.name in ("created_at", "updated_at"):
+            continue
+        values[field.name] = _plain(getattr(obj, field.attname))
+    return values
+
+
+def _customer_of(obj: models.Model) -> Customer | None:
+    if isinstance(obj, Customer):
+        return obj
+    lookup = getattr(obj, "tenant_lookup", None)
+    if not lookup:
+        return None
+    target: Any = obj
+    for part in lookup.split("__"):
+        target = getattr(target, part, None)
+        if target is None:
+            return None
+    return target if isinstance(target, Customer) else None
+
+
+def build(
+    *,
+    actor: Caller,
+    obj: models.Model,
+    action: str,
+    before: FieldValues | None = None,
+    note: str = "",
+) -> AuditEntry | None:
+    """The unsaved audit row for ``action`` on ``obj`` (for bulk writes); see :func:`record`."""
+    after = {} if action == "delete" else snapshot(obj)
+    before = before or {}
+    changes = {
+        name: [before.get(name), after.get(name)]
+        for name in sorted(before.keys() | after.keys())
+        if before.get(name) != after.get(name)
+    }
+    if action == "update" and not changes and not note:
+        return None
+    return AuditEntry(
+        actor=actor.user if actor.user is not None and actor.user.pk else None,
+        api_key=actor.api_key,
+        customer=_customer_of(obj),
+        content_type=ContentType.objects.get_for_model(obj, for_concrete_model=True),
+        object_id=str(obj.pk if obj.pk is not None else before.get("id", "")),
+        object_repr=str(obj)[:200],
+        action=action,
+        changes=changes,
+        request_id=request_id_var.get(),
+        note=note[:500],
+    )
+
+
+def record(
+    *,
+    actor: Caller,
+    obj: models.Model,
+    action: str,
+    before: FieldValues | None = None,
+    note: str = "",
+) -> AuditEntry | None:
+    """Write the audit row for ``action`` on ``obj``.
+
+    ``before`` is the snapshot taken before an update or delete. An update that changed no
+    audited field writes nothing and returns None.
+    """
+    entry = build(actor=actor, obj=obj, action=action, before=before, note=note)
+    if entry is not None:
+        entry.save()
+    return entry

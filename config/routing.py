@@ -1,0 +1,3 @@
+"""WebSocket URL map; each app's consumers are listed here."""
+
+websocket_urlpatterns: list = []

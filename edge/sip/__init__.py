@@ -1,0 +1,143 @@
+"""Trunkline's sans-IO SIP library: bytes and `now` in, objects, events and bytes out.
+
+Nothing in this package does I/O, reads a clock, starts a thread or imports Django;
+`edge/runtime/` moves the bytes. See README.md for the module map.
+"""
+
+from edge.sip.errors import LocalProtocolError, RemoteProtocolError, SipError
+from edge.sip.message import (
+    BRANCH_MAGIC_COOKIE,
+    REASON_PHRASES,
+    SIP_VERSION,
+    Headers,
+    Message,
+    Request,
+    Response,
+    Via,
+    make_request,
+    make_response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_via,
+    validate_for_proxy,
+)
+from edge.sip.parser import DEFAULT_MAX_SIZE, StreamParser, parse_message
+from edge.sip.sdp import Codec, MediaDescription, SessionDescription
+from edge.sip.uri import (
+    AbsoluteUri,
+    NameAddr,
+    Parameters,
+    SipUri,
+    parse_header_params,
+    parse_name_addr,
+    parse_uri,
+)
+
+# --- digest, transaction and dialog exports: imports go below this line -------------------
+from edge.sip.dialog import AnswerRetransmitter, Dialog, DialogId, DialogState
+from edge.sip.digest import (
+    DigestChallenge,
+    DigestCredentials,
+    DigestOutcome,
+    DigestResult,
+    DigestServer,
+    answer_challenge,
+    ha1,
+    parse_authorization,
+    parse_challenge,
+    select_challenge,
+)
+from edge.sip.timers import Timer, TimerConfig, TimerQueue
+from edge.sip.transaction import (
+    Address,
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ClientTransaction,
+    DeliverToTU,
+    SendMessage,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    ServerTransaction,
+    Terminated,
+    Timeout,
+    Transaction,
+    TransactionEvent,
+    TransactionInput,
+    TransactionLayer,
+    TransactionState,
+    TransportError,
+    make_cancel,
+)
+# --- end of digest, transaction and dialog imports ------------------------------------------
+
+__all__ = [
+    "BRANCH_MAGIC_COOKIE",
+    "DEFAULT_MAX_SIZE",
+    "REASON_PHRASES",
+    "SIP_VERSION",
+    "AbsoluteUri",
+    "Codec",
+    "Headers",
+    "LocalProtocolError",
+    "MediaDescription",
+    "Message",
+    "NameAddr",
+    "Parameters",
+    "RemoteProtocolError",
+    "Request",
+    "Response",
+    "SessionDescription",
+    "SipError",
+    "SipUri",
+    "StreamParser",
+    "Via",
+    "make_request",
+    "make_response",
+    "new_branch",
+    "new_call_id",
+    "new_tag",
+    "parse_header_params",
+    "parse_message",
+    "parse_name_addr",
+    "parse_uri",
+    "parse_via",
+    "validate_for_proxy",
+    # --- digest, transaction and dialog names go below this line ---
+    "Address",
+    "AnswerRetransmitter",
+    "ClientInviteTransaction",
+    "ClientNonInviteTransaction",
+    "ClientTransaction",
+    "DeliverToTU",
+    "Dialog",
+    "DialogId",
+    "DialogState",
+    "DigestChallenge",
+    "DigestCredentials",
+    "DigestOutcome",
+    "DigestResult",
+    "DigestServer",
+    "SendMessage",
+    "ServerInviteTransaction",
+    "ServerNonInviteTransaction",
+    "ServerTransaction",
+    "Terminated",
+    "Timeout",
+    "Timer",
+    "TimerConfig",
+    "TimerQueue",
+    "Transaction",
+    "TransactionEvent",
+    "TransactionInput",
+    "TransactionLayer",
+    "TransactionState",
+    "TransportError",
+    "answer_challenge",
+    "ha1",
+    "make_cancel",
+    "parse_authorization",
+    "parse_challenge",
+    "select_challenge",
+    # --- end of digest, transaction and dialog names ---
+]

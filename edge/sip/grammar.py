@@ -1,0 +1,99 @@
+"""Character classes and lexical helpers of the SIP grammar (RFC 3261 section 25.1).
+
+Shared by the URI, message and SDP readers so that every module agrees on what a token, a
+quoted string and a comma-separated list are. Pure string functions: no I/O, no state.
+"""
+
+from __future__ import annotations
+
+import string
+
+from edge.sip.errors import RemoteProtocolError
+
+__all__ = [
+    "ALPHANUMERIC",
+    "HEX_DIGITS",
+    "TOKEN_CHARS",
+    "UNRESERVED",
+    "is_token",
+    "quote_string",
+    "read_quoted_string",
+    "split_unquoted",
+]
+
+ALPHANUMERIC = frozenset(string.ascii_letters + string.digits)
+HEX_DIGITS = frozenset(string.hexdigits)
+TOKEN_CHARS = ALPHANUMERIC | frozenset("-.!%*_+`'~")
+UNRESERVED = ALPHANUMERIC | frozenset("-_.!~*'()")
+
+# Backslash, double quote and line ends are the only characters a quoted string must escape;
+# CR and LF cannot be escaped at all (quoted-pair excludes them).
+_UNESCAPABLE = frozenset("\r\n")
+
+
+def is_token(text: str) -> bool:
+    """True if `text` is a non-empty RFC 3261 token."""
+    return bool(text) and TOKEN_CHARS.issuperset(text)
+
+
+def read_quoted_string(text: str, start: int) -> tuple[str, int]:
+    """Read the quoted string whose opening quote is at `text[start]`.
+
+    Returns the unescaped content and the index just past the closing quote.
+    """
+    closing = text.find('"', start + 1)
+    if closing >= 0:
+        content_text = text[start + 1 : closing]
+        # Without backslashes the content is exactly the text between the quotes.
+        if "\\" not in content_text:
+            return content_text, closing + 1
+    content: list[str] = []
+    position = start + 1
+    end = len(text)
+    while position < end:
+        char = text[position]
+        if char == '"':
+            return "".join(content), position + 1
+        if char == "\\":
+            position += 1
+            if position == end or text[position] in _UNESCAPABLE:
+                break
+            char = text[position]
+        content.append(char)
+        position += 1
+    raise RemoteProtocolError("Unterminated quoted string")
+
+
+def quote_string(text: str) -> str:
+    """Quote `text` as an RFC 3261 quoted-string, escaping backslashes and quotes."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_unquoted(text: str, separator: str) -> list[str]:
+    """Split `text` on `separator` where it is outside quoted strings and <...>.
+
+    The pieces are returned unstripped; an unterminated quote or bracket is the peer's error.
+    """
+    if '"' not in text and "<" not in text:
+        return text.split(separator)
+    pieces: list[str] = []
+    piece_start = 0
+    position = 0
+    end = len(text)
+    while position < end:
+        char = text[position]
+        if char == '"':
+            position = read_quoted_string(text, position)[1]
+            continue
+        if char == "<":
+            closing = text.find(">", position)
+            if closing < 0:
+                raise RemoteProtocolError("Unterminated <")
+            position = closing + 1
+            continue
+        if char == separator:
+            pieces.append(text[piece_start:position])
+            piece_start = position + 1
+        position += 1
+    pieces.append(text[piece_start:])
+    return pieces

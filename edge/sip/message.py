@@ -1,0 +1,915 @@
+"""SIP requests and responses: headers kept raw, typed accessors parsed lazily, builders.
+
+The edge reads a handful of headers per message and forwards the rest untouched, so a parsed
+message keeps each header line as received and its original bytes: an unmodified message
+serialises back byte for byte, and a modified one reuses the raw text of every header it did
+not change. Typed accessors (`call_id`, `cseq`, `vias`...) parse on first use and are cached
+until the headers change. Malformed peer input raises `RemoteProtocolError`; this module does
+no I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from edge.sip.errors import LocalProtocolError, RemoteProtocolError
+from edge.sip.grammar import is_token, split_unquoted
+from edge.sip.uri import (
+    NameAddr,
+    Parameters,
+    SipUri,
+    parse_header_params,
+    parse_host_port,
+    parse_name_addr,
+    parse_uri,
+)
+
+__all__ = [
+    "BRANCH_MAGIC_COOKIE",
+    "REASON_PHRASES",
+    "SIP_VERSION",
+    "Headers",
+    "Message",
+    "Request",
+    "Response",
+    "Via",
+    "make_request",
+    "make_response",
+    "new_branch",
+    "new_call_id",
+    "new_tag",
+    "parse_via",
+    "validate_for_proxy",
+]
+
+SIP_VERSION = "SIP/2.0"
+BRANCH_MAGIC_COOKIE = "z9hG4bK"
+
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    199: "Early Dialog Terminated",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    417: "Unknown Resource-Priority",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    423: "Interval Too Brief",
+    428: "Use Identity Header",
+    429: "Provide Referrer Identity",
+    433: "Anonymity Disallowed",
+    436: "Bad Identity-Info",
+    437: "Unsupported Certificate",
+    438: "Invalid Identity Header",
+    439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded",
+    469: "Bad Info Package",
+    470: "Consent Needed",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    494: "Security Agreement Required",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    555: "Push Notification Service Not Supported",
+    580: "Precondition Failure",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+    607: "Unwanted",
+    608: "Rejected",
+}
+
+_COMPACT_FORMS = {
+    "b": "referred-by",
+    "c": "content-type",
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "o": "event",
+    "r": "refer-to",
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",
+    "v": "via",
+    "x": "session-expires",
+}
+
+# RFC 3261 21: what a response of an unknown code means is its class.
+_CLASS_REASON_PHRASES = {
+    1: "Provisional",
+    2: "Successful",
+    3: "Redirection",
+    4: "Request Failure",
+    5: "Server Failure",
+    6: "Global Failure",
+}
+
+# Headers whose grammar is a comma-separated list, so several values may share one line.
+_LIST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow",
+        "allow-events",
+        "contact",
+        "content-encoding",
+        "path",
+        "proxy-require",
+        "record-route",
+        "require",
+        "route",
+        "service-route",
+        "supported",
+        "unsupported",
+        "via",
+    }
+)
+
+# RFC 3261 8.1.1: a request without these cannot be answered or routed.
+_MANDATORY_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_SINGLE_VALUED_HEADERS = (
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Length",
+    "Content-Type",
+)
+# Accessors validate_for_proxy reads: each parses and checks the header it serves.
+_PROXY_ACCESSORS = (
+    "vias",
+    "from_",
+    "to",
+    "call_id",
+    "cseq",
+    "max_forwards",
+    "contact",
+    "routes",
+    "record_routes",
+)
+# RFC 3261 8.2.6.2: what a response copies from its request; 100 Trying also echoes Timestamp.
+_RESPONSE_COPIED_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
+_TRYING_COPIED_HEADERS = _RESPONSE_COPIED_HEADERS | {"timestamp"}
+
+# Spelling of the headers behind Message accessors, for error reasons.
+_ACCESSOR_HEADER_NAMES = {
+    "call-id": "Call-ID",
+    "contact": "Contact",
+    "content-type": "Content-Type",
+    "cseq": "CSeq",
+    "from": "From",
+    "max-forwards": "Max-Forwards",
+    "record-route": "Record-Route",
+    "route": "Route",
+    "to": "To",
+    "via": "Via",
+}
+
+_MAX_CSEQ = 2**32 - 1
+_MAX_FORWARDS_LIMIT = 255
+_LINE_BREAKS = frozenset("\r\n")
+
+T = TypeVar("T")
+# One header line: (lookup key, name as written, unfolded value, line as received or None).
+_Field = tuple[str, str, str, str | None]
+_UNPARSED = object()
+
+
+def _header_key(name: str) -> str:
+    key = name.lower()
+    return _COMPACT_FORMS.get(key, key)
+
+
+# Headers seen in most messages. Their usual spellings map straight to a lookup key, which
+# spares the parser the name check and case folding on almost every line.
+_COMMON_HEADERS = (
+    "Accept",
+    "Allow",
+    "Allow-Events",
+    "Authorization",
+    "Call-ID",
+    "Contact",
+    "Content-Disposition",
+    "Content-Length",
+    "Content-Type",
+    "CSeq",
+    "Date",
+    "Event",
+    "Expires",
+    "From",
+    "Max-Forwards",
+    "Min-SE",
+    "P-Asserted-Identity",
+    "P-Preferred-Identity",
+    "Privacy",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "RAck",
+    "Reason",
+    "Record-Route",
+    "Require",
+    "Route",
+    "RSeq",
+    "Server",
+    "Session-Expires",
+    "Supported",
+    "Timestamp",
+    "To",
+    "User-Agent",
+    "Via",
+    "WWW-Authenticate",
+)
+_KEY_BY_SPELLING = {
+    spelling: _header_key(spelling)
+    for name in (*_COMMON_HEADERS, *_COMPACT_FORMS)
+    for spelling in (name, name.lower(), name.upper())
+}
+
+
+def _checked_field(name: str, value: str) -> _Field:
+    if not is_token(name) or not _LINE_BREAKS.isdisjoint(value):
+        raise LocalProtocolError(f"Invalid header {name!r}: {value!r}")
+    return (_header_key(name), name, value, None)
+
+
+class Headers:
+    """Ordered header lines with case-insensitive, compact-form-aware lookup.
+
+    Lines read from the wire keep their original text and are written back unchanged unless
+    they are replaced or removed. Values of list headers (Via, Contact, Route...) are split on
+    commas by `get_all`, respecting quotes and <...>.
+    """
+
+    __slots__ = ("_fields", "_index", "_parsed", "_version")
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: list[_Field] = [_checked_field(name, value) for name, value in fields]
+        self._index: dict[str, list[str]] | None = None
+        # Typed values parsed by Message accessors, dropped whenever a header changes.
+        self._parsed: dict[str, object] = {}
+        self._version = 0
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str]) -> Headers:
+        """Read header lines as received (no CRLF), unfolding continuation lines."""
+        fields: list[_Field] = []
+        append = fields.append
+        common_key = _KEY_BY_SPELLING.get
+        for line in lines:
+            name, colon, value = line.partition(":")
+            key = common_key(name)
+            if key is None or not colon:
+                # Not a usual spelling of a common header: a folded line, space before the
+                # colon, an extension header or garbage.
+                if line[:1] in (" ", "\t"):
+                    if not fields:
+                        raise RemoteProtocolError("Continuation line before the first header")
+                    key, name, value, raw = fields[-1]
+                    fields[-1] = (key, name, f"{value} {line.strip()}".lstrip(), f"{raw}\r\n{line}")
+                    continue
+                name = name.rstrip()
+                if not colon or not is_token(name):
+                    raise RemoteProtocolError("Malformed header line")
+                key = _header_key(name)
+            append((key, name, value.strip(), line))
+        headers = cls()
+        headers._fields = fields
+        return headers
+
+    def _changed(self) -> None:
+        self._index = None
+        self._parsed.clear()
+        self._version += 1
+
+    def _build_index(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for key, _, value, _ in self._fields:
+            values = index.get(key)
+            if values is None:
+                index[key] = [value]
+            else:
+                values.append(value)
+        self._index = index
+        return index
+
+    def _values(self, key: str) -> list[str]:
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        return index.get(key, [])
+
+    def get(self, name: str) -> str | None:
+        """The value of the first `name` line, or None."""
+        values = self._values(_header_key(name))
+        return values[0] if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of `name`; list headers are split into their comma-separated elements."""
+        return list(self._elements(_header_key(name)))
+
+    def _elements(self, key: str) -> list[str]:
+        """get_all for a lookup key; the list may be internal: callers must not change it."""
+        # _values inlined: this runs once per typed accessor on every message.
+        index = self._index
+        if index is None:
+            index = self._build_index()
+        values = index.get(key, [])
+        if key not in _LIST_HEADERS:
+            return values
+        elements: list[str] = []
+        for value in values:
+            if "," in value:
+                elements.extend(e.strip() for e in split_unquoted(value, ",") if e.strip())
+            elif value:
+                elements.append(value)
+        return elements
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every `name` line by one line, where the first of them was (or at the end)."""
+        new_field = _checked_field(name, value)
+        key = new_field[0]
+        position = next(
+            (i for i, existing in enumerate(self._fields) if existing[0] == key),
+            None,
+        )
+        kept = [existing for existing in self._fields if existing[0] != key]
+        kept.insert(len(kept) if position is None else position, new_field)
+        self._fields = kept
+        self._changed()
+
+    def add(self, name: str, value: str, *, first: bool = False) -> None:
+        """Append a `name` line, or with `first` insert it before the other `name` lines."""
+        new_field = _checked_field(name, value)
+        if first:
+            key = new_field[0]
+            position = next((i for i, f in enumerate(self._fields) if f[0] == key), 0)
+            self._fields.insert(position, new_field)
+        else:
+            self._fields.append(new_field)
+        self._changed()
+
+    def remove(self, name: str) -> None:
+        """Remove every `name` line."""
+        key = _header_key(name)
+        self._fields = [existing for existing in self._fields if existing[0] != key]
+        self._changed()
+
+    def remove_first(self, name: str) -> str | None:
+        """Remove and return the first value of `name` (one element of a list header)."""
+        key = _header_key(name)
+        for position, (field_key, field_name, value, _) in enumerate(self._fields):
+            if field_key != key:
+                continue
+            elements = split_unquoted(value, ",") if key in _LIST_HEADERS else [value]
+            rest = ",".join(elements[1:]).strip()
+            if rest:
+                self._fields[position] = (key, field_name, rest, None)
+            else:
+                del self._fields[position]
+            self._changed()
+            return elements[0].strip()
+        return None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self._values(_header_key(name)))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((name, value) for _, name, value, _ in self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+    def _wire_lines(self, content_length: int) -> Iterator[str]:
+        """Header lines to send, with one Content-Length line that matches the body."""
+        length_text = str(content_length)
+        length_written = False
+        for key, name, value, raw in self._fields:
+            if key == "content-length":
+                if length_written:
+                    continue
+                length_written = True
+                if value != length_text:
+                    yield f"{name}: {length_text}"
+                    continue
+            yield f"{name}: {value}" if raw is None else raw
+        if not length_written:
+            yield f"Content-Length: {length_text}"
+
+
+@dataclass(slots=True, eq=False)
+class Via:
+    """One Via value: `SIP/2.0/<transport> <host>[:<port>];params` (RFC 3261 20.42)."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Parameters = field(default_factory=Parameters)
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{SIP_VERSION}/{self.transport} {self.sent_by}{self.params}"
+
+
+def _split_sent_protocol(head: str) -> tuple[str, str]:
+    """Split `SIP / 2.0 / UDP host:port` (SWS allowed around '/') into transport and sent-by."""
+    protocol = head.split("/", 2)
+    if len(protocol) != 3:
+        raise RemoteProtocolError("Malformed Via")
+    name, version, rest = protocol
+    if name.strip().upper() != "SIP" or version.strip() != "2.0":
+        raise RemoteProtocolError("Malformed Via protocol")
+    transport_and_sent_by = rest.split(None, 1)
+    if len(transport_and_sent_by) != 2:
+        raise RemoteProtocolError("Malformed Via")
+    return transport_and_sent_by[0], transport_and_sent_by[1]
+
+
+def parse_via(text: str) -> Via:
+    """Parse one Via value; whitespace around '/' and before parameters is allowed."""
+    # The sent-protocol and sent-by cannot contain ';', so the first one starts the params.
+    head, semicolon, params_text = text.partition(";")
+    if head.startswith("SIP/2.0/"):
+        transport, _, sent_by = head[8:].partition(" ")
+    else:
+        transport, sent_by = _split_sent_protocol(head)
+    if not is_token(transport):
+        raise RemoteProtocolError("Malformed Via transport")
+    host, port = parse_host_port(sent_by.strip())
+    params = parse_header_params(semicolon + params_text)
+    return Via(transport.upper(), host, port, params)
+
+
+def _first(values: list[str]) -> str:
+    if not values:
+        raise RemoteProtocolError("Missing header")
+    return values[0]
+
+
+def _parse_call_id(values: list[str]) -> str:
+    call_id = _first(values)
+    if not call_id or len(call_id.split()) != 1:
+        raise RemoteProtocolError("Malformed Call-ID")
+    return call_id
+
+
+def _parse_cseq(values: list[str]) -> tuple[int, str]:
+    parts = _first(values).split()
+    if len(parts) != 2 or not is_token(parts[1]):
+        raise RemoteProtocolError("Malformed CSeq")
+    number, method = parts
+    if not (number.isascii() and number.isdigit()) or int(number) > _MAX_CSEQ:
+        raise RemoteProtocolError("CSeq number out of range")
+    return int(number), method
+
+
+def _parse_max_forwards(values: list[str]) -> int | None:
+    if not values:
+        return None
+    text = values[0]
+    if not (text.isascii() and text.isdigit()) or int(text) > _MAX_FORWARDS_LIMIT:
+        raise RemoteProtocolError("Max-Forwards out of range")
+    return int(text)
+
+
+def _parse_single_name_addr(values: list[str]) -> NameAddr:
+    return parse_name_addr(_first(values))
+
+
+def _parse_vias(values: list[str]) -> list[Via]:
+    return [parse_via(value) for value in values]
+
+
+def _parse_name_addr_list(values: list[str]) -> list[NameAddr]:
+    return [parse_name_addr(value) for value in values]
+
+
+def _parse_contacts(values: list[str]) -> list[NameAddr]:
+    # "Contact: *" (REGISTER, remove all bindings) carries no address; see contact_is_wildcard.
+    return [] if values == ["*"] else _parse_name_addr_list(values)
+
+
+def _parse_content_type(values: list[str]) -> str | None:
+    if not values:
+        return None
+    media_type = values[0].partition(";")[0].strip().lower()
+    kind, slash, subtype = media_type.partition("/")
+    if not slash or not is_token(kind) or not is_token(subtype.strip()):
+        raise RemoteProtocolError("Malformed media type")
+    return media_type
+
+
+class Message(ABC):
+    """What requests and responses share: headers, body, serialisation, typed accessors."""
+
+    __slots__ = ("_body", "_headers", "_raw", "_raw_version", "version")
+
+    def __init__(
+        self,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        *,
+        version: str = SIP_VERSION,
+        raw: bytes | None = None,
+    ) -> None:
+        self._headers = Headers() if headers is None else headers
+        self._body = body
+        self.version = version
+        # The bytes this message was parsed from, returned by to_bytes() while nothing changed.
+        self._raw = raw
+        self._raw_version = self._headers._version
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @body.setter
+    def body(self, body: bytes) -> None:
+        self._body = body
+        self._raw = None
+
+    @abstractmethod
+    def _start_line(self) -> str: ...
+
+    def to_bytes(self) -> bytes:
+        """The message on the wire: the received bytes if unmodified, else rebuilt."""
+        raw = self._raw
+        if raw is not None and self._raw_version == self._headers._version:
+            return raw
+        lines = [self._start_line(), *self._headers._wire_lines(len(self._body))]
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        data = head.encode("utf-8", "surrogateescape") + self._body
+        self._raw, self._raw_version = data, self._headers._version
+        return data
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+    def _cached(self, key: str, parse: Callable[[list[str]], T]) -> T:
+        """Parse the values of header `key` once; the cache lives until the headers change."""
+        headers = self._headers
+        value = headers._parsed.get(key, _UNPARSED)
+        if value is _UNPARSED:
+            values = headers._elements(key)
+            try:
+                value = parse(values)
+            except RemoteProtocolError as error:
+                name = _ACCESSOR_HEADER_NAMES[key]
+                reason = (
+                    f"Invalid {name} header: {error.reason}" if values else f"Missing {name} header"
+                )
+                raise RemoteProtocolError(reason, error.status_hint) from None
+            headers._parsed[key] = value
+        return value  # type: ignore[return-value]  # typing.cast is a call on the hot path
+
+    @property
+    def call_id(self) -> str:
+        return self._cached("call-id", _parse_call_id)
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """(sequence number, method)."""
+        return self._cached("cseq", _parse_cseq)
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._cached("from", _parse_single_name_addr)
+
+    @property
+    def to(self) -> NameAddr:
+        return self._cached("to", _parse_single_name_addr)
+
+    @property
+    def from_tag(self) -> str | None:
+        return self.from_.tag
+
+    @property
+    def to_tag(self) -> str | None:
+        return self.to.tag
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via value, topmost first. Change Vias through `headers`, not this list."""
+        return self._cached("via", _parse_vias)
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise RemoteProtocolError("Missing Via header")
+        return vias[0]
+
+    def pop_via(self) -> Via:
+        """Remove the topmost Via value (a response passing back through us) and return it."""
+        top_via = self.top_via
+        self._headers.remove_first("Via")
+        return top_via
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self._cached("max-forwards", _parse_max_forwards)
+
+    @property
+    def contact(self) -> list[NameAddr]:
+        """Contact addresses; empty for `Contact: *` (see `contact_is_wildcard`)."""
+        return self._cached("contact", _parse_contacts)
+
+    @property
+    def contact_is_wildcard(self) -> bool:
+        return self._headers.get_all("Contact") == ["*"]
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return self._cached("route", _parse_name_addr_list)
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return self._cached("record-route", _parse_name_addr_list)
+
+    @property
+    def content_type(self) -> str | None:
+        """The media type, lower-cased, without parameters (`application/sdp`)."""
+        return self._cached("content-type", _parse_content_type)
+
+
+class Request(Message):
+    """A SIP request; `uri` is the Request-URI text, `parsed_uri` its parsed form."""
+
+    __slots__ = ("_method", "_parsed_uri", "_uri")
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        *,
+        version: str = SIP_VERSION,
+        raw: bytes | None = None,
+    ) -> None:
+        super().__init__(headers, body, version=version, raw=raw)
+        self._method = method
+        self._uri = uri
+        self._parsed_uri: SipUri | None = None
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @method.setter
+    def method(self, method: str) -> None:
+        self._method = method
+        self._raw = None
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @uri.setter
+    def uri(self, uri: str) -> None:
+        self._uri = uri
+        self._parsed_uri = None
+        self._raw = None
+
+    @property
+    def parsed_uri(self) -> SipUri:
+        """The Request-URI parsed; an unknown scheme raises with status hint 416."""
+        if self._parsed_uri is None:
+            try:
+                self._parsed_uri = parse_uri(self._uri)
+            except RemoteProtocolError as error:
+                reason = f"Invalid Request-URI: {error.reason}"
+                raise RemoteProtocolError(reason, error.status_hint) from None
+        return self._parsed_uri
+
+    def _start_line(self) -> str:
+        return f"{self._method} {self._uri} {self.version}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self._method} {self._uri}>"
+
+
+class Response(Message):
+    """A SIP response."""
+
+    __slots__ = ("_reason", "_status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        *,
+        version: str = SIP_VERSION,
+        raw: bytes | None = None,
+    ) -> None:
+        super().__init__(headers, body, version=version, raw=raw)
+        self._status = status
+        self._reason = reason
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @status.setter
+    def status(self, status: int) -> None:
+        self._status = status
+        self._raw = None
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    @reason.setter
+    def reason(self, reason: str) -> None:
+        self._reason = reason
+        self._raw = None
+
+    def _start_line(self) -> str:
+        return f"{self.version} {self._status} {self._reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self._status} {self._reason}>"
+
+
+def validate_for_proxy(message: Request | Response) -> None:
+    """Check every header a proxy or B2BUA reads; raise RemoteProtocolError on the first fault.
+
+    Covers the mandatory headers and their multiplicity, Via, From, To, Call-ID, CSeq (and its
+    method against the request's), Max-Forwards, Contact, Route, Record-Route and the
+    Request-URI (no embedded headers; unknown schemes raise 416). Content-Length needs no
+    check here: the parser frames the message on it and rejects bad values.
+    """
+    headers = message.headers
+    for name in _MANDATORY_HEADERS:
+        if name not in headers:
+            raise RemoteProtocolError(f"Missing {name} header")
+    for name in _SINGLE_VALUED_HEADERS:
+        if len(headers.get_all(name)) > 1:
+            raise RemoteProtocolError(f"Multiple {name} headers")
+    for accessor in _PROXY_ACCESSORS:
+        getattr(message, accessor)
+    if isinstance(message, Request):
+        if message.parsed_uri.headers:
+            raise RemoteProtocolError("Headers in Request-URI")
+        if message.cseq[1] != message.method:
+            raise RemoteProtocolError("CSeq method does not match request method")
+
+
+def _has_tag(request: Request) -> bool:
+    try:
+        return request.to.tag is not None
+    except RemoteProtocolError:
+        # Answering a request whose To we cannot read (usually with 400): echo it unchanged.
+        return True
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> Response:
+    """Build a response to `request` as RFC 3261 8.2.6 says.
+
+    Copies every Via, From, To, Call-ID and CSeq line as received (and Timestamp for 100);
+    adds `;tag=to_tag` to To unless the request's To already has a tag. `headers` are appended.
+    """
+    if not 100 <= status <= 699:
+        raise LocalProtocolError(f"Status {status} is not a SIP status code")
+    if reason is None:
+        reason = REASON_PHRASES.get(status) or _CLASS_REASON_PHRASES[status // 100]
+    copied = _TRYING_COPIED_HEADERS if status == 100 else _RESPONSE_COPIED_HEADERS
+    add_tag = to_tag is not None and not _has_tag(request)
+    fields: list[_Field] = []
+    for copied_field in request.headers._fields:
+        key = copied_field[0]
+        if key not in copied:
+            continue
+        if key == "to" and add_tag:
+            fields.append(("to", copied_field[1], f"{copied_field[2]};tag={to_tag}", None))
+        else:
+            fields.append(copied_field)
+    response_headers = Headers(headers or ())
+    response_headers._fields[:0] = fields
+    return Response(status, reason, response_headers, body)
+
+
+def make_request(
+    method: str,
+    uri: str | SipUri,
+    *,
+    from_: NameAddr | str,
+    to: NameAddr | str,
+    call_id: str,
+    cseq: int,
+    via: Via | str,
+    max_forwards: int = 70,
+    contact: NameAddr | str | None = None,
+    headers: Iterable[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Request:
+    """Build a request with the headers RFC 3261 8.1.1 requires, in the conventional order."""
+    if not is_token(method):
+        raise LocalProtocolError(f"Method {method!r} is not a token")
+    if not 0 <= cseq <= _MAX_CSEQ or not 0 <= max_forwards <= _MAX_FORWARDS_LIMIT:
+        raise LocalProtocolError("CSeq or Max-Forwards out of range")
+    if body and content_type is None:
+        raise LocalProtocolError("A request with a body needs a content_type")
+    fields = [
+        ("Via", str(via)),
+        ("Max-Forwards", str(max_forwards)),
+        ("From", str(from_)),
+        ("To", str(to)),
+        ("Call-ID", call_id),
+        ("CSeq", f"{cseq} {method}"),
+    ]
+    if contact is not None:
+        fields.append(("Contact", str(contact)))
+    fields.extend(headers or ())
+    if content_type is not None:
+        fields.append(("Content-Type", content_type))
+    return Request(method, str(uri), Headers(fields), body)
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch: the magic cookie and 80 random bits."""
+    return BRANCH_MAGIC_COOKIE + secrets.token_hex(10)
+
+
+def new_tag() -> str:
+    """A fresh From/To tag (RFC 3261 19.3 asks for at least 32 random bits; we use 64)."""
+    return secrets.token_hex(8)
+
+
+def new_call_id(host: str) -> str:
+    """A fresh globally unique Call-ID of the form `random@host`."""
+    return f"{secrets.token_hex(12)}@{host}"

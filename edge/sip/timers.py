@@ -1,0 +1,132 @@
+"""SIP transaction timers as data, and the deadline queue a runtime fires them from.
+
+`TimerConfig` turns T1, T2 and T4 into the initial value of every timer of RFC 3261 section 17
+(table 4) plus RFC 6026's L and M, for reliable and unreliable transports. `TimerQueue` keeps
+the deadlines of many objects in one heap so that the runtime arms one OS timer for all of
+them. Deadlines are plain floats derived from the `now` the caller passes: no clock, no asyncio.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import heapq
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from edge.sip.errors import LocalProtocolError
+
+__all__ = ["Timer", "TimerConfig", "TimerQueue"]
+
+
+class Timer(enum.Enum):
+    A = "A"  # client INVITE: retransmit the request (unreliable transports only)
+    B = "B"  # client INVITE: give up waiting for any response
+    D = "D"  # client INVITE: absorb retransmitted non-2xx finals, re-ACKing them
+    E = "E"  # client non-INVITE: retransmit the request (unreliable transports only)
+    F = "F"  # client non-INVITE: give up waiting for a final response
+    G = "G"  # server INVITE: retransmit the non-2xx final (unreliable transports only)
+    H = "H"  # server INVITE: give up waiting for the ACK of a non-2xx final
+    I = "I"  # noqa: E741 (RFC 3261's name) server INVITE: absorb ACK retransmissions
+    J = "J"  # server non-INVITE: absorb request retransmissions
+    K = "K"  # client non-INVITE: absorb response retransmissions
+    L = "L"  # server INVITE after 2xx (RFC 6026): absorb INVITE retransmissions
+    M = "M"  # client INVITE after 2xx (RFC 6026): pass further 2xx to the TU
+
+
+@dataclass(frozen=True, slots=True)
+class TimerConfig:
+    """RFC 3261 timer values, in seconds."""
+
+    t1: float = 0.5  # round-trip time estimate
+    t2: float = 4.0  # longest retransmission interval of non-INVITE requests and INVITE finals
+    t4: float = 5.0  # longest time a message stays in the network
+    timer_d: float = 32.0  # RFC 3261 asks for at least 32 s on unreliable transports
+
+    def __post_init__(self) -> None:
+        if not 0 < self.t1 <= self.t2 or self.t4 <= 0 or self.timer_d < 0:
+            raise LocalProtocolError("timer values need 0 < t1 <= t2, t4 > 0, timer_d >= 0")
+
+    def durations(self, *, reliable: bool) -> Mapping[Timer, float]:
+        """The initial value of each timer on one kind of transport. A timer missing from the
+        result never runs there: reliable transports do not retransmit (no A, E, G), and they
+        linger for zero seconds (D, I, J, K = 0). The mapping is shared: do not modify it."""
+        return _durations(self, reliable)
+
+
+@functools.cache
+def _durations(config: TimerConfig, reliable: bool) -> Mapping[Timer, float]:
+    give_up = 64 * config.t1
+    common = {timer: give_up for timer in (Timer.B, Timer.F, Timer.H, Timer.L, Timer.M)}
+    if reliable:
+        linger = {Timer.D: 0.0, Timer.I: 0.0, Timer.J: 0.0, Timer.K: 0.0}
+        return {**common, **linger}
+    unreliable = {
+        Timer.A: config.t1,
+        Timer.E: config.t1,
+        Timer.G: config.t1,
+        Timer.D: config.timer_d,
+        Timer.I: config.t4,
+        Timer.J: give_up,
+        Timer.K: config.t4,
+    }
+    return {**common, **unreliable}
+
+
+class Scheduled(Protocol):
+    def next_timer(self) -> float | None: ...
+
+
+ScheduledT = TypeVar("ScheduledT", bound=Scheduled)
+
+
+class TimerQueue(Generic[ScheduledT]):
+    """The deadlines of many objects, each of which reports its own via `next_timer()`.
+
+    Call `update(item)` after anything that may have moved an item's deadline. A moved
+    deadline leaves its old heap entry behind; entries that no longer match their item's
+    current deadline are skipped when they reach the top (lazy deletion), which keeps every
+    update O(log n) without searching the heap.
+    """
+
+    __slots__ = ("_counter", "_deadlines", "_heap")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, ScheduledT]] = []
+        self._deadlines: dict[ScheduledT, float] = {}
+        self._counter = itertools.count()  # breaks ties so that items are never compared
+
+    def update(self, item: ScheduledT) -> None:
+        deadline = item.next_timer()
+        if deadline is None:
+            self._deadlines.pop(item, None)
+        elif self._deadlines.get(item) != deadline:
+            self._deadlines[item] = deadline
+            heapq.heappush(self._heap, (deadline, next(self._counter), item))
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        deadlines = self._deadlines
+        while heap:
+            deadline, _, item = heap[0]
+            if deadlines.get(item) == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float) -> list[ScheduledT]:
+        """Remove and return, earliest first, the items whose deadline is at or before `now`."""
+        heap = self._heap
+        deadlines = self._deadlines
+        due = []
+        while heap and heap[0][0] <= now:
+            deadline, _, item = heapq.heappop(heap)
+            if deadlines.get(item) == deadline:
+                del deadlines[item]
+                due.append(item)
+        return due
+
+    def __len__(self) -> int:
+        return len(self._deadlines)

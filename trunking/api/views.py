@@ -1,0 +1,184 @@
+"""API views of the trunking app: each a few lines on the tenant-scoped base."""
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.api.serializers import ReasonSerializer
+from accounts.models import Customer
+from core.viewsets import TenantScopedViewSet
+
+from .. import services
+from ..filtersets import (
+    CarrierFilterSet,
+    CarrierGatewayFilterSet,
+    EdgeNodeFilterSet,
+    IpAclEntryFilterSet,
+    OriginationUriFilterSet,
+    PhoneNumberFilterSet,
+    SipCredentialFilterSet,
+    TrunkFilterSet,
+)
+from ..models import (
+    Carrier,
+    CarrierGateway,
+    EdgeNode,
+    IpAclEntry,
+    OriginationUri,
+    PhoneNumber,
+    SipCredential,
+    Trunk,
+)
+from . import serializers as s
+
+
+class TrunkViewSet(TenantScopedViewSet):
+    queryset = Trunk.objects.select_related("customer")
+    serializer_class = s.TrunkSerializer
+    filterset_class = TrunkFilterSet
+    search_fields = ["name"]
+    ordering_fields = ["name", "created_at", "max_channels"]
+
+    def _set_status(self, request: Request, service: Any) -> Response:
+        reason = ReasonSerializer(data=request.data)
+        reason.is_valid(raise_exception=True)
+        trunk = service(actor=self.caller, trunk=self.get_object(), **reason.validated_data)
+        return Response(self.get_serializer(trunk).data)
+
+    @extend_schema(request=ReasonSerializer, responses=s.TrunkSerializer)
+    @action(detail=True, methods=["post"])
+    def suspend(self, request: Request, pk: str | None = None) -> Response:
+        """Suspend the trunk: new calls are refused; calls in progress finish."""
+        return self._set_status(request, services.trunk_suspend)
+
+    @extend_schema(request=ReasonSerializer, responses=s.TrunkSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        return self._set_status(request, services.trunk_resume)
+
+
+class IpAclEntryViewSet(TenantScopedViewSet):
+    queryset = IpAclEntry.objects.all()
+    serializer_class = s.IpAclEntrySerializer
+    filterset_class = IpAclEntryFilterSet
+    ordering_fields = ["cidr", "created_at"]
+
+
+class SipCredentialViewSet(TenantScopedViewSet):
+    """Digest credentials. The password is write-only and returned once, at creation or reset."""
+
+    queryset = SipCredential.objects.all()
+    serializer_class = s.SipCredentialSerializer
+    filterset_class = SipCredentialFilterSet
+    search_fields = ["username"]
+    ordering_fields = ["username", "created_at"]
+    # The username is part of the stored HA1, so a credential is replaced, not edited.
+    http_method_names = ["get", "post", "delete", "head", "options"]
+
+    @extend_schema(responses={201: s.IssuedCredentialSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        issued = services.credential_create(actor=self.caller, **serializer.validated_data)
+        return self._issued(issued, status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.PasswordSerializer, responses=s.IssuedCredentialSerializer)
+    @action(detail=True, methods=["post"], url_path="set-password")
+    def set_password(self, request: Request, pk: str | None = None) -> Response:
+        """Replace the password (generated unless given); returned once."""
+        body = s.PasswordSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        issued = services.credential_set_password(
+            actor=self.caller, credential=self.get_object(), **body.validated_data
+        )
+        return self._issued(issued, status.HTTP_200_OK)
+
+    def _issued(self, issued: services.IssuedCredential, code: int) -> Response:
+        body = s.IssuedCredentialSerializer(issued.credential, context=self.get_serializer_context()).data
+        body["password"] = issued.password
+        return Response(body, status=code)
+
+
+class OriginationUriViewSet(TenantScopedViewSet):
+    queryset = OriginationUri.objects.all()
+    serializer_class = s.OriginationUriSerializer
+    filterset_class = OriginationUriFilterSet
+    ordering_fields = ["priority", "weight", "created_at"]
+
+
+class PhoneNumberViewSet(TenantScopedViewSet):
+    queryset = PhoneNumber.objects.all()
+    serializer_class = s.PhoneNumberSerializer
+    filterset_class = PhoneNumberFilterSet
+    search_fields = ["number", "description"]
+    ordering_fields = ["number", "created_at", "monthly_price"]
+
+    @extend_schema(
+        request=s.NumberImportSerializer,
+        responses={
+            201: s.NumberImportResultSerializer,
+            400: OpenApiResponse(s.NumberImportErrorsSerializer, "Every bad row; nothing written."),
+        },
+    )
+    @action(detail=False, methods=["post"], url_path="import")
+    def bulk_import(self, request: Request) -> Response:
+        """Create many numbers at once: all or nothing. Each bad row is reported by index and field."""
+        body = s.NumberImportSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        customer = self.caller.customer
+        if self.caller.is_staff:
+            if "customer" not in body.validated_data:
+                raise serializers.ValidationError({"customer": ["This field is required."]})
+            customer = get_object_or_404(Customer, pk=body.validated_data["customer"])
+        try:
+            created = services.numbers_import(
+                actor=self.caller, customer=customer, rows=body.validated_data["numbers"]
+            )
+        except services.NumberImportError as exc:
+            return Response({"numbers": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
+        return Response({"created": len(created)}, status=status.HTTP_201_CREATED)
+
+
+class CarrierViewSet(TenantScopedViewSet):
+    staff_only = True
+    queryset = Carrier.objects.prefetch_related("gateways")
+    serializer_class = s.CarrierSerializer
+    filterset_class = CarrierFilterSet
+    search_fields = ["name"]
+    ordering_fields = ["name"]
+
+
+class CarrierGatewayViewSet(TenantScopedViewSet):
+    staff_only = True
+    queryset = CarrierGateway.objects.select_related("carrier")
+    serializer_class = s.CarrierGatewaySerializer
+    filterset_class = CarrierGatewayFilterSet
+    ordering_fields = ["priority", "weight"]
+
+
+class EdgeNodeViewSet(TenantScopedViewSet):
+    """Edge nodes (staff). The control token is returned at creation and on rotation only."""
+
+    staff_only = True
+    queryset = EdgeNode.objects.all()
+    serializer_class = s.EdgeNodeSerializer
+    filterset_class = EdgeNodeFilterSet
+    ordering_fields = ["name"]
+
+    @extend_schema(responses={201: s.IssuedEdgeNodeSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().create(request, *args, **kwargs)
+        response.data["token"] = services.edge_node_token(EdgeNode.objects.get(pk=response.data["id"]))
+        return response
+
+    @extend_schema(request=None, responses=s.IssuedEdgeNodeSerializer)
+    @action(detail=True, methods=["post"], url_path="rotate-token")
+    def rotate_token(self, request: Request, pk: str | None = None) -> Response:
+        node = self.get_object()
+        token = services.edge_node_rotate_token(actor=self.caller, node=node)
+        return Response({**s.EdgeNodeSerializer(node).data, "token": token})

@@ -1,0 +1,30 @@
+"""Enumerations of the trunking app."""
+
+from django.db import models
+
+
+class TrunkStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    SUSPENDED = "suspended", "Suspended"
+
+
+class CallerIdPolicy(models.TextChoices):
+    # The caller-ID of an outbound call must be one of the customer's own numbers.
+    CUSTOMER_NUMBERS = "customer_numbers", "Customer's own numbers only"
+    PASS_THROUGH = "pass_through", "Pass through unchanged"
+
+
+class Transport(models.TextChoices):
+    UDP = "udp", "UDP"
+    TCP = "tcp", "TCP"
+    TLS = "tls", "TLS"
+
+
+class NumberStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    RESERVED = "reserved", "Reserved"
+    DISABLED = "disabled", "Disabled"
+
+
+# SIP final responses after which we stop trying further routes (the callee answered "no").
+DEFAULT_FAILOVER_STOP_CODES = [404, 486, 600, 603]

@@ -1,0 +1,38 @@
+"""Endpoints for edge nodes (not part of the public API): the current config snapshot.
+
+An edge authenticates with ``Authorization: Bearer <token>``: its own node token (with its name
+in ``X-Edge-Node``) or the deployment-wide ``EDGE_CONTROL_TOKEN``.
+"""
+
+import hmac
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from .models import EdgeNode
+from .services import edge_node_token
+from .snapshot import build_snapshot, encode
+
+
+def _authenticated_node(request: HttpRequest) -> tuple[bool, EdgeNode | None]:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False, None
+    name = request.headers.get("X-Edge-Node", "")
+    node = EdgeNode.objects.filter(name=name, enabled=True).first() if name else None
+    if node is not None and hmac.compare_digest(token, edge_node_token(node)):
+        return True, node
+    shared = settings.EDGE_CONTROL_TOKEN
+    return bool(shared) and hmac.compare_digest(token, shared), node
+
+
+@require_GET
+def edge_snapshot(request: HttpRequest) -> HttpResponse:
+    ok, node = _authenticated_node(request)
+    if not ok:
+        return JsonResponse({"error": "invalid edge token"}, status=401)
+    if node is not None:
+        EdgeNode.objects.filter(pk=node.pk).update(last_seen=timezone.now())
+    return HttpResponse(encode(build_snapshot()), content_type="application/json")

@@ -1,0 +1,199 @@
+"""Writes of the trunking app that do more than save a row. Each audits in its transaction."""
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from accounts import audit
+from accounts.choices import AuditAction
+from accounts.models import AuditEntry, Customer
+from core.tenancy import Caller
+from edge.sip.digest import ha1
+
+from . import validators
+from .choices import NumberStatus, TrunkStatus
+from .models import EdgeNode, PhoneNumber, SipCredential, Trunk
+
+GENERATED_PASSWORD_BYTES = 18
+
+
+# --- trunks -------------------------------------------------------------------------------
+
+
+def _set_trunk_status(*, actor: Caller, trunk: Trunk, status: str, action: str, reason: str) -> Trunk:
+    if trunk.status != status:
+        before = audit.snapshot(trunk)
+        trunk.status = status
+        trunk.save(update_fields=["status", "updated_at"])
+        audit.record(actor=actor, obj=trunk, action=action, before=before, note=reason)
+    return trunk
+
+
+@transaction.atomic
+def trunk_suspend(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
+    """Suspend a trunk: the edge refuses its new calls; calls in progress finish."""
+    return _set_trunk_status(
+        actor=actor, trunk=trunk, status=TrunkStatus.SUSPENDED, action=AuditAction.SUSPEND, reason=reason
+    )
+
+
+@transaction.atomic
+def trunk_resume(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
+    return _set_trunk_status(
+        actor=actor, trunk=trunk, status=TrunkStatus.ACTIVE, action=AuditAction.RESUME, reason=reason
+    )
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    """A credential and its password, which exists only in this object and is never stored."""
+
+    credential: SipCredential
+    password: str
+
+
+def _set_password(credential: SipCredential, password: str) -> None:
+    credential.ha1_md5 = ha1(credential.username, credential.realm, password, "MD5")
+    credential.ha1_sha256 = ha1(credential.username, credential.realm, password, "SHA-256")
+
+
+@transaction.atomic
+def credential_create(
+    *, actor: Caller, trunk: Trunk, username: str, password: str | None = None, realm: str | None = None
+) -> IssuedCredential:
+    """A digest credential for ``trunk``; the password is generated unless given."""
+    password = password or secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+    credential = SipCredential(trunk=trunk, username=username, realm=realm or settings.SIP_REALM)
+    _set_password(credential, password)
+    credential.full_clean()
+    credential.save()
+    audit.record(actor=actor, obj=credential, action=AuditAction.CREATE)
+    return IssuedCredential(credential=credential, password=password)
+
+
+@transaction.atomic
+def credential_set_password(
+    *, actor: Caller, credential: SipCredential, password: str | None = None
+) -> IssuedCredential:
+    """Replace the password (generated unless given); the old one stops working."""
+    password = password or secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+    _set_password(credential, password)
+    credential.save(update_fields=["ha1_md5", "ha1_sha256"])
+    audit.record(actor=actor, obj=credential, action=AuditAction.UPDATE, note="password changed")
+    return IssuedCredential(credential=credential, password=password)
+
+
+# --- numbers --------------------------------------------------------------------------------
+
+
+class NumberImportError(Exception):
+    """Rows that failed validation: ``errors`` is a list of {index, field, message}."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} invalid row(s)")
+        self.errors = errors
+
+
+NUMBER_IMPORT_FIELDS = frozenset({"number", "trunk", "monthly_price", "status", "description"})
+
+
+def _number_from_row(
+    row: Mapping[str, Any], *, customer: Customer, trunks: Mapping[int, Trunk]
+) -> tuple[PhoneNumber, list[tuple[str, str]]]:
+    """A validated unsaved number and the (field, message) problems of the row."""
+    problems: list[tuple[str, str]] = [
+        (name, "Unknown field.") for name in sorted(set(row) - NUMBER_IMPORT_FIELDS)
+    ]
+    number = PhoneNumber(customer=customer)
+    try:
+        number.number = validators.normalize_e164(str(row.get("number", "")))
+    except ValidationError as exc:
+        problems.append(("number", exc.messages[0]))
+    trunk_id = row.get("trunk")
+    if trunk_id not in (None, ""):
+        trunk = trunks.get(trunk_id) if isinstance(trunk_id, int) else None
+        if trunk is None:
+            problems.append(("trunk", f"No trunk {trunk_id!r} for this customer."))
+        number.trunk = trunk
+    try:
+        number.monthly_price = Decimal(str(row.get("monthly_price", "0")))
+        if number.monthly_price < 0 or not number.monthly_price.is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        problems.append(("monthly_price", "Give a non-negative decimal amount."))
+    status = row.get("status", NumberStatus.ACTIVE)
+    if status not in NumberStatus.values:
+        problems.append(("status", f"Choose one of {', '.join(NumberStatus.values)}."))
+    number.status = status
+    number.description = str(row.get("description", ""))[:200]
+    return number, problems
+
+
+@transaction.atomic
+def numbers_import(
+    *, actor: Caller, customer: Customer, rows: Iterable[Mapping[str, Any]]
+) -> list[PhoneNumber]:
+    """Create every number in ``rows`` or none: all rows are checked before anything is written.
+
+    Raises NumberImportError listing each bad row by its index and field.
+    """
+    rows = list(rows)
+    trunks = {t.pk: t for t in Trunk.objects.filter(customer=customer)}
+    numbers: list[PhoneNumber] = []
+    errors: list[dict[str, Any]] = []
+    first_seen: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            errors.append({"index": index, "field": None, "message": "Each row must be an object."})
+            continue
+        number, problems = _number_from_row(row, customer=customer, trunks=trunks)
+        if number.number and number.number in first_seen:
+            problems.append(("number", f"Duplicate of row {first_seen[number.number]}."))
+        elif number.number:
+            first_seen[number.number] = index
+        errors.extend({"index": index, "field": f, "message": m} for f, m in problems)
+        numbers.append(number)
+    taken = set(
+        PhoneNumber.objects.filter(number__in=list(first_seen)).values_list("number", flat=True)
+    )
+    errors.extend(
+        {"index": first_seen[n], "field": "number", "message": f"{n} already exists."}
+        for n in sorted(taken)
+    )
+    if errors:
+        raise NumberImportError(sorted(errors, key=lambda e: (e["index"], e["field"] or "")))
+    created = PhoneNumber.objects.bulk_create(numbers)
+    AuditEntry.objects.bulk_create(
+        audit.build(actor=actor, obj=number, action=AuditAction.IMPORT) for number in created
+    )
+    return created
+
+
+# --- edge nodes -----------------------------------------------------------------------------
+
+
+def edge_node_token(node: EdgeNode) -> str:
+    """The node's control-API token: an HMAC of SECRET_KEY, so the database never holds it."""
+    message = f"trunkline-edge:{node.pk}:{node.token_generation}".encode()
+    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
+
+
+@transaction.atomic
+def edge_node_rotate_token(*, actor: Caller, node: EdgeNode) -> str:
+    """Invalidate the node's token and return its new one (shown once)."""
+    before = audit.snapshot(node)
+    node.token_generation += 1
+    node.save(update_fields=["token_generation", "updated_at"])
+    audit.record(actor=actor, obj=node, action=AuditAction.UPDATE, before=before, note="token rotated")
+    return edge_node_token(node)

@@ -1,0 +1,140 @@
+"""The edge configuration snapshot: everything an edge needs to decide calls, from the database.
+
+An edge never queries the ORM: it receives this document (as JSON) and compiles its own lookup
+tables from it. The document is immutable and versioned; ``content_hash`` is the SHA-256 of the
+canonical JSON of everything but ``version``, ``generated_at`` and the hash itself, so two
+builds of the same configuration hash the same. The schema is documented in
+``docs/snapshot.md``; bump ``SCHEMA`` when a change is not backward compatible.
+"""
+
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.choices import CustomerStatus
+from accounts.models import Customer
+
+from .choices import NumberStatus, TrunkStatus
+from .models import (
+    CarrierGateway,
+    ConfigRevision,
+    IpAclEntry,
+    OriginationUri,
+    PhoneNumber,
+    SipCredential,
+    Trunk,
+)
+
+SCHEMA = 1
+Snapshot = dict[str, Any]
+
+
+def _grouped(rows: Any, key: str) -> dict[int, list[dict[str, Any]]]:
+    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row.pop(key)].append(row)
+    return groups
+
+
+def _content() -> Snapshot:
+    """The versionless content, read in a handful of queries (no per-row queries)."""
+    customers = [
+        {
+            "id": c["id"],
+            "name": c["name"],
+            "active": c["status"] == CustomerStatus.ACTIVE,
+            # Balances arrive with the billing app; until then no customer is out of credit.
+            "out_of_credit": False,
+        }
+        for c in Customer.objects.order_by("id").values("id", "name", "status")
+    ]
+    acl = _grouped(IpAclEntry.objects.order_by("trunk_id", "cidr").values("trunk_id", "cidr"), "trunk_id")
+    credentials = _grouped(
+        SipCredential.objects.order_by("trunk_id", "username").values(
+            "trunk_id", "username", "realm", "ha1_md5", "ha1_sha256"
+        ),
+        "trunk_id",
+    )
+    origination = _grouped(
+        OriginationUri.objects.filter(enabled=True)
+        .order_by("trunk_id", "priority", "-weight", "id")
+        .values("trunk_id", "uri", "priority", "weight"),
+        "trunk_id",
+    )
+    trunks = []
+    for t in Trunk.objects.order_by("id").values():
+        trunks.append(
+            {
+                "id": t["id"],
+                "customer": t["customer_id"],
+                "name": t["name"],
+                "active": t["status"] == TrunkStatus.ACTIVE,
+                "max_channels": t["max_channels"],
+                "max_cps": t["max_cps"],
+                "allowed_destinations": t["allowed_destinations"],
+                "blocked_prefixes": t["blocked_prefixes"],
+                "caller_id_policy": t["caller_id_policy"],
+                "failover_stop_codes": t["failover_stop_codes"],
+                "registration_allowed": t["registration_allowed"],
+                "default_country": t["default_country"],
+                "max_call_duration": t["max_call_duration"],
+                "acl": [row["cidr"] for row in acl.get(t["id"], [])],
+                "credentials": credentials.get(t["id"], []),
+                "origination_uris": origination.get(t["id"], []),
+            }
+        )
+    numbers = [
+        [n["number"], n["customer_id"], n["trunk_id"]]
+        for n in PhoneNumber.objects.filter(status=NumberStatus.ACTIVE)
+        .order_by("number")
+        .values("number", "customer_id", "trunk_id")
+    ]
+    gateways = _grouped(
+        CarrierGateway.objects.filter(enabled=True, carrier__enabled=True)
+        .order_by("carrier_id", "priority", "-weight", "id")
+        .values(
+            "carrier_id", "id", "host", "port", "transport", "priority", "weight", "prefixes",
+            "tech_prefix", "strip_plus",
+        ),
+        "carrier_id",
+    )
+    carriers = [
+        {"id": carrier_id, "gateways": rows} for carrier_id, rows in sorted(gateways.items())
+    ]
+    return {
+        "schema": SCHEMA,
+        "realm": settings.SIP_REALM,
+        "customers": customers,
+        "trunks": trunks,
+        "numbers": numbers,
+        "carriers": carriers,
+    }
+
+
+def content_hash(content: Snapshot) -> str:
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def build_snapshot() -> Snapshot:
+    """The current snapshot, with its version: a new version only if the content changed."""
+    with transaction.atomic():
+        content = _content()
+        digest = content_hash(content)
+        latest = ConfigRevision.objects.select_for_update().order_by("-id").first()
+        if latest is None or latest.content_hash != digest:
+            latest = ConfigRevision.objects.create(content_hash=digest)
+    return {
+        **content,
+        "version": latest.pk,
+        "content_hash": digest,
+        "generated_at": timezone.now().isoformat(),
+    }
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    return orjson.dumps(snapshot)

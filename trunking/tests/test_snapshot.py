@@ -1,0 +1,44 @@
+"""The edge snapshot: complete, versioned by content, and served only to edges."""
+
+from trunking import services
+from trunking.models import CarrierGateway, PhoneNumber
+from trunking.snapshot import build_snapshot
+
+
+def test_snapshot_holds_what_an_edge_needs(trunk, acl_entry, credential, origination_uri, number, gateway):
+    snap = build_snapshot()
+    assert snap["schema"] == 1 and snap["version"] >= 1 and len(snap["content_hash"]) == 64
+    (t,) = snap["trunks"]
+    assert t["id"] == trunk.pk and t["acl"] == ["192.0.2.0/24"]
+    assert t["origination_uris"] == [{"uri": "sip:pbx.acme.test:5060", "priority": 10, "weight": 100}]
+    (cred,) = t["credentials"]
+    assert cred["ha1_md5"] == credential.credential.ha1_md5 and "password" not in cred
+    assert snap["numbers"] == [["+14155550100", trunk.customer_id, trunk.pk]]
+    assert snap["carriers"][0]["gateways"][0]["host"] == "198.51.100.7"
+
+
+def test_version_changes_only_with_content(trunk, gateway):
+    first = build_snapshot()
+    assert build_snapshot()["version"] == first["version"]
+    PhoneNumber.objects.create(number="+14155550177", customer=trunk.customer, trunk=trunk)
+    second = build_snapshot()
+    assert second["version"] > first["version"]
+    assert second["content_hash"] != first["content_hash"]
+    CarrierGateway.objects.update(enabled=False)
+    third = build_snapshot()
+    assert third["carriers"] == [] and third["version"] > second["version"]
+
+
+def test_snapshot_endpoint_requires_an_edge_token(client, edge_node, settings, trunk):
+    url = "/internal/edge/snapshot"
+    assert client.get(url).status_code == 401
+    assert client.get(url, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    token = services.edge_node_token(edge_node)
+    response = client.get(url, HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_EDGE_NODE=edge_node.name)
+    assert response.status_code == 200 and response.json()["trunks"][0]["id"] == trunk.pk
+    edge_node.refresh_from_db()
+    assert edge_node.last_seen is not None
+    settings.EDGE_CONTROL_TOKEN = "shared-secret"
+    assert client.get(url, HTTP_AUTHORIZATION="Bearer shared-secret").status_code == 200
+    settings.EDGE_CONTROL_TOKEN = ""
+    assert client.get(url, HTTP_AUTHORIZATION="Bearer ").status_code == 401
