@@ -29,7 +29,9 @@ class CustomerAdmin(AuditedModelAdmin):
     @admin.action(description="Suspend selected customers")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Customer]) -> None:
         for customer in queryset:
-            services.customer_suspend(actor=admin_caller(request), customer=customer, reason="admin")
+            services.customer_suspend(
+                actor=admin_caller(request), customer=customer, reason="admin"
+            )
         messages.success(request, f"Suspended {queryset.count()} customer(s).")
 
     @admin.action(description="Resume selected customers")
@@ -61,11 +63,28 @@ class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are issued through the API or `manage.py seed_demo` (the secret is shown once);
     here they can be read and revoked."""
 
-    list_display = ["name", "prefix", "customer", "role", "created_at", "last_used_at", "revoked_at"]
+    list_display = [
+        "name",
+        "prefix",
+        "customer",
+        "role",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "customer__name"]
     list_select_related = ["customer"]
-    readonly_fields = ["customer", "name", "role", "prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = [
+        "customer",
+        "name",
+        "role",
+        "prefix",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     actions = ["revoke"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -80,7 +99,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["time", "action", "content_type", "object_repr", "customer", "actor", "api_key", "request_id"]
+    list_display = [
+        "time",
+        "action",
+        "content_type",
+        "object_repr",
+        "customer",
+        "actor",
+        "api_key",
+        "request_id",
+    ]
     list_filter = ["action", "content_type"]
     search_fields = ["object_repr", "object_id", "request_id", "actor__username"]
     list_select_related = ["content_type", "customer", "actor", "api_key"]

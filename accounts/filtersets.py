@@ -23,7 +23,9 @@ class UserFilterSet(django_filters.FilterSet):
 
 
 class ApiKeyFilterSet(django_filters.FilterSet):
-    revoked = django_filters.BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
+    revoked = django_filters.BooleanFilter(
+        field_name="revoked_at", lookup_expr="isnull", exclude=True
+    )
 
     class Meta:
         model = ApiKey

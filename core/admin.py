@@ -32,7 +32,9 @@ class AuditedModelAdmin(admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: models.Model) -> None:
         with transaction.atomic():
             before = audit.snapshot(obj)
-            audit.record(actor=admin_caller(request), obj=obj, action=AuditAction.DELETE, before=before)
+            audit.record(
+                actor=admin_caller(request), obj=obj, action=AuditAction.DELETE, before=before
+            )
             super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: models.QuerySet[Any]) -> None:
@@ -51,7 +53,9 @@ class AuditedModelAdmin(admin.ModelAdmin):
             }
             instances = formset.save(commit=False)
             for obj in formset.deleted_objects:
-                audit.record(actor=caller, obj=obj, action=AuditAction.DELETE, before=audit.snapshot(obj))
+                audit.record(
+                    actor=caller, obj=obj, action=AuditAction.DELETE, before=audit.snapshot(obj)
+                )
                 obj.delete()
             for obj in instances:
                 is_new = obj.pk is None

@@ -53,7 +53,9 @@ class SipCredentialForm(forms.ModelForm):
         data = super().clean()
         password = data.get("password")
         if not self.instance.pk and not password and data.get("username"):
-            password = self.generated_password = secrets.token_urlsafe(services.GENERATED_PASSWORD_BYTES)
+            password = self.generated_password = secrets.token_urlsafe(
+                services.GENERATED_PASSWORD_BYTES
+            )
         if password or "username" in self.changed_data or "realm" in self.changed_data:
             if not password:
                 raise forms.ValidationError({"password": "Give a password when the name changes."})
@@ -75,7 +77,15 @@ class OriginationUriInline(admin.TabularInline):
 
 @admin.register(Trunk)
 class TrunkAdmin(AuditedModelAdmin):
-    list_display = ["name", "customer", "status", "max_channels", "max_cps", "caller_id_policy", "registration_allowed"]
+    list_display = [
+        "name",
+        "customer",
+        "status",
+        "max_channels",
+        "max_cps",
+        "caller_id_policy",
+        "registration_allowed",
+    ]
     list_filter = ["status", "caller_id_policy", "registration_allowed", "customer"]
     search_fields = ["name", "customer__name"]
     list_select_related = ["customer"]
@@ -109,7 +119,7 @@ class TrunkAdmin(AuditedModelAdmin):
 class PhoneNumberForm(forms.ModelForm):
     class Meta:
         model = PhoneNumber
-        fields = "__all__"
+        fields = ["number", "customer", "trunk", "status", "monthly_price", "description"]
 
     def clean_number(self) -> str:
         return validators.normalize_e164(self.cleaned_data["number"])

@@ -2,7 +2,16 @@
 
 import django_filters
 
-from .models import Carrier, CarrierGateway, EdgeNode, IpAclEntry, OriginationUri, PhoneNumber, SipCredential, Trunk
+from .models import (
+    Carrier,
+    CarrierGateway,
+    EdgeNode,
+    IpAclEntry,
+    OriginationUri,
+    PhoneNumber,
+    SipCredential,
+    Trunk,
+)
 
 
 class TrunkFilterSet(django_filters.FilterSet):

@@ -29,7 +29,9 @@ class Trunk(models.Model):
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="trunks")
     name = models.CharField(max_length=100)
-    status = models.CharField(max_length=16, choices=TrunkStatus.choices, default=TrunkStatus.ACTIVE)
+    status = models.CharField(
+        max_length=16, choices=TrunkStatus.choices, default=TrunkStatus.ACTIVE
+    )
     max_channels = models.PositiveIntegerField(
         default=10, validators=[MinValueValidator(1)], help_text="Concurrent calls, all edges."
     )
@@ -75,9 +77,15 @@ class Trunk(models.Model):
     class Meta:
         ordering = ["customer__name", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["customer", "name"], name="trunk_unique_name_per_customer"),
-            models.CheckConstraint(condition=models.Q(max_channels__gte=1), name="trunk_max_channels_positive"),
-            models.CheckConstraint(condition=models.Q(max_cps__gte=1), name="trunk_max_cps_positive"),
+            models.UniqueConstraint(
+                fields=["customer", "name"], name="trunk_unique_name_per_customer"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_channels__gte=1), name="trunk_max_channels_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_cps__gte=1), name="trunk_max_cps_positive"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -127,7 +135,9 @@ class SipCredential(models.Model):
         ordering = ["realm", "username"]
         verbose_name = "SIP credential"
         constraints = [
-            models.UniqueConstraint(fields=["realm", "username"], name="credential_unique_username_per_realm"),
+            models.UniqueConstraint(
+                fields=["realm", "username"], name="credential_unique_username_per_realm"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -150,9 +160,16 @@ class OriginationUri(models.Model):
         ordering = ["trunk", "priority", "-weight", "id"]
         verbose_name = "origination URI"
         constraints = [
-            models.UniqueConstraint(fields=["trunk", "uri"], name="origination_unique_uri_per_trunk"),
-            models.CheckConstraint(condition=models.Q(priority__lte=65535), name="origination_priority_range"),
-            models.CheckConstraint(condition=models.Q(weight__gte=1, weight__lte=65535), name="origination_weight_range"),
+            models.UniqueConstraint(
+                fields=["trunk", "uri"], name="origination_unique_uri_per_trunk"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(priority__lte=65535), name="origination_priority_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(weight__gte=1, weight__lte=65535),
+                name="origination_weight_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -167,7 +184,9 @@ class PhoneNumber(models.Model):
     trunk = models.ForeignKey(
         Trunk, on_delete=models.SET_NULL, null=True, blank=True, related_name="numbers"
     )
-    status = models.CharField(max_length=16, choices=NumberStatus.choices, default=NumberStatus.ACTIVE)
+    status = models.CharField(
+        max_length=16, choices=NumberStatus.choices, default=NumberStatus.ACTIVE
+    )
     monthly_price = models.DecimalField(
         max_digits=10,
         decimal_places=4,
@@ -183,8 +202,12 @@ class PhoneNumber(models.Model):
     class Meta:
         ordering = ["number"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(number__startswith="+"), name="number_is_e164"),
-            models.CheckConstraint(condition=models.Q(monthly_price__gte=0), name="number_price_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(number__startswith="+"), name="number_is_e164"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(monthly_price__gte=0), name="number_price_non_negative"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -235,7 +258,9 @@ class CarrierGateway(models.Model):
     class Meta:
         ordering = ["carrier", "priority", "-weight", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["carrier", "host", "port", "transport"], name="gateway_unique_address"),
+            models.UniqueConstraint(
+                fields=["carrier", "host", "port", "transport"], name="gateway_unique_address"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -28,7 +28,9 @@ GENERATED_PASSWORD_BYTES = 18
 # --- trunks -------------------------------------------------------------------------------
 
 
-def _set_trunk_status(*, actor: Caller, trunk: Trunk, status: str, action: str, reason: str) -> Trunk:
+def _set_trunk_status(
+    *, actor: Caller, trunk: Trunk, status: str, action: str, reason: str
+) -> Trunk:
     if trunk.status != status:
         before = audit.snapshot(trunk)
         trunk.status = status
@@ -41,14 +43,22 @@ def _set_trunk_status(*, actor: Caller, trunk: Trunk, status: str, action: str, 
 def trunk_suspend(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
     """Suspend a trunk: the edge refuses its new calls; calls in progress finish."""
     return _set_trunk_status(
-        actor=actor, trunk=trunk, status=TrunkStatus.SUSPENDED, action=AuditAction.SUSPEND, reason=reason
+        actor=actor,
+        trunk=trunk,
+        status=TrunkStatus.SUSPENDED,
+        action=AuditAction.SUSPEND,
+        reason=reason,
     )
 
 
 @transaction.atomic
 def trunk_resume(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
     return _set_trunk_status(
-        actor=actor, trunk=trunk, status=TrunkStatus.ACTIVE, action=AuditAction.RESUME, reason=reason
+        actor=actor,
+        trunk=trunk,
+        status=TrunkStatus.ACTIVE,
+        action=AuditAction.RESUME,
+        reason=reason,
     )
 
 
@@ -70,7 +80,12 @@ def _set_password(credential: SipCredential, password: str) -> None:
 
 @transaction.atomic
 def credential_create(
-    *, actor: Caller, trunk: Trunk, username: str, password: str | None = None, realm: str | None = None
+    *,
+    actor: Caller,
+    trunk: Trunk,
+    username: str,
+    password: str | None = None,
+    realm: str | None = None,
 ) -> IssuedCredential:
     """A digest credential for ``trunk``; the password is generated unless given."""
     password = password or secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
@@ -195,5 +210,7 @@ def edge_node_rotate_token(*, actor: Caller, node: EdgeNode) -> str:
     before = audit.snapshot(node)
     node.token_generation += 1
     node.save(update_fields=["token_generation", "updated_at"])
-    audit.record(actor=actor, obj=node, action=AuditAction.UPDATE, before=before, note="token rotated")
+    audit.record(
+        actor=actor, obj=node, action=AuditAction.UPDATE, before=before, note="token rotated"
+    )
     return edge_node_token(node)

@@ -53,7 +53,9 @@ def _content() -> Snapshot:
         }
         for c in Customer.objects.order_by("id").values("id", "name", "status")
     ]
-    acl = _grouped(IpAclEntry.objects.order_by("trunk_id", "cidr").values("trunk_id", "cidr"), "trunk_id")
+    acl = _grouped(
+        IpAclEntry.objects.order_by("trunk_id", "cidr").values("trunk_id", "cidr"), "trunk_id"
+    )
     credentials = _grouped(
         SipCredential.objects.order_by("trunk_id", "username").values(
             "trunk_id", "username", "realm", "ha1_md5", "ha1_sha256"
@@ -98,8 +100,16 @@ def _content() -> Snapshot:
         CarrierGateway.objects.filter(enabled=True, carrier__enabled=True)
         .order_by("carrier_id", "priority", "-weight", "id")
         .values(
-            "carrier_id", "id", "host", "port", "transport", "priority", "weight", "prefixes",
-            "tech_prefix", "strip_plus",
+            "carrier_id",
+            "id",
+            "host",
+            "port",
+            "transport",
+            "priority",
+            "weight",
+            "prefixes",
+            "tech_prefix",
+            "strip_plus",
         ),
         "carrier_id",
     )

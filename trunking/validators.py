@@ -31,14 +31,13 @@ def validate_region(value: str) -> None:
 
 def validate_e164_prefix(value: str) -> None:
     """A destination prefix: '+' and 1 to 15 digits, starting with a known country code."""
-    if not (
-        isinstance(value, str) and value.startswith("+") and value[1:].isdigit() and value[1:]
-    ) or len(value) > 16:
+    if (
+        not (isinstance(value, str) and value.startswith("+") and value[1:].isdigit() and value[1:])
+        or len(value) > 16
+    ):
         raise ValidationError(f"'{value}' is not a prefix like +44 or +1415.", code="invalid")
     digits = value[1:]
-    if not any(
-        phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:n])) for n in (1, 2, 3)
-    ):
+    if not any(phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:n])) for n in (1, 2, 3)):
         raise ValidationError(f"'{value}' does not start with a country code.", code="invalid")
 
 

@@ -25,8 +25,14 @@ class CustomerSerializer(serializers.ModelSerializer):
     class Meta:
         model = Customer
         fields = [
-            "id", "name", "status", "billing_mode", "credit_limit", "currency",
-            "created_at", "updated_at",
+            "id",
+            "name",
+            "status",
+            "billing_mode",
+            "credit_limit",
+            "currency",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["status", "created_at", "updated_at"]
 
@@ -47,15 +53,25 @@ class UserSerializer(serializers.ModelSerializer):
     class Meta:
         model = User
         fields = [
-            "id", "username", "email", "first_name", "last_name", "is_active", "is_staff",
-            "customer", "role", "password", "date_joined", "last_login",
+            "id",
+            "username",
+            "email",
+            "first_name",
+            "last_name",
+            "is_active",
+            "is_staff",
+            "customer",
+            "role",
+            "password",
+            "date_joined",
+            "last_login",
         ]
         read_only_fields = ["is_staff", "date_joined", "last_login"]
 
     def get_fields(self) -> dict[str, Any]:
         fields = super().get_fields()
         caller = get_caller(self.context["request"]) if "request" in self.context else None
-        if caller is not None and not caller.is_staff or self.instance is not None:
+        if (caller is not None and not caller.is_staff) or self.instance is not None:
             fields["customer"].read_only = True
         return fields
 
@@ -65,21 +81,34 @@ class UserSerializer(serializers.ModelSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         caller = get_caller(self.context["request"])
         membership = attrs.get("membership", {})
-        if self.instance is None and caller is not None and caller.is_staff and "customer" not in membership:
+        if (
+            self.instance is None
+            and caller is not None
+            and caller.is_staff
+            and "customer" not in membership
+        ):
             raise serializers.ValidationError({"customer": "This field is required."})
         return attrs
 
 
 class ApiKeySerializer(TenantOwnedSerializer):
     customer = serializers.PrimaryKeyRelatedField(
-        queryset=Customer.objects.all(), allow_null=True, required=False,
+        queryset=Customer.objects.all(),
+        allow_null=True,
+        required=False,
         help_text="Staff only; null issues an operator key with staff rights.",
     )
 
     class Meta:
         model = ApiKey
         fields = [
-            "id", "customer", "name", "role", "prefix", "created_at", "last_used_at",
+            "id",
+            "customer",
+            "name",
+            "role",
+            "prefix",
+            "created_at",
+            "last_used_at",
             "revoked_at",
         ]
         read_only_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
@@ -105,6 +134,16 @@ class AuditEntrySerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEntry
         fields = [
-            "id", "time", "actor", "api_key", "customer", "object_type", "object_id",
-            "object_repr", "action", "changes", "request_id", "note",
+            "id",
+            "time",
+            "actor",
+            "api_key",
+            "customer",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "action",
+            "changes",
+            "request_id",
+            "note",
         ]

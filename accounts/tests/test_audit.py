@@ -12,13 +12,19 @@ from trunking.models import Trunk
 
 def test_api_create_update_delete_are_audited(api_as, customer):
     client = api_as("owner")
-    created = client.post("/api/v1/trunks/", {"name": "pbx-a", "max_channels": 4}, HTTP_X_REQUEST_ID="req-123")
+    created = client.post(
+        "/api/v1/trunks/", {"name": "pbx-a", "max_channels": 4}, HTTP_X_REQUEST_ID="req-123"
+    )
     trunk_id = created.json()["id"]
     assert created["X-Request-ID"] == "req-123"
     client.patch(f"/api/v1/trunks/{trunk_id}/", {"max_channels": 8})
     client.delete(f"/api/v1/trunks/{trunk_id}/")
 
-    rows = list(AuditEntry.objects.filter(content_type__model="trunk", object_id=str(trunk_id)).order_by("id"))
+    rows = list(
+        AuditEntry.objects.filter(content_type__model="trunk", object_id=str(trunk_id)).order_by(
+            "id"
+        )
+    )
     assert [r.action for r in rows] == ["create", "update", "delete"]
     assert all(r.customer_id == customer.pk and r.api_key is not None for r in rows)
     assert rows[0].request_id == "req-123"
@@ -55,5 +61,7 @@ def test_suspend_and_resume_trunk_through_api(api_as, trunk):
 
 def test_customer_suspend_is_staff_only(api_as, customer):
     assert api_as("owner").post(f"/api/v1/customers/{customer.pk}/suspend/").status_code == 403
-    response = api_as("staff").post(f"/api/v1/customers/{customer.pk}/suspend/", {"reason": "unpaid"})
+    response = api_as("staff").post(
+        f"/api/v1/customers/{customer.pk}/suspend/", {"reason": "unpaid"}
+    )
     assert response.status_code == 200 and response.json()["status"] == "suspended"

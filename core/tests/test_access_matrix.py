@@ -29,8 +29,16 @@ class Endpoint:
     staff_needs: Payload = lambda f: {"customer": f("customer").pk}
 
 
-def _codes(owner: int, other: int, read_only: int, staff: int, anonymous: int = 401) -> dict[str, int]:
-    return {"owner": owner, "other_customer": other, "read_only": read_only, "staff": staff, "anonymous": anonymous}
+def _codes(
+    owner: int, other: int, read_only: int, staff: int, anonymous: int = 401
+) -> dict[str, int]:
+    return {
+        "owner": owner,
+        "other_customer": other,
+        "read_only": read_only,
+        "staff": staff,
+        "anonymous": anonymous,
+    }
 
 
 TENANT = {
@@ -63,27 +71,89 @@ def _trunk_child(extra: dict[str, Any]) -> Payload:
 
 
 ENDPOINTS = [
-    Endpoint("customers", "customer", lambda f: {"name": "Initech"}, {"credit_limit": "5.00"},
-             OPERATOR_WRITES, staff_needs=lambda f: {}),
-    Endpoint("users", "member",
-             lambda f: {"username": "bob", "email": "bob@acme.test", "role": "read_only", "password": "s3cret-password"},
-             {"email": "alice@new.test"}, TENANT),
-    Endpoint("api-keys", "api_key", lambda f: {"name": "script", "role": "read_only"}, {"name": "renamed"}, TENANT),
+    Endpoint(
+        "customers",
+        "customer",
+        lambda f: {"name": "Initech"},
+        {"credit_limit": "5.00"},
+        OPERATOR_WRITES,
+        staff_needs=lambda f: {},
+    ),
+    Endpoint(
+        "users",
+        "member",
+        lambda f: {
+            "username": "bob",
+            "email": "bob@acme.test",
+            "role": "read_only",
+            "password": "s3cret-password",
+        },
+        {"email": "alice@new.test"},
+        TENANT,
+    ),
+    Endpoint(
+        "api-keys",
+        "api_key",
+        lambda f: {"name": "script", "role": "read_only"},
+        {"name": "renamed"},
+        TENANT,
+    ),
     Endpoint("trunks", "trunk", lambda f: {"name": "pbx-2"}, {"max_channels": 30}, TENANT),
-    Endpoint("acl-entries", "acl_entry", _trunk_child({"cidr": "198.51.100.0/24"}), {"description": "office"},
-             TENANT_CHILD, staff_needs=lambda f: {}),
-    Endpoint("credentials", "credential_row", _trunk_child({"username": "acme-2"}), None, TENANT_CHILD,
-             staff_needs=lambda f: {}),
-    Endpoint("origination-uris", "origination_uri", _trunk_child({"uri": "sip:backup.acme.test;transport=tcp"}),
-             {"priority": 20}, TENANT_CHILD, staff_needs=lambda f: {}),
-    Endpoint("numbers", "number", _trunk_child({"number": "+14155550123"}), {"description": "main line"},
-             TENANT_CHILD),
-    Endpoint("carriers", "carrier", lambda f: {"name": "Carrier Two"}, {"enabled": False}, STAFF_ONLY,
-             staff_needs=lambda f: {}),
-    Endpoint("carrier-gateways", "gateway", lambda f: {"carrier": f("carrier").pk, "host": "203.0.113.9"},
-             {"priority": 5}, STAFF_ONLY, staff_needs=lambda f: {}),
-    Endpoint("edge-nodes", "edge_node", lambda f: {"name": "edge-2", "control_url": "http://127.0.0.1:8082"},
-             {"enabled": False}, STAFF_ONLY, staff_needs=lambda f: {}),
+    Endpoint(
+        "acl-entries",
+        "acl_entry",
+        _trunk_child({"cidr": "198.51.100.0/24"}),
+        {"description": "office"},
+        TENANT_CHILD,
+        staff_needs=lambda f: {},
+    ),
+    Endpoint(
+        "credentials",
+        "credential_row",
+        _trunk_child({"username": "acme-2"}),
+        None,
+        TENANT_CHILD,
+        staff_needs=lambda f: {},
+    ),
+    Endpoint(
+        "origination-uris",
+        "origination_uri",
+        _trunk_child({"uri": "sip:backup.acme.test;transport=tcp"}),
+        {"priority": 20},
+        TENANT_CHILD,
+        staff_needs=lambda f: {},
+    ),
+    Endpoint(
+        "numbers",
+        "number",
+        _trunk_child({"number": "+14155550123"}),
+        {"description": "main line"},
+        TENANT_CHILD,
+    ),
+    Endpoint(
+        "carriers",
+        "carrier",
+        lambda f: {"name": "Carrier Two"},
+        {"enabled": False},
+        STAFF_ONLY,
+        staff_needs=lambda f: {},
+    ),
+    Endpoint(
+        "carrier-gateways",
+        "gateway",
+        lambda f: {"carrier": f("carrier").pk, "host": "203.0.113.9"},
+        {"priority": 5},
+        STAFF_ONLY,
+        staff_needs=lambda f: {},
+    ),
+    Endpoint(
+        "edge-nodes",
+        "edge_node",
+        lambda f: {"name": "edge-2", "control_url": "http://127.0.0.1:8082"},
+        {"enabled": False},
+        STAFF_ONLY,
+        staff_needs=lambda f: {},
+    ),
 ]
 
 
@@ -167,10 +237,13 @@ def test_create(endpoint, who, expected, api_as, request):
 
 def test_audit_log_access(api_as, trunk, other_trunk):
     mine, theirs = (
-        audit.record(actor=SYSTEM, obj=owned, action=AuditAction.CREATE) for owned in (trunk, other_trunk)
+        audit.record(actor=SYSTEM, obj=owned, action=AuditAction.CREATE)
+        for owned in (trunk, other_trunk)
     )
     expected_ids = {
-        "owner": {trunk.pk}, "read_only": {trunk.pk}, "other_customer": {other_trunk.pk},
+        "owner": {trunk.pk},
+        "read_only": {trunk.pk},
+        "other_customer": {other_trunk.pk},
         "staff": {trunk.pk, other_trunk.pk},
     }
     for who, ids in expected_ids.items():

@@ -14,7 +14,8 @@ from trunking.models import Carrier, CarrierGateway, PhoneNumber, Trunk
 def many(customer, member):
     trunks = Trunk.objects.bulk_create(Trunk(customer=customer, name=f"t{i}") for i in range(12))
     PhoneNumber.objects.bulk_create(
-        PhoneNumber(customer=customer, trunk=trunks[i % 12], number=f"+1415555{i:04d}") for i in range(12)
+        PhoneNumber(customer=customer, trunk=trunks[i % 12], number=f"+1415555{i:04d}")
+        for i in range(12)
     )
     for i in range(12):
         carrier = Carrier.objects.create(name=f"c{i}")
@@ -23,7 +24,17 @@ def many(customer, member):
 
 
 @pytest.mark.parametrize(
-    "path", ["trunks", "numbers", "carriers", "carrier-gateways", "audit-log", "users", "api-keys", "customers"]
+    "path",
+    [
+        "trunks",
+        "numbers",
+        "carriers",
+        "carrier-gateways",
+        "audit-log",
+        "users",
+        "api-keys",
+        "customers",
+    ],
 )
 def test_query_count_is_constant(api_as, many, path):
     client = api_as("staff")

@@ -34,10 +34,21 @@ class TrunkSerializer(TenantOwnedSerializer):
     class Meta:
         model = Trunk
         fields = [
-            "id", "customer", "name", "status", "max_channels", "max_cps",
-            "allowed_destinations", "blocked_prefixes", "caller_id_policy",
-            "failover_stop_codes", "registration_allowed", "default_country",
-            "max_call_duration", "created_at", "updated_at",
+            "id",
+            "customer",
+            "name",
+            "status",
+            "max_channels",
+            "max_cps",
+            "allowed_destinations",
+            "blocked_prefixes",
+            "caller_id_policy",
+            "failover_stop_codes",
+            "registration_allowed",
+            "default_country",
+            "max_call_duration",
+            "created_at",
+            "updated_at",
         ]
         # Status changes go through the suspend/resume actions, which audit a reason.
         read_only_fields = ["status", "created_at", "updated_at"]
@@ -107,8 +118,15 @@ class PhoneNumberSerializer(TenantOwnedSerializer):
     class Meta:
         model = PhoneNumber
         fields = [
-            "id", "number", "customer", "trunk", "status", "monthly_price", "description",
-            "created_at", "updated_at",
+            "id",
+            "number",
+            "customer",
+            "trunk",
+            "status",
+            "monthly_price",
+            "description",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
 
@@ -174,8 +192,17 @@ class CarrierGatewaySerializer(serializers.ModelSerializer):
     class Meta:
         model = CarrierGateway
         fields = [
-            "id", "carrier", "host", "port", "transport", "priority", "weight", "enabled",
-            "prefixes", "tech_prefix", "strip_plus",
+            "id",
+            "carrier",
+            "host",
+            "port",
+            "transport",
+            "priority",
+            "weight",
+            "enabled",
+            "prefixes",
+            "tech_prefix",
+            "strip_plus",
         ]
 
 
@@ -192,8 +219,15 @@ class EdgeNodeSerializer(serializers.ModelSerializer):
     class Meta:
         model = EdgeNode
         fields = [
-            "id", "name", "sip_addresses", "control_url", "enabled", "applied_version",
-            "last_seen", "created_at", "updated_at",
+            "id",
+            "name",
+            "sip_addresses",
+            "control_url",
+            "enabled",
+            "applied_version",
+            "last_seen",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["applied_version", "last_seen", "created_at", "updated_at"]
 

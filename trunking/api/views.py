@@ -99,7 +99,9 @@ class SipCredentialViewSet(TenantScopedViewSet):
         return self._issued(issued, status.HTTP_200_OK)
 
     def _issued(self, issued: services.IssuedCredential, code: int) -> Response:
-        body = s.IssuedCredentialSerializer(issued.credential, context=self.get_serializer_context()).data
+        body = s.IssuedCredentialSerializer(
+            issued.credential, context=self.get_serializer_context()
+        ).data
         body["password"] = issued.password
         return Response(body, status=code)
 
@@ -127,7 +129,8 @@ class PhoneNumberViewSet(TenantScopedViewSet):
     )
     @action(detail=False, methods=["post"], url_path="import")
     def bulk_import(self, request: Request) -> Response:
-        """Create many numbers at once: all or nothing. Each bad row is reported by index and field."""
+        """Create many numbers at once, all or nothing; each bad row is reported by index and
+        field."""
         body = s.NumberImportSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         customer = self.caller.customer
@@ -173,7 +176,9 @@ class EdgeNodeViewSet(TenantScopedViewSet):
     @extend_schema(responses={201: s.IssuedEdgeNodeSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().create(request, *args, **kwargs)
-        response.data["token"] = services.edge_node_token(EdgeNode.objects.get(pk=response.data["id"]))
+        response.data["token"] = services.edge_node_token(
+            EdgeNode.objects.get(pk=response.data["id"])
+        )
         return response
 
     @extend_schema(request=None, responses=s.IssuedEdgeNodeSerializer)

@@ -18,7 +18,8 @@ def admin_client_(client, db):
 
 
 @pytest.mark.parametrize(
-    "model", ["customer", "user", "apikey", "auditentry", "trunk", "phonenumber", "carrier", "edgenode"]
+    "model",
+    ["customer", "user", "apikey", "auditentry", "trunk", "phonenumber", "carrier", "edgenode"],
 )
 def test_changelists_render(admin_client_, model, trunk, number, carrier, edge_node):
     app = "accounts" if model in ("customer", "user", "apikey", "auditentry") else "trunking"
@@ -31,15 +32,28 @@ def test_trunk_change_page_with_inlines_is_audited(admin_client_, trunk):
     page = admin_client_.get(url)
     assert page.status_code == 200
     form = {
-        "customer": trunk.customer_id, "name": trunk.name, "status": "active", "max_channels": 12,
-        "max_cps": 5, "allowed_destinations": "[]", "blocked_prefixes": "[]",
-        "caller_id_policy": "customer_numbers", "failover_stop_codes": "[404, 486, 600, 603]",
-        "default_country": "US", "max_call_duration": 14400,
-        "acl_entries-TOTAL_FORMS": 1, "acl_entries-INITIAL_FORMS": 0,
-        "acl_entries-0-cidr": "203.0.113.0/24", "acl_entries-0-description": "office",
-        "credentials-TOTAL_FORMS": 1, "credentials-INITIAL_FORMS": 0,
-        "credentials-0-username": "admin-made", "credentials-0-realm": "trunkline", "credentials-0-password": "",
-        "origination_uris-TOTAL_FORMS": 0, "origination_uris-INITIAL_FORMS": 0,
+        "customer": trunk.customer_id,
+        "name": trunk.name,
+        "status": "active",
+        "max_channels": 12,
+        "max_cps": 5,
+        "allowed_destinations": "[]",
+        "blocked_prefixes": "[]",
+        "caller_id_policy": "customer_numbers",
+        "failover_stop_codes": "[404, 486, 600, 603]",
+        "default_country": "US",
+        "max_call_duration": 14400,
+        "acl_entries-TOTAL_FORMS": 1,
+        "acl_entries-INITIAL_FORMS": 0,
+        "acl_entries-0-cidr": "203.0.113.0/24",
+        "acl_entries-0-description": "office",
+        "credentials-TOTAL_FORMS": 1,
+        "credentials-INITIAL_FORMS": 0,
+        "credentials-0-username": "admin-made",
+        "credentials-0-realm": "trunkline",
+        "credentials-0-password": "",
+        "origination_uris-TOTAL_FORMS": 0,
+        "origination_uris-INITIAL_FORMS": 0,
     }
     response = admin_client_.post(url, form, follow=True)
     assert response.status_code == 200
@@ -58,10 +72,12 @@ def test_trunk_change_page_with_inlines_is_audited(admin_client_, trunk):
 
 def test_suspend_action(admin_client_, trunk, customer):
     admin_client_.post(
-        reverse("admin:trunking_trunk_changelist"), {"action": "suspend", "_selected_action": [trunk.pk]}
+        reverse("admin:trunking_trunk_changelist"),
+        {"action": "suspend", "_selected_action": [trunk.pk]},
     )
     admin_client_.post(
-        reverse("admin:accounts_customer_changelist"), {"action": "suspend", "_selected_action": [customer.pk]}
+        reverse("admin:accounts_customer_changelist"),
+        {"action": "suspend", "_selected_action": [customer.pk]},
     )
     assert Trunk.objects.get(pk=trunk.pk).status == "suspended"
     assert Customer.objects.get(pk=customer.pk).status == "suspended"

@@ -25,7 +25,11 @@ def test_bad_cidr(api_as, trunk, cidr):
 
 @pytest.mark.parametrize(
     "given, stored",
-    [("192.0.2.7", "192.0.2.7/32"), ("192.0.2.7/24", "192.0.2.0/24"), ("2001:DB8::1/64", "2001:db8::/64")],
+    [
+        ("192.0.2.7", "192.0.2.7/32"),
+        ("192.0.2.7/24", "192.0.2.0/24"),
+        ("2001:DB8::1/64", "2001:db8::/64"),
+    ],
 )
 def test_cidr_is_normalised(api_as, trunk, given, stored):
     response = api_as("owner").post("/api/v1/acl-entries/", {"trunk": trunk.pk, "cidr": given})
@@ -33,7 +37,9 @@ def test_cidr_is_normalised(api_as, trunk, given, stored):
     assert response.json()["cidr"] == stored
 
 
-@pytest.mark.parametrize("number", ["12345", "+1415555", "+999123456789", "phone", "+44 20 7946 000000"])
+@pytest.mark.parametrize(
+    "number", ["12345", "+1415555", "+999123456789", "phone", "+44 20 7946 000000"]
+)
 def test_number_not_e164(api_as, trunk, number):
     response = api_as("owner").post("/api/v1/numbers/", {"number": number, "trunk": trunk.pk})
     _assert_rejected(response, "number", PhoneNumber, 0)
@@ -52,34 +58,53 @@ def test_duplicate_number(api_as, number, other_customer):
 
 
 def test_number_on_another_customers_trunk(api_as, other_trunk):
-    response = api_as("owner").post("/api/v1/numbers/", {"number": "+14155550111", "trunk": other_trunk.pk})
+    response = api_as("owner").post(
+        "/api/v1/numbers/", {"number": "+14155550111", "trunk": other_trunk.pk}
+    )
     _assert_rejected(response, "trunk", PhoneNumber, 0)
 
 
 def test_staff_cannot_put_number_on_foreign_trunk(api_as, customer, other_trunk):
     response = api_as("staff").post(
-        "/api/v1/numbers/", {"number": "+14155550111", "trunk": other_trunk.pk, "customer": customer.pk}
+        "/api/v1/numbers/",
+        {"number": "+14155550111", "trunk": other_trunk.pk, "customer": customer.pk},
     )
     _assert_rejected(response, "trunk", PhoneNumber, 0)
 
 
 @pytest.mark.parametrize(
     "uri",
-    ["http://pbx.acme.test", "pbx.acme.test", "sip:", "sip:pbx.acme.test:99999", "sip:pbx.acme.test;transport=sctp",
-     "tel:+14155550100", "sip:[2001:db8::1"],
+    [
+        "http://pbx.acme.test",
+        "pbx.acme.test",
+        "sip:",
+        "sip:pbx.acme.test:99999",
+        "sip:pbx.acme.test;transport=sctp",
+        "tel:+14155550100",
+        "sip:[2001:db8::1",
+    ],
 )
 def test_malformed_sip_uri(api_as, trunk, uri):
     response = api_as("owner").post("/api/v1/origination-uris/", {"trunk": trunk.pk, "uri": uri})
     _assert_rejected(response, "uri", OriginationUri, 0)
 
 
-@pytest.mark.parametrize("uri", ["sip:pbx.acme.test", "sips:pbx.acme.test:5061", "sip:+14155550100@[2001:db8::1]:5070;transport=tcp"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sip:pbx.acme.test",
+        "sips:pbx.acme.test:5061",
+        "sip:+14155550100@[2001:db8::1]:5070;transport=tcp",
+    ],
+)
 def test_valid_sip_uri(api_as, trunk, uri):
     response = api_as("owner").post("/api/v1/origination-uris/", {"trunk": trunk.pk, "uri": uri})
     assert response.status_code == 201, response.content
 
 
-@pytest.mark.parametrize("field, value", [("priority", 65536), ("priority", -1), ("weight", 0), ("weight", 70000)])
+@pytest.mark.parametrize(
+    "field, value", [("priority", 65536), ("priority", -1), ("weight", 0), ("weight", 70000)]
+)
 def test_priority_and_weight_ranges(api_as, trunk, field, value):
     body = {"trunk": trunk.pk, "uri": "sip:pbx.acme.test", field: value}
     response = api_as("owner").post("/api/v1/origination-uris/", body)
@@ -121,5 +146,7 @@ def test_duplicate_trunk_name_names_the_field(api_as, trunk):
 
 
 def test_duplicate_credential_username(api_as, credential, trunk):
-    response = api_as("owner").post("/api/v1/credentials/", {"trunk": trunk.pk, "username": "acme-pbx"})
+    response = api_as("owner").post(
+        "/api/v1/credentials/", {"trunk": trunk.pk, "username": "acme-pbx"}
+    )
     assert response.status_code == 400 and "username" in response.json()

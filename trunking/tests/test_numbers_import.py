@@ -5,7 +5,10 @@ from trunking.models import PhoneNumber
 
 
 def test_import_creates_all(api_as, trunk):
-    rows = [{"number": f"+1415555{n:04d}", "trunk": trunk.pk, "monthly_price": "1.50"} for n in range(200, 230)]
+    rows = [
+        {"number": f"+1415555{n:04d}", "trunk": trunk.pk, "monthly_price": "1.50"}
+        for n in range(200, 230)
+    ]
     response = api_as("owner").post("/api/v1/numbers/import/", {"numbers": rows})
     assert response.status_code == 201, response.content
     assert response.json() == {"created": 30}
@@ -28,22 +31,33 @@ def test_import_reports_every_bad_row_and_writes_nothing(api_as, trunk, other_tr
     assert response.status_code == 400, response.content
     errors = [(e["index"], e["field"]) for e in response.json()["numbers"]]
     assert errors == [
-        (1, "number"), (2, "trunk"), (3, "number"), (4, "number"), (5, "monthly_price"), (6, "colour"), (7, None),
+        (1, "number"),
+        (2, "trunk"),
+        (3, "number"),
+        (4, "number"),
+        (5, "monthly_price"),
+        (6, "colour"),
+        (7, None),
     ]
     assert PhoneNumber.objects.count() == 1
 
 
 def test_staff_import_needs_customer(api_as, customer):
-    response = api_as("staff").post("/api/v1/numbers/import/", {"numbers": [{"number": "+14155550401"}]})
+    response = api_as("staff").post(
+        "/api/v1/numbers/import/", {"numbers": [{"number": "+14155550401"}]}
+    )
     assert response.status_code == 400 and "customer" in response.json()
     response = api_as("staff").post(
-        "/api/v1/numbers/import/", {"customer": customer.pk, "numbers": [{"number": "+14155550401"}]}
+        "/api/v1/numbers/import/",
+        {"customer": customer.pk, "numbers": [{"number": "+14155550401"}]},
     )
     assert response.status_code == 201
     assert PhoneNumber.objects.get().customer == customer
 
 
 def test_read_only_cannot_import(api_as, customer):
-    response = api_as("read_only").post("/api/v1/numbers/import/", {"numbers": [{"number": "+14155550401"}]})
+    response = api_as("read_only").post(
+        "/api/v1/numbers/import/", {"numbers": [{"number": "+14155550401"}]}
+    )
     assert response.status_code == 403
     assert not PhoneNumber.objects.exists()

@@ -28,7 +28,9 @@ def test_credential_password_is_shown_once_and_stored_as_ha1(api_as, trunk, sett
 def test_given_password_and_reset(api_as, credential):
     client = api_as("owner")
     row = credential.credential
-    response = client.post(f"/api/v1/credentials/{row.pk}/set-password/", {"password": "correct horse battery"})
+    response = client.post(
+        f"/api/v1/credentials/{row.pk}/set-password/", {"password": "correct horse battery"}
+    )
     assert response.status_code == 200 and response.json()["password"] == "correct horse battery"
     row.refresh_from_db()
     assert row.ha1_md5 == ha1(row.username, row.realm, "correct horse battery", "MD5")
@@ -73,7 +75,9 @@ def test_role_cannot_be_escalated(api_as):
 
 def test_edge_node_token_shown_once_and_not_stored(api_as):
     client = api_as("staff")
-    response = client.post("/api/v1/edge-nodes/", {"name": "edge-9", "control_url": "http://127.0.0.1:8099"})
+    response = client.post(
+        "/api/v1/edge-nodes/", {"name": "edge-9", "control_url": "http://127.0.0.1:8099"}
+    )
     assert response.status_code == 201
     token = response.json()["token"]
     node = EdgeNode.objects.get(name="edge-9")

@@ -5,12 +5,16 @@ from trunking.models import CarrierGateway, PhoneNumber
 from trunking.snapshot import build_snapshot
 
 
-def test_snapshot_holds_what_an_edge_needs(trunk, acl_entry, credential, origination_uri, number, gateway):
+def test_snapshot_holds_what_an_edge_needs(
+    trunk, acl_entry, credential, origination_uri, number, gateway
+):
     snap = build_snapshot()
     assert snap["schema"] == 1 and snap["version"] >= 1 and len(snap["content_hash"]) == 64
     (t,) = snap["trunks"]
     assert t["id"] == trunk.pk and t["acl"] == ["192.0.2.0/24"]
-    assert t["origination_uris"] == [{"uri": "sip:pbx.acme.test:5060", "priority": 10, "weight": 100}]
+    assert t["origination_uris"] == [
+        {"uri": "sip:pbx.acme.test:5060", "priority": 10, "weight": 100}
+    ]
     (cred,) = t["credentials"]
     assert cred["ha1_md5"] == credential.credential.ha1_md5 and "password" not in cred
     assert snap["numbers"] == [["+14155550100", trunk.customer_id, trunk.pk]]
@@ -34,7 +38,9 @@ def test_snapshot_endpoint_requires_an_edge_token(client, edge_node, settings, t
     assert client.get(url).status_code == 401
     assert client.get(url, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     token = services.edge_node_token(edge_node)
-    response = client.get(url, HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_EDGE_NODE=edge_node.name)
+    response = client.get(
+        url, HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_EDGE_NODE=edge_node.name
+    )
     assert response.status_code == 200 and response.json()["trunks"][0]["id"] == trunk.pk
     edge_node.refresh_from_db()
     assert edge_node.last_seen is not None

@@ -16,7 +16,15 @@ from accounts.choices import BillingMode, Role
 from accounts.models import ApiKey, Customer, User
 from core.tenancy import SYSTEM
 from trunking import services as trunking_services
-from trunking.models import Carrier, CarrierGateway, IpAclEntry, OriginationUri, PhoneNumber, SipCredential, Trunk
+from trunking.models import (
+    Carrier,
+    CarrierGateway,
+    IpAclEntry,
+    OriginationUri,
+    PhoneNumber,
+    SipCredential,
+    Trunk,
+)
 
 DEMO_CUSTOMER = "Demo Telecom"
 DEMO_NUMBERS = ["+14155550100", "+14155550101", "+14155550102", "+442079460000"]
@@ -33,7 +41,8 @@ class Command(BaseCommand):
         issued: list[str] = []
 
         admin, created = User.objects.get_or_create(
-            username="admin", defaults={"is_staff": True, "is_superuser": True, "email": "ops@example.com"}
+            username="admin",
+            defaults={"is_staff": True, "is_superuser": True, "email": "ops@example.com"},
         )
         if created or reset_secrets:
             password = secrets.token_urlsafe(12)
@@ -43,41 +52,68 @@ class Command(BaseCommand):
 
         customer, _ = Customer.objects.get_or_create(
             name=DEMO_CUSTOMER,
-            defaults={"billing_mode": BillingMode.PREPAID, "credit_limit": Decimal("0"), "currency": "USD"},
+            defaults={
+                "billing_mode": BillingMode.PREPAID,
+                "credit_limit": Decimal("0"),
+                "currency": "USD",
+            },
         )
         trunk, _ = Trunk.objects.get_or_create(
             customer=customer,
             name="demo-pbx",
-            defaults={"max_channels": 20, "max_cps": 5, "allowed_destinations": ["+1", "GB"], "blocked_prefixes": ["+1900"]},
+            defaults={
+                "max_channels": 20,
+                "max_cps": 5,
+                "allowed_destinations": ["+1", "GB"],
+                "blocked_prefixes": ["+1900"],
+            },
         )
-        IpAclEntry.objects.get_or_create(trunk=trunk, cidr="127.0.0.1/32", defaults={"description": "local PBX"})
-        OriginationUri.objects.get_or_create(trunk=trunk, uri="sip:127.0.0.1:5090", defaults={"priority": 10})
+        IpAclEntry.objects.get_or_create(
+            trunk=trunk, cidr="127.0.0.1/32", defaults={"description": "local PBX"}
+        )
+        OriginationUri.objects.get_or_create(
+            trunk=trunk, uri="sip:127.0.0.1:5090", defaults={"priority": 10}
+        )
         if reset_secrets:
             SipCredential.objects.filter(trunk=trunk, username="demo-pbx").delete()
         if not SipCredential.objects.filter(trunk=trunk, username="demo-pbx").exists():
-            cred = trunking_services.credential_create(actor=SYSTEM, trunk=trunk, username="demo-pbx")
-            issued.append(f"SIP digest:   {cred.credential.username} / {cred.password}  (realm {cred.credential.realm})")
+            cred = trunking_services.credential_create(
+                actor=SYSTEM, trunk=trunk, username="demo-pbx"
+            )
+            user, realm = cred.credential.username, cred.credential.realm
+            issued.append(f"SIP digest:   {user} / {cred.password}  (realm {realm})")
         for number in DEMO_NUMBERS:
             PhoneNumber.objects.get_or_create(
-                number=number, defaults={"customer": customer, "trunk": trunk, "monthly_price": Decimal("1.00")}
+                number=number,
+                defaults={"customer": customer, "trunk": trunk, "monthly_price": Decimal("1.00")},
             )
 
         carrier, _ = Carrier.objects.get_or_create(name="Demo Carrier")
-        CarrierGateway.objects.get_or_create(carrier=carrier, host="127.0.0.1", port=5080, transport="udp")
+        CarrierGateway.objects.get_or_create(
+            carrier=carrier, host="127.0.0.1", port=5080, transport="udp"
+        )
 
         demo_keys = ApiKey.objects.filter(customer=customer, name="demo", revoked_at__isnull=True)
         if reset_secrets:
             for old_key in demo_keys:
                 account_services.api_key_revoke(actor=SYSTEM, api_key=old_key)
         if not demo_keys.exists():
-            key = account_services.api_key_create(actor=SYSTEM, customer=customer, name="demo", role=Role.ADMIN)
+            key = account_services.api_key_create(
+                actor=SYSTEM, customer=customer, name="demo", role=Role.ADMIN
+            )
             issued.append(f"API key:      {key.secret}")
 
-        self.stdout.write(self.style.SUCCESS(f"Demo data ready: customer '{customer}', trunk '{trunk.name}', "
-                                             f"{len(DEMO_NUMBERS)} numbers, carrier '{carrier}'."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo data ready: customer '{customer}', trunk '{trunk.name}', "
+                f"{len(DEMO_NUMBERS)} numbers, carrier '{carrier}'."
+            )
+        )
         if issued:
             self.stdout.write(self.style.WARNING("Secrets, shown once — copy them now:"))
             for line in issued:
                 self.stdout.write(f"  {line}")
         else:
-            self.stdout.write("Secrets were shown when first issued; run with --reset-secrets for new ones.")
+            self.stdout.write(
+                "Secrets were shown when first issued; run with --reset-secrets for new ones."
+            )

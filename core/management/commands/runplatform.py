@@ -18,5 +18,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
 
     def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
-        self.stdout.write(f"Trunkline on http://{host}:{port}/ (admin /admin/, API /api/v1/, docs /api/docs/)")
-        uvicorn.run("config.asgi:application", host=host, port=port, lifespan="off", log_level="info")
+        self.stdout.write(
+            f"Trunkline on http://{host}:{port}/ (admin /admin/, API /api/v1/, docs /api/docs/)"
+        )
+        uvicorn.run(
+            "config.asgi:application", host=host, port=port, lifespan="off", log_level="info"
+        )
