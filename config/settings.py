@@ -113,6 +113,14 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 LOGIN_URL = "admin:login"
 
+# Behind a TLS-terminating proxy in production; cookies are secure unless DEBUG.
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+if env.bool("BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 # --- Redis: broker, channel layer, cluster counters. Optional. -------------------------------
 REDIS_URL = env("REDIS_URL")
 
@@ -177,6 +185,13 @@ SPECTACULAR_SETTINGS = {
 # Token the edge presents to fetch its snapshot, and the token the control plane presents to
 # the edge's control API. Both must be set in production.
 EDGE_CONTROL_TOKEN = env.str("EDGE_CONTROL_TOKEN", default="dev-edge-token" if DEBUG else "")
+# The CDR journal (edge/runtime/journal.py). Records are fsynced in batches: a crash loses at
+# most the unflushed batch, fewer than EDGE_CDR_BATCH_SIZE records or EDGE_CDR_FLUSH_INTERVAL
+# seconds' worth. Smaller values lose less and cost more fsyncs.
+EDGE_CDR_JOURNAL_DIR = Path(env.str("EDGE_CDR_JOURNAL_DIR", default=str(VAR_DIR / "cdr")))
+EDGE_CDR_BATCH_SIZE = env.int("EDGE_CDR_BATCH_SIZE", default=64)
+EDGE_CDR_FLUSH_INTERVAL = env.float("EDGE_CDR_FLUSH_INTERVAL", default=0.05)
+EDGE_CDR_ROTATE_BYTES = env.int("EDGE_CDR_ROTATE_BYTES", default=64 * 1024 * 1024)
 
 LOGGING = {
     "version": 1,

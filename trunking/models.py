@@ -75,7 +75,8 @@ class Trunk(models.Model):
     tenant_lookup = "customer"
 
     class Meta:
-        ordering = ["customer__name", "name"]
+        # By customer id, not name: a customer's own list needs no join.
+        ordering = ["customer_id", "name"]
         constraints = [
             models.UniqueConstraint(
                 fields=["customer", "name"], name="trunk_unique_name_per_customer"

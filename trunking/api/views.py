@@ -38,7 +38,7 @@ from . import serializers as s
 
 
 class TrunkViewSet(TenantScopedViewSet):
-    queryset = Trunk.objects.select_related("customer")
+    queryset = Trunk.objects.all()
     serializer_class = s.TrunkSerializer
     filterset_class = TrunkFilterSet
     search_fields = ["name"]
