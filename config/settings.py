@@ -205,3 +205,14 @@ LOGGING = {
 
 # Digest realm of trunk credentials (HA1 values depend on it: changing it invalidates them).
 SIP_REALM = env.str("SIP_REALM", default="trunkline")
+
+# --- Edge node (`manage.py runedge`) ------------------------------------------------------------
+# Defaults of the runedge command; its EDGE_* options and environment variables (EDGE_SIP,
+# EDGE_CONTROL, EDGE_TLS_CERT, ... see edge/runtime/main.py) override them.
+EDGE_NODE_NAME = env.str("EDGE_NODE_NAME", default="")  # empty: the machine's hostname
+EDGE_SIP_ADDRESS = env.str("EDGE_SIP_ADDRESS", default="127.0.0.1:5060")  # UDP and TCP
+EDGE_TLS_ADDRESS = env.str("EDGE_TLS_ADDRESS", default="")  # empty: SIP host, port 5061
+EDGE_TLS_CERT = env.str("EDGE_TLS_CERT", default="")  # TLS is on when cert and key are set
+EDGE_TLS_KEY = env.str("EDGE_TLS_KEY", default="")
+EDGE_CONTROL_ADDRESS = env.str("EDGE_CONTROL_ADDRESS", default="127.0.0.1:8081")
+EDGE_JOURNAL_DIR = Path(env.str("EDGE_JOURNAL_DIR", default=str(VAR_DIR / "cdr")))

@@ -1,0 +1,350 @@
+"""Call detail records as the edge writes them: one per call attempt, admitted or not.
+
+A record is built once, when the attempt ends, and written as one line of JSON to the node's
+journal (`edge.runtime.journal`); the control plane loads those lines into `billing.Cdr`. The
+line format is the contract between the two: `from_json` accepts exactly what `to_json` writes,
+and a corrupt or foreign line raises `CdrDecodeError`.
+
+Construction validates too, so the edge can never journal a record the loader would refuse.
+Two kinds of values are treated differently on purpose:
+
+- values the edge itself decides (ids, codes, reasons, times) must be right, or construction
+  raises `ValueError` — that is a bug in our code;
+- text that comes from the peer (SIP Call-IDs, numbers as dialled, a registered contact, codec
+  names) is cleaned instead: clipped to its column's width, NUL and invalid UTF-8 replaced. One
+  odd message must never cost a call its record nor jam the loader's batch.
+
+Times are ISO-8601 strings in UTC with milliseconds (``2026-11-24T08:00:00.123Z``), made by
+`iso_utc` from the wall-clock epoch readings the edge's core is given; `parse_iso_utc` turns one
+back into an aware datetime. They are not checked for order: a clock step during a call must
+not make its record unstorable.
+
+Pure: no I/O, no clocks, no Django.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict, overload
+
+import orjson
+
+__all__ = [
+    "DIRECTIONS",
+    "HANGUP_SIDES",
+    "CallDetailRecord",
+    "CdrDecodeError",
+    "RouteAttempt",
+    "iso_utc",
+    "new_call_id",
+    "parse_iso_utc",
+]
+
+DIRECTIONS = ("inbound", "outbound")
+HANGUP_SIDES = ("caller", "callee", "edge")
+
+# Column widths of billing.Cdr; the loader's COPY must never meet a value that does not fit.
+EDGE_MAX = 100
+CALL_ID_MAX = 64
+SIP_CALL_ID_MAX = 255
+E164_MAX = 16
+NUMBER_RAW_MAX = 255
+TARGET_MAX = 255
+REASON_MAX = 64
+KIND_MAX = 32
+CODEC_MAX = 32
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_REASON = re.compile(r"[a-z][a-z0-9_]*")
+_ISO_MS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class CdrDecodeError(ValueError):
+    """A journal line that is not a valid call detail record; the message says what is wrong."""
+
+
+class RouteAttempt(TypedDict):
+    """One route tried for a call and how it ended: the CDR's decision trace."""
+
+    target: str  # the URI or gateway tried, as configured (or a registered contact)
+    kind: str  # what the target is: "origination_uri", "carrier_gateway", "registration", ...
+    status: int | None  # the SIP final status it answered, None if it never answered (timeout)
+    reason: str  # why the edge moved on or stopped: "answered", "timeout", "failover_5xx", ...
+
+
+def new_call_id() -> str:
+    """A record id unique per edge. The caller's Call-ID is not: it repeats across retries."""
+    return uuid.uuid4().hex
+
+
+@overload
+def iso_utc(wall: float) -> str: ...
+@overload
+def iso_utc(wall: None) -> None: ...
+def iso_utc(wall: float | None) -> str | None:
+    """A wall-clock epoch reading (seconds) as ``2026-11-24T08:00:00.123Z``; None stays None.
+
+    Rounded to whole milliseconds first, so ``x.123`` never prints as ``.122``.
+    """
+    if wall is None:
+        return None
+    moment = _EPOCH + timedelta(milliseconds=round(wall * 1000))
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+        f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def parse_iso_utc(text: str) -> datetime:
+    """The aware UTC datetime of a time as `iso_utc` writes it; ValueError for anything else."""
+    if not isinstance(text, str) or not _ISO_MS.fullmatch(text):
+        raise ValueError(f"must look like 2026-11-24T08:00:00.123Z, not {text!r}")
+    return datetime.fromisoformat(text)
+
+
+@dataclass(slots=True, kw_only=True)
+class CallDetailRecord:
+    """The record of one call attempt, from its first INVITE to its end.
+
+    ``call_id`` is the record's own id (`new_call_id`, taken when the attempt starts so events
+    can refer to it); ``a_call_id`` and ``b_call_id`` are the SIP Call-IDs of the caller's leg
+    and of the last leg the edge placed (None when no leg was placed). ``duration_ms`` runs from
+    answer to end (0 when unanswered) and ``billable_seconds`` is it rounded up to the second;
+    rating with increments belongs to billing.
+    """
+
+    edge: str
+    call_id: str
+    a_call_id: str
+    b_call_id: str | None = None
+    customer_id: int | None = None
+    trunk_id: int | None = None
+    direction: str
+    caller_e164: str | None = None
+    callee_e164: str | None = None
+    caller_raw: str
+    callee_raw: str
+    source_ip: str
+    source_port: int
+    routes: list[RouteAttempt] = field(default_factory=list)
+    answered_by: str | None = None
+    setup_at: str
+    ringing_at: str | None = None
+    answer_at: str | None = None
+    end_at: str
+    duration_ms: int = 0
+    billable_seconds: int = 0
+    final_code: int
+    reason: str
+    hangup_side: str | None = None
+    codecs: list[str] = field(default_factory=list)
+    config_version: int
+
+    def __post_init__(self) -> None:
+        _check_text("edge", self.edge, EDGE_MAX)
+        _check_text("call_id", self.call_id, CALL_ID_MAX)
+        self.a_call_id = _peer_text(_require_str("a_call_id", self.a_call_id), SIP_CALL_ID_MAX)
+        if self.b_call_id is not None:
+            self.b_call_id = _peer_text(_require_str("b_call_id", self.b_call_id), SIP_CALL_ID_MAX)
+        _check_id("customer_id", self.customer_id)
+        _check_id("trunk_id", self.trunk_id)
+        _check_choice("direction", self.direction, DIRECTIONS)
+        _check_e164("caller_e164", self.caller_e164)
+        _check_e164("callee_e164", self.callee_e164)
+        self.caller_raw = _peer_text(_require_str("caller_raw", self.caller_raw), NUMBER_RAW_MAX)
+        self.callee_raw = _peer_text(_require_str("callee_raw", self.callee_raw), NUMBER_RAW_MAX)
+        _check_ip("source_ip", self.source_ip)
+        _check_int("source_port", self.source_port, 0, 65535)
+        self.routes = _clean_routes(self.routes)
+        if self.answered_by is not None:
+            self.answered_by = _peer_text(_require_str("answered_by", self.answered_by), TARGET_MAX)
+        _check_time("setup_at", self.setup_at)
+        if self.ringing_at is not None:
+            _check_time("ringing_at", self.ringing_at)
+        if self.answer_at is not None:
+            _check_time("answer_at", self.answer_at)
+        _check_time("end_at", self.end_at)
+        _check_int("duration_ms", self.duration_ms, 0, MAX_INT32)
+        if self.answer_at is None and (self.duration_ms or self.answered_by is not None):
+            raise ValueError("duration_ms and answered_by must be empty for an unanswered call")
+        if self.answer_at is not None and self.answered_by is None:
+            raise ValueError("answered_by is required for an answered call")
+        if self.billable_seconds != math.ceil(self.duration_ms / 1000):
+            raise ValueError(
+                f"billable_seconds: {self.billable_seconds!r} is not duration_ms "
+                f"{self.duration_ms} rounded up to the second"
+            )
+        _check_int("final_code", self.final_code, 200, 699)
+        _check_reason("reason", self.reason)
+        if self.hangup_side is not None:
+            _check_choice("hangup_side", self.hangup_side, HANGUP_SIDES)
+        if not isinstance(self.codecs, list):
+            raise ValueError("codecs: must be a list")
+        self.codecs = [_peer_text(_require_str("codecs[]", c), CODEC_MAX) for c in self.codecs]
+        _check_int("config_version", self.config_version, 0, MAX_INT64)
+
+    def to_json(self) -> bytes:
+        """One line of JSON, without the newline (JSON escapes any inside strings)."""
+        return orjson.dumps(
+            {
+                "edge": self.edge,
+                "call_id": self.call_id,
+                "a_call_id": self.a_call_id,
+                "b_call_id": self.b_call_id,
+                "customer_id": self.customer_id,
+                "trunk_id": self.trunk_id,
+                "direction": self.direction,
+                "caller_e164": self.caller_e164,
+                "callee_e164": self.callee_e164,
+                "caller_raw": self.caller_raw,
+                "callee_raw": self.callee_raw,
+                "source_ip": self.source_ip,
+                "source_port": self.source_port,
+                "routes": self.routes,
+                "answered_by": self.answered_by,
+                "setup_at": self.setup_at,
+                "ringing_at": self.ringing_at,
+                "answer_at": self.answer_at,
+                "end_at": self.end_at,
+                "duration_ms": self.duration_ms,
+                "billable_seconds": self.billable_seconds,
+                "final_code": self.final_code,
+                "reason": self.reason,
+                "hangup_side": self.hangup_side,
+                "codecs": self.codecs,
+                "config_version": self.config_version,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: bytes) -> CallDetailRecord:
+        """The record of one journal line (a trailing newline is allowed).
+
+        Raises `CdrDecodeError` for anything `to_json` would not have written: bad JSON, a
+        missing or unknown field (a newer edge's line is refused, not silently cut), or a value
+        that construction refuses.
+        """
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise CdrDecodeError(f"not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CdrDecodeError("not a JSON object")
+        missing = _JSON_FIELDS - data.keys()
+        unknown = data.keys() - _JSON_FIELDS
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing fields: {', '.join(sorted(missing))}")
+            if unknown:
+                parts.append(f"unknown fields: {', '.join(sorted(unknown))}")
+            raise CdrDecodeError("; ".join(parts))
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise CdrDecodeError(str(exc)) from None
+
+
+_JSON_FIELDS = frozenset(CallDetailRecord.__dataclass_fields__)
+_ROUTE_KEYS = frozenset(RouteAttempt.__annotations__)
+
+
+# --- validation -----------------------------------------------------------------------------
+# Each helper raises ValueError("<field>: <what is wrong>"); from_json turns it into the
+# CdrDecodeError the loader reports against the line.
+
+
+def _require_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: must be a string, not {type(value).__name__}")
+    return value
+
+
+def _check_text(name: str, value: Any, limit: int) -> None:
+    if not _require_str(name, value) or len(value) > limit or "\x00" in value:
+        raise ValueError(f"{name}: must be 1 to {limit} characters without NUL")
+
+
+def _peer_text(value: str, limit: int) -> str:
+    """Peer-supplied text made storable: valid UTF-8, no NUL (PostgreSQL refuses both), clipped."""
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value[:limit]
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    # bool is an int to Python but never a valid value here.
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{name}: must be an integer from {low} to {high}, not {value!r}")
+
+
+def _check_id(name: str, value: Any) -> None:
+    if value is not None:
+        _check_int(name, value, 1, MAX_INT64)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _check_reason(name: str, value: Any) -> None:
+    if not isinstance(value, str) or len(value) > REASON_MAX or not _REASON.fullmatch(value):
+        raise ValueError(f"{name}: must be a snake_case code of at most {REASON_MAX} characters")
+
+
+def _check_e164(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not _E164.fullmatch(value)):
+        raise ValueError(f"{name}: must be an E.164 number (+ and up to 15 digits) or null")
+
+
+def _check_ip(name: str, value: Any) -> None:
+    # A scope id ("fe80::1%eth0") is valid to Python but not to PostgreSQL's inet.
+    try:
+        if not isinstance(value, str) or "%" in value:
+            raise ValueError
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{name}: must be an IPv4 or IPv6 address, not {value!r}") from None
+
+
+def _check_time(name: str, value: Any) -> None:
+    try:
+        parse_iso_utc(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _clean_routes(routes: Any) -> list[RouteAttempt]:
+    if not isinstance(routes, list):
+        raise ValueError("routes: must be a list")
+    cleaned: list[RouteAttempt] = []
+    for index, route in enumerate(routes):
+        name = f"routes[{index}]"
+        if not isinstance(route, dict) or route.keys() != _ROUTE_KEYS:
+            raise ValueError(f"{name}: must be an object with target, kind, status, reason")
+        status = route["status"]
+        if status is not None:
+            _check_int(f"{name}.status", status, 100, 699)
+        _check_text(f"{name}.kind", route["kind"], KIND_MAX)
+        _check_reason(f"{name}.reason", route["reason"])
+        cleaned.append(
+            RouteAttempt(
+                target=_peer_text(_require_str(f"{name}.target", route["target"]), TARGET_MAX),
+                kind=route["kind"],
+                status=status,
+                reason=route["reason"],
+            )
+        )
+    return cleaned

@@ -1,0 +1,132 @@
+"""Per-trunk counters: concurrent calls (channels) and new calls per second (token bucket).
+
+`LocalLimits` counts on this edge only; the cluster-wide version (Redis) implements the same
+`Limits` interface, and falls back to local counting when Redis is unreachable. The b2bua
+reads `usage()` for the policy decision and `acquire()`s a slot only for admitted calls, then
+`release()`s it exactly once per acquired call (a second release is harmless).
+
+No I/O and no clock: time is the `now` argument (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from edge.config import TrunkPolicy
+from edge.policy import Usage
+
+__all__ = ["Limits", "LocalLimits", "TokenBucket"]
+
+
+class TokenBucket:
+    """`rate` tokens per second, holding at most `burst`; starts full."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def _refill(self, now: float) -> float:
+        last = self._last
+        # A clock that goes backwards (it should not: monotonic) refills nothing.
+        if last is not None and now > last:
+            self._tokens = min(self.burst, self._tokens + (now - last) * self.rate)
+        if last is None or now > last:
+            self._last = now
+        return self._tokens
+
+    def tokens(self, now: float) -> float:
+        return self._refill(now)
+
+    def available(self, now: float) -> bool:
+        """Whether `take(now)` would succeed; takes nothing."""
+        return self._refill(now) >= 1.0
+
+    def take(self, now: float) -> bool:
+        if self._refill(now) >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def reconfigure(self, rate: float, burst: float) -> None:
+        """New limits from a new config, keeping the tokens already earned (up to `burst`)."""
+        self.rate = rate
+        self.burst = burst
+        self._tokens = min(self._tokens, float(burst))
+
+
+class Limits(Protocol):
+    """What the b2bua needs from counters, local or cluster-wide."""
+
+    def usage(self, trunk: TrunkPolicy, now: float) -> Usage: ...
+
+    def acquire(
+        self, trunk: TrunkPolicy, call_id: str, now: float, *, count_cps: bool = True
+    ) -> bool: ...
+
+    def release(self, trunk_id: int, call_id: str) -> None: ...
+
+    def active_calls(self, trunk_id: int) -> int: ...
+
+
+class _TrunkCounters:
+    __slots__ = ("bucket", "calls")
+
+    def __init__(self, max_cps: int) -> None:
+        self.calls: set[str] = set()
+        self.bucket = TokenBucket(max_cps, max_cps)
+
+
+class LocalLimits:
+    """This edge's counters for every trunk.
+
+    A trunk's bucket outlives its calls: dropping it when idle would hand out a fresh burst
+    to whoever hangs up quickly and calls again. Memory is one small object per trunk seen.
+    """
+
+    __slots__ = ("_trunks",)
+
+    def __init__(self) -> None:
+        self._trunks: dict[int, _TrunkCounters] = {}
+
+    def _counters(self, trunk: TrunkPolicy) -> _TrunkCounters:
+        counters = self._trunks.get(trunk.id)
+        if counters is None:
+            counters = self._trunks[trunk.id] = _TrunkCounters(trunk.max_cps)
+        elif counters.bucket.rate != trunk.max_cps:
+            counters.bucket.reconfigure(trunk.max_cps, trunk.max_cps)
+        return counters
+
+    def usage(self, trunk: TrunkPolicy, now: float) -> Usage:
+        counters = self._counters(trunk)
+        return Usage(len(counters.calls), counters.bucket.available(now))
+
+    def acquire(
+        self, trunk: TrunkPolicy, call_id: str, now: float, *, count_cps: bool = True
+    ) -> bool:
+        """Take a channel and (if `count_cps`, for outbound calls) a CPS token, or neither.
+
+        Acquiring a call that already holds a slot succeeds without taking anything.
+        """
+        counters = self._counters(trunk)
+        calls = counters.calls
+        if call_id in calls:
+            return True
+        if len(calls) >= trunk.max_channels:
+            return False
+        if count_cps and not counters.bucket.take(now):
+            return False
+        calls.add(call_id)
+        return True
+
+    def release(self, trunk_id: int, call_id: str) -> None:
+        counters = self._trunks.get(trunk_id)
+        if counters is not None:
+            counters.calls.discard(call_id)
+
+    def active_calls(self, trunk_id: int) -> int:
+        counters = self._trunks.get(trunk_id)
+        return 0 if counters is None else len(counters.calls)

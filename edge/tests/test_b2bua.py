@@ -1,0 +1,519 @@
+"""The B2BUA core driven in the sans-IO style: scripted SIP peers, a fake clock, no sockets.
+
+Each test plays a customer PBX, a carrier gateway or an origination target by building SIP
+messages with edge.sip, feeds them to the core and reads what it puts on the wire, which CDR it
+writes and which live events it emits.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from edge.b2bua import B2bua, B2buaSettings, CallEvent, CdrReady, Transmit
+from edge.cdr import CallDetailRecord
+from edge.limits import LocalLimits
+from edge.sip.digest import answer_challenge, parse_challenge
+from edge.sip.message import Request, Response, make_request, make_response, new_branch, new_tag
+from edge.sip.parser import parse_message
+from edge.tests.factories import (
+    GATEWAY_HOST,
+    GATEWAY_PORT,
+    NUMBER,
+    PASSWORD,
+    compiled,
+    gateway_doc,
+    origination_doc,
+    trunk_doc,
+)
+
+EDGE = ("127.0.0.10", 5060, "udp")
+PBX = ("127.0.0.1", 5062, "udp")  # in trunk 1's ACL
+STRANGER = ("127.0.0.99", 5062, "udp")  # in no ACL
+GATEWAY = (GATEWAY_HOST, GATEWAY_PORT, "udp")
+ORIGINATION = ("127.0.0.1", 5070, "udp")
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+)
+
+
+class Edge:
+    """A B2BUA with a fake clock that records everything it outputs."""
+
+    def __init__(self, **snapshot: object) -> None:
+        self.now = 1000.0
+        self.wall = 1_790_000_000.0
+        self.core = B2bua(
+            node="edge-test",
+            config=compiled(**snapshot),
+            limits=LocalLimits(),
+            local={"udp": EDGE},
+            digest_secret=b"test-secret",
+            rng=random.Random(7),
+            settings=B2buaSettings(challenge_timeout=5.0),
+        )
+        self.wire: list[Transmit] = []
+        self.cdrs: list[CallDetailRecord] = []
+        self.events: list[CallEvent] = []
+
+    def _keep(self, outputs: list) -> None:
+        for out in outputs:
+            if isinstance(out, Transmit):
+                self.wire.append(out)
+            elif isinstance(out, CdrReady):
+                self.cdrs.append(out.record)
+            else:
+                self.events.append(out)
+
+    def send(self, message: Request | Response, source: tuple[str, int, str]) -> None:
+        self._keep(self.core.datagram_received(message.to_bytes(), source, self.now, self.wall))
+
+    def advance(self, seconds: float) -> None:
+        """Move the clocks, firing every timer due on the way."""
+        end = self.now + seconds
+        while (deadline := self.core.next_timer()) is not None and deadline <= end:
+            self.wall += deadline - self.now
+            self.now = deadline
+            self._keep(self.core.on_timer(self.now, self.wall))
+        self.wall += end - self.now
+        self.now = end
+
+    def take(self, addr: tuple[str, int, str]) -> list[Request | Response]:
+        """Messages sent to `addr` since the last take."""
+        mine = [parse_message(t.data) for t in self.wire if t.addr == addr]
+        self.wire = [t for t in self.wire if t.addr != addr]
+        return mine
+
+
+def invite(source, callee: str = "+14155550123", caller: str = NUMBER, **headers: str) -> Request:
+    host, port, _ = source
+    return make_request(
+        "INVITE",
+        f"sip:{callee}@{EDGE[0]}",
+        from_=f"<sip:{caller}@{host}>;tag={new_tag()}",
+        to=f"<sip:{callee}@{EDGE[0]}>",
+        call_id=f"{new_tag()}@{host}",
+        cseq=1,
+        via=f"SIP/2.0/UDP {host}:{port};branch={new_branch()}",
+        contact=f"<sip:{caller}@{host}:{port}>",
+        headers=list(headers.items()),
+        body=SDP,
+        content_type="application/sdp",
+    )
+
+
+def answer(request: Request, status: int, *, tag: str, peer: tuple[str, int, str]) -> Response:
+    host, port, _ = peer
+    headers = [("Contact", f"<sip:callee@{host}:{port}>")]
+    body = b""
+    if status == 200:
+        headers.append(("Content-Type", "application/sdp"))
+        body = SDP
+    return make_response(request, status, to_tag=tag, headers=headers, body=body)
+
+
+def in_dialog(method: str, after: Response, original: Request, source, *, cseq: int) -> Request:
+    """A request of the side that sent `original`, in the dialog `after` established."""
+    host, port, _ = source
+    return make_request(
+        method,
+        after.contact[0].uri if after.contact else original.uri,
+        from_=original.headers.get("From"),
+        to=after.headers.get("To"),
+        call_id=original.call_id,
+        cseq=cseq,
+        via=f"SIP/2.0/UDP {host}:{port};branch={new_branch()}",
+    )
+
+
+def reverse_request(
+    method: str, received: Request, sent: Response, source, *, cseq: int
+) -> Request:
+    """A request of the side that received `received` and answered it with `sent`."""
+    host, port, _ = source
+    return make_request(
+        method,
+        received.contact[0].uri,
+        from_=sent.headers.get("To"),
+        to=received.headers.get("From"),
+        call_id=received.call_id,
+        cseq=cseq,
+        via=f"SIP/2.0/UDP {host}:{port};branch={new_branch()}",
+    )
+
+
+def finals(messages) -> list[int]:
+    return [m.status for m in messages if isinstance(m, Response) and m.status >= 200]
+
+
+def connect_outbound(edge: Edge):
+    """An outbound call answered by the gateway and ACKed: (a INVITE, a 200, b INVITE, b 200)."""
+    a_invite = invite(PBX)
+    edge.send(a_invite, PBX)
+    assert [m.status for m in edge.take(PBX)] == [100]
+    (b_invite,) = edge.take(GATEWAY)
+    edge.send(answer(b_invite, 180, tag="gw", peer=GATEWAY), GATEWAY)
+    b_ok = answer(b_invite, 200, tag="gw", peer=GATEWAY)
+    edge.send(b_ok, GATEWAY)
+    ringing, a_ok = edge.take(PBX)
+    assert (ringing.status, a_ok.status) == (180, 200)
+    ack = in_dialog("ACK", a_ok, a_invite, PBX, cseq=1)
+    edge.send(ack, PBX)
+    (b_ack,) = edge.take(GATEWAY)
+    assert b_ack.method == "ACK" and b_ack.call_id == b_invite.call_id
+    return a_invite, a_ok, b_invite, b_ok
+
+
+def test_outbound_call_end_to_end():
+    edge = Edge()
+    a_invite, a_ok, b_invite, b_ok = connect_outbound(edge)
+
+    # Topology hiding: nothing of the PBX's side reaches the carrier, and vice versa.
+    wire_b = b_invite.to_bytes()
+    assert b"127.0.0.1:5062" not in wire_b and a_invite.call_id.encode() not in wire_b
+    assert b_invite.uri.startswith("sip:+14155550123@127.1.0.1")
+    assert [v.host for v in b_invite.vias] == [EDGE[0]]
+    assert b_invite.body == SDP  # media goes end to end
+    assert GATEWAY_HOST.encode() not in a_ok.to_bytes().split(b"\r\n\r\n")[0]
+    assert edge.core.active_calls == 1
+
+    edge.advance(30)
+    edge.send(in_dialog("BYE", a_ok, a_invite, PBX, cseq=2), PBX)
+    assert finals(edge.take(PBX)) == [200]
+    (b_bye,) = edge.take(GATEWAY)
+    assert b_bye.method == "BYE" and b_bye.call_id == b_invite.call_id
+    edge.send(make_response(b_bye, 200), GATEWAY)
+
+    (cdr,) = edge.cdrs
+    assert (cdr.direction, cdr.trunk_id, cdr.customer_id) == ("outbound", 1, 1)
+    assert (cdr.reason, cdr.final_code, cdr.hangup_side) == ("normal_clearing", 200, "caller")
+    assert cdr.callee_e164 == "+14155550123" and cdr.caller_e164 == NUMBER
+    assert cdr.a_call_id == a_invite.call_id and cdr.b_call_id == b_invite.call_id
+    assert cdr.duration_ms == 30_000 and cdr.billable_seconds == 30
+    assert cdr.answered_by == "1" and cdr.routes[0]["status"] == 200
+    assert cdr.codecs == ["PCMU", "PCMA"]
+    assert [e.kind for e in edge.events] == ["started", "ringing", "answered", "ended"]
+    assert edge.core.active_calls == 0
+
+
+def test_bye_from_the_callee():
+    edge = Edge()
+    a_invite, a_ok, b_invite, b_ok = connect_outbound(edge)
+    edge.send(reverse_request("BYE", b_invite, b_ok, GATEWAY, cseq=1), GATEWAY)
+    assert finals(edge.take(GATEWAY)) == [200]
+    (a_bye,) = edge.take(PBX)
+    assert a_bye.method == "BYE" and a_bye.call_id == a_invite.call_id
+    assert a_bye.to_tag == a_invite.from_tag
+    (cdr,) = edge.cdrs
+    assert cdr.hangup_side == "callee" and cdr.reason == "normal_clearing"
+
+
+def test_reinvite_is_relayed_into_the_other_dialog():
+    edge = Edge()
+    a_invite, a_ok, b_invite, b_ok = connect_outbound(edge)
+    reinvite = in_dialog("INVITE", a_ok, a_invite, PBX, cseq=2)
+    reinvite.body = SDP
+    reinvite.headers.set("Content-Type", "application/sdp")
+    edge.send(reinvite, PBX)
+    relayed = [m for m in edge.take(GATEWAY) if isinstance(m, Request)]
+    assert [m.method for m in relayed] == ["INVITE"] and relayed[0].call_id == b_invite.call_id
+    edge.send(answer(relayed[0], 200, tag="gw", peer=GATEWAY), GATEWAY)
+    assert finals(edge.take(PBX)) == [200]
+    assert edge.core.active_calls == 1 and not edge.cdrs
+
+
+@pytest.mark.parametrize(
+    "trunk, callee, caller, code, reason",
+    [
+        ({"active": False}, "+14155550123", NUMBER, 403, "trunk_suspended"),
+        ({}, "+19005550123", NUMBER, 403, "destination_blocked"),
+        ({"allowed_destinations": ["+44"]}, "+14155550123", NUMBER, 403, "destination_not_allowed"),
+        ({"allowed_destinations": ["GB"]}, "+442079460000", NUMBER, None, None),
+        ({}, "+14155550123", "+14155559999", 403, "caller_id_denied"),
+        ({"caller_id_policy": "pass_through"}, "+14155550123", "+14155559999", None, None),
+        ({}, "not-a-number", NUMBER, 484, "invalid_number"),
+    ],
+)
+def test_outbound_policy(trunk, callee, caller, code, reason):
+    edge = Edge(trunks=[trunk_doc(**trunk)])
+    edge.send(invite(PBX, callee=callee, caller=caller), PBX)
+    if code is None:
+        assert len(edge.take(GATEWAY)) == 1
+        return
+    assert finals(edge.take(PBX)) == [code]
+    assert not edge.take(GATEWAY)
+    (cdr,) = edge.cdrs
+    assert (cdr.final_code, cdr.reason, cdr.trunk_id) == (code, reason, 1)
+    assert edge.core.stats.refusals_total == {reason: 1}
+
+
+def test_channel_limit():
+    edge = Edge(trunks=[trunk_doc(max_channels=2, max_cps=100)])
+    for _ in range(3):
+        edge.send(invite(PBX), PBX)
+    assert len(edge.take(GATEWAY)) == 2
+    assert finals(edge.take(PBX)) == [503]
+    (cdr,) = edge.cdrs
+    assert cdr.reason == "channel_limit"
+
+
+def test_cps_limit_refills_with_time():
+    edge = Edge(trunks=[trunk_doc(max_cps=2)])
+    for _ in range(3):
+        edge.send(invite(PBX), PBX)
+    assert finals(edge.take(PBX)) == [503]
+    assert edge.cdrs[0].reason == "cps_limit"
+    edge.advance(1.0)
+    edge.send(invite(PBX), PBX)
+    assert len({m.call_id for m in edge.take(GATEWAY)}) == 3  # (with timer A resends)
+
+
+def test_suspended_or_out_of_credit_customer():
+    edge = Edge(customers=[{"id": 1, "name": "Acme", "active": True, "out_of_credit": True}])
+    edge.send(invite(PBX), PBX)
+    assert finals(edge.take(PBX)) == [402]
+    assert edge.cdrs[0].reason == "no_credit"
+
+
+def test_failover_on_503_but_not_on_486():
+    gateways = [gateway_doc(id=1, priority=10), gateway_doc(id=2, host="127.1.0.2", priority=20)]
+    second = ("127.1.0.2", GATEWAY_PORT, "udp")
+    edge = Edge(gateways=gateways)
+    edge.send(invite(PBX), PBX)
+    (first_invite,) = edge.take(GATEWAY)
+    edge.send(answer(first_invite, 503, tag="g1", peer=GATEWAY), GATEWAY)
+    (second_invite,) = [m for m in edge.take(second) if isinstance(m, Request)]
+    assert second_invite.call_id == first_invite.call_id
+    assert second_invite.cseq[0] == first_invite.cseq[0] + 1
+    edge.send(answer(second_invite, 486, tag="g2", peer=second), second)
+    assert finals(edge.take(PBX)) == [486]
+    (cdr,) = edge.cdrs
+    assert [(r["target"], r["status"], r["reason"]) for r in cdr.routes] == [
+        ("1", 503, "failover"),
+        ("2", 486, "rejected"),
+    ]
+    assert cdr.reason == "callee_rejected" and cdr.final_code == 486
+
+
+def test_stop_code_ends_the_hunt():
+    gateways = [gateway_doc(id=1, priority=10), gateway_doc(id=2, host="127.1.0.2", priority=20)]
+    edge = Edge(gateways=gateways)
+    edge.send(invite(PBX), PBX)
+    (first_invite,) = edge.take(GATEWAY)
+    edge.send(answer(first_invite, 486, tag="g1", peer=GATEWAY), GATEWAY)
+    assert not edge.take(("127.1.0.2", GATEWAY_PORT, "udp"))
+    assert finals(edge.take(PBX)) == [486]
+
+
+def test_timeout_fails_over_then_answers_408():
+    edge = Edge()
+    edge.send(invite(PBX), PBX)
+    edge.advance(40)  # timer B: no answer from the only gateway
+    assert set(finals(edge.take(PBX))) == {408}  # resent until ACKed (timer G)
+    (cdr,) = edge.cdrs
+    assert cdr.reason == "timeout" and cdr.routes[0]["reason"] == "timeout"
+
+
+def test_cancel_before_answer():
+    edge = Edge()
+    a_invite = invite(PBX)
+    edge.send(a_invite, PBX)
+    (b_invite,) = edge.take(GATEWAY)
+    edge.send(answer(b_invite, 180, tag="gw", peer=GATEWAY), GATEWAY)
+    edge.take(PBX)
+    cancel = make_request(
+        "CANCEL",
+        a_invite.uri,
+        from_=a_invite.headers.get("From"),
+        to=a_invite.headers.get("To"),
+        call_id=a_invite.call_id,
+        cseq=1,
+        via=a_invite.headers.get_all("Via")[0],
+    )
+    edge.send(cancel, PBX)
+    assert sorted(finals(edge.take(PBX))) == [200, 487]
+    (b_cancel,) = edge.take(GATEWAY)
+    assert b_cancel.method == "CANCEL" and b_cancel.call_id == b_invite.call_id
+    edge.send(make_response(b_cancel, 200), GATEWAY)
+    edge.send(answer(b_invite, 487, tag="gw", peer=GATEWAY), GATEWAY)
+    (cdr,) = edge.cdrs
+    assert (cdr.reason, cdr.final_code, cdr.hangup_side) == ("cancelled", 487, "caller")
+    assert edge.core.active_calls == 0
+
+
+def test_cancel_waits_for_a_provisional_and_a_crossing_200_is_taken_down():
+    edge = Edge()
+    a_invite = invite(PBX)
+    edge.send(a_invite, PBX)
+    (b_invite,) = edge.take(GATEWAY)
+    cancel = make_request(
+        "CANCEL",
+        a_invite.uri,
+        from_=a_invite.headers.get("From"),
+        to=a_invite.headers.get("To"),
+        call_id=a_invite.call_id,
+        cseq=1,
+        via=a_invite.headers.get_all("Via")[0],
+    )
+    edge.send(cancel, PBX)
+    assert not edge.take(GATEWAY)  # no provisional yet: no CANCEL (RFC 3261 9.1)
+    edge.send(answer(b_invite, 200, tag="gw", peer=GATEWAY), GATEWAY)
+    sent = [m.method for m in edge.take(GATEWAY)]
+    assert sent == ["ACK", "BYE"]
+    assert len(edge.cdrs) == 1 and edge.cdrs[0].reason == "cancelled"
+
+
+def test_max_call_duration_ends_both_legs():
+    edge = Edge(trunks=[trunk_doc(max_call_duration=60)])
+    connect_outbound(edge)
+    edge.advance(61)  # (the peers do not answer the BYEs, which are resent: timer E)
+    assert {m.method for m in edge.take(PBX) if isinstance(m, Request)} == {"BYE"}
+    assert {m.method for m in edge.take(GATEWAY) if isinstance(m, Request)} == {"BYE"}
+    (cdr,) = edge.cdrs
+    assert (cdr.reason, cdr.hangup_side, cdr.billable_seconds) == ("max_duration", "edge", 60)
+
+
+def test_inbound_call_to_a_did_reaches_the_origination_uri():
+    uris = [origination_doc("sip:127.0.0.1:5070", priority=10)]
+    edge = Edge(trunks=[trunk_doc(origination_uris=uris)])
+    a_invite = invite(GATEWAY, callee="14155550100", caller="+442079460000")
+    edge.send(a_invite, GATEWAY)
+    (b_invite,) = edge.take(ORIGINATION)
+    assert b_invite.uri == "sip:+14155550100@127.0.0.1:5070"
+    edge.send(answer(b_invite, 200, tag="pbx", peer=ORIGINATION), ORIGINATION)
+    assert finals(edge.take(GATEWAY)) == [200]
+    assert edge.core.calls()[0]["direction"] == "inbound"
+
+
+def test_unknown_number_is_404():
+    edge = Edge()
+    edge.send(invite(GATEWAY, callee="+14155550999"), GATEWAY)
+    assert finals(edge.take(GATEWAY)) == [404]
+    assert edge.cdrs[0].reason == "unknown_number" and edge.cdrs[0].direction == "inbound"
+
+
+def test_digest_authenticated_call_and_wrong_password():
+    edge = Edge()
+    first = invite(STRANGER)
+    edge.send(first, STRANGER)
+    (challenge,) = edge.take(STRANGER)
+    assert challenge.status == 407 and not edge.cdrs
+    values = challenge.headers.get_all("Proxy-Authenticate")
+    assert "SHA-256" in values[0] and "MD5" in values[1]
+
+    def retry(password: str, cseq: int) -> Request:
+        request = invite(STRANGER)
+        request.headers.set("Call-ID", first.call_id)
+        request.headers.set("CSeq", f"{cseq} INVITE")
+        authorization = answer_challenge(
+            parse_challenge(values[0]),
+            method="INVITE",
+            uri=request.uri,
+            username="pbx1",
+            password=password,
+            cnonce="abc123",
+        )
+        request.headers.add("Proxy-Authorization", authorization)
+        return request
+
+    edge.send(retry(PASSWORD, 2), STRANGER)
+    assert len(edge.take(GATEWAY)) == 1
+    assert edge.core.calls()[0]["trunk_id"] == 1
+
+    edge.send(retry("wrong", 3), STRANGER)
+    assert finals(edge.take(STRANGER)) == [403]
+    assert edge.cdrs[-1].reason == "auth_failed"
+    assert edge.core.stats.auth_failures_total == 1
+
+
+def test_unanswered_challenge_ends_in_one_cdr():
+    edge = Edge()
+    edge.send(invite(STRANGER), STRANGER)
+    edge.advance(10)
+    (cdr,) = edge.cdrs
+    assert (cdr.reason, cdr.final_code, cdr.trunk_id) == ("auth_required", 407, None)
+
+
+def test_malformed_request_is_answered_400_and_the_edge_carries_on():
+    edge = Edge()
+    bad = invite(PBX).to_bytes().replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
+    edge.core.datagram_received(bad, PBX, edge.now, edge.wall)
+    edge._keep(edge.core.datagram_received(bad, PBX, edge.now, edge.wall))
+    (reply,) = edge.take(PBX)
+    assert reply.status == 400 and reply.reason
+    edge._keep(edge.core.datagram_received(b"\x00garbage\r\n\r\n", PBX, edge.now, edge.wall))
+    assert not edge.take(PBX)
+    connect_outbound(edge)  # everyone else is still served
+
+
+def test_draining_refuses_new_calls_and_keeps_current_ones():
+    edge = Edge()
+    a_invite, a_ok, *_ = connect_outbound(edge)
+    edge.core.drain()
+    edge.send(invite(PBX), PBX)
+    assert finals(edge.take(PBX)) == [503]
+    assert edge.cdrs[-1].reason == "draining"
+    edge.send(in_dialog("BYE", a_ok, a_invite, PBX, cseq=2), PBX)
+    assert finals(edge.take(PBX)) == [200] and edge.core.active_calls == 0
+
+
+def test_operator_hangup_and_shutdown_write_cdrs():
+    edge = Edge()
+    connect_outbound(edge)
+    call_id = edge.core.calls()[0]["call_id"]
+    edge._keep(edge.core.hangup(call_id, edge.now, edge.wall))
+    assert edge.cdrs[-1].reason == "operator_hangup"
+    assert edge.core.hangup("nope", edge.now, edge.wall) is None
+    edge.send(invite(PBX), PBX)
+    edge._keep(edge.core.close(edge.now, edge.wall))
+    assert [c.reason for c in edge.cdrs] == ["operator_hangup", "shutdown"]
+
+
+def test_new_config_applies_to_new_calls_only():
+    edge = Edge()
+    connect_outbound(edge)
+    edge.core.apply_config(compiled(trunks=[trunk_doc(active=False)], version=2))
+    edge.send(invite(PBX), PBX)
+    assert finals(edge.take(PBX)) == [403]
+    assert edge.core.active_calls == 1  # the call in progress carries on
+    assert edge.cdrs[-1].config_version == 2
+
+
+def test_register_then_inbound_call_goes_to_the_contact():
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register = make_request(
+        "REGISTER",
+        f"sip:{EDGE[0]}",
+        from_=f"<sip:pbx1@{EDGE[0]}>;tag={new_tag()}",
+        to=f"<sip:pbx1@{EDGE[0]}>",
+        call_id="reg-1",
+        cseq=1,
+        via=f"SIP/2.0/UDP {STRANGER[0]}:{STRANGER[1]};branch={new_branch()}",
+        contact=f"<sip:pbx1@{STRANGER[0]}:{STRANGER[1]}>",
+        headers=[("Expires", "120")],
+    )
+    edge.send(register, STRANGER)
+    (challenge,) = edge.take(STRANGER)
+    assert challenge.status == 401
+    register.headers.set("CSeq", "2 REGISTER")
+    register.headers.set("Via", f"SIP/2.0/UDP {STRANGER[0]}:{STRANGER[1]};branch={new_branch()}")
+    register.headers.add(
+        "Authorization",
+        answer_challenge(
+            parse_challenge(challenge.headers.get_all("WWW-Authenticate")[1]),
+            method="REGISTER",
+            uri=register.uri,
+            username="pbx1",
+            password=PASSWORD,
+            cnonce="c1",
+        ),
+    )
+    edge.send(register, STRANGER)
+    (ok,) = edge.take(STRANGER)
+    assert ok.status == 200 and "expires=120" in ok.headers.get("Contact")
+
+    edge.send(invite(GATEWAY, callee=NUMBER), GATEWAY)
+    (b_invite,) = edge.take(STRANGER)
+    assert b_invite.method == "INVITE" and b_invite.uri.startswith("sip:pbx1@127.0.0.99")
