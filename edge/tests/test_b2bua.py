@@ -168,7 +168,7 @@ def connect_outbound(edge: Edge):
 
 def test_outbound_call_end_to_end():
     edge = Edge()
-    a_invite, a_ok, b_invite, b_ok = connect_outbound(edge)
+    a_invite, a_ok, b_invite, _b_ok = connect_outbound(edge)
 
     # Topology hiding: nothing of the PBX's side reaches the carrier, and vice versa.
     wire_b = b_invite.to_bytes()
@@ -200,7 +200,7 @@ def test_outbound_call_end_to_end():
 
 def test_bye_from_the_callee():
     edge = Edge()
-    a_invite, a_ok, b_invite, b_ok = connect_outbound(edge)
+    a_invite, _a_ok, b_invite, b_ok = connect_outbound(edge)
     edge.send(reverse_request("BYE", b_invite, b_ok, GATEWAY, cseq=1), GATEWAY)
     assert finals(edge.take(GATEWAY)) == [200]
     (a_bye,) = edge.take(PBX)
@@ -212,7 +212,7 @@ def test_bye_from_the_callee():
 
 def test_reinvite_is_relayed_into_the_other_dialog():
     edge = Edge()
-    a_invite, a_ok, b_invite, b_ok = connect_outbound(edge)
+    a_invite, a_ok, b_invite, _b_ok = connect_outbound(edge)
     reinvite = in_dialog("INVITE", a_ok, a_invite, PBX, cseq=2)
     reinvite.body = SDP
     reinvite.headers.set("Content-Type", "application/sdp")
