@@ -312,6 +312,7 @@ class B2bua:
         self._relays: dict[ClientTransaction, _Relay] = {}
         self._b_invites: dict[ClientTransaction, _Call] = {}
         self._challenges: dict[str, _PendingChallenge] = {}
+        self._admitting: dict[str, _Call] = {}  # waiting for the cluster counters' answer
         self._out: list[Output] = []
 
     # --- the runtime's interface ------------------------------------------------------------
@@ -954,24 +955,56 @@ class B2bua:
                 direction=direction,
             )
             return
-        # Inbound calls take a channel but no CPS token (see edge.policy.admit_inbound).
-        if not self.limits.acquire(trunk, call.id, now, count_cps=direction == "outbound"):
-            # usage() admitted it a moment ago; another edge took the last slot meanwhile.
-            self._refuse(
-                request,
-                txn,
-                source,
-                trunk,
-                now,
-                wall,
-                "channel_limit",
-                *REFUSALS["channel_limit"],
-                direction=direction,
-            )
-            return
-        self.stats.attempts_total += 1
-        self._respond(txn, request, 100, None, now)
         call.targets = targets
+        # Inbound calls take a channel but no CPS token (see edge.policy.admit_inbound).
+        granted = self.limits.acquire(trunk, call.id, now, count_cps=direction == "outbound")
+        if granted is None:  # the cluster counters answer later, through limit_decided
+            self._admitting[call.id] = call
+            self._by_a_txn[txn] = call
+            self._respond(txn, request, 100, None, now)
+        elif granted:
+            self._proceed(call, now, wall, say_trying=True)
+        else:
+            # usage() admitted it a moment ago; the last slot went meanwhile.
+            self._refuse_call(call, "channel_limit", now, wall)
+
+    def limit_decided(
+        self, call_id: str, granted: bool, reason: str | None, now: float, wall: float
+    ) -> list[Output]:
+        """The cluster counters' answer for a call `acquire` left pending. `reason` says which
+        limit refused it (`channel_limit` or `cps_limit`)."""
+        out = self._out = []
+        call = self._admitting.pop(call_id, None)
+        if call is None:
+            return out  # cancelled meanwhile: _on_cancel already released the slot
+        if granted:
+            self._proceed(call, now, wall, say_trying=False)  # said while it waited
+        else:
+            self._by_a_txn.pop(call.a_txn, None)
+            self._refuse_call(call, reason or "channel_limit", now, wall)
+        return out
+
+    def _refuse_call(self, call: _Call, reason: str, now: float, wall: float) -> None:
+        code, phrase = REFUSALS[reason]
+        self._refuse(
+            call.a_invite,
+            call.a_txn,
+            call.source,
+            call.trunk,
+            now,
+            wall,
+            reason,
+            code,
+            phrase,
+            direction=call.direction,
+        )
+
+    def _proceed(self, call: _Call, now: float, wall: float, *, say_trying: bool) -> None:
+        """The call holds its slot: say 100 Trying and try the first target."""
+        request, txn = call.a_invite, call.a_txn
+        self.stats.attempts_total += 1
+        if say_trying:
+            self._respond(txn, request, 100, None, now)
         call.codecs = _codecs(request)
         self._calls[call.id] = call
         self._by_a_txn[txn] = call
@@ -1227,6 +1260,12 @@ class B2bua:
             self._respond(txn, cancel, 481, None, now)
             return
         self._respond(txn, cancel, 200, None, now)
+        if self._admitting.pop(call.id, None) is not None:
+            # Cancelled before the counters answered: _finish gives back any slot they grant.
+            self._fail_a(call, 487, "Request Terminated", now)
+            self.stats.attempts_total += 1
+            self._finish(call, wall, final_code=487, reason="cancelled", side="caller")
+            return
         if call.answer_at is not None or call.ended:
             return  # too late: the caller will get the 2xx and must BYE
         self._fail_a(call, 487, "Request Terminated", now)

@@ -59,13 +59,17 @@ class TokenBucket:
 
 
 class Limits(Protocol):
-    """What the b2bua needs from counters, local or cluster-wide."""
+    """What the b2bua needs from counters, local or cluster-wide.
+
+    `acquire` answers at once (True or False) or, for counters that live elsewhere (Redis),
+    returns None: the decision comes later through `B2bua.limit_decided`.
+    """
 
     def usage(self, trunk: TrunkPolicy, now: float) -> Usage: ...
 
     def acquire(
         self, trunk: TrunkPolicy, call_id: str, now: float, *, count_cps: bool = True
-    ) -> bool: ...
+    ) -> bool | None: ...
 
     def release(self, trunk_id: int, call_id: str) -> None: ...
 

@@ -4,6 +4,19 @@ Nothing in this package does I/O, reads a clock, starts a thread or imports Djan
 `edge/runtime/` moves the bytes. See README.md for the module map.
 """
 
+from edge.sip.dialog import AnswerRetransmitter, Dialog, DialogId, DialogState
+from edge.sip.digest import (
+    DigestChallenge,
+    DigestCredentials,
+    DigestOutcome,
+    DigestResult,
+    DigestServer,
+    answer_challenge,
+    ha1,
+    parse_authorization,
+    parse_challenge,
+    select_challenge,
+)
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError, SipError
 from edge.sip.message import (
     BRANCH_MAGIC_COOKIE,
@@ -24,30 +37,6 @@ from edge.sip.message import (
 )
 from edge.sip.parser import DEFAULT_MAX_SIZE, StreamParser, parse_message
 from edge.sip.sdp import Codec, MediaDescription, SessionDescription
-from edge.sip.uri import (
-    AbsoluteUri,
-    NameAddr,
-    Parameters,
-    SipUri,
-    parse_header_params,
-    parse_name_addr,
-    parse_uri,
-)
-
-# --- digest, transaction and dialog exports: imports go below this line -------------------
-from edge.sip.dialog import AnswerRetransmitter, Dialog, DialogId, DialogState
-from edge.sip.digest import (
-    DigestChallenge,
-    DigestCredentials,
-    DigestOutcome,
-    DigestResult,
-    DigestServer,
-    answer_challenge,
-    ha1,
-    parse_authorization,
-    parse_challenge,
-    select_challenge,
-)
 from edge.sip.timers import Timer, TimerConfig, TimerQueue
 from edge.sip.transaction import (
     Address,
@@ -69,7 +58,15 @@ from edge.sip.transaction import (
     TransportError,
     make_cancel,
 )
-# --- end of digest, transaction and dialog imports ------------------------------------------
+from edge.sip.uri import (
+    AbsoluteUri,
+    NameAddr,
+    Parameters,
+    SipUri,
+    parse_header_params,
+    parse_name_addr,
+    parse_uri,
+)
 
 __all__ = [
     "BRANCH_MAGIC_COOKIE",
@@ -77,38 +74,12 @@ __all__ = [
     "REASON_PHRASES",
     "SIP_VERSION",
     "AbsoluteUri",
-    "Codec",
-    "Headers",
-    "LocalProtocolError",
-    "MediaDescription",
-    "Message",
-    "NameAddr",
-    "Parameters",
-    "RemoteProtocolError",
-    "Request",
-    "Response",
-    "SessionDescription",
-    "SipError",
-    "SipUri",
-    "StreamParser",
-    "Via",
-    "make_request",
-    "make_response",
-    "new_branch",
-    "new_call_id",
-    "new_tag",
-    "parse_header_params",
-    "parse_message",
-    "parse_name_addr",
-    "parse_uri",
-    "parse_via",
-    "validate_for_proxy",
-    # --- digest, transaction and dialog names go below this line ---
     "Address",
     "AnswerRetransmitter",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
     "ClientTransaction",
+    "Codec",
     "DeliverToTU",
     "Dialog",
     "DialogId",
@@ -118,10 +89,23 @@ __all__ = [
     "DigestOutcome",
     "DigestResult",
     "DigestServer",
+    "Headers",
+    "LocalProtocolError",
+    "MediaDescription",
+    "Message",
+    "NameAddr",
+    "Parameters",
+    "RemoteProtocolError",
+    "Request",
+    "Response",
     "SendMessage",
     "ServerInviteTransaction",
     "ServerNonInviteTransaction",
     "ServerTransaction",
+    "SessionDescription",
+    "SipError",
+    "SipUri",
+    "StreamParser",
     "Terminated",
     "Timeout",
     "Timer",
@@ -133,11 +117,22 @@ __all__ = [
     "TransactionLayer",
     "TransactionState",
     "TransportError",
+    "Via",
     "answer_challenge",
     "ha1",
     "make_cancel",
+    "make_request",
+    "make_response",
+    "new_branch",
+    "new_call_id",
+    "new_tag",
     "parse_authorization",
     "parse_challenge",
+    "parse_header_params",
+    "parse_message",
+    "parse_name_addr",
+    "parse_uri",
+    "parse_via",
     "select_challenge",
-    # --- end of digest, transaction and dialog names ---
+    "validate_for_proxy",
 ]

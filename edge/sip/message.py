@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError
-from edge.sip.grammar import is_token, split_unquoted
+from edge.sip.grammar import TOKEN_CHARS, is_token, split_unquoted
 from edge.sip.uri import (
     NameAddr,
     Parameters,
@@ -182,20 +182,18 @@ _SINGLE_VALUED_HEADERS = (
     "Call-ID",
     "CSeq",
     "Max-Forwards",
-    "Content-Length",
     "Content-Type",
 )
 # Accessors validate_for_proxy reads: each parses and checks the header it serves.
-_PROXY_ACCESSORS = (
-    "vias",
-    "from_",
-    "to",
-    "call_id",
-    "cseq",
-    "max_forwards",
-    "contact",
-    "routes",
-    "record_routes",
+_PROXY_ACCESSORS = ("vias", "call_id", "cseq", "max_forwards")
+# Address headers a proxy reads, with their accessors: NameAddr parses its URI on first use,
+# so validation reads each URI too.
+_PROXY_ADDRESS_HEADERS = (
+    ("From", "from_"),
+    ("To", "to"),
+    ("Contact", "contact"),
+    ("Route", "routes"),
+    ("Record-Route", "record_routes"),
 )
 # RFC 3261 8.2.6.2: what a response copies from its request; 100 Trying also echoes Timestamp.
 _RESPONSE_COPIED_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
@@ -277,7 +275,7 @@ _KEY_BY_SPELLING = {
 
 
 def _checked_field(name: str, value: str) -> _Field:
-    if not is_token(name) or not _LINE_BREAKS.isdisjoint(value):
+    if not name or not TOKEN_CHARS.issuperset(name) or not _LINE_BREAKS.isdisjoint(value):
         raise LocalProtocolError(f"Invalid header {name!r}: {value!r}")
     return (_header_key(name), name, value, None)
 
@@ -315,7 +313,8 @@ class Headers:
                     if not fields:
                         raise RemoteProtocolError("Continuation line before the first header")
                     key, name, value, raw = fields[-1]
-                    fields[-1] = (key, name, f"{value} {line.strip()}".lstrip(), f"{raw}\r\n{line}")
+                    value = f"{value} {line.strip()}".lstrip()
+                    fields[-1] = (key, name, value, f"{raw}\r\n{line}")
                     continue
                 name = name.rstrip()
                 if not colon or not is_token(name):
@@ -392,8 +391,13 @@ class Headers:
         new_field = _checked_field(name, value)
         if first:
             key = new_field[0]
-            position = next((i for i, f in enumerate(self._fields) if f[0] == key), 0)
-            self._fields.insert(position, new_field)
+            fields = self._fields
+            position = 0
+            for index, existing in enumerate(fields):
+                if existing[0] == key:
+                    position = index
+                    break
+            fields.insert(position, new_field)
         else:
             self._fields.append(new_field)
         self._changed()
@@ -432,21 +436,18 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
 
-    def _wire_lines(self, content_length: int) -> Iterator[str]:
-        """Header lines to send, with one Content-Length line that matches the body."""
-        length_text = str(content_length)
-        length_written = False
+    def _wire_lines(self, content_length: int) -> list[str]:
+        """Header lines to send, ending with a Content-Length that matches the body."""
+        lines: list[str] = []
+        append = lines.append
+        length_name = "Content-Length"
         for key, name, value, raw in self._fields:
             if key == "content-length":
-                if length_written:
-                    continue
-                length_written = True
-                if value != length_text:
-                    yield f"{name}: {length_text}"
-                    continue
-            yield f"{name}: {value}" if raw is None else raw
-        if not length_written:
-            yield f"Content-Length: {length_text}"
+                length_name = name  # keep the peer's spelling ("l", "content-length")
+            else:
+                append(f"{name}: {value}" if raw is None else raw)
+        append(f"{length_name}: {content_length}")
+        return lines
 
 
 @dataclass(slots=True, eq=False)
@@ -499,21 +500,18 @@ def parse_via(text: str) -> Via:
     return Via(transport.upper(), host, port, params)
 
 
-def _first(values: list[str]) -> str:
-    if not values:
-        raise RemoteProtocolError("Missing header")
-    return values[0]
+# Parsers of required headers get an empty list when the header is missing; what they raise
+# then is reported as "Missing <header> header" by Message._cached.
 
 
 def _parse_call_id(values: list[str]) -> str:
-    call_id = _first(values)
-    if not call_id or len(call_id.split()) != 1:
+    if not values or len(values[0].split()) != 1:
         raise RemoteProtocolError("Malformed Call-ID")
-    return call_id
+    return values[0]
 
 
 def _parse_cseq(values: list[str]) -> tuple[int, str]:
-    parts = _first(values).split()
+    parts = values[0].split() if values else []
     if len(parts) != 2 or not is_token(parts[1]):
         raise RemoteProtocolError("Malformed CSeq")
     number, method = parts
@@ -532,7 +530,7 @@ def _parse_max_forwards(values: list[str]) -> int | None:
 
 
 def _parse_single_name_addr(values: list[str]) -> NameAddr:
-    return parse_name_addr(_first(values))
+    return parse_name_addr(values[0] if values else "")
 
 
 def _parse_vias(values: list[str]) -> list[Via]:
@@ -558,10 +556,14 @@ def _parse_content_type(values: list[str]) -> str | None:
     return media_type
 
 
+def _invalid_header(name: str, error: RemoteProtocolError) -> RemoteProtocolError:
+    return RemoteProtocolError(f"Invalid {name} header: {error.reason}", error.status_hint)
+
+
 class Message(ABC):
     """What requests and responses share: headers, body, serialisation, typed accessors."""
 
-    __slots__ = ("_body", "_headers", "_raw", "_raw_version", "version")
+    __slots__ = ("_body", "_headers", "_raw", "_raw_version", "_version")
 
     def __init__(
         self,
@@ -573,7 +575,7 @@ class Message(ABC):
     ) -> None:
         self._headers = Headers() if headers is None else headers
         self._body = body
-        self.version = version
+        self._version = version
         # The bytes this message was parsed from, returned by to_bytes() while nothing changed.
         self._raw = raw
         self._raw_version = self._headers._version
@@ -581,6 +583,11 @@ class Message(ABC):
     @property
     def headers(self) -> Headers:
         return self._headers
+
+    @property
+    def version(self) -> str:
+        """The SIP version as written on the start line (`SIP/2.0`, any case)."""
+        return self._version
 
     @property
     def body(self) -> bytes:
@@ -599,8 +606,8 @@ class Message(ABC):
         raw = self._raw
         if raw is not None and self._raw_version == self._headers._version:
             return raw
-        lines = [self._start_line(), *self._headers._wire_lines(len(self._body))]
-        head = "\r\n".join(lines) + "\r\n\r\n"
+        lines = self._headers._wire_lines(len(self._body))
+        head = f"{self._start_line()}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
         data = head.encode("utf-8", "surrogateescape") + self._body
         self._raw, self._raw_version = data, self._headers._version
         return data
@@ -613,15 +620,18 @@ class Message(ABC):
         headers = self._headers
         value = headers._parsed.get(key, _UNPARSED)
         if value is _UNPARSED:
-            values = headers._elements(key)
+            index = headers._index
+            if index is None or key in _LIST_HEADERS:
+                values = headers._elements(key)
+            else:
+                values = index.get(key, [])  # _elements' fast path, inlined for the hot path
             try:
                 value = parse(values)
             except RemoteProtocolError as error:
                 name = _ACCESSOR_HEADER_NAMES[key]
-                reason = (
-                    f"Invalid {name} header: {error.reason}" if values else f"Missing {name} header"
-                )
-                raise RemoteProtocolError(reason, error.status_hint) from None
+                if not values:
+                    raise RemoteProtocolError(f"Missing {name} header") from None
+                raise _invalid_header(name, error) from None
             headers._parsed[key] = value
         return value  # type: ignore[return-value]  # typing.cast is a call on the hot path
 
@@ -746,7 +756,7 @@ class Request(Message):
         return self._parsed_uri
 
     def _start_line(self) -> str:
-        return f"{self._method} {self._uri} {self.version}"
+        return f"{self._method} {self._uri} {self._version}"
 
     def __repr__(self) -> str:
         return f"<Request {self._method} {self._uri}>"
@@ -790,7 +800,7 @@ class Response(Message):
         self._raw = None
 
     def _start_line(self) -> str:
-        return f"{self.version} {self._status} {self._reason}"
+        return f"{self._version} {self._status} {self._reason}"
 
     def __repr__(self) -> str:
         return f"<Response {self._status} {self._reason}>"
@@ -802,7 +812,7 @@ def validate_for_proxy(message: Request | Response) -> None:
     Covers the mandatory headers and their multiplicity, Via, From, To, Call-ID, CSeq (and its
     method against the request's), Max-Forwards, Contact, Route, Record-Route and the
     Request-URI (no embedded headers; unknown schemes raise 416). Content-Length needs no
-    check here: the parser frames the message on it and rejects bad values.
+    check here: the parser frames the message on it and rejects bad or repeated values.
     """
     headers = message.headers
     for name in _MANDATORY_HEADERS:
@@ -813,6 +823,13 @@ def validate_for_proxy(message: Request | Response) -> None:
             raise RemoteProtocolError(f"Multiple {name} headers")
     for accessor in _PROXY_ACCESSORS:
         getattr(message, accessor)
+    for name, accessor in _PROXY_ADDRESS_HEADERS:
+        addresses = getattr(message, accessor)
+        for address in addresses if isinstance(addresses, list) else [addresses]:
+            try:
+                _ = address.uri
+            except RemoteProtocolError as error:
+                raise _invalid_header(name, error) from None
     if isinstance(message, Request):
         if message.parsed_uri.headers:
             raise RemoteProtocolError("Headers in Request-URI")

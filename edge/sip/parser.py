@@ -100,10 +100,10 @@ def _content_length(headers: Headers) -> int | None:
     values = headers.get_all("Content-Length")
     if not values:
         return None
-    text = values[0]
-    if any(value != text for value in values[1:]):
+    if len(values) > 1:
         # Two lengths make the framing ambiguous (RFC 4475 mcl01); pick none.
-        raise RemoteProtocolError("Conflicting Content-Length headers")
+        raise RemoteProtocolError("Multiple Content-Length headers")
+    text = values[0]
     if not (text.isascii() and text.isdigit()):
         raise RemoteProtocolError("Malformed Content-Length")
     return int(text)

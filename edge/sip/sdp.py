@@ -45,6 +45,7 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
 # Attributes that belong to one payload type: `a=<name>:<pt> ...`.
 _PER_FORMAT_ATTRIBUTES = ("rtpmap", "fmtp", "rtcp-fb")
 _MAX_PAYLOAD_TYPE = 127
+_AFTER_CONNECTION = frozenset("btrzka")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +84,20 @@ def _read_connection_address(lines: list[str]) -> str | None:
     return None
 
 
-def _write_connection_address(lines: list[str], address: str, insert_at: int) -> None:
+def _write_connection_address(lines: list[str], address: str) -> None:
     for position, line in enumerate(lines):
         if line.startswith("c="):
             lines[position] = _replace_text(line, _connection_line(address))
             return
-    line_end = _split_line_end(lines[0])[1] if lines else "\r\n"
-    lines.insert(insert_at, _connection_line(address) + (line_end or "\r\n"))
+    # RFC 4566 5: c= comes before the first of these line types in a section.
+    insert_at = next(
+        (i for i, line in enumerate(lines) if i and line[:1] in _AFTER_CONNECTION), len(lines)
+    )
+    line_end = _split_line_end(lines[0])[1] or "\r\n"
+    # The line before may be the body's last, written without a line end.
+    if not _split_line_end(lines[insert_at - 1])[1]:
+        lines[insert_at - 1] += line_end
+    lines.insert(insert_at, _connection_line(address) + line_end)
 
 
 class MediaDescription:
@@ -143,7 +151,7 @@ class MediaDescription:
 
     @connection_address.setter
     def connection_address(self, address: str) -> None:
-        _write_connection_address(self.lines, address, insert_at=1)
+        _write_connection_address(self.lines, address)
 
     def _rtpmap(self) -> dict[int, tuple[str, int | None, int]]:
         mapping: dict[int, tuple[str, int | None, int]] = {}
@@ -246,7 +254,7 @@ class SessionDescription:
 
     @connection_address.setter
     def connection_address(self, address: str) -> None:
-        _write_connection_address(self.session_lines, address, insert_at=len(self.session_lines))
+        _write_connection_address(self.session_lines, address)
 
     def filter_codecs(self, allowed: set[str]) -> None:
         """Keep only codecs whose encoding name is in `allowed` (case-insensitive).

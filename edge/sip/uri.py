@@ -71,6 +71,11 @@ class Parameters(MutableMapping[str, str | None]):
     def __delitem__(self, name: str) -> None:
         del self._items[name.lower()]
 
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        # Mapping.get goes through __getitem__ and KeyError; tags are read on every message.
+        item = self._items.get(name.lower())
+        return default if item is None else item[1]
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._items
 
@@ -135,13 +140,48 @@ class AbsoluteUri:
         return f"{self.scheme}:{self.opaque}"
 
 
-@dataclass(slots=True, eq=False)
 class NameAddr:
-    """An address header value: optional display name, URI, header parameters (tag, q...)."""
+    """An address header value: optional display name, URI, header parameters (tag, q...).
 
-    uri: SipUri | AbsoluteUri
-    display_name: str | None = None
-    params: Parameters = field(default_factory=Parameters)
+    A parsed value keeps its URI as text until `uri` is first read: matching dialogs needs
+    only the tags, and the URIs of From and To are rarely looked at. A malformed URI therefore
+    raises RemoteProtocolError from `uri` (validate_for_proxy reads every one it needs).
+    """
+
+    __slots__ = ("_uri", "_uri_text", "display_name", "params")
+
+    def __init__(
+        self,
+        uri: SipUri | AbsoluteUri,
+        display_name: str | None = None,
+        params: Parameters | None = None,
+    ) -> None:
+        self._uri: SipUri | AbsoluteUri | None = uri
+        self._uri_text = ""
+        self.display_name = display_name
+        self.params = Parameters() if params is None else params
+
+    @classmethod
+    def _with_unparsed_uri(
+        cls, uri_text: str, display_name: str | None, params: Parameters
+    ) -> NameAddr:
+        name_addr = cls.__new__(cls)
+        name_addr._uri = None
+        name_addr._uri_text = uri_text
+        name_addr.display_name = display_name
+        name_addr.params = params
+        return name_addr
+
+    @property
+    def uri(self) -> SipUri | AbsoluteUri:
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = _parse_any_uri(self._uri_text)
+        return uri
+
+    @uri.setter
+    def uri(self, uri: SipUri | AbsoluteUri) -> None:
+        self._uri = uri
 
     @property
     def tag(self) -> str | None:
@@ -150,13 +190,20 @@ class NameAddr:
     @property
     def sip_uri(self) -> SipUri:
         """The URI when it is sip:, sips: or tel:; other schemes are answered with 416."""
-        if isinstance(self.uri, AbsoluteUri):
+        uri = self.uri
+        if isinstance(uri, AbsoluteUri):
             raise RemoteProtocolError("Unsupported URI Scheme", 416)
-        return self.uri
+        return uri
+
+    def _uri_str(self) -> str:
+        return self._uri_text if self._uri is None else str(self._uri)
 
     def __str__(self) -> str:
         display = "" if self.display_name is None else f"{quote_string(self.display_name)} "
-        return f"{display}<{self.uri}>{self.params}"
+        return f"{display}<{self._uri_str()}>{self.params}"
+
+    def __repr__(self) -> str:
+        return f"NameAddr({self._uri_str()!r}, {self.display_name!r}, {self.params!r})"
 
 
 def _check_escapes(text: str) -> None:
@@ -303,7 +350,8 @@ def parse_header_params(text: str) -> Parameters:
     params = Parameters()
     if not text:
         return params
-    leading, *pieces = split_unquoted(text, ";")
+    # Only a quoted value can hide a ';' (a '<' in a parameter is refused below anyway).
+    leading, *pieces = split_unquoted(text, ";") if '"' in text else text.split(";")
     if leading and not leading.isspace():
         raise RemoteProtocolError("Unexpected text before parameters")
     items = params._items
@@ -336,10 +384,11 @@ def _parse_bracketed(text: str, bracket: int, display_name: str | None) -> NameA
     if closing < 0:
         raise RemoteProtocolError("Unterminated <")
     uri_text = text[bracket + 1 : closing]
-    if not uri_text or " " in uri_text or not uri_text.isprintable():
+    # The URI itself is parsed on first use; what is checked now is what framing needs.
+    if ":" not in uri_text or " " in uri_text or not uri_text.isprintable():
         raise RemoteProtocolError("Malformed URI in <>")
     params = parse_header_params(text[closing + 1 :])
-    return NameAddr(_parse_any_uri(uri_text), display_name, params)
+    return NameAddr._with_unparsed_uri(uri_text, display_name, params)
 
 
 def parse_name_addr(text: str) -> NameAddr:
@@ -361,6 +410,9 @@ def parse_name_addr(text: str) -> NameAddr:
         return _parse_bracketed(text, bracket, token_name)
     uri_text, semicolon, params_text = text.partition(";")
     uri_text = uri_text.rstrip()
+    if ":" not in uri_text:
+        raise RemoteProtocolError("Malformed URI")
     if "?" in uri_text or "," in uri_text or " " in uri_text or not uri_text.isprintable():
         raise RemoteProtocolError("URI with '?', ',' or spaces must be enclosed in <>")
-    return NameAddr(_parse_any_uri(uri_text), None, parse_header_params(semicolon + params_text))
+    params = parse_header_params(semicolon + params_text)
+    return NameAddr._with_unparsed_uri(uri_text, None, params)

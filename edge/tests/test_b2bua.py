@@ -517,3 +517,54 @@ def test_register_then_inbound_call_goes_to_the_contact():
     edge.send(invite(GATEWAY, callee=NUMBER), GATEWAY)
     (b_invite,) = edge.take(STRANGER)
     assert b_invite.method == "INVITE" and b_invite.uri.startswith("sip:pbx1@127.0.0.99")
+
+
+class DeferredLimits(LocalLimits):
+    """Counters that answer later, like the cluster counters in Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+        self.released: list[str] = []
+
+    def acquire(self, trunk, call_id, now, *, count_cps=True):
+        self.asked.append(call_id)
+        return None
+
+    def release(self, trunk_id, call_id):
+        self.released.append(call_id)
+
+
+def test_admission_decided_later():
+    edge = Edge()
+    limits = edge.core.limits = DeferredLimits()
+    edge.send(invite(PBX), PBX)
+    assert [m.status for m in edge.take(PBX)] == [100] and not edge.take(GATEWAY)
+    edge._keep(edge.core.limit_decided(limits.asked[0], True, None, edge.now, edge.wall))
+    assert len(edge.take(GATEWAY)) == 1 and edge.core.active_calls == 1
+
+    edge.send(invite(PBX), PBX)
+    edge.take(PBX)
+    edge._keep(edge.core.limit_decided(limits.asked[1], False, "cps_limit", edge.now, edge.wall))
+    assert finals(edge.take(PBX)) == [503] and edge.cdrs[-1].reason == "cps_limit"
+
+
+def test_cancel_while_the_counters_decide():
+    edge = Edge()
+    limits = edge.core.limits = DeferredLimits()
+    a_invite = invite(PBX)
+    edge.send(a_invite, PBX)
+    cancel = make_request(
+        "CANCEL",
+        a_invite.uri,
+        from_=a_invite.headers.get("From"),
+        to=a_invite.headers.get("To"),
+        call_id=a_invite.call_id,
+        cseq=1,
+        via=a_invite.headers.get_all("Via")[0],
+    )
+    edge.send(cancel, PBX)
+    assert sorted(finals(edge.take(PBX))) == [200, 487]
+    assert edge.cdrs[-1].reason == "cancelled" and limits.released == limits.asked
+    edge._keep(edge.core.limit_decided(limits.asked[0], True, None, edge.now, edge.wall))
+    assert not edge.take(GATEWAY) and edge.core.active_calls == 0

@@ -7,6 +7,7 @@ validated, answered, changed and serialised again, and must parse back to the sa
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -29,8 +30,12 @@ SEEDS = [
     *(path.read_bytes() for path in sorted(Path("/work/shared/conformance/rfc4475").glob("*.dat"))),
 ]
 # Bytes that matter to the grammar, so mutations hit the interesting branches often.
-SYNTAX_BYTES = [b'"', b"\\", b"<", b">", b";", b",", b":", b"=", b"%", b"[", b"]", b"@", b"?",
-                b" ", b"\t", b"\r\n", b"\n", b"\r\n ", b"/", b"\x00", b"\xff", b"0", b"99999999999"]  # fmt: skip
+SYNTAX_BYTES = [
+    *(bytes([char]) for char in b'"\\<>;,:=%[]@?/ \t\n\x00\xff0'),
+    b"\r\n",
+    b"\r\n ",
+    b"99999999999",
+]
 ACCESSORS = (
     "call_id",
     "cseq",
@@ -65,14 +70,10 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
 
 def read_everything(message: Request | Response) -> None:
     for accessor in ACCESSORS + (("parsed_uri",) if isinstance(message, Request) else ()):
-        try:
+        with suppress(RemoteProtocolError):
             getattr(message, accessor)
-        except RemoteProtocolError:
-            pass
-    try:
+    with suppress(RemoteProtocolError):
         validate_for_proxy(message)
-    except RemoteProtocolError:
-        pass
     if isinstance(message, Request):
         parse_message(bytes(make_response(message, 400, to_tag="fuzz")))
     # A changed message is rebuilt from its header lines and must read back the same.
@@ -102,9 +103,12 @@ def test_arbitrary_bytes(data: bytes) -> None:
 
 
 @FUZZ_SETTINGS
-@given(st.builds(lambda start, rest: start + rest, st.sampled_from([b"INVITE sip:a@b SIP/2.0\r\n", b"SIP/2.0 200 OK\r\n"]), st.binary(max_size=300)))  # fmt: skip
-def test_valid_start_line_then_arbitrary_bytes(data: bytes) -> None:
-    parse_datagram(data)
+@given(
+    st.sampled_from([b"INVITE sip:a@b SIP/2.0\r\n", b"SIP/2.0 200 OK\r\n"]),
+    st.binary(max_size=300),
+)
+def test_valid_start_line_then_arbitrary_bytes(start_line: bytes, rest: bytes) -> None:
+    parse_datagram(start_line + rest)
 
 
 @FUZZ_SETTINGS
@@ -129,7 +133,9 @@ def test_mutated_streams_cut_anywhere(messages: list[bytes], cuts: list[int]) ->
 
 
 @FUZZ_SETTINGS
-@given(mutated([SDP_OFFER, SDP_OFFER + b"m=video 5006 RTP/AVP 31 96\r\na=rtpmap:96 H264/90000\r\n"]))
+@given(
+    mutated([SDP_OFFER, SDP_OFFER + b"m=video 5006 RTP/AVP 31 96\r\na=rtpmap:96 H264/90000\r\n"])
+)
 def test_mutated_sdp(body: bytes) -> None:
     try:
         sdp = SessionDescription.parse(body)

@@ -153,7 +153,7 @@ def test_contact_wildcard() -> None:
     [
         ("Max-Forwards", "256", "max_forwards"),
         ("Max-Forwards", "-1", "max_forwards"),
-        ("Max-Forwards", "７", "max_forwards"),
+        ("Max-Forwards", "\uff17", "max_forwards"),  # a fullwidth 7 is no digit
         ("CSeq", "1", "cseq"),
         ("CSeq", "4294967296 OPTIONS", "cseq"),
         ("CSeq", "1 OPTIONS extra", "cseq"),
@@ -186,6 +186,8 @@ def test_samples_are_valid_for_a_proxy(name: str) -> None:
         (lambda h: h.add("To", "<sip:other@example.com>"), "Multiple To"),
         (lambda h: h.set("CSeq", "1 INVITE"), "CSeq method"),
         (lambda h: h.set("Contact", "sip:a@b?x=y"), "Invalid Contact"),
+        (lambda h: h.set("From", "<sip:a@exa_mple>;tag=1"), "Invalid From header: Malformed host"),
+        (lambda h: h.add("Route", "<sip:proxy:port;lr>"), "Invalid Route header: Malformed port"),
     ],
 )
 def test_validate_for_proxy_refuses(change: Callable[[Headers], None], reason: str) -> None:
@@ -199,7 +201,9 @@ def test_validate_for_proxy_refuses(change: Callable[[Headers], None], reason: s
 
 
 def test_changes_keep_untouched_lines_as_received() -> None:
-    folded = OPTIONS.replace(b"Accept: application/sdp", b"Accept: application/sdp,\r\n  text/plain")
+    folded = OPTIONS.replace(
+        b"Accept: application/sdp", b"Accept: application/sdp,\r\n  text/plain"
+    )
     message = parse_message(folded)
     message.headers.remove("User-Agent")
     assert bytes(message) == folded.replace(b"User-Agent: Trunkline\r\n", b"")

@@ -81,7 +81,11 @@ def test_4_7_ipv4_and_ipv6_vias_in_one_message() -> None:
         b"Via: SIP/2.0/TCP [2001:db8::9:255];branch=z9hG4bK451jj;received=192.0.2.200",
     )
     request = parse_request(data)
-    assert [via.host for via in request.vias] == ["[2001:db8::9:1]", "192.0.2.1", "[2001:db8::9:255]"]
+    assert [via.host for via in request.vias] == [
+        "[2001:db8::9:1]",
+        "192.0.2.1",
+        "[2001:db8::9:255]",
+    ]
 
 
 def test_4_9_dual_stack_sdp_and_rewriting_to_ipv6() -> None:
@@ -102,6 +106,8 @@ def test_4_9_dual_stack_sdp_and_rewriting_to_ipv6() -> None:
 
 
 def test_4_10_ipv4_mapped_ipv6_address() -> None:
-    request = parse_request(register("sip:[::ffff:192.0.2.10]", "<sip:user@[::ffff:192.0.2.10]:19823>"))
+    request = parse_request(
+        register("sip:[::ffff:192.0.2.10]", "<sip:user@[::ffff:192.0.2.10]:19823>")
+    )
     validate_for_proxy(request)
     assert request.contact[0].sip_uri.port == 19823

@@ -15,7 +15,9 @@ TORTURE_SDP = [
 ]
 
 
-@pytest.mark.parametrize("body", [SDP_OFFER, SDP_ANSWER, *TORTURE_SDP, SDP_OFFER.replace(b"\r\n", b"\n")])
+@pytest.mark.parametrize(
+    "body", [SDP_OFFER, SDP_ANSWER, *TORTURE_SDP, SDP_OFFER.replace(b"\r\n", b"\n")]
+)
 def test_unmodified_description_round_trips(body: bytes) -> None:
     assert bytes(SessionDescription.parse(body)) == body
 
@@ -55,6 +57,20 @@ def test_media_level_connection_is_added_after_the_m_line() -> None:
     sdp = SessionDescription.parse(SDP_OFFER)
     sdp.media[0].connection_address = "2001:db8::5"
     assert b"m=audio 16384 RTP/AVP 0 8 18 101\r\nc=IN IP6 2001:db8::5\r\n" in bytes(sdp)
+
+
+def test_session_connection_goes_before_the_time_line() -> None:
+    sdp = SessionDescription.parse(b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n")
+    sdp.connection_address = "192.0.2.9"
+    assert (
+        bytes(sdp) == b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n"
+    )
+
+
+def test_connection_after_a_last_line_without_line_end() -> None:
+    sdp = SessionDescription.parse(b"v=0\r\nm=audio 4000 RTP/AVP 0")
+    sdp.media[0].connection_address = "192.0.2.9"
+    assert bytes(sdp) == b"v=0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4 192.0.2.9\r\n"
 
 
 def test_port_count_is_kept() -> None:

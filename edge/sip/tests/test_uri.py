@@ -151,6 +151,14 @@ def test_unknown_scheme_in_a_name_addr_is_kept_and_refused_on_use() -> None:
     assert raised.value.status_hint == 416
 
 
+def test_a_bad_uri_in_an_address_raises_when_the_uri_is_used() -> None:
+    name_addr = parse_name_addr("<sip:alice@exa_mple.com>;tag=1")
+    assert name_addr.tag == "1"
+    assert str(name_addr) == "<sip:alice@exa_mple.com>;tag=1"
+    with pytest.raises(RemoteProtocolError, match="host"):
+        _ = name_addr.uri
+
+
 INVALID_NAME_ADDRS = [
     "",
     '"unterminated <sip:a@b>',
