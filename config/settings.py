@@ -142,6 +142,17 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    # Re-push to edges whose applied version drifted, and mark unreachable ones.
+    "reconcile-edges": {
+        "task": "trunking.tasks.reconcile_edges",
+        "schedule": env.float("EDGE_RECONCILE_SECONDS", default=10.0),
+    },
+}
+# Changes within this window after the first one travel in the same push.
+CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.1)
+# A queued push that never started (worker down) stops blocking new ones after this.
+CONFIG_PUSH_PENDING_TTL_MS = 5000
 
 # --- REST API -----------------------------------------------------------------------------
 REST_FRAMEWORK = {

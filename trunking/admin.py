@@ -16,6 +16,7 @@ from . import services, validators
 from .models import (
     Carrier,
     CarrierGateway,
+    ConfigRevision,
     EdgeNode,
     IpAclEntry,
     OriginationUri,
@@ -23,6 +24,9 @@ from .models import (
     SipCredential,
     Trunk,
 )
+from .push import EdgePushError
+from .tasks import push_config_to_edge
+from .tokens import edge_node_token
 
 
 class IpAclEntryInline(admin.TabularInline):
@@ -162,11 +166,49 @@ class CarrierAdmin(AuditedModelAdmin):
 
 @admin.register(EdgeNode)
 class EdgeNodeAdmin(AuditedModelAdmin):
-    list_display = ["name", "control_url", "enabled", "applied_version", "last_seen"]
-    list_filter = ["enabled"]
+    list_display = [
+        "name", "enabled", "health", "applied_version", "lag", "last_seen", "last_push_at",
+        "short_error",
+    ]  # fmt: skip
+    list_filter = ["enabled", "health"]
     search_fields = ["name"]
-    readonly_fields = ["applied_version", "last_seen"]
-    actions = ["rotate_token"]
+    readonly_fields = [
+        "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
+    ]  # fmt: skip
+    actions = ["push_now", "rotate_token"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        latest = ConfigRevision.objects.order_by("-id").first()
+        self._current_version = latest.pk if latest else None
+        extra = {"title": f"Edge nodes — current config version {self._current_version or '—'}"}
+        return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    @admin.display(description="lag")
+    def lag(self, node: EdgeNode) -> str:
+        current = getattr(self, "_current_version", None)
+        if current is None or node.applied_version is None:
+            return "—"
+        return str(max(current - node.applied_version, 0))
+
+    @admin.display(description="last error")
+    def short_error(self, node: EdgeNode) -> str:
+        return node.last_push_error[:80]
+
+    def save_model(self, request: HttpRequest, obj: EdgeNode, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            messages.warning(
+                request, f"Control token for {obj}: {edge_node_token(obj)} — shown once."
+            )
+
+    @admin.action(description="Push config now")
+    def push_now(self, request: HttpRequest, queryset: QuerySet[EdgeNode]) -> None:
+        for node in queryset:
+            try:
+                push_config_to_edge.delay(node.pk)
+            except EdgePushError as exc:
+                messages.error(request, str(exc))
+        messages.info(request, f"Push queued for {queryset.count()} edge(s).")
 
     @admin.action(description="Rotate control token (shown once)")
     def rotate_token(self, request: HttpRequest, queryset: QuerySet[EdgeNode]) -> None:

@@ -26,5 +26,12 @@ class NumberStatus(models.TextChoices):
     DISABLED = "disabled", "Disabled"
 
 
+class EdgeHealth(models.TextChoices):
+    UNKNOWN = "unknown", "Unknown"
+    OK = "ok", "OK"
+    DRAINING = "draining", "Draining"
+    UNREACHABLE = "unreachable", "Unreachable"
+
+
 # SIP final responses after which we stop trying further routes (the callee answered "no").
 DEFAULT_FAILOVER_STOP_CODES = [404, 486, 600, 603]

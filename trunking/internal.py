@@ -12,8 +12,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from .models import EdgeNode
-from .services import edge_node_token
 from .snapshot import build_snapshot, encode
+from .tokens import edge_node_token
 
 
 def _authenticated_node(request: HttpRequest) -> tuple[bool, EdgeNode | None]:

@@ -11,6 +11,7 @@ from . import validators
 from .choices import (
     DEFAULT_FAILOVER_STOP_CODES,
     CallerIdPolicy,
+    EdgeHealth,
     NumberStatus,
     Transport,
     TrunkStatus,
@@ -276,10 +277,22 @@ class EdgeNode(models.Model):
     control_url = models.URLField(help_text="Base URL of the edge's control API.")
     enabled = models.BooleanField(default=True)
     token_generation = models.PositiveIntegerField(default=1, editable=False)
-    applied_version = models.BigIntegerField(null=True, blank=True, editable=False)
+    applied_version = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="Config version the edge reported."
+    )
+    health = models.CharField(
+        max_length=16, choices=EdgeHealth.choices, default=EdgeHealth.UNKNOWN, editable=False
+    )
     last_seen = models.DateTimeField(null=True, blank=True, editable=False)
+    last_push_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_push_error = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Runtime state the control plane records; changing it is no configuration change.
+    audit_exclude = frozenset(
+        {"applied_version", "health", "last_seen", "last_push_at", "last_push_error"}
+    )
 
     class Meta:
         ordering = ["name"]

@@ -1,7 +1,5 @@
 """Writes of the trunking app that do more than save a row. Each audits in its transaction."""
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +19,8 @@ from edge.sip.digest import ha1
 from . import validators
 from .choices import NumberStatus, TrunkStatus
 from .models import EdgeNode, PhoneNumber, SipCredential, Trunk
+from .push import request_config_push
+from .tokens import edge_node_token
 
 GENERATED_PASSWORD_BYTES = 18
 
@@ -189,6 +189,7 @@ def numbers_import(
     if errors:
         raise NumberImportError(sorted(errors, key=lambda e: (e["index"], e["field"] or "")))
     created = PhoneNumber.objects.bulk_create(numbers)
+    request_config_push()  # bulk_create sends no signals
     AuditEntry.objects.bulk_create(
         audit.build(actor=actor, obj=number, action=AuditAction.IMPORT) for number in created
     )
@@ -196,12 +197,6 @@ def numbers_import(
 
 
 # --- edge nodes -----------------------------------------------------------------------------
-
-
-def edge_node_token(node: EdgeNode) -> str:
-    """The node's control-API token: an HMAC of SECRET_KEY, so the database never holds it."""
-    message = f"trunkline-edge:{node.pk}:{node.token_generation}".encode()
-    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
 
 
 @transaction.atomic

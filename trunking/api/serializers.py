@@ -216,20 +216,32 @@ class CarrierSerializer(serializers.ModelSerializer):
 
 
 class EdgeNodeSerializer(serializers.ModelSerializer):
+    lag = serializers.SerializerMethodField(
+        help_text="Config versions behind the current one (null: never applied)."
+    )
+
     class Meta:
         model = EdgeNode
         fields = [
-            "id",
-            "name",
-            "sip_addresses",
-            "control_url",
-            "enabled",
-            "applied_version",
-            "last_seen",
-            "created_at",
-            "updated_at",
-        ]
-        read_only_fields = ["applied_version", "last_seen", "created_at", "updated_at"]
+            "id", "name", "sip_addresses", "control_url", "enabled", "applied_version", "lag",
+            "health", "last_seen", "last_push_at", "last_push_error", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = [
+            "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
+            "created_at", "updated_at",
+        ]  # fmt: skip
+
+    def get_lag(self, node: EdgeNode) -> int | None:
+        current = self.context.get("config_version")
+        if current is None or node.applied_version is None:
+            return None
+        return max(current - node.applied_version, 0)
+
+
+class ConfigVersionSerializer(serializers.Serializer):
+    version = serializers.IntegerField(allow_null=True)
+    content_hash = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField(allow_null=True)
 
 
 class IssuedEdgeNodeSerializer(EdgeNodeSerializer):

@@ -1,5 +1,6 @@
 """API views of the trunking app: each a few lines on the tenant-scoped base."""
 
+import contextlib
 from typing import Any
 
 from django.shortcuts import get_object_or_404
@@ -27,6 +28,7 @@ from ..filtersets import (
 from ..models import (
     Carrier,
     CarrierGateway,
+    ConfigRevision,
     EdgeNode,
     IpAclEntry,
     OriginationUri,
@@ -34,6 +36,9 @@ from ..models import (
     SipCredential,
     Trunk,
 )
+from ..push import EdgePushError, request_config_push
+from ..tasks import push_config_to_edge
+from ..tokens import edge_node_token
 from . import serializers as s
 
 
@@ -165,7 +170,10 @@ class CarrierGatewayViewSet(TenantScopedViewSet):
 
 
 class EdgeNodeViewSet(TenantScopedViewSet):
-    """Edge nodes (staff). The control token is returned at creation and on rotation only."""
+    """Edge nodes (staff): applied config version, lag, health and the last push error.
+
+    The control token is returned at creation and on rotation only.
+    """
 
     staff_only = True
     queryset = EdgeNode.objects.all()
@@ -173,12 +181,17 @@ class EdgeNodeViewSet(TenantScopedViewSet):
     filterset_class = EdgeNodeFilterSet
     ordering_fields = ["name"]
 
+    def get_serializer_context(self) -> dict[str, Any]:
+        latest = ConfigRevision.objects.order_by("-id").values_list("id", flat=True).first()
+        return {**super().get_serializer_context(), "config_version": latest}
+
+    def after_write(self, instance: EdgeNode) -> None:
+        request_config_push()  # a new or re-enabled edge gets the current config
+
     @extend_schema(responses={201: s.IssuedEdgeNodeSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().create(request, *args, **kwargs)
-        response.data["token"] = services.edge_node_token(
-            EdgeNode.objects.get(pk=response.data["id"])
-        )
+        response.data["token"] = edge_node_token(EdgeNode.objects.get(pk=response.data["id"]))
         return response
 
     @extend_schema(request=None, responses=s.IssuedEdgeNodeSerializer)
@@ -186,4 +199,28 @@ class EdgeNodeViewSet(TenantScopedViewSet):
     def rotate_token(self, request: Request, pk: str | None = None) -> Response:
         node = self.get_object()
         token = services.edge_node_rotate_token(actor=self.caller, node=node)
-        return Response({**s.EdgeNodeSerializer(node).data, "token": token})
+        return Response({**self.get_serializer(node).data, "token": token})
+
+    @extend_schema(request=None, responses={202: s.EdgeNodeSerializer})
+    @action(detail=True, methods=["post"])
+    def push(self, request: Request, pk: str | None = None) -> Response:
+        """Push the current config to this edge now (retried with backoff if it fails)."""
+        node = self.get_object()
+        # In-process (no broker) the push runs here; a failure is recorded on the node.
+        with contextlib.suppress(EdgePushError):
+            push_config_to_edge.delay(node.pk)
+        node.refresh_from_db()
+        return Response(self.get_serializer(node).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=s.ConfigVersionSerializer)
+    @action(detail=False, methods=["get"], url_path="config-version")
+    def config_version(self, request: Request) -> Response:
+        """The current config version: what every edge should have applied."""
+        latest = ConfigRevision.objects.order_by("-id").first()
+        return Response(
+            {
+                "version": latest.pk if latest else None,
+                "content_hash": latest.content_hash if latest else None,
+                "created_at": latest.created_at if latest else None,
+            }
+        )

@@ -6,7 +6,7 @@ from accounts import keys
 from accounts.models import ApiKey, AuditEntry
 from edge.sip.digest import ha1
 from trunking.models import EdgeNode, SipCredential
-from trunking.services import edge_node_token
+from trunking.tokens import edge_node_token
 
 
 def test_credential_password_is_shown_once_and_stored_as_ha1(api_as, trunk, settings):

@@ -1,8 +1,8 @@
 """The edge snapshot: complete, versioned by content, and served only to edges."""
 
-from trunking import services
 from trunking.models import CarrierGateway, PhoneNumber
 from trunking.snapshot import build_snapshot
+from trunking.tokens import edge_node_token
 
 
 def test_snapshot_holds_what_an_edge_needs(
@@ -37,7 +37,7 @@ def test_snapshot_endpoint_requires_an_edge_token(client, edge_node, settings, t
     url = "/internal/edge/snapshot"
     assert client.get(url).status_code == 401
     assert client.get(url, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
-    token = services.edge_node_token(edge_node)
+    token = edge_node_token(edge_node)
     response = client.get(
         url, HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_EDGE_NODE=edge_node.name
     )
