@@ -191,16 +191,28 @@ class MediaDescription:
 
     def keep_payload_types(self, kept: Iterable[int]) -> None:
         """Offer only the `kept` payload types, dropping their per-format attributes too."""
-        kept_formats = {str(payload_type) for payload_type in kept}
+        kept_types = set(kept)
         fields = self._media_fields()
-        dropped = {fmt for fmt in fields[3:] if fmt not in kept_formats}
-        fields[3:] = [fmt for fmt in fields[3:] if fmt in kept_formats]
+        # Compared as numbers: "00" and "0" are the same payload type.
+        dropped = {
+            fmt for fmt in fields[3:] if not (_is_payload_type(fmt) and int(fmt) in kept_types)
+        }
+        fields[3:] = [fmt for fmt in fields[3:] if fmt not in dropped]
+        dropped_types = {int(fmt) for fmt in dropped if _is_payload_type(fmt)}
         self.lines[0] = _replace_text(self.lines[0], "m=" + " ".join(fields))
-        self.lines[1:] = [line for line in self.lines[1:] if _attribute_format(line) not in dropped]
+        self.lines[1:] = [
+            line for line in self.lines[1:] if _attribute_payload_type(line) not in dropped_types
+        ]
 
 
 def _is_payload_type(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) <= _MAX_PAYLOAD_TYPE
+
+
+def _attribute_payload_type(line: str) -> int | None:
+    """The payload type (as a number) a per-format attribute line is about, else None."""
+    fmt = _attribute_format(line)
+    return int(fmt) if fmt is not None and _is_payload_type(fmt) else None
 
 
 def _attribute_format(line: str) -> str | None:

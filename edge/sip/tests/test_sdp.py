@@ -147,3 +147,16 @@ def test_bad_payload_types_are_400(media_line: bytes) -> None:
     with pytest.raises(RemoteProtocolError) as raised:
         _ = SessionDescription.parse(body).media[0].codecs
     assert raised.value.status_hint == 400
+
+
+def test_filter_compares_payload_types_as_numbers() -> None:
+    # Found by the fuzzer: "00" is payload type 0 (PCMU) and must survive a PCMU-only filter.
+    body = (
+        b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+        b"m=audio 16384 RTP/AVP 00 08\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+    )
+    sdp = SessionDescription.parse(body)
+    sdp.filter_codecs({"PCMU"})
+    assert b"m=audio 16384 RTP/AVP 00\r\n" in bytes(sdp)
+    assert b"PCMA" not in bytes(sdp)
+    assert SessionDescription.parse(bytes(sdp)).media[0].codecs[0].name == "PCMU"

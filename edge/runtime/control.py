@@ -1,0 +1,465 @@
+"""The edge's control API: a plain ASGI app served by uvicorn on the edge's own event loop.
+
+Every route needs ``Authorization: Bearer <token>`` (compared with `hmac.compare_digest`),
+except that ``GET /health`` without a token answers only ``{"status": ...}`` so a load
+balancer or container health check can probe it; with the token it says more.
+
+    GET    /health            200 {"status": "ok"|"draining", "node", "config_version",
+                                   "active_calls"}     (no token: {"status"} only)
+    GET    /metrics           200 Prometheus text (private registry, read from core.stats)
+    POST   /config            body: a snapshot document (JSON, docs/snapshot.md)
+                              200 {"applied_version": N}; 400 {"error"} if it does not compile
+                              (the old config stays); 409 {"error", "applied_version"} if it
+                              is older than the applied one; 413 if larger than the limit
+    POST   /drain             202 {"status": "draining", "active_calls": N}
+    GET    /calls             200 {"calls": [...]}  (core.calls())
+    DELETE /calls/{call_id}   204, or 404 {"error"}
+    anything else             401 without the token, then 404 / 405 {"error"}
+
+A snapshot is decoded and compiled on a worker thread (100,000 numbers take longer than the
+loop may wait), then swapped in on the loop with one `apply_config` call: calls in progress
+keep the trunk objects they started with. The accepted bytes are saved to
+``<state-dir>/snapshot.json`` (temp file, fsync, `os.replace`) for a restart that cannot
+reach the control plane.
+
+This module must never decide anything about calls, never read or write SIP, and never touch
+Django: it translates HTTP into calls of the core and of the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import CollectorRegistry
+
+from edge.config import ConfigError, EdgeConfig
+
+if TYPE_CHECKING:
+    from edge.b2bua import Output
+
+__all__ = [
+    "ControlApp",
+    "ControlServer",
+    "ControlledCore",
+    "EdgeCollector",
+    "bind_control_socket",
+    "compile_snapshot",
+    "save_snapshot",
+    "start_control_server",
+]
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "snapshot.json"
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class CoreStats(Protocol):
+    """The counters the metrics collector reads (`edge.b2bua.Stats`)."""
+
+    attempts_total: int
+    answers_total: int
+    auth_failures_total: int
+    responses_total: dict[int, int]
+    refusals_total: dict[str, int]
+
+
+class ControlledCore(Protocol):
+    """What the control API needs of the B2BUA (`edge.b2bua.B2bua`)."""
+
+    node: str
+    config: EdgeConfig
+    draining: bool
+
+    @property
+    def stats(self) -> CoreStats: ...
+
+    @property
+    def active_calls(self) -> int: ...
+
+    def apply_config(self, config: EdgeConfig) -> None: ...
+
+    def drain(self) -> None: ...
+
+    def calls(self) -> list[dict[str, object]]: ...
+
+    def hangup(self, call_id: str, now: float, wall: float) -> Sequence[Output] | None: ...
+
+
+# --- snapshots --------------------------------------------------------------------------------
+
+
+def compile_snapshot(data: bytes) -> EdgeConfig:
+    """Decode and compile a snapshot document; ConfigError if it is not one."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"snapshot is not JSON: {error}") from None
+    return EdgeConfig.compile(doc)
+
+
+def save_snapshot(state_dir: Path, data: bytes) -> Path:
+    """Write ``data`` to ``<state_dir>/snapshot.json`` atomically and durably (mode 0600:
+    it holds HA1 digests)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    target = state_dir / SNAPSHOT_FILE
+    fd, temp = tempfile.mkstemp(prefix=".snapshot-", suffix=".tmp", dir=state_dir)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    directory = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return target
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+class EdgeCollector:
+    """Reads the core's plain counters at scrape time; nothing is counted twice."""
+
+    def __init__(
+        self,
+        core: ControlledCore,
+        runtime_metrics: Callable[[], Iterable[Metric]] | None = None,
+    ) -> None:
+        self.core = core
+        self.runtime_metrics = runtime_metrics
+
+    def collect(self) -> Iterable[Metric]:
+        core = self.core
+        stats = core.stats
+        active = GaugeMetricFamily(
+            "trunkline_edge_active_calls",
+            "Calls in progress on this edge, by trunk",
+            labels=["trunk"],
+        )
+        for trunk_id, count in sorted(self._active_by_trunk().items()):
+            active.add_metric([str(trunk_id)], count)
+        yield active
+        yield CounterMetricFamily(
+            "trunkline_edge_call_attempts",
+            "Call attempts (INVITEs starting a call)",
+            value=stats.attempts_total,
+        )
+        yield CounterMetricFamily(
+            "trunkline_edge_answers", "Call attempts answered", value=stats.answers_total
+        )
+        responses = CounterMetricFamily(
+            "trunkline_edge_responses", "Final responses to call attempts, by code", labels=["code"]
+        )
+        for code, count in sorted(stats.responses_total.items()):
+            responses.add_metric([str(code)], count)
+        yield responses
+        refusals = CounterMetricFamily(
+            "trunkline_edge_refusals", "Refused call attempts, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(stats.refusals_total.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        yield CounterMetricFamily(
+            "trunkline_edge_auth_failures",
+            "Failed digest authentications",
+            value=stats.auth_failures_total,
+        )
+        malformed = getattr(stats, "malformed_total", None)
+        if isinstance(malformed, int):
+            yield CounterMetricFamily(
+                "trunkline_edge_malformed_messages",
+                "Messages that could not be parsed",
+                value=malformed,
+            )
+        yield GaugeMetricFamily(
+            "trunkline_edge_config_version",
+            "Version of the applied config snapshot",
+            value=core.config.version,
+        )
+        yield GaugeMetricFamily(
+            "trunkline_edge_draining",
+            "1 while the edge refuses new calls",
+            value=int(core.draining),
+        )
+        if self.runtime_metrics is not None:
+            yield from self.runtime_metrics()
+
+    def _active_by_trunk(self) -> dict[int, int]:
+        core = self.core
+        by_trunk = getattr(core.stats, "active_by_trunk", None)
+        if callable(by_trunk):
+            counts: dict[int, int] = dict(by_trunk())
+        else:  # the core keeps no per-trunk count: derive it from the call list
+            counts = dict(Counter(call["trunk_id"] for call in core.calls()))  # type: ignore[misc]
+        # Every configured trunk has a series, so an idle trunk reads 0 rather than a gap.
+        for trunk_id in core.config.trunks:
+            counts.setdefault(trunk_id, 0)
+        return counts
+
+
+# --- the ASGI app -----------------------------------------------------------------------------
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": message, **extra}
+
+
+class ControlApp:
+    """The control API as one ASGI callable (http only; lifespan is off)."""
+
+    def __init__(
+        self,
+        *,
+        core: ControlledCore,
+        token: str,
+        dispatch: Callable[[Sequence[Output]], None],
+        apply_config: Callable[[EdgeConfig], None] | None = None,
+        state_dir: Path | None = None,
+        executor: Executor | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        runtime_metrics: Callable[[], Iterable[Metric]] | None = None,
+    ) -> None:
+        if not token:
+            raise ValueError("the control API needs a token")
+        self.core = core
+        self._token = f"Bearer {token}".encode()
+        self._dispatch = dispatch
+        self._apply_config = apply_config or core.apply_config
+        self.state_dir = state_dir
+        self._executor = executor
+        self.max_body = max_body
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(EdgeCollector(core, runtime_metrics))
+        # One snapshot at a time: two pushes racing must not apply out of order.
+        self._config_lock = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no websockets here; lifespan is off
+        method: str = scope["method"]
+        path: str = scope["path"]
+        authorized = self._authorized(scope)
+        try:
+            if not authorized:
+                if method in ("GET", "HEAD") and path == "/health":
+                    await _json(send, 200, {"status": self._status()})
+                    return
+                raise _HttpError(401, "missing or invalid bearer token")
+            status, body, content_type = await self._route(method, path, receive)
+        except _HttpError as error:
+            headers = [(b"www-authenticate", b"Bearer")] if error.status == 401 else []
+            if error.status == 405:
+                headers.append((b"allow", str(error.body.pop("allow")).encode()))
+            await _json(send, error.status, error.body, headers)
+            return
+        except Exception:
+            logger.exception("control API: %s %s failed", method, path)
+            await _json(send, 500, {"error": "internal error"})
+            return
+        if content_type is None:
+            await _json(send, status, body)
+        else:
+            await _raw(send, status, body, content_type)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._token)
+        return False
+
+    def _status(self) -> str:
+        return "draining" if self.core.draining else "ok"
+
+    async def _route(self, method: str, path: str, receive: Receive) -> tuple[int, Any, str | None]:
+        if path == "/health":
+            _allow(method, "GET", "HEAD")
+            return 200, self.health(), None
+        if path == "/metrics":
+            _allow(method, "GET", "HEAD")
+            return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if path == "/config":
+            _allow(method, "POST")
+            return 200, await self.apply_snapshot(await self._body(receive)), None
+        if path == "/drain":
+            _allow(method, "POST")
+            self.core.drain()
+            return 202, {"status": "draining", "active_calls": self.core.active_calls}, None
+        if path == "/calls":
+            _allow(method, "GET", "HEAD")
+            return 200, {"calls": self.core.calls()}, None
+        if path.startswith("/calls/") and len(path) > len("/calls/"):
+            _allow(method, "DELETE")
+            return self.hangup(path[len("/calls/") :]), None, None
+        raise _HttpError(404, "no such route")
+
+    def health(self) -> dict[str, object]:
+        core = self.core
+        return {
+            "status": self._status(),
+            "node": core.node,
+            "config_version": core.config.version,
+            "active_calls": core.active_calls,
+        }
+
+    def hangup(self, call_id: str) -> int:
+        loop = asyncio.get_running_loop()
+        outputs = self.core.hangup(call_id, loop.time(), time.time())
+        if outputs is None:
+            raise _HttpError(404, f"no call {call_id!r}")
+        self._dispatch(outputs)
+        return 204
+
+    async def apply_snapshot(self, data: bytes) -> dict[str, object]:
+        """Compile off the loop, swap on the loop, then save for restarts."""
+        loop = asyncio.get_running_loop()
+        async with self._config_lock:
+            try:
+                config = await loop.run_in_executor(self._executor, compile_snapshot, data)
+            except ConfigError as error:
+                logger.warning("config snapshot refused: %s", error)
+                raise _HttpError(400, str(error)) from None
+            current = self.core.config.version
+            if config.version < current:
+                raise _HttpError(
+                    409,
+                    f"snapshot version {config.version} is older than the applied {current}",
+                    applied_version=current,
+                )
+            self._apply_config(config)
+            logger.info("config version %d applied", config.version)
+            if self.state_dir is not None:
+                try:
+                    await loop.run_in_executor(self._executor, save_snapshot, self.state_dir, data)
+                except OSError as error:
+                    logger.error("applied snapshot not saved to %s: %s", self.state_dir, error)
+        return {"applied_version": config.version}
+
+    async def _body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _HttpError(400, "client went away")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _HttpError(413, f"body larger than {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise _HttpError(405, f"{method} not allowed", allow=", ".join(allowed))
+
+
+async def _raw(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(
+    send: Send, status: int, payload: Any, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    body = b"" if status == 204 else orjson.dumps(payload)
+    await _raw(send, status, body, "application/json", headers)
+
+
+# --- serving it on our loop -------------------------------------------------------------------
+
+
+class ControlServer(uvicorn.Server):
+    """uvicorn's server without its signal handling: SIGTERM/SIGINT belong to the edge."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn before 0.29 called this instead
+        return None
+
+
+def bind_control_socket(host: str, port: int) -> socket.socket:
+    """Bind the control API's listening socket (ours, so a bind error is ours to report)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.create_server(address[:2], family=family, reuse_port=False)
+    sock.set_inheritable(False)
+    return sock
+
+
+async def start_control_server(
+    app: ControlApp, sock: socket.socket, *, graceful_timeout: float = 5.0
+) -> tuple[ControlServer, asyncio.Task[None]]:
+    """Serve ``app`` on ``sock`` on the running loop; returns once it accepts connections."""
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        ws="none",
+        server_header=False,
+        timeout_graceful_shutdown=int(graceful_timeout),
+    )
+    server = ControlServer(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it
+            raise RuntimeError("the control API server stopped during start-up")
+        await asyncio.sleep(0.01)
+    return server, task

@@ -1,0 +1,266 @@
+"""The control API over real HTTP: uvicorn on the test's loop, urllib in a thread, a fake core."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+
+from edge.b2bua import Stats, Transmit
+from edge.runtime.control import (
+    SNAPSHOT_FILE,
+    ControlApp,
+    bind_control_socket,
+    save_snapshot,
+    start_control_server,
+)
+from edge.tests.factories import compiled, snapshot_doc, trunk_doc
+
+TOKEN = "s3cret-token"
+
+
+def run_async(test):
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30))
+
+    return wrapper
+
+
+class FakeCore:
+    def __init__(self) -> None:
+        self.node = "edge-test"
+        self.config = compiled(version=3, trunks=[trunk_doc(), trunk_doc(id=2)])
+        self.draining = False
+        self.stats = Stats(attempts_total=12, answers_total=9, auth_failures_total=2)
+        self.stats.responses_total.update({200: 9, 486: 1, 503: 2})
+        self.stats.refusals_total.update({"channel_limit": 2})
+        self._calls = {
+            "abc": {"call_id": "abc", "trunk_id": 1, "state": "answered"},
+            "def": {"call_id": "def", "trunk_id": 1, "state": "ringing"},
+        }
+        self.applied: list[int] = []
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    def apply_config(self, config):
+        self.config = config
+        self.applied.append(config.version)
+
+    def drain(self):
+        self.draining = True
+
+    def calls(self):
+        return list(self._calls.values())
+
+    def hangup(self, call_id, now, wall):
+        if self._calls.pop(call_id, None) is None:
+            return None
+        return [Transmit(b"BYE", ("127.0.0.1", 5062, "udp"))]
+
+
+class Control:
+    """The app served on a free port, and a blocking client for it."""
+
+    async def start(self, state_dir=None) -> Control:
+        self.core = FakeCore()
+        self.dispatched: list = []
+        self.app = ControlApp(
+            core=self.core, token=TOKEN, dispatch=self.dispatched.extend, state_dir=state_dir
+        )
+        sock = bind_control_socket("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.server, self.task = await start_control_server(self.app, sock)
+        return self
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+
+    async def request(self, method, path, body=None, token=TOKEN, content_type=None):
+        def call():
+            headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+            if content_type:
+                headers["Content-Type"] = content_type
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, dict(response.headers), response.read()
+            except urllib.error.HTTPError as error:
+                return error.code, dict(error.headers), error.read()
+
+        return await asyncio.to_thread(call)
+
+
+def json_of(body: bytes):
+    return orjson.loads(body)
+
+
+@run_async
+async def test_every_route_needs_the_token_but_health_says_little_without_it():
+    control = await Control().start()
+    for method, path in [
+        ("GET", "/metrics"),
+        ("GET", "/calls"),
+        ("POST", "/config"),
+        ("POST", "/drain"),
+        ("DELETE", "/calls/abc"),
+        ("GET", "/nothing"),
+    ]:
+        for token in (None, "wrong", TOKEN + "x"):
+            status, headers, body = await control.request(method, path, token=token, body=b"")
+            assert status == 401, (method, path, token)
+            assert headers["www-authenticate"] == "Bearer"
+    status, _, body = await control.request("GET", "/health", token=None)
+    assert (status, json_of(body)) == (200, {"status": "ok"})
+    status, _, body = await control.request("GET", "/health")
+    assert json_of(body) == {
+        "status": "ok",
+        "node": "edge-test",
+        "config_version": 3,
+        "active_calls": 2,
+    }
+    assert not control.core.draining  # nothing happened without the token
+    await control.stop()
+
+
+@run_async
+async def test_metrics_read_the_core_counters():
+    control = await Control().start()
+    status, headers, body = await control.request("GET", "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=")
+    text = body.decode()
+    for line in [
+        'trunkline_edge_active_calls{trunk="1"} 2.0',
+        'trunkline_edge_active_calls{trunk="2"} 0.0',
+        "trunkline_edge_call_attempts_total 12.0",
+        "trunkline_edge_answers_total 9.0",
+        'trunkline_edge_responses_total{code="486"} 1.0',
+        'trunkline_edge_refusals_total{reason="channel_limit"} 2.0',
+        "trunkline_edge_auth_failures_total 2.0",
+        "trunkline_edge_config_version 3.0",
+        "trunkline_edge_draining 0.0",
+    ]:
+        assert line in text
+    control.core.stats.attempts_total += 1  # read at scrape time, nothing cached
+    _, _, body = await control.request("GET", "/metrics")
+    assert "trunkline_edge_call_attempts_total 13.0" in body.decode()
+    await control.stop()
+
+
+@run_async
+async def test_a_snapshot_is_compiled_applied_and_saved(tmp_path):
+    control = await Control().start(state_dir=tmp_path)
+    data = orjson.dumps(snapshot_doc(version=4))
+    status, _, body = await control.request(
+        "POST", "/config", data, content_type="application/json"
+    )
+    assert (status, json_of(body)) == (200, {"applied_version": 4})
+    assert control.core.applied == [4]
+    assert (tmp_path / SNAPSHOT_FILE).read_bytes() == data
+    assert (tmp_path / SNAPSHOT_FILE).stat().st_mode & 0o077 == 0  # it holds HA1 digests
+    assert list(tmp_path.iterdir()) == [tmp_path / SNAPSHOT_FILE]  # no temp file left
+    _, _, body = await control.request("GET", "/health")
+    assert json_of(body)["config_version"] == 4
+    await control.stop()
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "expected an object"),
+        (orjson.dumps({**snapshot_doc(version=9), "schema": 2}), "schema"),
+        (orjson.dumps(snapshot_doc(version=9, trunks=[trunk_doc(customer=99)])), "no customer"),
+    ],
+)
+@run_async
+async def test_a_bad_snapshot_is_refused_and_the_old_config_stays(tmp_path, body, error):
+    control = await Control().start(state_dir=tmp_path)
+    before = control.core.config
+    status, _, answer = await control.request("POST", "/config", body)
+    assert status == 400
+    assert error in json_of(answer)["error"]
+    assert control.core.config is before and control.core.applied == []
+    assert not (tmp_path / SNAPSHOT_FILE).exists()
+    await control.stop()
+
+
+@run_async
+async def test_an_older_snapshot_is_refused_with_409():
+    control = await Control().start()
+    status, _, body = await control.request(
+        "POST", "/config", orjson.dumps(snapshot_doc(version=2))
+    )
+    assert status == 409
+    assert json_of(body)["applied_version"] == 3
+    status, _, body = await control.request(
+        "POST", "/config", orjson.dumps(snapshot_doc(version=3))
+    )
+    assert (status, json_of(body)) == (200, {"applied_version": 3})  # the same one is fine
+    await control.stop()
+
+
+@run_async
+async def test_a_body_over_the_limit_is_413():
+    control = await Control().start()
+    control.app.max_body = 100
+    status, _, _ = await control.request("POST", "/config", b"x" * 1000)
+    assert status == 413
+    await control.stop()
+
+
+@run_async
+async def test_drain_calls_and_hangup():
+    control = await Control().start()
+    status, _, body = await control.request("GET", "/calls")
+    assert status == 200
+    assert [c["call_id"] for c in json_of(body)["calls"]] == ["abc", "def"]
+    status, _, body = await control.request("DELETE", "/calls/abc")
+    assert (status, body) == (204, b"")
+    assert control.dispatched == [Transmit(b"BYE", ("127.0.0.1", 5062, "udp"))]
+    status, _, body = await control.request("DELETE", "/calls/abc")
+    assert status == 404 and "abc" in json_of(body)["error"]
+    status, _, body = await control.request("POST", "/drain")
+    assert (status, json_of(body)) == (202, {"status": "draining", "active_calls": 1})
+    _, _, body = await control.request("GET", "/health", token=None)
+    assert json_of(body) == {"status": "draining"}
+    await control.stop()
+
+
+@run_async
+async def test_unknown_routes_and_methods():
+    control = await Control().start()
+    status, _, _ = await control.request("GET", "/nothing")
+    assert status == 404
+    status, headers, _ = await control.request("GET", "/config")
+    assert status == 405 and headers["allow"] == "POST"
+    status, headers, _ = await control.request("POST", "/calls/abc")
+    assert status == 405 and headers["allow"] == "DELETE"
+    await control.stop()
+
+
+@run_async
+async def test_uvicorn_leaves_the_signal_handlers_alone():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    control = await Control().start()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    await control.stop()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_save_snapshot_replaces_atomically(tmp_path):
+    save_snapshot(tmp_path, b"one")
+    save_snapshot(tmp_path, b"two")
+    assert (tmp_path / SNAPSHOT_FILE).read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SNAPSHOT_FILE]
