@@ -196,9 +196,9 @@ SPECTACULAR_SETTINGS = {
 # Token the edge presents to fetch its snapshot, and the token the control plane presents to
 # the edge's control API. Both must be set in production.
 EDGE_CONTROL_TOKEN = env.str("EDGE_CONTROL_TOKEN", default="dev-edge-token" if DEBUG else "")
-# The CDR journal (edge/runtime/journal.py) in EDGE_JOURNAL_DIR. Records are fsynced in batches: a crash loses at
-# most the unflushed batch, fewer than EDGE_CDR_BATCH_SIZE records or EDGE_CDR_FLUSH_INTERVAL
-# seconds' worth. Smaller values lose less and cost more fsyncs.
+# The CDR journal (edge/runtime/journal.py, in EDGE_JOURNAL_DIR) is fsynced in batches: a crash
+# loses at most the unflushed batch, fewer than EDGE_CDR_BATCH_SIZE records or
+# EDGE_CDR_FLUSH_INTERVAL seconds' worth. Smaller values lose less and cost more fsyncs.
 EDGE_CDR_BATCH_SIZE = env.int("EDGE_CDR_BATCH_SIZE", default=64)
 EDGE_CDR_FLUSH_INTERVAL = env.float("EDGE_CDR_FLUSH_INTERVAL", default=0.05)
 
