@@ -469,16 +469,19 @@ class ClusterLimits:
     def _renewed(self, held: dict[str, int], results: Sequence[Any], *, recovering: bool) -> None:
         """After re-registering `held`: Redis knows those slots now; any of them released
         during the round trip is removed again."""
+        fresh = len(self._local_only.intersection(held))  # admitted locally: new to Redis
         self._local_only.difference_update(held)
         gone = [(t, c) for c, t in held.items() if c not in self._held]
         if gone:
             self._releases.extend(gone)
             self._wake.set()
         if not recovering:
-            readded = sum(r for r in results if isinstance(r, int))
-            if readded:
-                # Not an error: the edge was stalled past a lease. The calls are real.
-                log.warning("%d call slots had expired in Redis and were re-registered", readded)
+            expired = sum(r for r in results if isinstance(r, int)) - fresh
+            if expired > 0:
+                # This edge stalled past a lease and another edge may have taken the slots;
+                # the calls are real, so they count again (the trunk may be over its limit
+                # until enough of them end).
+                log.warning("%d call slots had expired in Redis and were re-registered", expired)
 
     def _deliver(self, acquires: Sequence[_Pending], results: Sequence[Any]) -> None:
         for pending, result in zip(acquires, results, strict=True):

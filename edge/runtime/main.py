@@ -48,6 +48,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from edge.config import ConfigError, EdgeConfig
+from edge.limits import Limits, LocalLimits
+from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
     ControlApp,
@@ -112,6 +114,8 @@ ENVIRONMENT = {
     "cdr_batch_size": "EDGE_CDR_BATCH_SIZE",
     "cdr_flush_interval": "EDGE_CDR_FLUSH_INTERVAL",
     "log_level": "EDGE_LOG_LEVEL",
+    "redis_url": "EDGE_REDIS_URL",
+    "limit_share": "EDGE_LIMIT_SHARE",
 }
 
 
@@ -127,6 +131,10 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
     """Everything the runtime asks of the B2BUA."""
 
     def close(self, now: float, wall: float) -> Sequence[Output]: ...
+
+    def limit_decided(
+        self, call_id: str, granted: bool, reason: str | None, now: float, wall: float
+    ) -> Sequence[Output]: ...
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -151,6 +159,8 @@ class EdgeOptions:
     cdr_batch_size: int = 64
     cdr_flush_interval: float = 0.05
     log_level: str = "INFO"
+    redis_url: str | None = None  # cluster-wide limits; None: this edge counts alone
+    limit_share: int = 1  # edges splitting each limit while Redis is unreachable
 
 
 def add_arguments(
@@ -189,6 +199,8 @@ def add_arguments(
     add("--cdr-batch-size", "cdr_batch_size", "CDRs per journal write+fsync", "64")
     add("--cdr-flush-interval", "cdr_flush_interval", "max seconds a CDR waits", "0.05")
     add("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR", "INFO")
+    add("--redis-url", "redis_url", "count trunk limits across edges in this Redis")
+    add("--limit-share", "limit_share", "edges sharing each limit (used if Redis is down)", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,6 +259,12 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
     snapshot, snapshot_url = path("snapshot"), text("snapshot_url")
     if snapshot is None and snapshot_url is None:
         raise UsageError("give --snapshot FILE or --snapshot-url URL (or EDGE_SNAPSHOT_URL)")
+    try:
+        limit_share = int(required("limit_share"))
+    except ValueError:
+        raise UsageError(f"--limit-share: not a number: {ns.limit_share!r}") from None
+    if limit_share < 1:
+        raise UsageError("--limit-share must be at least 1")
     log_level = (text("log_level") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise UsageError(f"--log-level: unknown level {log_level!r}")
@@ -268,6 +286,8 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         cdr_batch_size=cdr_batch_size,
         cdr_flush_interval=cdr_flush_interval,
         log_level=log_level,
+        redis_url=text("redis_url"),
+        limit_share=limit_share,
     )
 
 
@@ -282,16 +302,16 @@ class CoreParams:
     config: EdgeConfig
     local: dict[str, Address]
     digest_secret: bytes
+    limits: Limits
 
 
 def default_core(params: CoreParams) -> EdgeCore:
     from edge.b2bua import B2bua
-    from edge.limits import LocalLimits
 
     return B2bua(
         node=params.node,
         config=params.config,
-        limits=LocalLimits(),
+        limits=params.limits,
         local=params.local,
         digest_secret=params.digest_secret,
         rng=random.Random(secrets.randbits(64)),
@@ -382,6 +402,7 @@ class EdgeRuntime:
         self._gateway_task: asyncio.Task[None] | None = None
         self._gateway_timer: asyncio.TimerHandle | None = None
         self._sockets: list[socket.socket] = []
+        self.cluster_limits: ClusterLimits | None = None
 
     # --- start ---------------------------------------------------------------------------
 
@@ -458,12 +479,24 @@ class EdgeRuntime:
         if self.tls_address is not None:
             local["tls"] = (advertised, self.tls_address[1], "tls")
         self._base_config = config
+        limits: Limits = LocalLimits()
+        if options.redis_url:
+            self.cluster_limits = ClusterLimits(
+                options.redis_url,
+                node=options.node,
+                loop=loop,
+                share=options.limit_share,
+                on_decided=self._limit_decided,
+            )
+            await self.cluster_limits.start()  # an outage only means local counting for now
+            limits = self.cluster_limits
         core = self.core = self._core_factory(
             CoreParams(
                 node=options.node,
                 config=self._with_known_gateways(config),
                 local=local,
                 digest_secret=self._digest_secret(),
+                limits=limits,
             )
         )
         if options.state_dir is not None and source != str(options.state_dir / SNAPSHOT_FILE):
@@ -502,6 +535,15 @@ class EdgeRuntime:
         )
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
+
+    def _limit_decided(self, call_id: str, granted: bool, reason: str | None) -> None:
+        """The cluster counters answered an admission the core left waiting."""
+        core, dispatcher = self.core, self.dispatcher
+        if core is not None and dispatcher is not None:
+            loop = asyncio.get_running_loop()
+            dispatcher.dispatch(
+                core.limit_decided(call_id, granted, reason, loop.time(), time.time())
+            )
 
     def _stream_protocol(self, transport: str) -> asyncio.Protocol:
         assert self.streams is not None
@@ -726,6 +768,8 @@ class EdgeRuntime:
         except Exception:
             logger.exception("core.close raised: calls still open have no final CDR")
         dispatcher.stop_timer()
+        if self.cluster_limits is not None:
+            await self.cluster_limits.close()  # sends the releases of the calls just ended
         if self.udp is not None:
             self.udp.close()
         self.streams.close()

@@ -81,6 +81,8 @@ class Command(BaseCommand):
             state_dir=Path(settings.VAR_DIR) / "edge",
             cdr_batch_size=settings.EDGE_CDR_BATCH_SIZE,
             cdr_flush_interval=settings.EDGE_CDR_FLUSH_INTERVAL,
+            redis_url=settings.REDIS_URL or None,
+            limit_share=max(EdgeNode.objects.filter(enabled=True).count(), 1),
         )
 
     async def _serve(self, host: str, port: int, *, edge: bool) -> None:

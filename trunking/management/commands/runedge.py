@@ -8,7 +8,9 @@ command line > EDGE_* environment variables > the settings below > built-in defa
 - TLS: ``EDGE_TLS_CERT`` + ``EDGE_TLS_KEY`` turn it on, on ``EDGE_TLS_ADDRESS`` (default: the
   SIP host, port 5061);
 - ``--token``: ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
-- ``--journal-dir``: ``EDGE_JOURNAL_DIR`` (``VAR_DIR/cdr``); ``--state-dir``: ``VAR_DIR/edge``.
+- ``--journal-dir``: ``EDGE_JOURNAL_DIR`` (``VAR_DIR/cdr``); ``--state-dir``: ``VAR_DIR/edge``;
+- ``--redis-url``: ``REDIS_URL`` (limits counted across edges). Set ``EDGE_LIMIT_SHARE`` to
+  the number of edges, the share of each limit an edge keeps to while Redis is unreachable.
 
 The edge itself never touches the ORM: this command only computes defaults, then hands over.
 """
@@ -43,6 +45,7 @@ def settings_defaults() -> dict[str, object]:
         "snapshot_url": DEFAULT_SNAPSHOT_URL,
         "journal_dir": str(settings.EDGE_JOURNAL_DIR),
         "state_dir": str(settings.VAR_DIR / "edge"),
+        "redis_url": settings.REDIS_URL,
     }
     for dest, name in (
         ("cdr_batch_size", "EDGE_CDR_BATCH_SIZE"),
