@@ -632,6 +632,10 @@ class B2bua:
             self._inbound(request, txn, source, now, wall)
             return
         trunk = config.trunk_for_source(ip)
+        if trunk is None and not config.has_credentials:
+            # No trunk authenticates by digest: a challenge could only ever fail.
+            self._refuse_reason(request, txn, source, None, now, wall, "acl_denied")
+            return
         if trunk is None:
             trunk = self._authenticate(request, txn, source, now, wall)
             if trunk is None:

@@ -679,6 +679,11 @@ class EdgeConfig:
     def credential(self, username: str) -> Credential | None:
         return self._credentials.get(username)
 
+    @property
+    def has_credentials(self) -> bool:
+        """Whether any trunk authenticates by digest (else unknown sources are refused)."""
+        return bool(self._credentials)
+
     def number(self, e164: str) -> NumberRoute | None:
         return self._numbers.get(e164)
 

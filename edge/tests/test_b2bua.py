@@ -568,3 +568,11 @@ def test_cancel_while_the_counters_decide():
     assert edge.cdrs[-1].reason == "cancelled" and limits.released == limits.asked
     edge._keep(edge.core.limit_decided(limits.asked[0], True, None, edge.now, edge.wall))
     assert not edge.take(GATEWAY) and edge.core.active_calls == 0
+
+
+def test_unknown_source_is_refused_when_no_trunk_uses_digest():
+    edge = Edge(trunks=[trunk_doc(credentials=[])])
+    edge.send(invite(STRANGER), STRANGER)
+    assert finals(edge.take(STRANGER)) == [403]
+    (cdr,) = edge.cdrs
+    assert (cdr.reason, cdr.trunk_id, cdr.source_ip) == ("acl_denied", None, STRANGER[0])
