@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 SCHEMA = 1
+# Distinct CIDRs and origination URIs remembered across snapshots (a few MB at most).
+_PARSE_CACHE_SIZE = 1 << 17
 TRANSPORTS = frozenset({"udp", "tcp", "tls"})
 CALLER_ID_POLICIES = frozenset({"customer_numbers", "pass_through"})
 _MAX_PORT = 65535
@@ -246,23 +248,37 @@ def _host(value: Any, where: str) -> str:
     return value
 
 
-def _origination(item: Any, where: str) -> OriginationTarget:
-    obj = _object(item, where)
-    text = _str(obj, "uri", where)
+@lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def _origination_address(text: str) -> tuple[str, int, str, str | None] | str:
+    """(host, port, transport, user) of an origination URI, or why it is not one.
+
+    Cached: consecutive snapshots repeat almost every URI, and parsing is most of the cost of
+    compiling a trunk.
+    """
     try:
         uri = parse_uri(text)
     except RemoteProtocolError as error:
-        raise ConfigError(f"{where}.uri: {text!r} is not a SIP URI ({error.reason})") from None
+        return f"{text!r} is not a SIP URI ({error.reason})"
     if uri.scheme not in ("sip", "sips"):
-        raise ConfigError(f"{where}.uri: {text!r} is not a sip: or sips: URI")
+        return f"{text!r} is not a sip: or sips: URI"
     param = uri.params.get("transport")
     transport = (param or ("tls" if uri.scheme == "sips" else "udp")).lower()
     if transport not in TRANSPORTS or (uri.scheme == "sips" and transport == "udp"):
-        raise ConfigError(f"{where}.uri: {text!r} has an unsupported transport {param!r}")
+        return f"{text!r} has an unsupported transport {param!r}"
     if uri.scheme == "sips":
         transport = "tls"
     host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
     port = uri.port if uri.port is not None else (5061 if transport == "tls" else 5060)
+    return host, port, transport, uri.user
+
+
+def _origination(item: Any, where: str) -> OriginationTarget:
+    obj = _object(item, where)
+    text = _str(obj, "uri", where)
+    address = _origination_address(text)
+    if isinstance(address, str):
+        raise ConfigError(f"{where}.uri: {address}")
+    host, port, transport, user = address
     return OriginationTarget(
         uri=text,
         host=host,
@@ -270,7 +286,7 @@ def _origination(item: Any, where: str) -> OriginationTarget:
         transport=transport,
         priority=_int(obj, "priority", where, high=_MAX_PRIORITY),
         weight=_int(obj, "weight", where, high=_MAX_PRIORITY),
-        user=uri.user,
+        user=user,
     )
 
 
@@ -388,19 +404,27 @@ def _ipv4_network(text: str) -> tuple[int, int, int] | None:
     return 32, length, value >> (32 - length) << (32 - length)
 
 
-def _network(entry: Any, where: str) -> tuple[int, int, int]:
-    """(bits, prefix length, network integer) of a CIDR; host bits are ignored."""
-    if not isinstance(entry, str):
-        raise ConfigError(f"{where}: expected a CIDR string, got {entry!r}")
+@lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def _parse_network(entry: str) -> tuple[int, int, int] | None:
+    """(bits, prefix length, network integer) of a CIDR, or None; cached like origination URIs."""
     fast = _ipv4_network(entry)
     if fast is not None:
         return fast
     try:
         network = ipaddress.ip_network(entry.strip(), strict=False)
     except ValueError:
-        raise ConfigError(f"{where}: {entry!r} is not an IP network in CIDR notation") from None
-    bits = network.max_prefixlen
-    return bits, network.prefixlen, int(network.network_address)
+        return None
+    return network.max_prefixlen, network.prefixlen, int(network.network_address)
+
+
+def _network(entry: Any, where: str) -> tuple[int, int, int]:
+    """(bits, prefix length, network integer) of a CIDR; host bits are ignored."""
+    if not isinstance(entry, str):
+        raise ConfigError(f"{where}: expected a CIDR string, got {entry!r}")
+    parsed = _parse_network(entry)
+    if parsed is None:
+        raise ConfigError(f"{where}: {entry!r} is not an IP network in CIDR notation")
+    return parsed
 
 
 # One family's ACL: (shift, {network >> shift: trunk}) from the longest prefix to the shortest.

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.choices import CustomerStatus
@@ -31,6 +31,7 @@ from .models import (
 )
 
 SCHEMA = 1
+LARGE_CHUNK = 20_000  # rows per fetch for the big tables (Django's default is 2,000... or 100)
 Snapshot = dict[str, Any]
 
 
@@ -54,22 +55,26 @@ def _content() -> Snapshot:
         for c in Customer.objects.order_by("id").values("id", "name", "status")
     ]
     acl = _grouped(
-        IpAclEntry.objects.order_by("trunk_id", "cidr").values("trunk_id", "cidr"), "trunk_id"
+        IpAclEntry.objects.order_by("trunk_id", "cidr")
+        .values("trunk_id", "cidr")
+        .iterator(chunk_size=LARGE_CHUNK),
+        "trunk_id",
     )
     credentials = _grouped(
-        SipCredential.objects.order_by("trunk_id", "username").values(
-            "trunk_id", "username", "realm", "ha1_md5", "ha1_sha256"
-        ),
+        SipCredential.objects.order_by("trunk_id", "username")
+        .values("trunk_id", "username", "realm", "ha1_md5", "ha1_sha256")
+        .iterator(chunk_size=LARGE_CHUNK),
         "trunk_id",
     )
     origination = _grouped(
         OriginationUri.objects.filter(enabled=True)
         .order_by("trunk_id", "priority", "-weight", "id")
-        .values("trunk_id", "uri", "priority", "weight"),
+        .values("trunk_id", "uri", "priority", "weight")
+        .iterator(chunk_size=LARGE_CHUNK),
         "trunk_id",
     )
     trunks = []
-    for t in Trunk.objects.order_by("id").values():
+    for t in Trunk.objects.order_by("id").values().iterator(chunk_size=LARGE_CHUNK):
         trunks.append(
             {
                 "id": t["id"],
@@ -90,12 +95,13 @@ def _content() -> Snapshot:
                 "origination_uris": origination.get(t["id"], []),
             }
         )
-    numbers = [
-        [n["number"], n["customer_id"], n["trunk_id"]]
-        for n in PhoneNumber.objects.filter(status=NumberStatus.ACTIVE)
+    # Tuples straight from the cursor, in large chunks: this is the snapshot's biggest table.
+    numbers = list(
+        PhoneNumber.objects.filter(status=NumberStatus.ACTIVE)
         .order_by("number")
-        .values("number", "customer_id", "trunk_id")
-    ]
+        .values_list("number", "customer_id", "trunk_id")
+        .iterator(chunk_size=LARGE_CHUNK)
+    )
     gateways = _grouped(
         CarrierGateway.objects.filter(enabled=True, carrier__enabled=True)
         .order_by("carrier_id", "priority", "-weight", "id")
@@ -130,11 +136,24 @@ def content_hash(content: Snapshot) -> str:
     return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _read_content() -> Snapshot:
+    """`_content` from one consistent view of the database: a number read in one query must
+    not point at a trunk deleted before the next query ran (the edge would refuse the whole
+    snapshot). PostgreSQL needs REPEATABLE READ for that; SQLite transactions have it. Inside
+    a caller's transaction, that transaction's isolation applies."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return _content()
+
+
 def build_snapshot() -> Snapshot:
     """The current snapshot, with its version: a new version only if the content changed."""
+    content = _read_content()
+    digest = content_hash(content)
     with transaction.atomic():
-        content = _content()
-        digest = content_hash(content)
         latest = ConfigRevision.objects.select_for_update().order_by("-id").first()
         if latest is None or latest.content_hash != digest:
             latest = ConfigRevision.objects.create(content_hash=digest)

@@ -17,7 +17,7 @@ def test_snapshot_holds_what_an_edge_needs(
     ]
     (cred,) = t["credentials"]
     assert cred["ha1_md5"] == credential.credential.ha1_md5 and "password" not in cred
-    assert snap["numbers"] == [["+14155550100", trunk.customer_id, trunk.pk]]
+    assert [list(n) for n in snap["numbers"]] == [["+14155550100", trunk.customer_id, trunk.pk]]
     assert snap["carriers"][0]["gateways"][0]["host"] == "198.51.100.7"
 
 
