@@ -117,7 +117,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 END_TO_END_HEADERS = ("Allow", "Supported", "Accept", "Privacy", "Reason", "Info-Package")
 # Extensions we implement (Require / Proxy-Require of anything else is refused with 420).
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
-CHALLENGE_ALGORITHMS = ("SHA-256", "MD5")
 _NO_USAGE = Usage(active_calls=0, cps_available=True)  # for a refusal decided before limits
 
 
@@ -128,6 +127,9 @@ class B2buaSettings:
     challenge_timeout: float = 32.0
     # Region assumed for a carrier's national-format called numbers.
     inbound_default_region: str = "US"
+    # Digest challenges offered, most preferred first (RFC 8760: SHA-256). Some deployed
+    # clients read only the first challenge and know only MD5: for them, put MD5 first.
+    challenge_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
 
 
 @dataclass(slots=True)
@@ -692,7 +694,9 @@ class B2bua:
     ) -> None:
         headers = [
             ("Proxy-Authenticate", value)
-            for value in self.digest.challenge(wall, algorithms=CHALLENGE_ALGORITHMS, stale=stale)
+            for value in self.digest.challenge(
+                wall, algorithms=self.settings.challenge_algorithms, stale=stale
+            )
         ]
         self._respond(txn, request, 407, None, now, to_tag=new_tag(), headers=headers)
         call_id = request.call_id
@@ -1398,7 +1402,7 @@ class B2bua:
         if credential is None:
             headers = [
                 ("WWW-Authenticate", v)
-                for v in self.digest.challenge(wall, algorithms=CHALLENGE_ALGORITHMS)
+                for v in self.digest.challenge(wall, algorithms=self.settings.challenge_algorithms)
             ]
             self._respond(txn, request, 401, None, now, to_tag=new_tag(), headers=headers)
             return

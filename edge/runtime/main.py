@@ -116,6 +116,7 @@ ENVIRONMENT = {
     "log_level": "EDGE_LOG_LEVEL",
     "redis_url": "EDGE_REDIS_URL",
     "limit_share": "EDGE_LIMIT_SHARE",
+    "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
 }
 
 
@@ -161,6 +162,7 @@ class EdgeOptions:
     log_level: str = "INFO"
     redis_url: str | None = None  # cluster-wide limits; None: this edge counts alone
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
 
 
 def add_arguments(
@@ -201,6 +203,10 @@ def add_arguments(
     add("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR", "INFO")
     add("--redis-url", "redis_url", "count trunk limits across edges in this Redis")
     add("--limit-share", "limit_share", "edges sharing each limit (used if Redis is down)", "1")
+    add(
+        "--digest-algorithms", "digest_algorithms",
+        "challenge order, e.g. MD5,SHA-256 for clients that read only the first", "SHA-256,MD5",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +271,9 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         raise UsageError(f"--limit-share: not a number: {ns.limit_share!r}") from None
     if limit_share < 1:
         raise UsageError("--limit-share must be at least 1")
+    algorithms = tuple(a.strip() for a in required("digest_algorithms").split(",") if a.strip())
+    if not algorithms or set(algorithms) - {"MD5", "SHA-256"}:
+        raise UsageError("--digest-algorithms: give MD5 and/or SHA-256, comma-separated")
     log_level = (text("log_level") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise UsageError(f"--log-level: unknown level {log_level!r}")
@@ -288,6 +297,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         log_level=log_level,
         redis_url=text("redis_url"),
         limit_share=limit_share,
+        digest_algorithms=algorithms,
     )
 
 
@@ -303,15 +313,17 @@ class CoreParams:
     local: dict[str, Address]
     digest_secret: bytes
     limits: Limits
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
 
 
 def default_core(params: CoreParams) -> EdgeCore:
-    from edge.b2bua import B2bua
+    from edge.b2bua import B2bua, B2buaSettings
 
     return B2bua(
         node=params.node,
         config=params.config,
         limits=params.limits,
+        settings=B2buaSettings(challenge_algorithms=params.digest_algorithms),
         local=params.local,
         digest_secret=params.digest_secret,
         rng=random.Random(secrets.randbits(64)),
@@ -497,6 +509,7 @@ class EdgeRuntime:
                 local=local,
                 digest_secret=self._digest_secret(),
                 limits=limits,
+                digest_algorithms=options.digest_algorithms,
             )
         )
         if options.state_dir is not None and source != str(options.state_dir / SNAPSHOT_FILE):
