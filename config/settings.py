@@ -151,7 +151,7 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 # Changes within this window after the first one travel in the same push.
-CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.1)
+CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.05)
 # A queued push that never started (worker down) stops blocking new ones after this.
 CONFIG_PUSH_PENDING_TTL_MS = 5000
 
