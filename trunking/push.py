@@ -27,7 +27,11 @@ PENDING_KEY = "tl:config-push:pending"
 
 
 class EdgePushError(Exception):
-    """The edge did not apply the snapshot: unreachable, refused, or answered an error."""
+    """The edge did not apply the snapshot: unreachable, or it answered an error."""
+
+    def __init__(self, message: str, *, reachable: bool = False) -> None:
+        super().__init__(message)
+        self.reachable = reachable
 
 
 def _request(node: EdgeNode, method: str, path: str, body: bytes | None, timeout: float) -> Any:
@@ -44,8 +48,11 @@ def _request(node: EdgeNode, method: str, path: str, body: bytes | None, timeout
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        detail = exc.read()[:500].decode("utf-8", "replace")
-        raise EdgePushError(f"{node.name}: HTTP {exc.code} {detail}") from exc
+        body = exc.read()
+        if exc.code == 409:  # the edge already runs a newer version (a later push overtook)
+            return json.loads(body)
+        detail = body[:500].decode("utf-8", "replace")
+        raise EdgePushError(f"{node.name}: HTTP {exc.code} {detail}", reachable=True) from exc
     except (OSError, ValueError) as exc:  # refused, timed out, reset, not JSON
         raise EdgePushError(f"{node.name}: {exc}") from exc
 
@@ -58,10 +65,14 @@ def edge_push(*, node: EdgeNode, body: bytes) -> int:
         version = int(answer["applied_version"])
     except (EdgePushError, KeyError, TypeError, ValueError) as exc:
         error = str(exc) if isinstance(exc, EdgePushError) else f"{node.name}: bad answer {exc!r}"
+        reachable = not isinstance(exc, EdgePushError) or exc.reachable
         EdgeNode.objects.filter(pk=node.pk).update(
-            last_push_at=now, last_push_error=error[:2000], health=EdgeHealth.UNREACHABLE
+            last_push_at=now,
+            last_push_error=error[:2000],
+            health=EdgeHealth.OK if reachable else EdgeHealth.UNREACHABLE,
+            **({"last_seen": now} if reachable else {}),
         )
-        raise EdgePushError(error) from exc
+        raise EdgePushError(error, reachable=reachable) from exc
     EdgeNode.objects.filter(pk=node.pk).update(
         applied_version=version,
         last_push_at=now,

@@ -52,3 +52,46 @@ def test_rolled_back_change_queues_nothing(customer, pushes):
         Trunk.objects.create(customer=customer, name="b")
         raise RuntimeError
     assert pushes == []
+
+
+def test_edge_push_records_the_version_an_edge_reports(edge_node):
+    """A real HTTP server stands in for an edge's control API: one that applies the snapshot
+    (200), one that already runs a newer version (409), one that refuses it (400)."""
+    import http.server
+    import json
+    import threading
+
+    from trunking.push import EdgePushError, edge_push
+
+    answers = [(200, {"applied_version": 7}), (409, {"applied_version": 9}), (400, {"error": "x"})]
+
+    class Edge(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code, body = answers.pop(0)
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Edge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    edge_node.control_url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert edge_push(node=edge_node, body=b"{}") == 7
+        assert edge_push(node=edge_node, body=b"{}") == 9
+        with pytest.raises(EdgePushError, match="HTTP 400"):
+            edge_push(node=edge_node, body=b"{}")
+    finally:
+        server.shutdown()
+    edge_node.refresh_from_db()
+    # It answered: reachable, but the refusal is on record.
+    assert edge_node.applied_version == 9 and edge_node.health == "ok"
+    assert "HTTP 400" in edge_node.last_push_error
+    edge_node.control_url = "http://127.0.0.1:9"  # nothing listens there
+    with pytest.raises(EdgePushError):
+        edge_push(node=edge_node, body=b"{}")
+    edge_node.refresh_from_db()
+    assert edge_node.health == "unreachable"
