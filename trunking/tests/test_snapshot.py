@@ -48,3 +48,15 @@ def test_snapshot_endpoint_requires_an_edge_token(client, edge_node, settings, t
     assert client.get(url, HTTP_AUTHORIZATION="Bearer shared-secret").status_code == 200
     settings.EDGE_CONTROL_TOKEN = ""
     assert client.get(url, HTTP_AUTHORIZATION="Bearer ").status_code == 401
+
+
+def test_add_edge_node_command_registers_and_prints_the_token(db, capsys):
+    from django.core.management import call_command
+
+    from trunking.models import EdgeNode
+
+    call_command("add_edge_node", "edge-7", "--control-url", "http://edge:8081")
+    call_command("add_edge_node", "edge-7", "--control-url", "http://edge-7:8081")
+    node = EdgeNode.objects.get(name="edge-7")
+    assert node.control_url == "http://edge-7:8081"
+    assert capsys.readouterr().out.count(edge_node_token(node)) == 2

@@ -7,7 +7,8 @@ command line > EDGE_* environment variables > the settings below > built-in defa
 - ``--sip`` / ``--control``: ``EDGE_SIP_ADDRESS`` / ``EDGE_CONTROL_ADDRESS``;
 - TLS: ``EDGE_TLS_CERT`` + ``EDGE_TLS_KEY`` turn it on, on ``EDGE_TLS_ADDRESS`` (default: the
   SIP host, port 5061);
-- ``--token``: ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
+- ``--token``: the registered edge node's own token (derived from SECRET_KEY, read from the
+  database), else ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
 - ``--journal-dir``: ``EDGE_JOURNAL_DIR`` (``VAR_DIR/cdr``); ``--state-dir``: ``VAR_DIR/edge``;
 - ``--redis-url``: ``REDIS_URL`` (limits counted across edges). Set ``EDGE_LIMIT_SHARE`` to
   the number of edges, the share of each limit an edge keeps to while Redis is unreachable.
@@ -17,15 +18,30 @@ The edge itself never touches the ORM: this command only computes defaults, then
 
 import argparse
 import logging
+import os
 import socket
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from edge.runtime.main import ENVIRONMENT, UsageError, add_arguments, options_from_namespace, run
+from trunking.models import EdgeNode
+from trunking.tokens import edge_node_token
 
 DEFAULT_SNAPSHOT_URL = "http://127.0.0.1:8000/internal/edge/snapshot"
+
+
+def _node_token(name: str) -> str | None:
+    """The registered edge node's own control token (pushes come with it), derived as the
+    control plane derives it; None if the node is not registered or the database is out of
+    reach (then EDGE_CONTROL_TOKEN, or --token, is used)."""
+    try:
+        node = EdgeNode.objects.filter(name=name).first()
+    except DatabaseError:
+        return None
+    return edge_node_token(node) if node is not None else None
 
 
 def settings_defaults() -> dict[str, object]:
@@ -34,14 +50,15 @@ def settings_defaults() -> dict[str, object]:
     tls = settings.EDGE_TLS_ADDRESS
     if cert and key and not tls:
         tls = f"{sip.rpartition(':')[0]}:5061"
+    node = os.environ.get("EDGE_NODE") or settings.EDGE_NODE_NAME or socket.gethostname()
     defaults: dict[str, object] = {
-        "node": settings.EDGE_NODE_NAME or socket.gethostname(),
+        "node": node,
         "sip": sip,
         "tls": tls if cert and key else "",
         "cert": cert,
         "key": key,
         "control": settings.EDGE_CONTROL_ADDRESS,
-        "token": settings.EDGE_CONTROL_TOKEN,
+        "token": _node_token(node) or settings.EDGE_CONTROL_TOKEN,
         "snapshot_url": DEFAULT_SNAPSHOT_URL,
         "journal_dir": str(settings.EDGE_JOURNAL_DIR),
         "state_dir": str(settings.VAR_DIR / "edge"),
