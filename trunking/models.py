@@ -274,7 +274,11 @@ class EdgeNode(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     sip_addresses = models.JSONField(default=list, blank=True, help_text='["203.0.113.10:5060"]')
-    control_url = models.URLField(help_text="Base URL of the edge's control API.")
+    control_url = models.CharField(
+        max_length=200,
+        validators=[validators.validate_control_url],
+        help_text="Base URL of the edge's control API, e.g. http://edge-1:8081.",
+    )
     enabled = models.BooleanField(default=True)
     token_generation = models.PositiveIntegerField(default=1, editable=False)
     applied_version = models.BigIntegerField(

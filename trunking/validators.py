@@ -101,3 +101,19 @@ def validate_origination_uri(value: str) -> None:
     transport = uri.params.get("transport")
     if transport is not None and str(transport).lower() not in ("udp", "tcp", "tls"):
         raise ValidationError(f"'{value}' has an unsupported transport '{transport}'.")
+
+
+def validate_control_url(value: str) -> None:
+    """http(s)://host[:port] of an edge's control API; single-label hosts (a container's
+    service name, "edge") are fine, unlike Django's URLValidator."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError(f"'{value}' is not a URL: {exc}.") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(f"'{value}' must be http(s)://host[:port].")
+    if port == 0 or any(ch.isspace() for ch in value):
+        raise ValidationError(f"'{value}' is not a valid control URL.")

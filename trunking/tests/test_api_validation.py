@@ -150,3 +150,21 @@ def test_duplicate_credential_username(api_as, credential, trunk):
         "/api/v1/credentials/", {"trunk": trunk.pk, "username": "acme-pbx"}
     )
     assert response.status_code == 400 and "username" in response.json()
+
+
+@pytest.mark.parametrize(
+    "url, ok",
+    [
+        ("http://edge:8081", True),
+        ("https://edge-1.example.net", True),
+        ("ftp://edge", False),
+        ("edge:8081", False),
+        ("http://:8081", False),
+        ("http://edge:99999", False),
+    ],
+)
+def test_edge_node_control_url(api_as, url, ok):
+    response = api_as("staff").post("/api/v1/edge-nodes/", {"name": "e", "control_url": url})
+    assert response.status_code == (201 if ok else 400), response.content
+    if not ok:
+        assert "control_url" in response.json()
