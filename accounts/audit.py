@@ -5,7 +5,7 @@ Fields a model lists in ``audit_exclude`` (hashes, tokens) never reach the log.
 """
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
@@ -103,3 +103,18 @@ def record(
     if entry is not None:
         entry.save()
     return entry
+
+
+ModelT = TypeVar("ModelT", bound=models.Model)
+
+
+def set_status(*, actor: Caller, obj: ModelT, status: str, action: str, reason: str) -> ModelT:
+    """Move ``obj`` (a model with ``status`` and ``updated_at``) to ``status`` and audit it
+    with ``action`` and ``reason``; nothing happens if it is already there. Call inside the
+    service's transaction."""
+    if obj.status != status:  # type: ignore[attr-defined]
+        before = snapshot(obj)
+        obj.status = status  # type: ignore[attr-defined]
+        obj.save(update_fields=["status", "updated_at"])
+        record(actor=actor, obj=obj, action=action, before=before, note=reason)
+    return obj

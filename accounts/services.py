@@ -50,23 +50,12 @@ def api_key_revoke(*, actor: Caller, api_key: ApiKey) -> ApiKey:
     return api_key
 
 
-def _set_customer_status(
-    *, actor: Caller, customer: Customer, status: str, action: str, reason: str
-) -> Customer:
-    if customer.status != status:
-        before = audit.snapshot(customer)
-        customer.status = status
-        customer.save(update_fields=["status", "updated_at"])
-        audit.record(actor=actor, obj=customer, action=action, before=before, note=reason)
-    return customer
-
-
 @transaction.atomic
 def customer_suspend(*, actor: Caller, customer: Customer, reason: str = "") -> Customer:
     """Suspend a customer: the edge refuses all of its calls until it is resumed."""
-    return _set_customer_status(
+    return audit.set_status(
         actor=actor,
-        customer=customer,
+        obj=customer,
         status=CustomerStatus.SUSPENDED,
         action=AuditAction.SUSPEND,
         reason=reason,
@@ -75,9 +64,9 @@ def customer_suspend(*, actor: Caller, customer: Customer, reason: str = "") -> 
 
 @transaction.atomic
 def customer_resume(*, actor: Caller, customer: Customer, reason: str = "") -> Customer:
-    return _set_customer_status(
+    return audit.set_status(
         actor=actor,
-        customer=customer,
+        obj=customer,
         status=CustomerStatus.ACTIVE,
         action=AuditAction.RESUME,
         reason=reason,

@@ -28,23 +28,12 @@ GENERATED_PASSWORD_BYTES = 18
 # --- trunks -------------------------------------------------------------------------------
 
 
-def _set_trunk_status(
-    *, actor: Caller, trunk: Trunk, status: str, action: str, reason: str
-) -> Trunk:
-    if trunk.status != status:
-        before = audit.snapshot(trunk)
-        trunk.status = status
-        trunk.save(update_fields=["status", "updated_at"])
-        audit.record(actor=actor, obj=trunk, action=action, before=before, note=reason)
-    return trunk
-
-
 @transaction.atomic
 def trunk_suspend(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
     """Suspend a trunk: the edge refuses its new calls; calls in progress finish."""
-    return _set_trunk_status(
+    return audit.set_status(
         actor=actor,
-        trunk=trunk,
+        obj=trunk,
         status=TrunkStatus.SUSPENDED,
         action=AuditAction.SUSPEND,
         reason=reason,
@@ -53,9 +42,9 @@ def trunk_suspend(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
 
 @transaction.atomic
 def trunk_resume(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
-    return _set_trunk_status(
+    return audit.set_status(
         actor=actor,
-        trunk=trunk,
+        obj=trunk,
         status=TrunkStatus.ACTIVE,
         action=AuditAction.RESUME,
         reason=reason,
