@@ -1510,6 +1510,18 @@ class B2bua:
             )
         )
         self._emit(call, "ended", wall, reason=reason, final_code=final_code)
+        # The call stays reachable while its transactions linger (up to 32 s), only to absorb
+        # strays: a resend needs a message's bytes, not its parse.
+        call.a_invite.forget_parsed()
+        for message in (call.b_invite, call.b_ack):
+            if message is not None:
+                message.forget_parsed()
+        if call.a_retransmitter is not None:
+            call.a_retransmitter.inner.response.forget_parsed()
+            # It refers back to the call (and stays in the timer queue until acknowledged or
+            # timed out); the cycle would leave every finished call to the cyclic garbage
+            # collector rather than to reference counting.
+            call.a_retransmitter = None
         # The B leg's Call-ID stays known while its transactions may still answer; it is
         # dropped with them (see _forget) — but a finished call need not be found again.
         if call.b is not None and (call.b_txn is None or call.b_txn.state.value == "terminated"):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -94,6 +95,13 @@ READY = "edge ready"
 DIGEST_SECRET_FILE = "digest-secret"
 SNAPSHOT_FETCH_TIMEOUT = 10.0
 GATEWAY_REFRESH_INTERVAL = 300.0
+# Young-generation threshold of the cyclic garbage collector for a process that is an edge.
+# A call allocates a few hundred tracked objects and keeps a few dozen for ~32 s (lingering
+# transactions); with the default 700 the collector ran ~6 young and ~0.6 middle collections
+# per call, re-walking everything that survived. At 10,000 the in-process bench spends about
+# 25 us per call in the collector instead of about 90 (of ~700), and nothing per call is cyclic
+# garbage, so collecting less often frees nothing later.
+GC_YOUNG_THRESHOLD = 10_000
 
 # Option (argparse dest) -> environment variable.
 ENVIRONMENT = {
@@ -826,6 +834,7 @@ async def serve(
     except StartupError as error:
         logger.error("%s", error)  # unconfigured logging still prints errors to stderr
         return 1
+    tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, runtime, sig)
@@ -840,6 +849,16 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def tune_gc() -> None:
+    """For a process that is an edge (not one the edge shares, like `make run`'s): collect the
+    young generation less often, and leave what start-up built (modules, the compiled snapshot)
+    out of every later collection."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _on_signal(runtime: EdgeRuntime, sig: int) -> None:

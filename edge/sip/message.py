@@ -223,9 +223,16 @@ _Field = tuple[str, str, str, str | None]
 _UNPARSED = object()
 
 
-def _header_key(name: str) -> str:
+def _fold_header_name(name: str) -> str:
     key = name.lower()
     return _COMPACT_FORMS.get(key, key)
+
+
+def _header_key(name: str) -> str:
+    # Every lookup and every header we build goes through here: the usual spellings come
+    # from a table (and share one key string) instead of being lower-cased each time.
+    key = _KEY_BY_SPELLING.get(name)
+    return _fold_header_name(name) if key is None else key
 
 
 # Headers seen in most messages. Their usual spellings map straight to a lookup key, which
@@ -268,7 +275,7 @@ _COMMON_HEADERS = (
     "WWW-Authenticate",
 )
 _KEY_BY_SPELLING = {
-    spelling: _header_key(spelling)
+    spelling: _fold_header_name(spelling)
     for name in (*_COMMON_HEADERS, *_COMPACT_FORMS)
     for spelling in (name, name.lower(), name.upper())
 }
@@ -329,6 +336,16 @@ class Headers:
         self._index = None
         self._parsed.clear()
         self._version += 1
+
+    def forget_parsed(self) -> None:
+        """Drop the lookup index and the typed values read so far; the next read rebuilds them.
+
+        For a message kept only to be resent or matched later (a transaction lingering for
+        retransmissions, a finished call): its lines stay, but the lists, dicts and URIs of its
+        parse would otherwise stay with them, and the garbage collector walks them all.
+        """
+        self._index = None
+        self._parsed.clear()
 
     def _build_index(self) -> dict[str, list[str]]:
         index: dict[str, list[str]] = {}
@@ -615,6 +632,10 @@ class Message(ABC):
     def __bytes__(self) -> bytes:
         return self.to_bytes()
 
+    def forget_parsed(self) -> None:
+        """Drop every value parsed so far (see `Headers.forget_parsed`); nothing else changes."""
+        self._headers.forget_parsed()
+
     def _cached(self, key: str, parse: Callable[[list[str]], T]) -> T:
         """Parse the values of header `key` once; the cache lives until the headers change."""
         headers = self._headers
@@ -754,6 +775,10 @@ class Request(Message):
                 reason = f"Invalid Request-URI: {error.reason}"
                 raise RemoteProtocolError(reason, error.status_hint) from None
         return self._parsed_uri
+
+    def forget_parsed(self) -> None:
+        super().forget_parsed()
+        self._parsed_uri = None
 
     def _start_line(self) -> str:
         return f"{self._method} {self._uri} {self._version}"

@@ -161,14 +161,20 @@ class Transaction:
     """What the four transaction kinds share: identity, timers and the table-driven step.
 
     A subclass supplies `TABLE` (every allowed transition), `TIMERS` (the timers that run in
-    each state: entering a state starts those not yet running and stops the others) and
-    `RETRANSMIT_TIMER` (its retransmission timer, whose interval backs off).
+    each state: entering a state starts those not yet running and stops the others),
+    `RETRANSMIT_TIMER` (its retransmission timer, whose interval backs off) and `ABSORBING`
+    (the states in which it only absorbs retransmissions until a timer ends it).
     """
 
     TABLE: ClassVar[Table]
     TIMERS: ClassVar[Mapping[TransactionState, tuple[Timer, ...]]]
     INITIAL_STATE: ClassVar[TransactionState]
     RETRANSMIT_TIMER: ClassVar[Timer | None]
+    # In these states the TU is done with the transaction's messages and a resend needs only
+    # their bytes (cached by to_bytes), so their parse is dropped: a finished transaction
+    # lingers for up to 32 s, and its URIs, dicts and lists would linger (and be walked by the
+    # garbage collector) with it. A later read parses again.
+    ABSORBING: ClassVar[frozenset[TransactionState]] = frozenset()
 
     __slots__ = (
         "_ack",
@@ -263,6 +269,10 @@ class Transaction:
 
     def _enter(self, state: TransactionState, now: float) -> None:
         self.state = state
+        if state in self.ABSORBING:
+            self.request.forget_parsed()
+            if self._last_sent is not None:
+                self._last_sent.forget_parsed()
         wanted = self.TIMERS[state]
         timers = self._timers
         for timer in [t for t in timers if t not in wanted]:
@@ -473,6 +483,7 @@ class ClientInviteTransaction(ClientTransaction):
     __slots__ = ()
     INITIAL_STATE = _S.CALLING
     RETRANSMIT_TIMER = Timer.A
+    ABSORBING = frozenset({_S.COMPLETED})
     TIMERS = {
         _S.CALLING: (Timer.A, Timer.B),
         _S.PROCEEDING: (),
@@ -508,6 +519,7 @@ class ClientNonInviteTransaction(ClientTransaction):
     __slots__ = ()
     INITIAL_STATE = _S.TRYING
     RETRANSMIT_TIMER = Timer.E
+    ABSORBING = frozenset({_S.COMPLETED})
     TIMERS = {
         _S.TRYING: (Timer.E, Timer.F),
         _S.PROCEEDING: (Timer.E, Timer.F),  # still running from Trying, not restarted
@@ -542,6 +554,7 @@ class ServerInviteTransaction(ServerTransaction):
     __slots__ = ()
     INITIAL_STATE = _S.PROCEEDING
     RETRANSMIT_TIMER = Timer.G
+    ABSORBING = frozenset({_S.CONFIRMED})
     TIMERS = {
         _S.PROCEEDING: (),
         _S.COMPLETED: (Timer.G, Timer.H),
@@ -578,6 +591,7 @@ class ServerNonInviteTransaction(ServerTransaction):
     __slots__ = ()
     INITIAL_STATE = _S.TRYING
     RETRANSMIT_TIMER = None
+    ABSORBING = frozenset({_S.COMPLETED})
     TIMERS = {
         _S.TRYING: (),
         _S.PROCEEDING: (),
