@@ -131,14 +131,15 @@ def _collector_paused() -> Generator[None, None, None]:
             gc.enable()
 
 
-def compile_snapshot(data: bytes) -> EdgeConfig:
-    """Decode and compile a snapshot document; ConfigError if it is not one."""
+def compile_snapshot(data: bytes, previous: EdgeConfig | None = None) -> EdgeConfig:
+    """Decode and compile a snapshot document (reusing what `previous` has unchanged);
+    ConfigError if it is not one."""
     with _collector_paused():
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError as error:
             raise ConfigError(f"snapshot is not JSON: {error}") from None
-        return EdgeConfig.compile(doc)
+        return EdgeConfig.compile(doc, previous)
 
 
 def settle_config_objects() -> None:
@@ -375,7 +376,9 @@ class ControlApp:
         loop = asyncio.get_running_loop()
         async with self._config_lock:
             try:
-                config = await loop.run_in_executor(self._executor, compile_snapshot, data)
+                config = await loop.run_in_executor(
+                    self._executor, compile_snapshot, data, self.core.config
+                )
             except ConfigError as error:
                 logger.warning("config snapshot refused: %s", error)
                 raise _HttpError(400, str(error)) from None

@@ -549,3 +549,29 @@ def test_decision_modules_import_nothing_that_does_io(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert imported & IMPURE == set()
+
+
+def test_unchanged_numbers_are_reused_from_the_previous_config() -> None:
+    first = compiled()
+    again = EdgeConfig.compile(snapshot_doc(trunks=[trunk_doc(max_channels=3)]), first)
+    assert again._numbers is first._numbers and again.trunk(1).max_channels == 3
+    assert again.number(NUMBER) == first.number(NUMBER)
+    changed = EdgeConfig.compile(snapshot_doc(numbers=[["+14155550101", 1, 1]]), again)
+    assert changed.number(NUMBER) is None and changed.number("+14155550101") is not None
+
+
+def test_reused_numbers_are_checked_against_the_new_trunks() -> None:
+    first = compiled()
+    moved = snapshot_doc(
+        customers=[customer_doc(1), customer_doc(2)], trunks=[trunk_doc(customer=2)]
+    )
+    with pytest.raises(ConfigError, match="belongs to customer 2"):
+        EdgeConfig.compile(moved, first)
+
+
+def test_unchanged_trunks_keep_their_compiled_policy() -> None:
+    first = compiled(trunks=[trunk_doc(1), trunk_doc(2)])
+    again = EdgeConfig.compile(snapshot_doc(trunks=[trunk_doc(1), trunk_doc(2, max_cps=9)]), first)
+    assert again.trunk(1) is first.trunk(1)
+    assert again.trunk(2) is not first.trunk(2) and again.trunk(2).max_cps == 9
+    assert again.trunk_for_source("127.0.0.2") is again.trunk(2)
