@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from accounts.choices import CustomerStatus
@@ -31,6 +33,11 @@ from .models import (
 )
 
 SCHEMA = 1
+TRUNK_FIELDS = (
+    "id", "customer_id", "name", "status", "max_channels", "max_cps", "caller_id_policy",
+    "registration_allowed", "default_country", "max_call_duration",
+)  # fmt: skip
+TRUNK_JSON_FIELDS = ("allowed_destinations", "blocked_prefixes", "failover_stop_codes")
 LARGE_CHUNK = 20_000  # rows per fetch for the big tables (Django's default is 2,000... or 100)
 Snapshot = dict[str, Any]
 
@@ -73,8 +80,16 @@ def _content() -> Snapshot:
         .iterator(chunk_size=LARGE_CHUNK),
         "trunk_id",
     )
+    # JSON columns come as text and are decoded with orjson: Django's per-value json.loads
+    # was a third of the build time with 10,000 trunks.
+    json_text = {f"{name}_json": Cast(name, TextField()) for name in TRUNK_JSON_FIELDS}
     trunks = []
-    for t in Trunk.objects.order_by("id").values().iterator(chunk_size=LARGE_CHUNK):
+    for t in (
+        Trunk.objects.order_by("id")
+        .annotate(**json_text)
+        .values(*TRUNK_FIELDS, *json_text)
+        .iterator(chunk_size=LARGE_CHUNK)
+    ):
         trunks.append(
             {
                 "id": t["id"],
@@ -83,10 +98,10 @@ def _content() -> Snapshot:
                 "active": t["status"] == TrunkStatus.ACTIVE,
                 "max_channels": t["max_channels"],
                 "max_cps": t["max_cps"],
-                "allowed_destinations": t["allowed_destinations"],
-                "blocked_prefixes": t["blocked_prefixes"],
+                "allowed_destinations": orjson.loads(t["allowed_destinations_json"]),
+                "blocked_prefixes": orjson.loads(t["blocked_prefixes_json"]),
                 "caller_id_policy": t["caller_id_policy"],
-                "failover_stop_codes": t["failover_stop_codes"],
+                "failover_stop_codes": orjson.loads(t["failover_stop_codes_json"]),
                 "registration_allowed": t["registration_allowed"],
                 "default_country": t["default_country"],
                 "max_call_duration": t["max_call_duration"],
