@@ -22,6 +22,10 @@ __all__ = ["Timer", "TimerConfig", "TimerQueue"]
 
 
 class Timer(enum.Enum):
+    # Members are singletons, so identity hashing (in C) is right for them; Enum's own
+    # __hash__ is Python code, and timers key the transactions' dict lookups.
+    __hash__ = object.__hash__
+
     A = "A"  # client INVITE: retransmit the request (unreliable transports only)
     B = "B"  # client INVITE: give up waiting for any response
     D = "D"  # client INVITE: absorb retransmitted non-2xx finals, re-ACKing them

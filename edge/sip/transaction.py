@@ -64,6 +64,11 @@ TransactionKey: TypeAlias = tuple[object, ...]
 
 
 class TransactionState(enum.Enum):
+    # Members are singletons, so identity hashing (in C) is right for them; Enum's own
+    # __hash__ is Python code, and states, inputs and timers key dict lookups dozens of
+    # times per call.
+    __hash__ = object.__hash__
+
     CALLING = "calling"
     TRYING = "trying"
     PROCEEDING = "proceeding"
@@ -74,6 +79,8 @@ class TransactionState(enum.Enum):
 
 
 class TransactionInput(enum.Enum):
+    __hash__ = object.__hash__  # as TransactionState's
+
     RECV_REQUEST = "recv_request"  # a retransmission of the request of a server transaction
     RECV_ACK = "recv_ack"
     RECV_1XX = "recv_1xx"
