@@ -11,6 +11,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from edge import snapshot_wire
+
 from .models import EdgeNode
 from .snapshot import build_snapshot, encode
 from .tokens import edge_node_token
@@ -35,4 +37,4 @@ def edge_snapshot(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"error": "invalid edge token"}, status=401)
     if node is not None:
         EdgeNode.objects.filter(pk=node.pk).update(last_seen=timezone.now())
-    return HttpResponse(encode(build_snapshot()), content_type="application/json")
+    return HttpResponse(encode(build_snapshot()), content_type=snapshot_wire.MEDIA_TYPE)

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from edge import snapshot_wire
+
 from .choices import EdgeHealth
 from .models import EdgeNode
 from .tokens import edge_node_token
@@ -41,7 +43,7 @@ def _request(node: EdgeNode, method: str, path: str, body: bytes | None, timeout
         method=method,
         headers={
             "Authorization": f"Bearer {edge_node_token(node)}",
-            "Content-Type": "application/json",
+            "Content-Type": snapshot_wire.MEDIA_TYPE if body else "application/json",
         },
     )
     try:

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from accounts.choices import CustomerStatus
 from accounts.models import Customer
+from edge import snapshot_wire
 
 from .choices import NumberStatus, TrunkStatus
 from .models import (
@@ -181,4 +182,6 @@ def build_snapshot() -> Snapshot:
 
 
 def encode(snapshot: Snapshot) -> bytes:
-    return orjson.dumps(snapshot)
+    """The snapshot as it travels to edges: lines, which they decode without stalling calls
+    (edge/snapshot_wire.py)."""
+    return snapshot_wire.encode_lines(snapshot)

@@ -50,6 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
+from edge import snapshot_wire
 from edge.config import ConfigError, EdgeConfig
 
 if TYPE_CHECKING:
@@ -136,9 +137,9 @@ def compile_snapshot(data: bytes, previous: EdgeConfig | None = None) -> EdgeCon
     ConfigError if it is not one."""
     with _collector_paused():
         try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as error:
-            raise ConfigError(f"snapshot is not JSON: {error}") from None
+            doc = snapshot_wire.decode(data)
+        except snapshot_wire.SnapshotFormatError as error:
+            raise ConfigError(f"snapshot: {error}") from None
         return EdgeConfig.compile(doc, previous)
 
 

@@ -1,5 +1,6 @@
 """The edge snapshot: complete, versioned by content, and served only to edges."""
 
+from edge import snapshot_wire
 from trunking.models import CarrierGateway, PhoneNumber
 from trunking.snapshot import build_snapshot
 from trunking.tokens import edge_node_token
@@ -41,7 +42,8 @@ def test_snapshot_endpoint_requires_an_edge_token(client, edge_node, settings, t
     response = client.get(
         url, HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_EDGE_NODE=edge_node.name
     )
-    assert response.status_code == 200 and response.json()["trunks"][0]["id"] == trunk.pk
+    assert response.status_code == 200
+    assert snapshot_wire.decode(response.content)["trunks"][0]["id"] == trunk.pk
     edge_node.refresh_from_db()
     assert edge_node.last_seen is not None
     settings.EDGE_CONTROL_TOKEN = "shared-secret"
