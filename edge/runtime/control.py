@@ -35,6 +35,7 @@ import hmac
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -113,9 +114,15 @@ class ControlledCore(Protocol):
 # --- snapshots --------------------------------------------------------------------------------
 
 
+# While a snapshot compiles in a worker thread, the event loop gets the GIL back at least this
+# often (Python's default, 5 ms, lets a SIP answer wait several of those).
+COMPILE_SWITCH_INTERVAL = 0.0005
+
+
 @contextlib.contextmanager
 def _collector_paused() -> Generator[None, None, None]:
-    """No cyclic garbage collection while a snapshot is decoded and compiled.
+    """No cyclic garbage collection, and a short GIL switch interval, while a snapshot is
+    decoded and compiled.
 
     That work allocates about a million objects (100,000 numbers); each allocation burst lets
     the collector run, and its full collections walk the whole heap while holding the GIL, so
@@ -124,10 +131,13 @@ def _collector_paused() -> Generator[None, None, None]:
     work. Measured on big_snapshot_doc(): longest loop stall 220 ms -> 41 ms.
     """
     was_enabled = gc.isenabled()
+    interval = sys.getswitchinterval()
     gc.disable()
+    sys.setswitchinterval(COMPILE_SWITCH_INTERVAL)
     try:
         yield
     finally:
+        sys.setswitchinterval(interval)
         if was_enabled:
             gc.enable()
 
