@@ -852,7 +852,7 @@ def validate_for_proxy(message: Request | Response) -> None:
         addresses = getattr(message, accessor)
         for address in addresses if isinstance(addresses, list) else [addresses]:
             try:
-                _ = address.uri
+                address.check_uri()
             except RemoteProtocolError as error:
                 raise _invalid_header(name, error) from None
     if isinstance(message, Request):

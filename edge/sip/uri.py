@@ -48,6 +48,9 @@ _SCHEME_CHARS = ALPHANUMERIC | frozenset("+-.")
 _GENERIC_VALUE_CHARS = TOKEN_CHARS | frozenset(":[]")
 _OPAQUE_URI_FORBIDDEN = frozenset(' \t"<>')
 _MAX_PORT = 65535
+# URI texts of name-addr values known to parse (NameAddr.check_uri); emptied when full.
+_VALID_URI_TEXTS: set[str] = set()
+_VALID_URI_TEXTS_LIMIT = 4096
 
 
 class Parameters(MutableMapping[str, str | None]):
@@ -182,6 +185,22 @@ class NameAddr:
     @uri.setter
     def uri(self, uri: SipUri | AbsoluteUri) -> None:
         self._uri = uri
+
+    def check_uri(self) -> None:
+        """Raise RemoteProtocolError if the URI does not parse, as reading `uri` would.
+
+        A validating proxy checks From, To and Contact on every message, and peers send the
+        same few URIs over and over: texts already found valid are remembered (a bounded set;
+        parsing is a pure function of the text), so they are not parsed again just to be
+        checked. `uri` still parses on first use.
+        """
+        text = self._uri_text
+        if self._uri is not None or text in _VALID_URI_TEXTS:
+            return
+        self._uri = _parse_any_uri(text)
+        if len(_VALID_URI_TEXTS) >= _VALID_URI_TEXTS_LIMIT:
+            _VALID_URI_TEXTS.clear()
+        _VALID_URI_TEXTS.add(text)
 
     @property
     def tag(self) -> str | None:
