@@ -13,6 +13,7 @@ runtime (edge/runtime) carries its outputs out and calls `on_timer` at `next_tim
 
 from __future__ import annotations
 
+import enum
 import random
 import uuid
 from collections.abc import Callable, Iterable
@@ -21,7 +22,7 @@ from typing import TypeAlias
 
 from edge import numbering, routing
 from edge.cdr import CallDetailRecord, RouteAttempt, iso_utc
-from edge.config import EdgeConfig, TrunkPolicy
+from edge.config import Credential, EdgeConfig, TrunkPolicy
 from edge.limits import Limits
 from edge.policy import (
     REFUSALS,
@@ -33,8 +34,9 @@ from edge.policy import (
     admit_register,
 )
 from edge.registrar import MIN_EXPIRES, Registrar, granted_expires
+from edge.security import AbuseGuard, SecurityEvent, Verdict
 from edge.sip.dialog import AnswerRetransmitter, Dialog, DialogState
-from edge.sip.digest import DigestServer, parse_authorization
+from edge.sip.digest import DigestOutcome, DigestServer, parse_authorization
 from edge.sip.errors import RemoteProtocolError
 from edge.sip.message import (
     Request,
@@ -109,7 +111,7 @@ class CallEvent:
     final_code: int | None = None
 
 
-Output: TypeAlias = Transmit | CdrReady | CallEvent
+Output: TypeAlias = Transmit | CdrReady | CallEvent | SecurityEvent
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 # Headers that cross from one leg to the other; everything else (Via, Route, Record-Route,
@@ -142,6 +144,16 @@ class Stats:
     responses_total: dict[int, int] = field(default_factory=dict)
     refusals_total: dict[str, int] = field(default_factory=dict)
     malformed_total: int = 0
+    dropped_total: int = 0  # requests not answered: scanners, banned or flooding sources
+
+
+class _Auth(enum.Enum):
+    """What a request's digest credentials amount to."""
+
+    OK = "ok"
+    MISSING = "missing"  # none, malformed, or not for our nonce: challenge
+    STALE = "stale"  # right answer to an expired nonce: challenge with stale=true
+    FAILED = "failed"  # wrong password or unknown user (indistinguishable to the caller)
 
 
 class _Leg:
@@ -290,6 +302,7 @@ class B2bua:
         rng: random.Random | None = None,
         registrar: Registrar | None = None,
         settings: B2buaSettings | None = None,
+        guard: AbuseGuard | None = None,
     ) -> None:
         self.node = node
         self.config = config
@@ -298,6 +311,7 @@ class B2bua:
         self.settings = settings or B2buaSettings()
         self.rng = rng or random.Random()
         self.registrar = registrar or Registrar()
+        self.guard = guard or AbuseGuard()
         self._digest_secret = digest_secret
         self.digest = DigestServer(digest_secret, config.realm)
         # 100 Trying is ours to send, once a call is admitted: a refusal needs one datagram.
@@ -351,6 +365,13 @@ class B2bua:
     ) -> list[Output]:
         """One message, parsed by the datagram path or framed on a stream."""
         out = self._out = []
+        if (
+            type(message) is Request
+            and message.to_tag is None
+            and message.method != "ACK"
+            and not self._screened(message, addr[0], now)
+        ):
+            return out
         try:
             validate_for_proxy(message)
             if isinstance(message, Request) and addr[2] == "udp":
@@ -363,6 +384,24 @@ class B2bua:
             return out
         self._handle_events(events, now, wall)
         return out
+
+    def _screened(self, request: Request, ip: str, now: float) -> bool:
+        """Whether to handle a new request (not in a dialog) at all: sources a trunk ACL or a
+        carrier vouches for always are; others go through the abuse guard (edge.security)."""
+        config = self.config
+        if config.trunk_for_source(ip) is not None or config.is_carrier_source(ip):
+            return True
+        try:
+            user_agent = request.headers.get("User-Agent")
+        except RemoteProtocolError:
+            user_agent = None
+        verdict, event = self.guard.unauthenticated(ip, user_agent, now)
+        if event is not None:
+            self._out.append(event)
+        if verdict is Verdict.DROP:
+            self.stats.dropped_total += 1
+            return False
+        return True
 
     def stream_error(
         self, addr: Address, error: RemoteProtocolError, now: float, wall: float
@@ -654,15 +693,30 @@ class B2bua:
     ) -> TrunkPolicy | None:
         """The trunk whose credentials the INVITE proves, or None once it has been answered
         (407 challenge, or 403 for wrong credentials: the same for unknown users)."""
-        value = request.headers.get("Proxy-Authorization")
+        outcome, credential = self._check_digest(request, "Proxy-Authorization", source, now, wall)
+        if outcome is _Auth.OK and credential is not None:
+            self._challenges.pop(request.call_id, None)
+            return self.config.trunk(credential.trunk_id)
+        if outcome is _Auth.FAILED:
+            self._challenges.pop(request.call_id, None)
+            self._refuse_reason(request, txn, source, None, now, wall, "auth_failed")
+        else:
+            self._challenge(request, txn, source, now, wall, stale=outcome is _Auth.STALE)
+        return None
+
+    def _check_digest(
+        self, request: Request, header: str, source: Address, now: float, wall: float
+    ) -> tuple[_Auth, Credential | None]:
+        """What the request's digest credentials prove. Only a wrong answer to one of our own
+        nonces is a failure (counted, and fed to the abuse guard); missing, malformed or
+        foreign-nonce credentials just earn a (new) challenge."""
+        value = request.headers.get(header)
         if value is None:
-            self._challenge(request, txn, source, now, wall, stale=False)
-            return None
+            return _Auth.MISSING, None
         try:
             creds = parse_authorization(value)
         except RemoteProtocolError:
-            self._challenge(request, txn, source, now, wall, stale=False)
-            return None
+            return _Auth.MISSING, None
         credential = self.config.credential(creds.username)
 
         def ha1_lookup(username: str, algorithm: str) -> str | None:
@@ -672,15 +726,15 @@ class B2bua:
 
         result = self.digest.verify(creds, method=request.method, ha1_lookup=ha1_lookup, now=wall)
         if result.accepted and credential is not None:
-            self._challenges.pop(request.call_id, None)
-            return self.config.trunk(credential.trunk_id)
-        if result.stale or result.outcome.value == "bad_nonce":
-            self._challenge(request, txn, source, now, wall, stale=result.stale)
-            return None
+            self.guard.authenticated(source[0], now)
+            return _Auth.OK, credential
+        if result.stale:
+            return _Auth.STALE, None
+        if result.outcome is DigestOutcome.BAD_NONCE:
+            return _Auth.MISSING, None
         self.stats.auth_failures_total += 1
-        self._challenges.pop(request.call_id, None)
-        self._refuse_reason(request, txn, source, None, now, wall, "auth_failed")
-        return None
+        self._out.extend(self.guard.auth_failed(source[0], creds.username, now))
+        return _Auth.FAILED, None
 
     def _challenge(
         self,
@@ -1375,34 +1429,17 @@ class B2bua:
     def _on_register(
         self, request: Request, txn: ServerTransaction, source: Address, now: float, wall: float
     ) -> None:
-        value = request.headers.get("Authorization")
-        credential = None
-        if value is not None:
-            try:
-                creds = parse_authorization(value)
-            except RemoteProtocolError:
-                creds = None
-            if creds is not None:
-                credential = self.config.credential(creds.username)
-
-                def ha1_lookup(username: str, algorithm: str) -> str | None:
-                    if credential is None:
-                        return None
-                    return credential.ha1_sha256 if algorithm == "SHA-256" else credential.ha1_md5
-
-                result = self.digest.verify(
-                    creds, method="REGISTER", ha1_lookup=ha1_lookup, now=wall
-                )
-                if not result.accepted:
-                    if not result.stale and result.outcome.value != "bad_nonce":
-                        self.stats.auth_failures_total += 1
-                        self._respond(txn, request, 403, None, now, to_tag=new_tag())
-                        return
-                    credential = None
+        outcome, credential = self._check_digest(request, "Authorization", source, now, wall)
+        if outcome is _Auth.FAILED:
+            self._respond(txn, request, 403, None, now, to_tag=new_tag())
+            return
         if credential is None:
+            stale = outcome is _Auth.STALE
             headers = [
                 ("WWW-Authenticate", v)
-                for v in self.digest.challenge(wall, algorithms=self.settings.challenge_algorithms)
+                for v in self.digest.challenge(
+                    wall, algorithms=self.settings.challenge_algorithms, stale=stale
+                )
             ]
             self._respond(txn, request, 401, None, now, to_tag=new_tag(), headers=headers)
             return

@@ -38,6 +38,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge.b2bua import CallEvent, CdrReady, Transmit
+from edge.security import SecurityEvent
 from edge.sip.errors import RemoteProtocolError
 from edge.sip.parser import DEFAULT_MAX_SIZE, StreamParser
 
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# One fixed-format line per abuse event, for fail2ban (edge.security.SecurityEvent.log_line).
+security_logger = logging.getLogger("edge.security")
 
 STREAM_TRANSPORTS = ("tcp", "tls")
 # A peer that does not read what we write is cut off past this many buffered bytes.
@@ -243,6 +246,8 @@ class Dispatcher:
                 if events is None:
                     events = []
                 events.append(out)  # type: ignore[arg-type]
+            elif kind is SecurityEvent:
+                security_logger.warning("%s", out.log_line())  # type: ignore[union-attr]
             else:
                 self.log_throttled("output", logging.ERROR, "unknown core output %r dropped", out)
         if events is not None:

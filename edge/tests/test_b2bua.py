@@ -576,3 +576,60 @@ def test_unknown_source_is_refused_when_no_trunk_uses_digest():
     assert finals(edge.take(STRANGER)) == [403]
     (cdr,) = edge.cdrs
     assert (cdr.reason, cdr.trunk_id, cdr.source_ip) == ("acl_denied", None, STRANGER[0])
+
+
+def test_scanners_floods_and_brute_force_are_not_answered():
+    from edge.security import AbuseGuard, AbuseSettings, SecurityEvent
+
+    edge = Edge()
+    edge.core.guard = AbuseGuard(
+        AbuseSettings(unauthenticated_limit=3, answer_one_in=5, ban_after_unauthenticated=10,
+                      ban_after_auth_failures=2)
+    )  # fmt: skip
+    security: list[SecurityEvent] = []
+
+    def send(message, source):
+        for out in edge.core.datagram_received(message.to_bytes(), source, edge.now, edge.wall):
+            (security.append if isinstance(out, SecurityEvent) else edge._keep)(
+                out if isinstance(out, SecurityEvent) else [out]
+            )
+
+    send(invite(STRANGER, **{"User-Agent": "friendly-scanner"}), STRANGER)
+    assert not edge.take(STRANGER) and [e.kind for e in security] == ["scanner"]
+
+    for _ in range(12):
+        send(invite(STRANGER), STRANGER)
+    answered = [m for m in edge.take(STRANGER) if m.status == 407]
+    assert len(answered) == 3 + 1  # three in full, then one in five, then the ban
+    assert [e.kind for e in security] == ["scanner", "flood", "banned"]
+
+    # Trunk ACL sources are never screened; another stranger is unaffected.
+    for _ in range(12):
+        edge.send(invite(PBX), PBX)
+    assert len({m.call_id for m in edge.take(PBX)}) == 12  # each answered (100 or 503)
+    send(invite(("127.0.0.98", 5062, "udp")), ("127.0.0.98", 5062, "udp"))
+    assert [m.status for m in edge.take(("127.0.0.98", 5062, "udp"))] == [407]
+
+
+def test_repeated_wrong_passwords_ban_the_source():
+    from edge.security import AbuseGuard, AbuseSettings, SecurityEvent
+
+    edge = Edge()
+    edge.core.guard = AbuseGuard(AbuseSettings(ban_after_auth_failures=2))
+    first = invite(STRANGER)
+    edge.send(first, STRANGER)
+    (challenge,) = [m for m in edge.take(STRANGER) if m.status == 407]
+    kinds = []
+    for cseq in (2, 3, 4):
+        request = invite(STRANGER)
+        request.headers.set("CSeq", f"{cseq} INVITE")
+        request.headers.add("Proxy-Authorization", answer_challenge(
+            parse_challenge(challenge.headers.get_all("Proxy-Authenticate")[1]), method="INVITE",
+            uri=request.uri, username="pbx1", password="guess", cnonce=f"c{cseq}",
+        ))  # fmt: skip
+        outputs = edge.core.datagram_received(request.to_bytes(), STRANGER, edge.now, edge.wall)
+        kinds += [o.kind for o in outputs if isinstance(o, SecurityEvent)]
+        edge._keep([o for o in outputs if not isinstance(o, SecurityEvent)])
+    assert kinds == ["auth_failed", "auth_failed", "banned"]
+    assert finals(edge.take(STRANGER)) == [403, 403]  # the third was dropped: banned
+    assert edge.core.stats.dropped_total == 1
