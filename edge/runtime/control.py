@@ -241,6 +241,13 @@ class EdgeCollector:
                 "Messages that could not be parsed",
                 value=malformed,
             )
+        dropped = getattr(stats, "dropped_total", None)
+        if isinstance(dropped, int):
+            yield CounterMetricFamily(
+                "trunkline_edge_dropped",
+                "Requests dropped unanswered: scanners, banned or flooding sources",
+                value=dropped,
+            )
         yield GaugeMetricFamily(
             "trunkline_edge_config_version",
             "Version of the applied config snapshot",
