@@ -145,6 +145,10 @@ class Stats:
     refusals_total: dict[str, int] = field(default_factory=dict)
     malformed_total: int = 0
     dropped_total: int = 0  # requests not answered: scanners, banned or flooding sources
+    active: dict[int, int] = field(default_factory=dict)  # calls in progress, by trunk id
+
+    def active_by_trunk(self) -> dict[int, int]:
+        return self.active
 
 
 class _Auth(enum.Enum):
@@ -1069,6 +1073,8 @@ class B2bua:
             self._respond(txn, request, 100, None, now)
         call.codecs = _codecs(request)
         self._calls[call.id] = call
+        active = self.stats.active
+        active[call.trunk.id] = active.get(call.trunk.id, 0) + 1
         self._by_a_txn[txn] = call
         self._emit(call, "started", wall)
         self._try_next_target(call, now, wall)
@@ -1507,7 +1513,8 @@ class B2bua:
         if call.ended:
             return
         call.ended = True
-        self._calls.pop(call.id, None)
+        if self._calls.pop(call.id, None) is not None:
+            self.stats.active[call.trunk.id] -= 1
         self._by_a_dialog.pop((call.a.call_id, call.a.local_tag), None)
         self.limits.release(call.trunk.id, call.id)
         self._timers.update(call)

@@ -633,3 +633,12 @@ def test_repeated_wrong_passwords_ban_the_source():
     assert kinds == ["auth_failed", "auth_failed", "banned"]
     assert finals(edge.take(STRANGER)) == [403, 403]  # the third was dropped: banned
     assert edge.core.stats.dropped_total == 1
+
+
+def test_active_calls_are_counted_by_trunk():
+    edge = Edge()
+    connect_outbound(edge)
+    assert edge.core.stats.active_by_trunk() == {1: 1}
+    call_id = edge.core.calls()[0]["call_id"]
+    edge._keep(edge.core.hangup(call_id, edge.now, edge.wall))
+    assert edge.core.stats.active_by_trunk() == {1: 0}

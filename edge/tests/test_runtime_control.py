@@ -40,6 +40,7 @@ class FakeCore:
         self.stats = Stats(attempts_total=12, answers_total=9, auth_failures_total=2)
         self.stats.responses_total.update({200: 9, 486: 1, 503: 2})
         self.stats.refusals_total.update({"channel_limit": 2})
+        self.stats.active.update({1: 2})  # the two calls below
         self._calls = {
             "abc": {"call_id": "abc", "trunk_id": 1, "state": "answered"},
             "def": {"call_id": "def", "trunk_id": 1, "state": "ringing"},
