@@ -25,13 +25,14 @@ from edge.cdr import CallDetailRecord, RouteAttempt, iso_utc
 from edge.config import Credential, EdgeConfig, TrunkPolicy
 from edge.limits import Limits
 from edge.policy import (
-    REFUSALS,
     Admit,
     OutboundCall,
+    Reject,
     Usage,
     admit_inbound,
     admit_outbound,
     admit_register,
+    reject,
 )
 from edge.registrar import MIN_EXPIRES, Registrar, granted_expires
 from edge.security import AbuseGuard, SecurityEvent, Verdict
@@ -119,6 +120,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 END_TO_END_HEADERS = ("Allow", "Supported", "Accept", "Privacy", "Reason", "Info-Package")
 # Extensions we implement (Require / Proxy-Require of anything else is refused with 420).
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+LOOP_DETECTED = Reject(482, "loop_detected", "Loop Detected")  # not a policy decision
 _NO_USAGE = Usage(active_calls=0, cps_available=True)  # for a refusal decided before limits
 
 
@@ -661,15 +663,13 @@ class B2bua:
             self._respond(txn, request, 416, None, now, to_tag=new_tag())
             return
         if request.call_id in self._by_b_call_id:  # one of our own B legs came back to us
-            self._refuse(
-                request, txn, source, None, now, wall, "loop_detected", 482, "Loop Detected"
-            )
+            self._refuse(request, txn, source, None, now, wall, LOOP_DETECTED)
             return
         if (request.max_forwards if request.max_forwards is not None else 70) <= 0:
-            self._refuse_reason(request, txn, source, None, now, wall, "too_many_hops")
+            self._refuse(request, txn, source, None, now, wall, reject("too_many_hops"))
             return
         if self.draining:
-            self._refuse_reason(request, txn, source, None, now, wall, "draining")
+            self._refuse(request, txn, source, None, now, wall, reject("draining"))
             return
         config = self.config
         ip = source[0]
@@ -679,7 +679,7 @@ class B2bua:
         trunk = config.trunk_for_source(ip)
         if trunk is None and not config.has_credentials:
             # No trunk authenticates by digest: a challenge could only ever fail.
-            self._refuse_reason(request, txn, source, None, now, wall, "acl_denied")
+            self._refuse(request, txn, source, None, now, wall, reject("acl_denied"))
             return
         if trunk is None:
             trunk = self._authenticate(request, txn, source, now, wall)
@@ -703,7 +703,7 @@ class B2bua:
             return self.config.trunk(credential.trunk_id)
         if outcome is _Auth.FAILED:
             self._challenges.pop(request.call_id, None)
-            self._refuse_reason(request, txn, source, None, now, wall, "auth_failed")
+            self._refuse(request, txn, source, None, now, wall, reject("auth_failed"))
         else:
             self._challenge(request, txn, source, now, wall, stale=outcome is _Auth.STALE)
         return None
@@ -840,9 +840,7 @@ class B2bua:
                 trunk,
                 now,
                 wall,
-                decision.reason,
-                decision.code,
-                decision.phrase,
+                decision,
             )
             return
         assert callee is not None
@@ -876,9 +874,7 @@ class B2bua:
                 trunk,
                 now,
                 wall,
-                decision.reason,
-                decision.code,
-                decision.phrase,
+                decision,
                 direction="inbound",
             )
             return
@@ -886,19 +882,6 @@ class B2bua:
         contacts = self.registrar.contacts(trunk.id, now)
         targets = routing.inbound_targets(trunk, callee, contacts, self.rng)
         self._start(request, txn, source, trunk, "inbound", caller, callee, targets, now, wall)
-
-    def _refuse_reason(
-        self,
-        request: Request,
-        txn: ServerInviteTransaction,
-        source: Address,
-        trunk: TrunkPolicy | None,
-        now: float,
-        wall: float,
-        reason: str,
-    ) -> None:
-        code, phrase = REFUSALS[reason]
-        self._refuse(request, txn, source, trunk, now, wall, reason, code, phrase)
 
     def _refuse(
         self,
@@ -908,17 +891,16 @@ class B2bua:
         trunk: TrunkPolicy | None,
         now: float,
         wall: float,
-        reason: str,
-        code: int,
-        phrase: str,
+        refusal: Reject,
         *,
         direction: str = "outbound",
     ) -> None:
         """Answer a call attempt we will not carry, and write its one CDR."""
+        code, reason = refusal.code, refusal.reason
         self.stats.attempts_total += 1
         self._bump_refusal(reason)
         headers = [("Retry-After", "1")] if code == 503 else None
-        self._respond(txn, request, code, phrase, now, to_tag=new_tag(), headers=headers)
+        self._respond(txn, request, code, refusal.phrase, now, to_tag=new_tag(), headers=headers)
         self._out.append(
             CdrReady(
                 self._cdr_of_refusal(
@@ -1016,8 +998,7 @@ class B2bua:
                 trunk,
                 now,
                 wall,
-                reason,
-                *REFUSALS[reason],
+                reject(reason),
                 direction=direction,
             )
             return
@@ -1051,19 +1032,10 @@ class B2bua:
         return out
 
     def _refuse_call(self, call: _Call, reason: str, now: float, wall: float) -> None:
-        code, phrase = REFUSALS[reason]
         self._refuse(
-            call.a_invite,
-            call.a_txn,
-            call.source,
-            call.trunk,
-            now,
-            wall,
-            reason,
-            code,
-            phrase,
+            call.a_invite, call.a_txn, call.source, call.trunk, now, wall, reject(reason),
             direction=call.direction,
-        )
+        )  # fmt: skip
 
     def _proceed(self, call: _Call, now: float, wall: float, *, say_trying: bool) -> None:
         """The call holds its slot: say 100 Trying and try the first target."""
