@@ -94,14 +94,24 @@ def iso_utc(wall: float | None) -> str | None:
 
     Rounded to whole milliseconds first, so ``x.123`` never prints as ``.122``.
     """
+    global _iso_second
     if wall is None:
         return None
-    moment = _EPOCH + timedelta(milliseconds=round(wall * 1000))
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
-        f"{moment.microsecond // 1000:03d}Z"
-    )
+    second, millisecond = divmod(round(wall * 1000), 1000)
+    # A record takes four times and a busy edge ends many calls per second: the date and time
+    # of the last second formatted are kept (one tuple, replaced whole, so threads may share it).
+    cached_second, prefix = _iso_second
+    if second != cached_second:
+        moment = _EPOCH + timedelta(seconds=second)
+        prefix = (
+            f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+        )
+        _iso_second = (second, prefix)
+    return f"{prefix}.{millisecond:03d}Z"
+
+
+_iso_second: tuple[int | None, str] = (None, "")
 
 
 def parse_iso_utc(text: str) -> datetime:
@@ -310,6 +320,10 @@ def _check_e164(name: str, value: Any) -> None:
 
 
 def _check_ip(name: str, value: Any) -> None:
+    # Peers call from the same few addresses and ipaddress is slow (~1.5 us): addresses that
+    # passed are remembered (a bounded set; the check is a pure function of the text).
+    if type(value) is str and value in _VALID_IPS:
+        return
     # A scope id ("fe80::1%eth0") is valid to Python but not to PostgreSQL's inet.
     try:
         if not isinstance(value, str) or "%" in value:
@@ -317,6 +331,13 @@ def _check_ip(name: str, value: Any) -> None:
         ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{name}: must be an IPv4 or IPv6 address, not {value!r}") from None
+    if len(_VALID_IPS) >= _VALID_IPS_LIMIT:
+        _VALID_IPS.clear()
+    _VALID_IPS.add(value)
+
+
+_VALID_IPS: set[str] = set()
+_VALID_IPS_LIMIT = 4096
 
 
 def _check_time(name: str, value: Any) -> None:
