@@ -590,16 +590,19 @@ class B2bua:
         """RFC 3581/3261 18.2.1: record where the request really came from in its top Via, so
         responses go back through the same NAT binding."""
         via = request.top_via
-        if via.host != addr[0] or "rport" in via.params:
-            first = request.headers.get_all("Via")[0]
-            value = first
-            if via.host != addr[0] and "received" not in via.params:
-                value += f";received={addr[0]}"
-            if "rport" in via.params and via.params.get("rport") in (None, ""):
-                value = value.replace(";rport", f";rport={addr[1]}", 1)
-            if value != first:
-                request.headers.remove_first("Via")
-                request.headers.add("Via", value, first=True)
+        if via.host == addr[0] and "rport" not in via.params:
+            return
+        values = request.headers.get_all("Via")
+        first = values[0]
+        if via.host != addr[0] and "received" not in via.params:
+            first += f";received={addr[0]}"
+        if "rport" in via.params and via.params.get("rport") in (None, ""):
+            first = first.replace(";rport", f";rport={addr[1]}", 1)
+        if first != values[0]:
+            # Rewritten value by value: the top Via may share its header line with others.
+            request.headers.set("Via", first)
+            for value in values[1:]:
+                request.headers.add("Via", value)
 
     # --- requests ---------------------------------------------------------------------------
 

@@ -642,3 +642,16 @@ def test_active_calls_are_counted_by_trunk():
     call_id = edge.core.calls()[0]["call_id"]
     edge._keep(edge.core.hangup(call_id, edge.now, edge.wall))
     assert edge.core.stats.active_by_trunk() == {1: 0}
+
+
+def test_received_and_rport_go_into_the_top_via_only():
+    edge = Edge()
+    request = invite(PBX)
+    top = f"SIP/2.0/UDP 10.1.1.1:5062;branch={new_branch()};rport"
+    request.headers.set("Via", f"{top}, SIP/2.0/UDP 10.9.9.9:5060;branch={new_branch()}")
+    edge.send(request, PBX)
+    (trying,) = edge.take(PBX)
+    vias = trying.headers.get_all("Via")
+    assert vias[0].startswith("SIP/2.0/UDP 10.1.1.1:5062;")
+    assert "rport=5062" in vias[0] and "received=127.0.0.1" in vias[0]
+    assert len(vias) == 2 and vias[1].startswith("SIP/2.0/UDP 10.9.9.9:5060")
