@@ -120,6 +120,11 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 END_TO_END_HEADERS = ("Allow", "Supported", "Accept", "Privacy", "Reason", "Info-Package")
 # Extensions we implement (Require / Proxy-Require of anything else is refused with 420).
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+# The headers a response copies from its request (RFC 3261 8.2.6), by full and compact name.
+_TRANSACTION_HEADERS = {
+    "via": "via", "v": "via", "from": "from", "f": "from", "to": "to", "t": "to",
+    "call-id": "call-id", "i": "call-id", "cseq": "cseq",
+}  # fmt: skip
 LOOP_DETECTED = Reject(482, "loop_detected", "Loop Detected")  # not a policy decision
 _NO_USAGE = Usage(active_calls=0, cps_available=True)  # for a refusal decided before limits
 
@@ -569,14 +574,13 @@ class B2bua:
         start = head[0].split(" ")
         if len(start) != 3 or start[2] != "SIP/2.0" or start[0] == "ACK":
             return []
-        copied = [
-            line
-            for line in head[1:]
-            if line.split(":", 1)[0].strip().lower()
-            in ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")
-        ]
-        names = {line.split(":", 1)[0].strip().lower()[:1] for line in copied}
-        if not {"v", "f", "t", "c"} <= names:
+        copied, found = [], set()
+        for line in head[1:]:
+            name = _TRANSACTION_HEADERS.get(line.split(":", 1)[0].strip().lower())
+            if name is not None:
+                copied.append(line)
+                found.add(name)
+        if len(found) < len(set(_TRANSACTION_HEADERS.values())):
             return []
         phrase = "".join(ch for ch in error.reason if ch.isprintable() and ch not in "\r\n")
         lines = [f"SIP/2.0 {error.status_hint} {phrase}", *copied, "Content-Length: 0", "", ""]

@@ -655,3 +655,15 @@ def test_received_and_rport_go_into_the_top_via_only():
     assert vias[0].startswith("SIP/2.0/UDP 10.1.1.1:5062;")
     assert "rport=5062" in vias[0] and "received=127.0.0.1" in vias[0]
     assert len(vias) == 2 and vias[1].startswith("SIP/2.0/UDP 10.9.9.9:5060")
+
+
+def test_an_unparsable_request_is_answered_only_with_its_transaction_headers():
+    edge = Edge()
+    lines = invite(PBX).to_bytes().split(b"\r\n")
+    unparsable = [lines[0], b"this line has no colon", *lines[1:]]
+    edge._keep(edge.core.datagram_received(b"\r\n".join(unparsable), PBX, edge.now, edge.wall))
+    (reply,) = edge.take(PBX)
+    assert reply.status == 400 and reply.cseq == (1, "INVITE")
+    without_cseq = [line for line in unparsable if not line.startswith(b"CSeq")]
+    edge._keep(edge.core.datagram_received(b"\r\n".join(without_cseq), PBX, edge.now, edge.wall))
+    assert not edge.take(PBX)  # a response it could not match is not worth sending
