@@ -10,6 +10,7 @@ Needs PostgreSQL (the other processes must see the test database) and Redis; CI 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -70,13 +71,16 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+    """Signal the process's whole group (a worker started with -B has a beat child that
+    outlives a killed parent), then wait; SIGKILL the group if it does not go."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
 
 
 @pytest.fixture
@@ -86,7 +90,7 @@ def web(process_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
          "--port", str(port), "--lifespan", "off", "--no-access-log"],
-        cwd=REPO, env=process_env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -112,6 +116,7 @@ def start_worker(
                  "--loglevel", "INFO", "--hostname", f"e2e{n}@%h",
                  "--schedule", str(tmp_path / f"beat-{n}")],
                 cwd=REPO, env=process_env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )  # fmt: skip
         workers.append(process)
         return process
@@ -167,8 +172,7 @@ def test_push_pipeline(web, start_worker, tmp_path, trunk, api_as) -> None:
         assert set(EdgeNode.objects.values_list("applied_version", flat=True)) == {version}
 
         # No worker: a change waits. A worker started again (its beat reconciles) converges.
-        worker.kill()
-        worker.wait(10)
+        _stop(worker, signal.SIGKILL)
         client.patch(f"/api/v1/trunks/{trunk.pk}/", {"max_channels": 8})
         time.sleep(1.5)
         assert {edge.health()["config_version"] for edge in edges} == {version}
