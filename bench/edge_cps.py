@@ -181,12 +181,9 @@ class Step:
         )
 
 
-def run_step(
-    peer: Peer, rate: int, seconds: float, workdir: Path, *, trace_rtt: bool = False
-) -> Step:
-    workdir.mkdir(parents=True, exist_ok=True)
-    calls = max(1, round(rate * seconds))
-    uas = h.Sipp(
+def _uas(peer: Peer, workdir: Path, *, wall_timeout: float) -> h.Sipp:
+    """SIPp's built-in UAS as the far end, answering every call until stopped."""
+    return h.Sipp(
         workdir,
         "uas",
         builtin="uas",
@@ -195,8 +192,16 @@ def run_step(
         recv_timeout_ms=None,
         trace_messages=False,
         trace_errors=False,
-        wall_timeout=seconds + 120,
+        wall_timeout=wall_timeout,
     )
+
+
+def run_step(
+    peer: Peer, rate: int, seconds: float, workdir: Path, *, trace_rtt: bool = False
+) -> Step:
+    workdir.mkdir(parents=True, exist_ok=True)
+    calls = max(1, round(rate * seconds))
+    uas = _uas(peer, workdir, wall_timeout=seconds + 120)
     uas.start().wait_listening()
     proxy = None
     try:
@@ -363,17 +368,7 @@ class Memory:
 def measure_rss(peer: EdgePeer, calls: int, workdir: Path) -> Memory:
     """The edge's RSS idle and holding `calls` concurrent calls."""
     workdir.mkdir(parents=True, exist_ok=True)
-    uas = h.Sipp(
-        workdir,
-        "uas",
-        builtin="uas",
-        local_ip=peer.uas_ip,
-        calls=None,
-        recv_timeout_ms=None,
-        trace_messages=False,
-        trace_errors=False,
-        wall_timeout=600,
-    )
+    uas = _uas(peer, workdir, wall_timeout=600)
     uas.start().wait_listening()
     proxy = None
     uac = None

@@ -17,6 +17,7 @@ from edge.limits import LocalLimits
 from edge.sip.digest import answer_challenge, parse_challenge
 from edge.sip.message import Request, Response, make_request, make_response, new_branch, new_tag
 from edge.sip.parser import parse_message
+from edge.sip.transaction import make_cancel
 from edge.tests.factories import (
     GATEWAY_HOST,
     GATEWAY_PORT,
@@ -323,15 +324,7 @@ def test_cancel_before_answer():
     (b_invite,) = edge.take(GATEWAY)
     edge.send(answer(b_invite, 180, tag="gw", peer=GATEWAY), GATEWAY)
     edge.take(PBX)
-    cancel = make_request(
-        "CANCEL",
-        a_invite.uri,
-        from_=a_invite.headers.get("From"),
-        to=a_invite.headers.get("To"),
-        call_id=a_invite.call_id,
-        cseq=1,
-        via=a_invite.headers.get_all("Via")[0],
-    )
+    cancel = make_cancel(a_invite)
     edge.send(cancel, PBX)
     assert sorted(finals(edge.take(PBX))) == [200, 487]
     (b_cancel,) = edge.take(GATEWAY)
@@ -348,15 +341,7 @@ def test_cancel_waits_for_a_provisional_and_a_crossing_200_is_taken_down():
     a_invite = invite(PBX)
     edge.send(a_invite, PBX)
     (b_invite,) = edge.take(GATEWAY)
-    cancel = make_request(
-        "CANCEL",
-        a_invite.uri,
-        from_=a_invite.headers.get("From"),
-        to=a_invite.headers.get("To"),
-        call_id=a_invite.call_id,
-        cseq=1,
-        via=a_invite.headers.get_all("Via")[0],
-    )
+    cancel = make_cancel(a_invite)
     edge.send(cancel, PBX)
     assert not edge.take(GATEWAY)  # no provisional yet: no CANCEL (RFC 3261 9.1)
     edge.send(answer(b_invite, 200, tag="gw", peer=GATEWAY), GATEWAY)
@@ -554,15 +539,7 @@ def test_cancel_while_the_counters_decide():
     limits = edge.core.limits = DeferredLimits()
     a_invite = invite(PBX)
     edge.send(a_invite, PBX)
-    cancel = make_request(
-        "CANCEL",
-        a_invite.uri,
-        from_=a_invite.headers.get("From"),
-        to=a_invite.headers.get("To"),
-        call_id=a_invite.call_id,
-        cseq=1,
-        via=a_invite.headers.get_all("Via")[0],
-    )
+    cancel = make_cancel(a_invite)
     edge.send(cancel, PBX)
     assert sorted(finals(edge.take(PBX))) == [200, 487]
     assert edge.cdrs[-1].reason == "cancelled" and limits.released == limits.asked
