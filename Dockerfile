@@ -1,5 +1,16 @@
 # The one application image: web, Celery worker and beat, and the SIP edge all run from it
 # (docker-compose.yml chooses the command). Runtime dependencies only; no dev tools.
+
+# Stage 1: the edge's SIP core compiled with mypyc (edge/native.py). It needs a C compiler and
+# mypy, which the application image does without; only the compiled modules are carried over.
+FROM python:3.11 AS edge-native
+WORKDIR /build
+COPY requirements.txt requirements-dev.txt ./
+RUN pip install --no-cache-dir -r requirements-dev.txt
+COPY pyproject.toml ./
+COPY edge ./edge
+RUN python -m edge.native_build build && python -m edge.native_build status
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,6 +32,8 @@ RUN pip install -r requirements.txt
 # Code stays owned by root (the app cannot rewrite itself); only var/ is the app's to write:
 # static files, the beat schedule, the edge's CDR journal.
 COPY . .
+# The compiled core and its manifest (the sources it was built from are the ones just copied).
+COPY --from=edge-native /build/edge/ ./edge/
 # Settings refuse to load without SECRET_KEY when DEBUG is off; this key exists only in this step.
 RUN SECRET_KEY=build-only DEBUG=0 python manage.py collectstatic --no-input --verbosity 0 \
     && chown -R trunkline:trunkline /app/var

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format typecheck migrate seed clean
+.PHONY: run test lint format typecheck migrate seed native clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
@@ -22,17 +22,22 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 .env:
 	printf 'DEBUG=1\nSECRET_KEY=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" > $@
 
+# The edge's SIP core compiled with mypyc (edge/native.py): a no-op while it matches the sources.
+# Optional: where it cannot be built (no C compiler) the edge runs the same Python source.
+native: $(VENV)/.installed
+	$(BIN)/python -m edge.native_build build --optional
+
 migrate: $(VENV)/.installed .env
 	$(BIN)/python manage.py migrate --no-input
 
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
-run: seed
+run: seed native
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
 	$(BIN)/python manage.py runplatform --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed .env
+test: $(VENV)/.installed .env native
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
@@ -47,4 +52,6 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache edge/native-manifest.json
+	find edge -name '*.so' -delete
+	rm -rf $(VENV)

@@ -111,6 +111,22 @@ class CallEvent:
     reason: str | None = None
     final_code: int | None = None
 
+    def as_dict(self) -> dict[str, object]:
+        """The fields, for JSON: orjson reads a dataclass's slots itself, which a class
+        compiled by mypyc (edge.native) does not have."""
+        return {
+            "kind": self.kind,
+            "call_id": self.call_id,
+            "trunk_id": self.trunk_id,
+            "customer_id": self.customer_id,
+            "direction": self.direction,
+            "caller": self.caller,
+            "callee": self.callee,
+            "at": self.at,
+            "reason": self.reason,
+            "final_code": self.final_code,
+        }
+
 
 Output: TypeAlias = Transmit | CdrReady | CallEvent | SecurityEvent
 

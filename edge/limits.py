@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from edge.config import TrunkPolicy
 from edge.policy import Usage
 
@@ -84,6 +86,7 @@ class _TrunkCounters:
         self.bucket = TokenBucket(max_cps, max_cps)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # edge.runtime.cluster_limits extends it
 class LocalLimits:
     """This edge's counters for every trunk.
 

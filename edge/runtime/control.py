@@ -5,7 +5,8 @@ except that ``GET /health`` without a token answers only ``{"status": ...}`` so 
 balancer or container health check can probe it; with the token it says more.
 
     GET    /health            200 {"status": "ok"|"draining", "node", "config_version",
-                                   "active_calls"}     (no token: {"status"} only)
+                                   "active_calls", "core": "compiled"|"interpreted (why)"}
+                                   (no token: {"status"} only)
     GET    /metrics           200 Prometheus text (private registry, read from core.stats)
     POST   /config            body: a snapshot document (JSON, docs/snapshot.md)
                               200 {"applied_version": N}; 400 {"error"} if it does not compile
@@ -51,7 +52,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
-from edge import snapshot_wire
+from edge import native, snapshot_wire
 from edge.config import ConfigError, EdgeConfig
 
 if TYPE_CHECKING:
@@ -379,6 +380,7 @@ class ControlApp:
             "node": core.node,
             "config_version": core.config.version,
             "active_calls": core.active_calls,
+            "core": native.status(),
         }
 
     def hangup(self, call_id: str) -> int:

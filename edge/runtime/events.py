@@ -45,8 +45,8 @@ class EventSink(Protocol):
 
 
 def encode_batch(node: str, events: list[CallEvent]) -> bytes:
-    """One batch as JSON (orjson serialises the frozen dataclasses field by field)."""
-    return orjson.dumps({"node": node, "events": events})
+    """One batch as JSON: {"node": ..., "events": [each event's fields]}."""
+    return orjson.dumps({"node": node, "events": [event.as_dict() for event in events]})
 
 
 class NullSink:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from edge import native
 from edge.config import ConfigError, EdgeConfig
 from edge.limits import Limits, LocalLimits
 from edge.runtime.cluster_limits import ClusterLimits
@@ -438,6 +439,7 @@ class EdgeRuntime:
         loop = asyncio.get_running_loop()
         data, config, source = await self._load_snapshot()
         logger.info("config version %d loaded from %s", config.version, source)
+        logger.info("SIP core: %s (edge/native.py)", native.status())
 
         try:
             journal = CdrJournal(

@@ -143,6 +143,10 @@ class AbsoluteUri:
         return f"{self.scheme}:{self.opaque}"
 
 
+# What a NameAddr holds until its URI text is parsed (mypyc-compiled classes have no __new__).
+_UNPARSED = AbsoluteUri("unparsed", "")
+
+
 class NameAddr:
     """An address header value: optional display name, URI, header parameters (tag, q...).
 
@@ -168,11 +172,9 @@ class NameAddr:
     def _with_unparsed_uri(
         cls, uri_text: str, display_name: str | None, params: Parameters
     ) -> NameAddr:
-        name_addr = cls.__new__(cls)
+        name_addr = cls(_UNPARSED, display_name, params)
         name_addr._uri = None
         name_addr._uri_text = uri_text
-        name_addr.display_name = display_name
-        name_addr.params = params
         return name_addr
 
     @property

@@ -11,6 +11,7 @@ import urllib.request
 import orjson
 import pytest
 
+from edge import native
 from edge.b2bua import Stats, Transmit
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -129,6 +130,7 @@ async def test_every_route_needs_the_token_but_health_says_little_without_it():
         "node": "edge-test",
         "config_version": 3,
         "active_calls": 2,
+        "core": native.status(),
     }
     assert not control.core.draining  # nothing happened without the token
     await control.stop()
