@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import enum
 import random
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from edge import numbering, routing
+from edge import cdr, numbering, routing
 from edge.cdr import CallDetailRecord, RouteAttempt, iso_utc
 from edge.config import Credential, EdgeConfig, TrunkPolicy
 from edge.limits import Limits
@@ -240,7 +239,7 @@ class _Call:
         callee_e164: str,
         wall: float,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = cdr.new_call_id()
         self.a_invite = a_invite
         self.a_txn = a_txn
         self.source = source
@@ -952,7 +951,7 @@ class B2bua:
         caller_raw = self._safe(lambda: self._caller_user(request))
         return CallDetailRecord(
             edge=self.node,
-            call_id=uuid.uuid4().hex,
+            call_id=cdr.new_call_id(),
             a_call_id=request.call_id,
             b_call_id=None,
             customer_id=trunk.customer_id if trunk else None,

@@ -27,12 +27,13 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, overload
 
 import orjson
+
+from edge.sip.message import random_hex
 
 __all__ = [
     "DIRECTIONS",
@@ -81,8 +82,9 @@ class RouteAttempt(TypedDict):
 
 
 def new_call_id() -> str:
-    """A record id unique per edge. The caller's Call-ID is not: it repeats across retries."""
-    return uuid.uuid4().hex
+    """A record id unique per edge (128 random bits, as hex). The caller's Call-ID is not: it
+    repeats across retries."""
+    return random_hex(16)
 
 
 @overload

@@ -33,6 +33,7 @@ from edge.sip.message import (
     new_call_id,
     new_tag,
     parse_via,
+    random_hex,
     validate_for_proxy,
 )
 from edge.sip.parser import DEFAULT_MAX_SIZE, StreamParser, parse_message
@@ -133,6 +134,7 @@ __all__ = [
     "parse_name_addr",
     "parse_uri",
     "parse_via",
+    "random_hex",
     "select_challenge",
     "validate_for_proxy",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -23,6 +24,7 @@ from edge.sip import (
     parse_message,
     parse_uri,
     parse_via,
+    random_hex,
     validate_for_proxy,
 )
 from edge.sip.tests.samples import ALL_SAMPLES, BYE, INVITE, OPTIONS, REGISTER
@@ -391,3 +393,28 @@ def test_generated_identifiers() -> None:
 def test_response_repr_and_request_repr() -> None:
     assert repr(parse_message(OPTIONS)) == "<Request OPTIONS sip:192.0.2.10:5060>"
     assert isinstance(make_response(parse_request(OPTIONS), 200), Response)
+
+
+def test_random_ids_have_their_size_and_never_repeat_across_pool_refills() -> None:
+    # Several pools' worth: every refill boundary is crossed, sizes not dividing the pool.
+    ids = [random_hex(7) for _ in range(3 * 4096 // 7)]
+    assert all(len(i) == 14 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert len(random_hex(5000)) == 10000  # larger than a pool
+    assert new_branch().startswith(BRANCH_MAGIC_COOKIE) and len(new_branch()) == 7 + 20
+    assert len(new_tag()) == 16 and new_call_id("h").endswith("@h")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_reuse_its_parents_random_bytes() -> None:
+    random_hex(1)  # the parent holds a pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then exit without running pytest's cleanup
+        os.write(write, random_hex(16).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child != random_hex(16)
