@@ -20,8 +20,9 @@ The peers, run the same way one after the other:
   127.0.0.2/32 (the UAC's address), allowed destinations +1, blocked prefixes +1900 and +1976,
   caller-ID pass-through (the built-in UAC calls from ``sipp``, not a number), channel and CPS
   limits far above the load; one carrier gateway, the UAS on 127.0.0.3; the CDR journal on
-  local disk. The built-in UAC dials ``-s 14155550100``, which the trunk's default country
-  (US) makes +14155550100.
+  local disk. The edge runs its compiled core when it is built and current (edge/native.py;
+  the run prints which). The built-in UAC dials ``-s 14155550100``, which the trunk's default
+  country (US) makes +14155550100.
 
 Then, for the edge:
 
@@ -40,6 +41,7 @@ Usage:
     .venv/bin/python bench/edge_cps.py                  # both peers, about 6 minutes
     .venv/bin/python bench/edge_cps.py --quick          # a 1-minute smoke run
     .venv/bin/python bench/edge_cps.py --only kamailio  # the reference alone
+    .venv/bin/python bench/edge_cps.py --interpreted    # the edge without its compiled core
 Needs sipp (Debian sip-tester) and kamailio (Debian kamailio); shared/peers is looked for
 beside the repository (../shared/peers), or give --peers DIR.
 """
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -59,6 +62,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from edge import native  # noqa: E402
 from edge.tests import sipp_harness as h  # noqa: E402
 from edge.tests.factories import gateway_doc, snapshot_doc, trunk_doc  # noqa: E402
 
@@ -107,6 +111,7 @@ class EdgePeer(Peer):
 
     def __init__(self, extra_args: list[str]) -> None:
         self.extra_args = extra_args
+        self.core: str | None = None  # "compiled" or "interpreted (why)", from its /health
 
     def start(self, workdir: Path, uas_port: int) -> Proxy:
         edge = h.EdgeProcess(
@@ -117,6 +122,9 @@ class EdgePeer(Peer):
             launcher=[sys.executable, str(Path(__file__).resolve()), "--serve-edge"],
             extra_args=["--log-level", "WARNING", *self.extra_args],
         ).start()
+        if self.core is None:
+            self.core = str(edge.health().get("core"))
+            print(f"  (edge core: {self.core})", flush=True)
 
         def stop() -> None:
             code = edge.stop(grace=5)
@@ -430,7 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--edge-arg", action="append", default=[], help="extra option for the edge (repeatable)"
     )
+    parser.add_argument(
+        "--interpreted",
+        action="store_true",
+        help="run the edge's Python source even if its compiled core is built (edge/native.py)",
+    )
     args = parser.parse_args(argv)
+    if args.interpreted:
+        os.environ[native.ENV] = "0"  # the edge processes inherit it
 
     quick = args.quick
     seconds = args.seconds or (2.0 if quick else 10.0)
@@ -501,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
             note = f" (failed at {search.first_failure})"
         if search.out_of_time:
             note += " (time budget reached)"
+        if name == "edge" and edge_peer is not None:
+            note += f" (core: {edge_peer.core})"
         print(f"{name:9} {search.best:6d} calls/s without a failed call{note}")
     for name, latency in latencies.items():
         if latency is None:
