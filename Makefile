@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 # The edge's SIP core compiled with mypyc (edge/native.py): a no-op while it matches the sources.
 # Optional: where it cannot be built (no C compiler) the edge runs the same Python source.
 native: $(VENV)/.installed
-	$(BIN)/python -m edge.native_build build --optional
+	$(BIN)/python -W ignore::RuntimeWarning -m edge.native_build build --optional
 
 migrate: $(VENV)/.installed .env
 	$(BIN)/python manage.py migrate --no-input

@@ -270,7 +270,7 @@ class Dialog:
             cseq=cseq,
             via=via,
             contact=contact,
-            headers=[*(("Route", route) for route in routes), *(headers or ())],
+            headers=[("Route", route) for route in routes] + list(headers or ()),
             body=body,
             content_type=content_type,
         )
@@ -288,7 +288,7 @@ class Dialog:
         if "lr" in first_hop.params:
             return self.remote_target, routes
         # A Request-URI may carry neither a method parameter nor headers (19.1.1).
-        params = Parameters((k, v) for k, v in first_hop.params.items() if k.lower() != "method")
+        params = Parameters([(k, v) for k, v in first_hop.params.items() if k.lower() != "method"])
         request_uri = dataclasses.replace(first_hop, params=params, headers=[])
         return str(request_uri), [*routes[1:], f"<{self.remote_target}>"]
 

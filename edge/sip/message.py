@@ -441,7 +441,7 @@ class Headers:
         return isinstance(name, str) and bool(self._values(_header_key(name)))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return ((name, value) for _, name, value, _ in self._fields)
+        return iter([(name, value) for _, name, value, _ in self._fields])
 
     def __len__(self) -> int:
         return len(self._fields)

@@ -83,7 +83,7 @@ class Parameters(MutableMapping[str, str | None]):
         return isinstance(name, str) and name.lower() in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return (spelling for spelling, _ in self._items.values())
+        return iter([spelling for spelling, _ in self._items.values()])
 
     def __len__(self) -> int:
         return len(self._items)
