@@ -202,6 +202,9 @@ EDGE_CONTROL_TOKEN = env.str("EDGE_CONTROL_TOKEN", default="dev-edge-token" if D
 # EDGE_CDR_FLUSH_INTERVAL seconds' worth. Smaller values lose less and cost more fsyncs.
 EDGE_CDR_BATCH_SIZE = env.int("EDGE_CDR_BATCH_SIZE", default=64)
 EDGE_CDR_FLUSH_INTERVAL = env.float("EDGE_CDR_FLUSH_INTERVAL", default=0.05)
+# A standalone edge runs no automatic full garbage collection, one every this many seconds
+# instead (0: never); see edge/runtime/gc_policy.py for why.
+EDGE_GC_FULL_INTERVAL = env.float("EDGE_GC_FULL_INTERVAL", default=600.0)
 
 LOGGING = {
     "version": 1,

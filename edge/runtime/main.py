@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import random
@@ -63,6 +62,7 @@ from edge.runtime.control import (
     start_control_server,
 )
 from edge.runtime.events import BatchingSink, EventSink, NullSink
+from edge.runtime.gc_policy import DEFAULT_FULL_INTERVAL, GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
 from edge.runtime.transports import (
     Dispatcher,
@@ -96,13 +96,6 @@ READY = "edge ready"
 DIGEST_SECRET_FILE = "digest-secret"
 SNAPSHOT_FETCH_TIMEOUT = 10.0
 GATEWAY_REFRESH_INTERVAL = 300.0
-# Young-generation threshold of the cyclic garbage collector for a process that is an edge.
-# A call allocates a few hundred tracked objects and keeps a few dozen for ~32 s (lingering
-# transactions); with the default 700 the collector ran ~6 young and ~0.6 middle collections
-# per call, re-walking everything that survived. At 10,000 the in-process bench spends about
-# 25 us per call in the collector instead of about 90 (of ~700), and nothing per call is cyclic
-# garbage, so collecting less often frees nothing later.
-GC_YOUNG_THRESHOLD = 10_000
 
 # Option (argparse dest) -> environment variable.
 ENVIRONMENT = {
@@ -126,6 +119,7 @@ ENVIRONMENT = {
     "redis_url": "EDGE_REDIS_URL",
     "limit_share": "EDGE_LIMIT_SHARE",
     "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
+    "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
 }
 
 
@@ -172,6 +166,7 @@ class EdgeOptions:
     redis_url: str | None = None  # cluster-wide limits; None: this edge counts alone
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
+    gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
 
 
 def add_arguments(
@@ -215,6 +210,11 @@ def add_arguments(
     add(
         "--digest-algorithms", "digest_algorithms",
         "challenge order, e.g. MD5,SHA-256 for clients that read only the first", "SHA-256,MD5",
+    )  # fmt: skip
+    add(
+        "--gc-full-interval", "gc_full_interval",
+        "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
+        str(int(DEFAULT_FULL_INTERVAL)),
     )  # fmt: skip
 
 
@@ -283,6 +283,12 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
     algorithms = tuple(a.strip() for a in required("digest_algorithms").split(",") if a.strip())
     if not algorithms or set(algorithms) - {"MD5", "SHA-256"}:
         raise UsageError("--digest-algorithms: give MD5 and/or SHA-256, comma-separated")
+    try:
+        gc_full_interval = float(required("gc_full_interval"))
+    except ValueError:
+        raise UsageError(f"--gc-full-interval: not a number: {ns.gc_full_interval!r}") from None
+    if not gc_full_interval >= 0:
+        raise UsageError("--gc-full-interval must not be negative")
     log_level = (text("log_level") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise UsageError(f"--log-level: unknown level {log_level!r}")
@@ -307,6 +313,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         redis_url=text("redis_url"),
         limit_share=limit_share,
         digest_algorithms=algorithms,
+        gc_full_interval=gc_full_interval,
     )
 
 
@@ -422,6 +429,8 @@ class EdgeRuntime:
         self._gateway_addresses: dict[str, list[str]] = {}
         self._gateway_task: asyncio.Task[None] | None = None
         self._gateway_timer: asyncio.TimerHandle | None = None
+        # Set by `serve` in a process that is an edge (edge/runtime/gc_policy.py).
+        self.gc_policy: GcPolicy | None = None
         self._sockets: list[socket.socket] = []
         self.cluster_limits: ClusterLimits | None = None
 
@@ -747,6 +756,8 @@ class EdgeRuntime:
                 "CDRs buffered, not yet written to the journal",
                 value=flusher.journal.pending,
             )
+        if self.gc_policy is not None:
+            yield from self.gc_policy.metrics()
         if isinstance(self.events, BatchingSink):
             yield CounterMetricFamily(
                 "trunkline_edge_events_dropped",
@@ -836,8 +847,9 @@ async def serve(
     except StartupError as error:
         logger.error("%s", error)  # unconfigured logging still prints errors to stderr
         return 1
-    tune_gc()
     loop = asyncio.get_running_loop()
+    runtime.gc_policy = GcPolicy(full_interval=options.gc_full_interval)
+    runtime.gc_policy.install(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, runtime, sig)
     try:
@@ -850,17 +862,8 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        runtime.gc_policy.uninstall()
     return 0
-
-
-def tune_gc() -> None:
-    """For a process that is an edge (not one the edge shares, like `make run`'s): collect the
-    young generation less often, and leave what start-up built (modules, the compiled snapshot)
-    out of every later collection."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _on_signal(runtime: EdgeRuntime, sig: int) -> None:

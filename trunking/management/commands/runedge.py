@@ -67,6 +67,7 @@ def settings_defaults() -> dict[str, object]:
     for dest, name in (
         ("cdr_batch_size", "EDGE_CDR_BATCH_SIZE"),
         ("cdr_flush_interval", "EDGE_CDR_FLUSH_INTERVAL"),
+        ("gc_full_interval", "EDGE_GC_FULL_INTERVAL"),
     ):
         if hasattr(settings, name):
             defaults[dest] = getattr(settings, name)
