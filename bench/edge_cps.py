@@ -28,8 +28,9 @@ Then, for the edge:
 
 - latency: a run at half the rate found, with ``-trace_rtt``: SIPp's per-call response time
   from the INVITE to its 200 (the scenario's ``rtd`` mark), in whole milliseconds (SIPp's clock
-  ticks in milliseconds, so "<1 ms" is as fine as it gets); p50 and p99 over every call of the
-  run. Kamailio's figures at half its own rate are printed beside them.
+  ticks in milliseconds, so "<1 ms" is as fine as it gets); p50, p99 and max over every call
+  of the run, which lasts a step (``--latency-seconds`` to soak longer). Kamailio's figures at
+  half its own rate are printed beside them.
 - memory: the edge's VmRSS (/proc/PID/status) idle and holding ``--rss-calls`` concurrent
   calls (the UAC with ``-d 60000 -l N -r 500 -m N``), read when the control API reports them
   all active; then everything is stopped.
@@ -42,6 +43,7 @@ Usage:
     .venv/bin/python bench/edge_cps.py --quick          # a 1-minute smoke run
     .venv/bin/python bench/edge_cps.py --only kamailio  # the reference alone
     .venv/bin/python bench/edge_cps.py --interpreted    # the edge without its compiled core
+    .venv/bin/python bench/edge_cps.py --only edge --latency-seconds 60   # a minute at half rate
 Needs sipp (Debian sip-tester) and kamailio (Debian kamailio); shared/peers is looked for
 beside the repository (../shared/peers), or give --peers DIR.
 """
@@ -331,6 +333,7 @@ class Latency:
     rate: int
     p50_ms: float
     p99_ms: float
+    max_ms: float
     calls: int
     passed: bool
 
@@ -351,7 +354,9 @@ def measure_latency(peer: Peer, rate: int, seconds: float, workdir: Path) -> Lat
                     continue
     if not times:
         return None
-    return Latency(rate, percentile(times, 50), percentile(times, 99), len(times), step.passed)
+    return Latency(
+        rate, percentile(times, 50), percentile(times, 99), max(times), len(times), step.passed
+    )
 
 
 def _ms(value: float) -> str:
@@ -429,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a 1-minute smoke run")
     parser.add_argument("--peers", type=Path, help="shared/peers (default: ../shared/peers)")
     parser.add_argument("--seconds", type=float, help="length of each step (default 10; quick 2)")
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        help="length of the half-rate latency run (default: a step's); 60 or more shows what "
+        "state lingering for 32 s costs (garbage-collection pauses, edge/runtime/gc_policy.py)",
+    )
     parser.add_argument("--start-rate", type=int, help="first rate (default 100; quick 400)")
     parser.add_argument("--max-rate", type=int, default=20_000, help="never try above this")
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default 360)")
@@ -475,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     # The searches share most of the budget; latency and memory runs take the rest.
-    extras = (seconds + STEP_OVERHEAD_S) * len(peers)  # one latency run per peer
+    latency_seconds = args.latency_seconds or seconds
+    extras = (latency_seconds + STEP_OVERHEAD_S) * len(peers)  # one latency run per peer
     if any(isinstance(p, EdgePeer) for p in peers) and not args.no_rss:
         extras += rss_calls / RSS_RATE + 8
     search_budget = max(seconds * 2, (budget - extras) / len(peers))
@@ -500,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         found[peer.name] = search
         latencies[peer.name] = measure_latency(
-            peer, search.best // 2, seconds, workdir / f"{peer.name}-latency"
+            peer, search.best // 2, latency_seconds, workdir / f"{peer.name}-latency"
         )
 
     memory = None
@@ -526,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         flag = "" if latency.passed else " (that run had failures)"
         print(
             f"{name:9} INVITE->200 at {latency.rate} calls/s: p50 {_ms(latency.p50_ms)}, "
-            f"p99 {_ms(latency.p99_ms)} ({latency.calls} calls; SIPp -trace_rtt, whole ms){flag}"
+            f"p99 {_ms(latency.p99_ms)}, max {_ms(latency.max_ms)} "
+            f"({latency.calls} calls over {latency_seconds:g} s; SIPp -trace_rtt, whole ms){flag}"
         )
     if memory is not None:
         idle = "?" if memory.idle_kib is None else f"{memory.idle_kib / 1024:.1f} MiB"
