@@ -204,7 +204,7 @@ EDGE_CDR_BATCH_SIZE = env.int("EDGE_CDR_BATCH_SIZE", default=64)
 EDGE_CDR_FLUSH_INTERVAL = env.float("EDGE_CDR_FLUSH_INTERVAL", default=0.05)
 # A standalone edge runs no automatic full garbage collection, one every this many seconds
 # instead (0: never); see edge/runtime/gc_policy.py for why.
-EDGE_GC_FULL_INTERVAL = env.float("EDGE_GC_FULL_INTERVAL", default=600.0)
+EDGE_GC_FULL_INTERVAL = env.float("EDGE_GC_FULL_INTERVAL", default=3600.0)
 
 LOGGING = {
     "version": 1,

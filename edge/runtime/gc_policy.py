@@ -15,8 +15,11 @@ The policy (`install`):
   (under 5 ms each in the core bench at 1,000 calls/s of lingering state) and cost less in
   total than rarer, larger ones (14 against 37 us per call);
 - no automatic full collection: a full one runs every ``full_interval`` seconds instead (the
-  edge's ``--gc-full-interval``, default 600; 0 never), so what cycles other code leaves
-  (asyncio, the control API) is still reclaimed, at a time an operator chooses;
+  edge's ``--gc-full-interval``, default 3600; 0 never), so what cycles other code leaves
+  (asyncio, the control API) is still reclaimed, at a time an operator chooses. It still walks
+  everything: measured at 700 calls/s, one took 1.1 s, and over 65 s of such load with one
+  every 20 s they found no cyclic garbage at all (``trunkline_edge_gc_collected_objects``
+  tells an operator whether a longer interval, or 0, is safe for their traffic);
 - what start-up built (modules, the compiled snapshot) is frozen out of every collection.
 
 Every collection is timed; /metrics exports counts, total seconds and the longest pause per
@@ -44,7 +47,7 @@ YOUNG_THRESHOLD = 2_000
 MIDDLE_THRESHOLD = 2
 # The oldest generation's threshold: never reached, so only `GcPolicy` runs full collections.
 _NEVER = 2**31 - 1
-DEFAULT_FULL_INTERVAL = 600.0
+DEFAULT_FULL_INTERVAL = 3600.0
 GENERATIONS = 3
 
 
