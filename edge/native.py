@@ -92,21 +92,20 @@ def _built_files() -> list[Path]:
     )
 
 
-def _changed_source(root: Path = REPO, manifest: Path | None = None) -> str | None:
-    """The first compiled source that differs from the build (or why the build is unusable),
-    or None when the build matches the sources."""
-    manifest = manifest or root / MANIFEST.relative_to(REPO)
+def _stale() -> str | None:
+    """Why the build does not match the sources ("edge/routing.py changed", "no build
+    manifest", ...), or None when it does."""
     try:
-        recorded = json.loads(manifest.read_text())
+        recorded = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):
         return "no build manifest"
     if recorded.get("python") != sys.implementation.cache_tag:
         return f"built for {recorded.get('python')}"
     sources = recorded.get("sources", {})
     for name in COMPILED:
-        path = root / name
+        path = REPO / name
         if sources.get(name) != (_digest(path) if path.exists() else None):
-            return name
+            return f"{name} changed"
     return None
 
 
@@ -125,7 +124,7 @@ def select() -> str:
     if not _built_files():
         _status = "interpreted (not built)"
         return _status
-    reason = f"{ENV}=0" if os.environ.get(ENV, "") == "0" else _changed_source() or ""
+    reason = f"{ENV}=0" if os.environ.get(ENV, "") == "0" else _stale() or ""
     if not reason:
         _status = "compiled"
         return _status
@@ -134,7 +133,7 @@ def select() -> str:
     _status = f"interpreted ({reason})"
     if not reason.startswith(ENV):
         warnings.warn(
-            f"edge: the compiled core is out of date ({reason} changed); running the Python "
+            f"edge: the compiled core is out of date ({reason}); running the Python "
             "source. Rebuild with `python -m edge.native_build build` (make does).",
             RuntimeWarning,
             stacklevel=2,
@@ -143,7 +142,7 @@ def select() -> str:
 
 
 def status() -> str:
-    """ "compiled" or "interpreted (why)", as decided when ``edge`` was imported."""
+    """What ``edge`` runs, as decided when it was imported: "compiled" or "interpreted (why)"."""
     return _status
 
 
@@ -160,7 +159,7 @@ def clean() -> None:
 
 def build(*, force: bool = False) -> bool:
     """Compile `COMPILED` in place; False when it was already up to date."""
-    if not force and _built_files() and _changed_source() is None:
+    if not force and _built_files() and _stale() is None:
         return False
     # Imported here: mypyc and setuptools are build tools (requirements-dev.txt), not runtime.
     from mypyc.build import mypycify

@@ -91,7 +91,7 @@ def test_a_changed_source_runs_the_python_source_with_a_warning(copy: Path):
     routing = copy / "edge" / "routing.py"
     routing.write_text(routing.read_text() + "\n# edited after the build\n")
     seen = _import_in_copy(copy)
-    assert seen["status"] == "interpreted (edge/routing.py)"
+    assert seen["status"] == "interpreted (edge/routing.py changed)"
     # Not only the changed module: the whole core, in edge/ and edge/sip/ alike.
     assert seen["b2bua"] == str(copy / "edge" / "b2bua.py")
     assert seen["message"] == str(copy / "edge" / "sip" / "message.py")
