@@ -111,8 +111,8 @@ class CallEvent:
     final_code: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        """The fields, for JSON: orjson reads a dataclass's slots itself, which a class
-        compiled by mypyc (edge.native) does not have."""
+        """The fields, for JSON. Not orjson's own dataclass support: it reads the instance's
+        memory layout directly and crashes on a class compiled by mypyc (edge/native.py)."""
         return {
             "kind": self.kind,
             "call_id": self.call_id,
