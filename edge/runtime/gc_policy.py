@@ -1,7 +1,7 @@
 """How an edge process runs CPython's cyclic garbage collector, and what it costs.
 
-A finished call leaves about forty GC-tracked objects behind for up to 32 s (transactions
-lingering for retransmissions, RFC 3261 17), so an edge carrying 1,000 calls/s holds over a
+A finished call leaves about thirty GC-tracked objects behind for up to 32 s (transactions
+lingering for retransmissions, RFC 3261 17), so an edge carrying 1,000 calls/s holds about a
 million of them. Reference counting frees every one when its timer ends; nothing per call is
 cyclic garbage (the tests check). CPython's default policy still walks them all in each full
 collection, and by its 25 %-growth rule that came every few seconds: measured through the edge
@@ -17,7 +17,7 @@ The policy (`install`):
 - no automatic full collection: a full one runs every ``full_interval`` seconds instead (the
   edge's ``--gc-full-interval``, default 3600; 0 never), so what cycles other code leaves
   (asyncio, the control API) is still reclaimed, at a time an operator chooses. It still walks
-  everything: measured at 700 calls/s, one took 1.1 s, and over 65 s of such load with one
+  everything: measured at 700 calls/s, one took 0.55 s, and over 65 s of such load with one
   every 20 s they found no cyclic garbage at all (``trunkline_edge_gc_collected_objects``
   tells an operator whether a longer interval, or 0, is safe for their traffic);
 - what start-up built (modules, the compiled snapshot) is frozen out of every collection.

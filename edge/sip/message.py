@@ -586,16 +586,33 @@ class Message(ABC):
         version: str = SIP_VERSION,
         raw: bytes | None = None,
     ) -> None:
-        self._headers = Headers() if headers is None else headers
+        if headers is None:
+            headers = Headers()
+        # None once `forget_parsed` dropped them: read again from `_raw` when asked for.
+        self._headers: Headers | None = headers
         self._body = body
         self._version = version
         # The bytes this message was parsed from, returned by to_bytes() while nothing changed.
         self._raw = raw
-        self._raw_version = self._headers._version
+        self._raw_version = headers._version
 
     @property
     def headers(self) -> Headers:
-        return self._headers
+        headers = self._headers
+        if headers is None:
+            headers = self._read_headers_again()
+        return headers
+
+    def _read_headers_again(self) -> Headers:
+        """The headers of a message whose parse `forget_parsed` dropped, from its bytes."""
+        from edge.sip.parser import parse_message  # the parser is built on this module
+
+        raw = self._raw
+        assert raw is not None  # forget_parsed drops headers only with their bytes at hand
+        headers = parse_message(raw, max_size=len(raw)).headers
+        self._headers = headers
+        self._raw_version = headers._version
+        return headers
 
     @property
     def version(self) -> str:
@@ -617,24 +634,42 @@ class Message(ABC):
     def to_bytes(self) -> bytes:
         """The message on the wire: the received bytes if unmodified, else rebuilt."""
         raw = self._raw
-        if raw is not None and self._raw_version == self._headers._version:
+        headers = self._headers
+        if raw is not None and (headers is None or self._raw_version == headers._version):
             return raw
-        lines = self._headers._wire_lines(len(self._body))
+        headers = self.headers
+        lines = headers._wire_lines(len(self._body))
         head = f"{self._start_line()}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
         data = head.encode("utf-8", "surrogateescape") + self._body
-        self._raw, self._raw_version = data, self._headers._version
+        self._raw, self._raw_version = data, headers._version
         return data
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
 
     def forget_parsed(self) -> None:
-        """Drop every value parsed so far (see `Headers.forget_parsed`); nothing else changes."""
-        self._headers.forget_parsed()
+        """Drop the parse, keep the bytes: for a message kept only to be resent or matched
+        later (a transaction lingering for retransmissions, a finished call).
+
+        With its bytes current, the message drops its headers whole (a Headers, its list of
+        lines and their tuples are three objects the garbage collector would walk for the
+        32 s a transaction lingers, seven messages a call); reading them later parses the
+        bytes again. Otherwise it drops what `Headers.forget_parsed` does. Nothing a reader
+        sees changes.
+        """
+        headers = self._headers
+        if headers is None:
+            return
+        if self._raw is not None and self._raw_version == headers._version:
+            self._headers = None
+        else:
+            headers.forget_parsed()
 
     def _cached(self, key: str, parse: Callable[[list[str]], T]) -> T:
         """Parse the values of header `key` once; the cache lives until the headers change."""
         headers = self._headers
+        if headers is None:
+            headers = self._read_headers_again()
         value = headers._parsed.get(key, _UNPARSED)
         if value is _UNPARSED:
             index = headers._index
@@ -692,7 +727,7 @@ class Message(ABC):
     def pop_via(self) -> Via:
         """Remove the topmost Via value (a response passing back through us) and return it."""
         top_via = self.top_via
-        self._headers.remove_first("Via")
+        self.headers.remove_first("Via")
         return top_via
 
     @property
@@ -706,7 +741,7 @@ class Message(ABC):
 
     @property
     def contact_is_wildcard(self) -> bool:
-        return self._headers.get_all("Contact") == ["*"]
+        return self.headers.get_all("Contact") == ["*"]
 
     @property
     def routes(self) -> list[NameAddr]:
@@ -838,7 +873,7 @@ def validate_for_proxy(message: Request | Response) -> None:
     # This runs on every message received: the checks read the lookup index and the typed
     # accessors directly instead of going through names, getattr and get_all (same checks,
     # same order, same errors; 4-5 us less per message).
-    headers = message._headers
+    headers = message.headers
     index = headers._index
     if index is None:
         index = headers._build_index()

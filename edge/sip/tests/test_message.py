@@ -418,3 +418,58 @@ def test_a_forked_child_does_not_reuse_its_parents_random_bytes() -> None:
     os.close(read)
     os.close(write)
     assert len(child) == 32 and child != random_hex(16)
+
+
+def test_a_forgotten_parse_keeps_the_bytes_and_reads_the_headers_again() -> None:
+    message = parse_message(INVITE)
+    assert isinstance(message, Request)
+    before = (message.call_id, message.cseq, message.from_tag, [str(v) for v in message.vias])
+    message.forget_parsed()
+    assert message._headers is None  # dropped whole: nothing left for the collector to walk
+    assert message.to_bytes() == INVITE  # resending needs only the bytes
+    assert (message.call_id, message.cseq, message.from_tag, [str(v) for v in message.vias]) == (
+        before
+    )
+    assert message.headers.get("Call-ID") == before[0]
+    # Changed after being read again: the change is what goes on the wire.
+    message.headers.set("Subject", "again")
+    assert b"Subject: again\r\n" in message.to_bytes()
+    message.forget_parsed()
+    assert message.headers.get("Subject") == "again"
+
+
+def test_a_built_message_forgets_its_parse_once_serialised() -> None:
+    request = make_request(
+        "BYE",
+        "sip:bob@192.0.2.4",
+        from_="<sip:alice@192.0.2.1>;tag=a",
+        to="<sip:bob@192.0.2.4>;tag=b",
+        call_id="c1@192.0.2.1",
+        cseq=2,
+        via=f"SIP/2.0/UDP 192.0.2.1:5060;branch={new_branch()}",
+    )
+    request.forget_parsed()  # not serialised yet: the headers are all there is
+    assert request._headers is not None
+    wire = request.to_bytes()
+    request.forget_parsed()
+    assert request._headers is None and request.to_bytes() == wire
+    assert (request.to_tag, request.cseq) == ("b", (2, "BYE"))
+    response = make_response(request, 200)  # answering reads the dropped headers again
+    assert response.call_id == "c1@192.0.2.1" and response.to_tag == "b"
+
+
+def test_a_message_changed_since_serialised_keeps_its_headers_when_forgetting() -> None:
+    message = parse_message(INVITE)
+    message.headers.set("Subject", "changed")
+    message.forget_parsed()
+    assert message._headers is not None
+    assert b"Subject: changed\r\n" in message.to_bytes()
+
+
+def test_bare_lf_messages_are_read_again_as_they_were_parsed() -> None:
+    head, body = INVITE.split(b"\r\n\r\n", 1)
+    data = head.replace(b"\r\n", b"\n") + b"\n\n" + body  # the body keeps its length
+    message = parse_message(data)
+    call_id = message.call_id
+    message.forget_parsed()
+    assert message.to_bytes() == data and message.call_id == call_id
