@@ -169,7 +169,11 @@ def test_push_pipeline(web, start_worker, tmp_path, trunk, api_as) -> None:
         # A change through the API reaches both edges; the database records what they applied.
         assert client.patch(f"/api/v1/trunks/{trunk.pk}/", {"max_channels": 7}).status_code == 200
         version = _wait_converged(edges, above=start_version)
-        assert set(EdgeNode.objects.values_list("applied_version", flat=True)) == {version}
+        # The worker records each edge's answer once it has it: a moment after the edge applied.
+        deadline = time.monotonic() + CONVERGE_TIMEOUT
+        while set(EdgeNode.objects.values_list("applied_version", flat=True)) != {version}:
+            assert time.monotonic() < deadline, "the applied versions were not recorded"
+            time.sleep(0.05)
 
         # No worker: a change waits. A worker started again (its beat reconciles) converges.
         _stop(worker, signal.SIGKILL)
