@@ -603,6 +603,13 @@ class Message(ABC):
             headers = self._read_headers_again()
         return headers
 
+    def _drop_raw(self) -> None:
+        """The start line or body changed: the bytes no longer describe the message (headers
+        dropped by `forget_parsed` are read back from them first)."""
+        if self._headers is None:
+            self._read_headers_again()
+        self._raw = None
+
     def _read_headers_again(self) -> Headers:
         """The headers of a message whose parse `forget_parsed` dropped, from its bytes."""
         from edge.sip.parser import parse_message  # the parser is built on this module
@@ -626,7 +633,7 @@ class Message(ABC):
     @body.setter
     def body(self, body: bytes) -> None:
         self._body = body
-        self._raw = None
+        self._drop_raw()
 
     @abstractmethod
     def _start_line(self) -> str: ...
@@ -784,7 +791,7 @@ class Request(Message):
     @method.setter
     def method(self, method: str) -> None:
         self._method = method
-        self._raw = None
+        self._drop_raw()
 
     @property
     def uri(self) -> str:
@@ -794,7 +801,7 @@ class Request(Message):
     def uri(self, uri: str) -> None:
         self._uri = uri
         self._parsed_uri = None
-        self._raw = None
+        self._drop_raw()
 
     @property
     def parsed_uri(self) -> SipUri:
@@ -844,7 +851,7 @@ class Response(Message):
     @status.setter
     def status(self, status: int) -> None:
         self._status = status
-        self._raw = None
+        self._drop_raw()
 
     @property
     def reason(self) -> str:
@@ -853,7 +860,7 @@ class Response(Message):
     @reason.setter
     def reason(self, reason: str) -> None:
         self._reason = reason
-        self._raw = None
+        self._drop_raw()
 
     def _start_line(self) -> str:
         return f"{self._version} {self._status} {self._reason}"

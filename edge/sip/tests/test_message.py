@@ -473,3 +473,19 @@ def test_bare_lf_messages_are_read_again_as_they_were_parsed() -> None:
     call_id = message.call_id
     message.forget_parsed()
     assert message.to_bytes() == data and message.call_id == call_id
+
+
+def test_changing_the_start_line_or_body_of_a_forgotten_message_keeps_its_headers() -> None:
+    request = parse_message(INVITE)
+    assert isinstance(request, Request)
+    call_id = request.call_id
+    request.forget_parsed()
+    request.uri = "sip:carol@192.0.2.9"
+    request.body = b""
+    assert request.call_id == call_id
+    assert request.to_bytes().startswith(b"INVITE sip:carol@192.0.2.9 SIP/2.0\r\n")
+    response = make_response(request, 180)
+    response.to_bytes()
+    response.forget_parsed()
+    response.status = 183
+    assert response.call_id == call_id and response.to_bytes().startswith(b"SIP/2.0 183")
