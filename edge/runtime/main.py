@@ -16,9 +16,9 @@ transports, flushes and fsyncs the journal, stops the control API and exits 0.
 Every option also comes from the environment (`ENVIRONMENT`); command line > environment >
 the caller's defaults (runedge passes Django settings) > built-in defaults.
 
-Live call events go to a `NullSink` unless a sink is given: the live-board publisher plugs in
-as ``run(options, events=BatchingSink(publish, node=options.node))`` (or ``EdgeRuntime(...,
-events=...)`` on a loop shared with the web app).
+Live call events: with ``--redis-url`` (and ``--live-events on``, the default) batches go to a
+Redis stream for the web's live board, else nowhere (`edge.runtime.events.live_events_sink`);
+``EdgeRuntime(..., events=...)`` takes another sink (the embedded platform's, on its loop).
 
 This module wires things together; it must never decide anything about calls and never log
 per message.
@@ -61,7 +61,7 @@ from edge.runtime.control import (
     save_snapshot,
     start_control_server,
 )
-from edge.runtime.events import BatchingSink, EventSink, NullSink
+from edge.runtime.events import BatchingSink, EventSink, NodeEvent, live_events_sink
 from edge.runtime.gc_policy import DEFAULT_FULL_INTERVAL, GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
 from edge.runtime.transports import (
@@ -120,6 +120,7 @@ ENVIRONMENT = {
     "limit_share": "EDGE_LIMIT_SHARE",
     "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
     "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
+    "live_events": "EDGE_LIVE_EVENTS",
 }
 
 
@@ -167,6 +168,7 @@ class EdgeOptions:
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
     gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
+    live_events: bool = True  # publish call events to --redis-url's stream (the live board)
 
 
 def add_arguments(
@@ -216,6 +218,7 @@ def add_arguments(
         "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
         str(int(DEFAULT_FULL_INTERVAL)),
     )  # fmt: skip
+    add("--live-events", "live_events", "on: call events to --redis-url for the live board", "on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +292,9 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         raise UsageError(f"--gc-full-interval: not a number: {ns.gc_full_interval!r}") from None
     if not gc_full_interval >= 0:
         raise UsageError("--gc-full-interval must not be negative")
+    live_events = (text("live_events") or "on").lower()
+    if live_events not in ("on", "off"):
+        raise UsageError(f"--live-events: on or off, not {live_events!r}")
     log_level = (text("log_level") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise UsageError(f"--log-level: unknown level {log_level!r}")
@@ -314,6 +320,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         limit_share=limit_share,
         digest_algorithms=algorithms,
         gc_full_interval=gc_full_interval,
+        live_events=live_events == "on",
     )
 
 
@@ -412,7 +419,9 @@ class EdgeRuntime:
     ) -> None:
         self.options = options
         self._core_factory = core_factory
-        self.events: EventSink = events or NullSink()
+        self.events: EventSink = events or live_events_sink(
+            node=options.node, redis_url=options.redis_url, enabled=options.live_events
+        )
         self.core: EdgeCore | None = None
         self.dispatcher: Dispatcher | None = None
         self.udp: UdpTransport | None = None
@@ -567,6 +576,7 @@ class EdgeRuntime:
         )
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
+        self._node_event("node_started")
 
     def _limit_decided(self, call_id: str, granted: bool, reason: str | None) -> None:
         """The cluster counters answered an admission the core left waiting."""
@@ -684,6 +694,16 @@ class EdgeRuntime:
         self._base_config = config
         self.core.apply_config(self._with_known_gateways(config))
         self._refresh_gateways()
+        self._node_event("config_applied")
+
+    def _node_event(self, kind: str) -> None:
+        """Tell the live board (it then re-reads this edge's calls: no ghosts after a restart)."""
+        assert self.core is not None
+        event = NodeEvent(kind, time.time(), {"config_version": self.core.config.version})
+        try:
+            self.events.publish([event])
+        except Exception:
+            logger.exception("event sink failed; %s lost", kind)
 
     def _with_known_gateways(self, config: EdgeConfig) -> EdgeConfig:
         known = {

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
+import socket
+import subprocess
 import time
 
 import orjson
+import pytest
+import redis
+import redis.asyncio
 
 from edge.b2bua import CallEvent
-from edge.runtime.events import BatchingSink, MemorySink, NullSink, encode_batch
+from edge.runtime.events import (
+    LIVE_EVENTS_STREAM,
+    BatchingSink,
+    MemorySink,
+    NodeEvent,
+    NullSink,
+    encode_batch,
+    live_events_sink,
+)
 
 
 def run_async(test):
@@ -143,3 +157,81 @@ async def test_publishing_is_cheap_and_arms_one_timer():
     ours = [h for h in loop._scheduled if h._callback == sink._on_timer]  # type: ignore[attr-defined]
     assert len(ours) == 1
     await sink.aclose()
+
+
+# --- the Redis stream publisher, against a real redis-server of the test's own ----------------
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server on a free port that the test may kill (an outage), and its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (CI installs Redis)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis.from_url(url, socket_timeout=0.2).ping():
+                break
+        except redis.RedisError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield process, url
+    process.kill()
+    process.wait(5)
+
+
+@run_async
+async def test_batches_reach_the_redis_stream_and_an_outage_costs_counted_events(redis_server):
+    process, url = redis_server
+    sink = live_events_sink(node="edge-1", redis_url=url)
+    assert isinstance(sink, BatchingSink)
+    sink.interval = 0.02
+    sink.publish([event("started"), event("answered")])
+    reader = redis.asyncio.Redis.from_url(url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not await reader.xlen(LIVE_EVENTS_STREAM):
+        assert loop.time() < deadline, "no batch in the stream"
+        await asyncio.sleep(0.02)
+    ((_, fields),) = await reader.xrange(LIVE_EVENTS_STREAM)
+    batch = orjson.loads(fields[b"batch"])
+    assert batch["node"] == "edge-1"
+    assert [e["kind"] for e in batch["events"]] == ["started", "answered"]
+    await reader.aclose()
+
+    # Redis gone: publishing still returns at once, and the lost events are counted.
+    process.kill()
+    process.wait(5)
+    started = time.perf_counter()
+    for i in range(100):
+        sink.publish([event("ringing", f"c{i}")])
+    assert time.perf_counter() - started < 0.5  # never waits for Redis; generous bound
+    deadline = loop.time() + 5
+    while sink.dropped < 100:
+        assert loop.time() < deadline, f"only {sink.dropped} events counted as dropped"
+        await asyncio.sleep(0.05)
+    assert sink.failures >= 1
+    await sink.aclose()
+
+
+def test_an_edge_without_redis_or_with_live_events_off_publishes_nowhere():
+    assert isinstance(live_events_sink(node="n", redis_url=None), NullSink)
+    assert isinstance(live_events_sink(node="n", redis_url="redis://x", enabled=False), NullSink)
+
+
+def test_node_events_encode_with_their_fields():
+    batch = orjson.loads(
+        encode_batch("e", [NodeEvent("config_applied", 5.0, {"config_version": 9})])
+    )
+    assert batch["events"] == [{"kind": "config_applied", "at": 5.0, "config_version": 9}]

@@ -278,9 +278,16 @@ async def test_call_events_reach_a_batching_sink_and_the_cdr_the_journal(tmp_pat
 
     assert await asyncio.to_thread(busy_call) == 486
     await asyncio.sleep(0.05)
-    events = [e for batch in batches for e in orjson.loads(batch)["events"]]
+    node_event, *events = [e for batch in batches for e in orjson.loads(batch)["events"]]
+    assert node_event["kind"] == "node_started" and node_event["config_version"] >= 1
     assert [e["kind"] for e in events] == ["started", "ended"]
     assert events[1]["final_code"] == 486
+    # A config applied is news too: the board re-reads the edge's calls on it.
+    assert runtime.core is not None
+    runtime.apply_config(runtime.core.config)
+    await asyncio.sleep(0.05)
+    last = orjson.loads(batches[-1])["events"][-1]
+    assert last["kind"] == "config_applied"
     runtime.stop()
     await runtime.run_until_stopped()
     (journal,) = journal_files(tmp_path / "cdr")
