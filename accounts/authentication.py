@@ -30,6 +30,23 @@ class ApiKeyUser:
         return self.username
 
 
+def api_key_for(supplied: str) -> ApiKey | None:
+    """The active key whose whole secret is ``supplied`` (noting its use), else None.
+    The one check of a presented key: the REST API and the live board's WebSocket call it."""
+    supplied = supplied.strip()
+    prefix = keys.split_prefix(supplied)
+    key = (
+        ApiKey.objects.select_related("customer").filter(prefix=prefix).first() if prefix else None
+    )
+    if key is None or not keys.matches(supplied, key.secret_hash) or not key.is_active:
+        return None
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Api-Key"
 
@@ -38,19 +55,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, supplied = header.partition(" ")
         if scheme.lower() != self.keyword.lower():
             return None
-        supplied = supplied.strip()
-        prefix = keys.split_prefix(supplied)
-        key = (
-            ApiKey.objects.select_related("customer").filter(prefix=prefix).first()
-            if prefix
-            else None
-        )
-        if key is None or not keys.matches(supplied, key.secret_hash) or not key.is_active:
+        key = api_key_for(supplied)
+        if key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
-        now = timezone.now()
-        if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-            key.last_used_at = now
         return ApiKeyUser(key), key
 
     def authenticate_header(self, request: Any) -> str:

@@ -34,3 +34,4 @@ class AuditAction(models.TextChoices):
     RESUME = "resume", "Resume"
     REVOKE = "revoke", "Revoke"
     IMPORT = "import", "Import"
+    HANGUP = "hangup", "Hang up"  # a call ended from the live board or the API

@@ -1,3 +1,9 @@
 """WebSocket URL map; each app's consumers are listed here."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from trunking.consumers import LiveBoardConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/live/", LiveBoardConsumer.as_asgi(), name="live-board"),
+]

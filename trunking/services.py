@@ -19,7 +19,7 @@ from edge.sip.digest import ha1
 from . import validators
 from .choices import NumberStatus, TrunkStatus
 from .models import EdgeNode, PhoneNumber, SipCredential, Trunk
-from .push import request_config_push
+from .push import EdgePushError, _request, request_config_push
 from .tokens import edge_node_token
 
 GENERATED_PASSWORD_BYTES = 18
@@ -198,3 +198,46 @@ def edge_node_rotate_token(*, actor: Caller, node: EdgeNode) -> str:
         actor=actor, obj=node, action=AuditAction.UPDATE, before=before, note="token rotated"
     )
     return edge_node_token(node)
+
+
+# --- calls in progress --------------------------------------------------------------------
+
+
+class CallNotFound(Exception):
+    """No edge carries that call (or the caller may not see it)."""
+
+
+class EdgeUnavailable(Exception):
+    """The edge carrying the call did not carry out the hang-up."""
+
+
+HANGUP_TIMEOUT = 5.0
+
+
+@transaction.atomic
+def call_hangup(*, actor: Caller, call_id: str) -> dict[str, Any]:
+    """End a call in progress through its edge's control API (``DELETE /calls/{id}``).
+
+    The call is looked up on the edges as ``actor`` sees them (another tenant's call is
+    CallNotFound, like a missing one). The audit row names the call, its edge and its trunk.
+    """
+    from .selectors import find_active_call
+
+    found = find_active_call(caller=actor, call_id=call_id)
+    if found is None:
+        raise CallNotFound(call_id)
+    node, call = found
+    try:
+        _request(node, "DELETE", f"/calls/{call_id}", None, HANGUP_TIMEOUT)
+    except EdgePushError as exc:
+        if "HTTP 404" in str(exc):  # it ended meanwhile
+            raise CallNotFound(call_id) from exc
+        raise EdgeUnavailable(str(exc)) from exc
+    trunk = Trunk.objects.filter(pk=call["trunk_id"]).first()
+    audit.record(
+        actor=actor,
+        obj=trunk or node,
+        action=AuditAction.HANGUP,
+        note=f"call {call_id} on edge {node.name} ({call['caller']} -> {call['callee']})",
+    )
+    return call

@@ -249,3 +249,44 @@ class IssuedEdgeNodeSerializer(EdgeNodeSerializer):
 
     class Meta(EdgeNodeSerializer.Meta):
         fields = [*EdgeNodeSerializer.Meta.fields, "token"]
+
+
+class ActiveCallSerializer(serializers.Serializer):
+    """A call in progress on an edge, as the edge lists it (GET /calls), with names."""
+
+    call_id = serializers.CharField(help_text="The edge's id of the call (its CDR's call_id).")
+    edge = serializers.CharField(help_text="Name of the edge node carrying the call.")
+    trunk_id = serializers.IntegerField(allow_null=True)
+    trunk = serializers.CharField(allow_null=True)
+    customer_id = serializers.IntegerField(allow_null=True)
+    customer = serializers.CharField(allow_null=True)
+    direction = serializers.ChoiceField(choices=["inbound", "outbound"])
+    caller = serializers.CharField(allow_null=True, help_text="E.164")
+    callee = serializers.CharField(allow_null=True, help_text="E.164")
+    state = serializers.ChoiceField(choices=["setup", "ringing", "answered"])
+    setup_at = serializers.DateTimeField(allow_null=True)
+    answer_at = serializers.DateTimeField(allow_null=True)
+
+
+class UnreachableEdgeSerializer(serializers.Serializer):
+    edge = serializers.CharField()
+    error = serializers.CharField()
+
+
+class ActiveCallListSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    results = ActiveCallSerializer(many=True)
+    unreachable_edges = UnreachableEdgeSerializer(
+        many=True, help_text="Edges that did not answer: their calls are missing from results."
+    )
+
+
+class ActiveCallFilterSerializer(serializers.Serializer):
+    """Query parameters of GET /api/v1/calls/active/."""
+
+    customer = serializers.IntegerField(required=False, help_text="Customer id (staff).")
+    trunk = serializers.IntegerField(required=False, help_text="Trunk id.")
+    edge = serializers.CharField(required=False, help_text="Edge node name.")
+    search = serializers.CharField(
+        required=False, help_text="Part of the caller, callee, trunk, customer or call id."
+    )

@@ -14,3 +14,4 @@ def register(router: BaseRouter) -> None:
     router.register("carriers", views.CarrierViewSet)
     router.register("carrier-gateways", views.CarrierGatewayViewSet)
     router.register("edge-nodes", views.EdgeNodeViewSet)
+    router.register("calls/active", views.ActiveCallViewSet, basename="active-call")

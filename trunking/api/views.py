@@ -5,16 +5,18 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api.serializers import ReasonSerializer
 from accounts.models import Customer
+from core.permissions import TenantPermission
+from core.tenancy import get_caller
 from core.viewsets import TenantScopedViewSet
 
-from .. import services
+from .. import selectors, services
 from ..filtersets import (
     CarrierFilterSet,
     CarrierGatewayFilterSet,
@@ -224,3 +226,57 @@ class EdgeNodeViewSet(TenantScopedViewSet):
                 "created_at": latest.created_at if latest else None,
             }
         )
+
+
+class ActiveCallViewSet(viewsets.ViewSet):
+    """Calls in progress, asked of every edge now (not stored): the live board's data.
+
+    Tenant-scoped like every endpoint: a customer sees and hangs up only its own calls;
+    another tenant's call id answers 404. Hanging up needs a write role (owner, admin) or staff.
+    """
+
+    permission_classes = [TenantPermission]
+    lookup_field = "call_id"
+    lookup_value_regex = "[0-9A-Za-z_.:-]+"
+
+    @extend_schema(parameters=[s.ActiveCallFilterSerializer], responses=s.ActiveCallListSerializer)
+    def list(self, request: Request) -> Response:
+        filters = s.ActiveCallFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        given = filters.validated_data
+        found = selectors.active_calls(
+            caller=get_caller(request),
+            customer_id=given.get("customer"),
+            trunk_id=given.get("trunk"),
+            edge=given.get("edge"),
+            search=given.get("search"),
+        )
+        unreachable = [
+            {"edge": answer.node.name, "error": answer.error}
+            for answer in found.edges
+            if answer.error is not None
+        ]
+        if not get_caller(request).is_staff:  # edge errors name internal addresses
+            unreachable = [{"edge": row["edge"], "error": "unreachable"} for row in unreachable]
+        return Response(
+            {"count": len(found.calls), "results": found.calls, "unreachable_edges": unreachable}
+        )
+
+    @extend_schema(
+        request=None,
+        responses={
+            204: OpenApiResponse(description="The edge ended the call (BYE/CANCEL sent)."),
+            404: OpenApiResponse(description="No such call in progress (or not yours)."),
+            502: OpenApiResponse(description="The edge carrying the call did not answer."),
+        },
+    )
+    def destroy(self, request: Request, call_id: str | None = None) -> Response:
+        """Hang up a call in progress: its edge ends both legs and writes its CDR."""
+        caller = get_caller(request)
+        try:
+            services.call_hangup(actor=caller, call_id=str(call_id))
+        except services.CallNotFound:
+            return Response({"detail": "No such call in progress."}, status=404)
+        except services.EdgeUnavailable:
+            return Response({"detail": "The edge carrying the call did not answer."}, status=502)
+        return Response(status=status.HTTP_204_NO_CONTENT)
