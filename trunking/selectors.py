@@ -35,18 +35,25 @@ class EdgeCalls:
     node: EdgeNode
     calls: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # its GET /health answer
 
 
 def edge_calls(node: EdgeNode) -> EdgeCalls:
-    """The calls in progress on ``node`` (its control API's ``GET /calls``)."""
+    """The calls in progress on ``node`` (its control API's ``GET /calls``) and its health
+    (``GET /health``: the config version it runs, draining or not)."""
     try:
         answer = _request(node, "GET", "/calls", None, EDGE_CALLS_TIMEOUT)
         calls = answer["calls"]
         if not isinstance(calls, list):
             raise TypeError("calls is not a list")
+        health = _request(node, "GET", "/health", None, EDGE_CALLS_TIMEOUT)
     except (EdgePushError, KeyError, TypeError) as exc:
         return EdgeCalls(node, error=str(exc) or type(exc).__name__)
-    return EdgeCalls(node, calls=[call for call in calls if isinstance(call, dict)])
+    return EdgeCalls(
+        node,
+        calls=[call for call in calls if isinstance(call, dict)],
+        health=health if isinstance(health, dict) else {},
+    )
 
 
 def edges_calls(nodes: Iterable[EdgeNode] | None = None) -> list[EdgeCalls]:
@@ -175,26 +182,30 @@ def board_trunks(caller: Caller) -> list[dict[str, Any]]:
     ]
 
 
-def board_edges(answers: list[EdgeCalls] | None = None) -> list[dict[str, Any]]:
-    """Every enabled edge: config version and lag as recorded, reachability as just asked."""
+def board_edges(answers: list[EdgeCalls]) -> list[dict[str, Any]]:
+    """The edges just asked: the config version each runs (its /health), its lag behind the
+    current version, and its health; an edge that did not answer is "unreachable"."""
     current = ConfigRevision.objects.values_list("pk", flat=True).first()
-    reached = {} if answers is None else {a.node.pk: a.error for a in answers}
     rows = []
-    for node in EdgeNode.objects.filter(enabled=True):
+    for answer in sorted(answers, key=lambda a: a.node.name):
+        node = answer.node
+        applied = answer.health.get("config_version", node.applied_version)
+        if answer.error is not None:
+            health = "unreachable"
+        else:
+            health = "draining" if answer.health.get("status") == "draining" else "ok"
         lag = None
-        if current is not None and node.applied_version is not None:
-            lag = max(current - node.applied_version, 0)
-        health = node.health
-        if node.pk in reached:
-            health = "unreachable" if reached[node.pk] else health if health != "unknown" else "ok"
+        if isinstance(current, int) and isinstance(applied, int):
+            lag = max(current - applied, 0)
         rows.append(
             {
                 "name": node.name,
-                "applied_version": node.applied_version,
+                "applied_version": applied,
                 "config_version": current,
                 "lag": lag,
                 "health": health,
-                "last_seen": node.last_seen.isoformat() if node.last_seen else None,
+                "active_calls": answer.health.get("active_calls"),
+                "error": answer.error,
             }
         )
     return rows

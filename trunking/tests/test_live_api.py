@@ -33,12 +33,15 @@ def test_list_shows_each_caller_its_own_calls(who, expected, api_as, edge, trunk
         return
     body = response.json()
     ids = {row["call_id"] for row in body["results"]}
-    assert ids == {
-        "owner": {"acme-call"},
-        "read_only": {"acme-call"},
-        "other_customer": {"globex-call"},
-        "staff": {"acme-call", "globex-call"},
-    }[who]
+    assert (
+        ids
+        == {
+            "owner": {"acme-call"},
+            "read_only": {"acme-call"},
+            "other_customer": {"globex-call"},
+            "staff": {"acme-call", "globex-call"},
+        }[who]
+    )
     assert body["count"] == len(ids) and body["unreachable_edges"] == []
     if who == "owner":
         (row,) = body["results"]

@@ -78,6 +78,7 @@ def test_session_staff_sees_every_call_and_edge(edge, staff_user):
         assert {t["name"] for t in snapshot["trunks"]} == {"pbx-1", "globex-pbx"}
         assert [e["name"] for e in snapshot["edges"]] == ["edge-1"]
         assert snapshot["edges"][0]["health"] == "ok"
+        assert snapshot["edges"][0]["applied_version"] == 1  # as the edge says (its /health)
         await ws.disconnect()
 
     run(scenario())

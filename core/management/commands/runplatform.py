@@ -27,7 +27,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from edge.runtime.control import ControlServer
+from edge.runtime.events import BatchingSink
 from edge.runtime.main import EdgeOptions, EdgeRuntime, StartupError
+from trunking.live import deliver_batch
 from trunking.models import EdgeNode
 from trunking.tasks import reconcile_edges
 from trunking.tokens import edge_node_token
@@ -105,7 +107,8 @@ class Command(BaseCommand):
         runtime = None
         if edge:
             options = await sync_to_async(self._edge_options)(port)
-            runtime = EdgeRuntime(options)
+            # Live call events straight to the channel layer on this loop (trunking/live.py).
+            runtime = EdgeRuntime(options, events=BatchingSink(deliver_batch, node=options.node))
             try:
                 await runtime.start()
                 self.stdout.write(runtime.ready_line())
