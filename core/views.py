@@ -31,6 +31,7 @@ class SignInView(auth_views.LoginView):
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
+    next_page = "home"  # unless ?next= says otherwise
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

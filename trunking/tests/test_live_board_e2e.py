@@ -14,6 +14,7 @@ PostgreSQL; it ignores DATABASE_URL and REDIS_URL on purpose: it tests the embed
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -141,7 +142,8 @@ def test_a_call_appears_is_hung_up_from_the_page_and_leaves(platform) -> None:
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
             accept_dialogs = threading.Event()
             page.on("dialog", lambda dialog: (accept_dialogs.set(), dialog.dismiss()))
@@ -174,6 +176,7 @@ def test_a_call_appears_is_hung_up_from_the_page_and_leaves(platform) -> None:
             sync_api.expect(gauge.locator(".g-value")).to_have_text("0 / 3")
             sync_api.expect(page.locator("#t-active")).to_have_text("0")
             assert not accept_dialogs.is_set(), "the page reported a failed hang-up"
+            _five_thousand_calls_render_only_the_visible_rows(context, platform["url"], sync_api)
         finally:
             browser.close()
 
@@ -182,3 +185,32 @@ def test_a_call_appears_is_hung_up_from_the_page_and_leaves(platform) -> None:
     assert caller.received("BYE"), caller.explain()
     callee = platform["uas"].wait(timeout=20)
     assert callee.received("BYE"), callee.explain()
+
+
+def _five_thousand_calls_render_only_the_visible_rows(context, url, sync_api) -> None:
+    """A board fed a snapshot of 5,000 calls (its WebSocket answered by Playwright, not the
+    server) keeps a few dozen rows in the page and still finds any call."""
+    trunk = {"id": 1, "name": "big", "customer_id": 1, "customer": "Acme", "status": "active",
+             "max_channels": 6000, "max_cps": 100}  # fmt: skip
+    calls = [
+        {"call_id": f"c{i}", "edge": "edge-1", "trunk_id": 1, "customer_id": 1,
+         "direction": "outbound", "caller": f"+1415{i:07d}", "callee": "+442071234567",
+         "state": "answered", "setup_at": f"2026-12-04T20:{i // 600 % 60:02d}:00Z",
+         "answer_at": None}
+        for i in range(5000)
+    ]  # fmt: skip
+    snapshot = {"type": "snapshot", "me": {"staff": True}, "trunks": [trunk], "edges": [],
+                "calls": calls}  # fmt: skip
+    page = context.new_page()
+    page.route_web_socket(re.compile(r"/ws/live/"), lambda ws: ws.send(json.dumps(snapshot)))
+    page.goto(f"{url}/")
+    sync_api.expect(page.locator("#t-active")).to_have_text("5000")
+    sync_api.expect(page.locator(".trunk .g-value").first).to_have_text("5000 / 6000")
+    rows = page.locator("#viewport .row")
+    assert 0 < rows.count() <= 60, rows.count()  # virtualized: only what is visible
+    page.locator("#viewport").evaluate("v => { v.scrollTop = v.scrollHeight; }")
+    sync_api.expect(page.locator("#viewport .row", has_text="+14150004999")).to_have_count(1)
+    page.fill("#f-search", "+14150001234")
+    sync_api.expect(rows).to_have_count(1)
+    sync_api.expect(page.locator("#shown")).to_have_text("1 of 5000 shown")
+    page.close()
