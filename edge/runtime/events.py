@@ -148,6 +148,7 @@ class BatchingSink:
         self.interval = interval
         self._pending: deque[LiveEvent] = deque(maxlen=max_pending)
         self._timer: asyncio.TimerHandle | None = None
+        self._oldest = 0.0  # loop time the oldest pending event arrived
         self._in_flight: asyncio.Future[None] | None = None
         self._closed = False
         # Events lost: to a full buffer (a publisher that cannot keep up) or a failed batch.
@@ -169,6 +170,8 @@ class BatchingSink:
         if self._closed or not events:
             return
         pending = self._pending
+        if not pending:
+            self._oldest = self._loop.time()
         overflow = len(pending) + len(events) - (pending.maxlen or 0)
         if overflow > 0:
             self.dropped += overflow  # the deque drops the oldest itself
@@ -224,7 +227,10 @@ class BatchingSink:
                     "cancelled" if task.cancelled() else task.exception(),
                 )
         if self._pending and not self._closed and self._timer is None:
-            self._timer = self._loop.call_later(self.interval, self._on_timer)
+            # Events that waited for this publish go out one interval after the oldest came,
+            # not one interval after the publish ended (a slow Redis would add its delay).
+            delay = max(0.0, self._oldest + self.interval - self._loop.time())
+            self._timer = self._loop.call_later(delay, self._on_timer)
 
 
 class RedisStreamPublisher:

@@ -235,3 +235,30 @@ def test_node_events_encode_with_their_fields():
         encode_batch("e", [NodeEvent("config_applied", 5.0, {"config_version": 9})])
     )
     assert batch["events"] == [{"kind": "config_applied", "at": 5.0, "config_version": 9}]
+
+
+@run_async
+async def test_events_that_waited_for_a_slow_publish_are_not_held_a_further_interval():
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    sent: list[bytes] = []
+
+    async def slow(batch: bytes) -> None:
+        sent.append(batch)
+        await release.wait()
+
+    sink = BatchingSink(slow, node="n", loop=loop, interval=0.05)
+    sink.publish([event("started", "a")])
+    await asyncio.sleep(0.08)  # "a" is in flight
+    arrived = loop.time()
+    sink.publish([event("started", "b")])  # waits for the publisher
+    await asyncio.sleep(0.2)  # the publisher is slower than the interval
+    released = loop.time()
+    release.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    (handle,) = [h for h in loop._scheduled if h._callback == sink._on_timer]  # type: ignore[attr-defined]
+    # Due one interval after "b" came (already past: at once), not one after the publish ended.
+    assert handle.when() <= max(arrived + sink.interval, released) + 1e-3
+    await sink.aclose()
+    assert len(sent) == 2
