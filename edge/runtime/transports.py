@@ -6,7 +6,9 @@ core (`datagram_received`, or `message_received` per message a `StreamParser` fr
 
 - `Transmit` → the UDP socket, or the stream connection to that peer (opened on demand);
 - `CdrReady` → the CDR journal (`JournalFlusher.append`: batched, one write+fsync per batch);
-- `CallEvent` → the `EventSink` (one `publish` per input, with that input's events).
+- `CallEvent` → the `EventSink` (one `publish` per input, with that input's events), plus a
+  ``refused`` event for each CDR of an attempt refused before it became a call (the core emits
+  no event for those; the live board counts refusals by reason).
 
 After every input the dispatcher re-arms ONE ``loop.call_at`` handle for
 ``core.next_timer()``, and only when the deadline moved earlier than the armed one or the armed
@@ -202,6 +204,35 @@ class HostResolver:
         self._waiting.clear()
 
 
+def _with_refusals(
+    events: list[CallEvent] | None, records: list[CallDetailRecord]
+) -> list[CallEvent] | None:
+    """A CDR without a call event of its own is an attempt refused before it became a call
+    (channel_limit, cps_limit, acl_denied, ...): the live board counts it as a "refused" event
+    made from the record, so refusals by reason reach the board as they happen."""
+    seen = {event.call_id for event in events} if events else ()
+    for record in records:
+        if record.call_id in seen:
+            continue
+        if events is None:
+            events = []
+        events.append(
+            CallEvent(
+                kind="refused",
+                call_id=record.call_id,
+                trunk_id=record.trunk_id,
+                customer_id=record.customer_id,
+                direction=record.direction,
+                caller=record.caller_e164,
+                callee=record.callee_e164,
+                at=time.time(),
+                reason=record.reason,
+                final_code=record.final_code,
+            )
+        )
+    return events
+
+
 class Dispatcher:
     """Applies the core's outputs and keeps the core's one loop timer armed."""
 
@@ -236,12 +267,16 @@ class Dispatcher:
     def dispatch(self, outputs: Sequence[Output]) -> None:
         """Carry out the outputs of one input, then re-arm the timer."""
         events: list[CallEvent] | None = None
+        records: list[CallDetailRecord] | None = None
         for out in outputs:
             kind = type(out)
             if kind is Transmit:
                 self.send(out.data, out.addr)  # type: ignore[union-attr]
             elif kind is CdrReady:
                 self._journal(out.record)  # type: ignore[union-attr]
+                if records is None:
+                    records = []
+                records.append(out.record)  # type: ignore[union-attr]
             elif kind is CallEvent:
                 if events is None:
                     events = []
@@ -250,6 +285,8 @@ class Dispatcher:
                 security_logger.warning("%s", out.log_line())  # type: ignore[union-attr]
             else:
                 self.log_throttled("output", logging.ERROR, "unknown core output %r dropped", out)
+        if records is not None:
+            events = _with_refusals(events, records)
         if events is not None:
             try:
                 self.events.publish(events)

@@ -282,6 +282,13 @@ async def test_call_events_reach_a_batching_sink_and_the_cdr_the_journal(tmp_pat
     assert node_event["kind"] == "node_started" and node_event["config_version"] >= 1
     assert [e["kind"] for e in events] == ["started", "ended"]
     assert events[1]["final_code"] == 486
+    # An attempt refused before it became a call (invalid_number) is a "refused" event.
+    caller.send(caller.invite(sip, callee="not-a-number"), sip)
+    assert (await asyncio.to_thread(caller.final)).status == 484
+    await asyncio.sleep(0.05)
+    refused = orjson.loads(batches[-1])["events"][-1]
+    assert refused["kind"] == "refused" and refused["reason"] == "invalid_number"
+    assert refused["final_code"] == 484 and refused["call_id"] not in {e["call_id"] for e in events}
     # A config applied is news too: the board re-reads the edge's calls on it.
     assert runtime.core is not None
     runtime.apply_config(runtime.core.config)
@@ -291,8 +298,9 @@ async def test_call_events_reach_a_batching_sink_and_the_cdr_the_journal(tmp_pat
     runtime.stop()
     await runtime.run_until_stopped()
     (journal,) = journal_files(tmp_path / "cdr")
-    ((_, record),) = list(read_journal(journal))
-    assert record.call_id == events[0]["call_id"] and record.final_code == 486
+    busy, invalid = (record for _, record in read_journal(journal))
+    assert busy.call_id == events[0]["call_id"] and busy.final_code == 486
+    assert invalid.call_id == refused["call_id"]  # the refused event names its CDR
     caller.close()
     gateway.close()
 

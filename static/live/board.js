@@ -106,6 +106,11 @@
     } else if (e.kind === "answered") {
       bucketAt(t).answers++;
       if (call) { call.state = "answered"; call.answered = t; }
+    } else if (e.kind === "refused") {
+      // An attempt refused before it became a call (its CDR): an attempt and a refusal.
+      var b = bucketAt(t);
+      b.attempts++;
+      b.refusals[e.reason] = (b.refusals[e.reason] || 0) + 1;
     } else if (e.kind === "ended") {
       if (e.reason && !NOT_REFUSED[e.reason] && !(call && call.answered)) {
         var r = bucketAt(t).refusals;
