@@ -270,10 +270,12 @@
   function renderEdges() {
     var el = $("edges");
     if (!el) return;
+    var perEdge = new Map();
+    calls.forEach(function (c) { perEdge.set(c.edge, (perEdge.get(c.edge) || 0) + 1); });
     var html = edges.map(function (e) {
       return '<tr data-edge="' + esc(e.name) + '"><td>' + esc(e.name) + "</td><td>" + (e.applied_version == null ? "–" : e.applied_version) +
         "</td><td>" + (e.lag == null ? "–" : e.lag) + '</td><td class="health" data-health="' + esc(e.health) + '">' +
-        esc(e.health) + "</td><td>" + (e.active_calls == null ? "–" : e.active_calls) + "</td></tr>";
+        esc(e.health) + "</td><td>" + (e.health === "unreachable" ? "–" : perEdge.get(e.name) || 0) + "</td></tr>";
     }).join("");
     if (el.innerHTML !== html) el.innerHTML = html;
   }
