@@ -22,10 +22,13 @@ an SQLite file in a temporary directory holding one operator API key and the edg
    their ratios to the bare round trip. Most of the figure is the edge's batching interval
    (0.1 s): an event waits for its batch.
 3. Publishing cost: the edge at ``--cost-rate`` calls/s with ``--live-events on`` and ``off``,
-   alternately, ``--cost-rounds`` times each; the edge's CPU time (utime+stime of its process)
-   per call, best round of each. ``publish_cost`` is on/off - 1: the share of CPU capacity
-   publishing takes, so the fall in the edge's highest calls/s it implies (the issue's target:
-   at most 5 %). Not a maximum-rate search (bench/edge_cps.py does that, minutes per figure).
+   alternately (the order swapped every round: the machine's load drifts), ``--cost-rounds``
+   times each; the edge's CPU time (utime+stime of its process) per call, best round of each.
+   on/off - 1 is the share of CPU capacity publishing takes, so the fall in the edge's highest
+   calls/s it implies (the issue's target: at most 5 %). Not a maximum-rate search
+   (bench/edge_cps.py does that, minutes per figure). On a shared machine this difference is
+   within the noise, so the publisher's own work (publish + encode of a call's 4 events,
+   in-process, no XADD) is printed too: the steady part of the cost.
 
 Last line: ``live_p99_ms=<p99 at 500 calls/s>``. The machine is shared and noisy: compare
 ratios, and runs with each other, rather than absolute milliseconds.
@@ -254,6 +257,30 @@ async def live_latency(
     return latencies, in_stream, result
 
 
+def publisher_work_per_call(calls: int = 50_000) -> float:
+    """Seconds of CPU the sink and the encoding take per call (4 events), without the XADD:
+    the steady part of the cost, free of the other processes' noise."""
+    from edge.b2bua import CallEvent
+    from edge.runtime.events import BatchingSink, encode_batch
+
+    def one(kind: str) -> CallEvent:
+        return CallEvent(kind, "0123456789abcdef" * 2, 1, 1, "outbound", "+14155550100",
+                         "+14155550123", time.time())  # fmt: skip
+
+    kinds = [[one(kind)] for kind in ("started", "ringing", "answered", "ended")]
+
+    async def run() -> float:
+        sink = BatchingSink(lambda batch: None, node="bench", interval=3600, max_pending=10**7)
+        started = time.process_time()
+        for _ in range(calls):
+            for events in kinds:
+                sink.publish(events)
+        encode_batch("bench", list(sink._pending))
+        return (time.process_time() - started) / calls
+
+    return asyncio.run(run())
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:.1f}"
 
@@ -316,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cost: dict[bool, list[float]] = {True: [], False: []}
         for round_ in range(args.cost_rounds):
-            for live in (True, False):
+            # Alternate which goes first: the machine's load drifts during a run.
+            for live in (True, False) if round_ % 2 == 0 else (False, True):
                 edge = start_edge(
                     workdir / f"edge-cost-{round_}-{live}", far_end.local_port,
                     token=secrets["token"], control_port=control_port, redis_url=redis_url,
@@ -352,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         redis_process.kill()
         redis_process.wait(5)
         shutil.rmtree(workdir, ignore_errors=True)
+    own = publisher_work_per_call()
+    print(
+        f"the publisher's own work in-process (4 events a call: publish + encode): "
+        f"{own * 1e6:.1f} us/call"
+    )
     print(f"live_p99_ms={p99_500 * 1000:.1f}")
     return 0
 
