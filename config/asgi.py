@@ -18,7 +18,7 @@ from trunking.consumers import KEY_SUBPROTOCOL_PREFIX  # noqa: E402
 class OriginCheckUnlessApiKey:
     """Check a WebSocket's Origin against ALLOWED_HOSTS when it rides on the session cookie
     (another site must not open a board with the user's cookie); a connection that presents an
-    API key (header, subprotocol or query: trunking/consumers.py) is a script, often without
+    API key (header or subprotocol: trunking/consumers.py) is a script, often without
     Origin, and proves itself by the key."""
 
     def __init__(self, app):  # type: ignore[no-untyped-def]
@@ -26,14 +26,10 @@ class OriginCheckUnlessApiKey:
         self.checked = AllowedHostsOriginValidator(app)
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        keyed = (
-            any(
-                name == b"authorization" and value[:8].lower() == b"api-key "
-                for name, value in scope.get("headers", ())
-            )
-            or any(p.startswith(KEY_SUBPROTOCOL_PREFIX) for p in scope.get("subprotocols", ()))
-            or b"api_key=" in scope.get("query_string", b"")
-        )
+        keyed = any(
+            name == b"authorization" and value[:8].lower() == b"api-key "
+            for name, value in scope.get("headers", ())
+        ) or any(p.startswith(KEY_SUBPROTOCOL_PREFIX) for p in scope.get("subprotocols", ()))
         return await (self.app if keyed else self.checked)(scope, receive, send)
 
 

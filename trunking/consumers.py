@@ -2,7 +2,8 @@
 
 Authentication: the browser session (staff, or a member of a customer), or an API key given as
 the ``Authorization: Api-Key …`` header, as the subprotocol ``api-key.<key>`` (what a browser
-script can set; the server answers with subprotocol ``trunkline.live``), or ``?api_key=``.
+script can set; the server answers with subprotocol ``trunkline.live``). Not in the query
+string: servers log request paths, and a key must never reach a log.
 Anyone else is refused at the handshake (HTTP 403).
 
 Messages to the client (JSON):
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
-from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -40,7 +40,7 @@ KEY_SUBPROTOCOL_PREFIX = "api-key."
 
 
 def _caller_from_scope(scope: dict[str, Any]) -> Caller | None:
-    """The caller of a WebSocket handshake: API key (header, subprotocol, query) or session."""
+    """The caller of a WebSocket handshake: API key (header or subprotocol) or session."""
     supplied = None
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
@@ -50,9 +50,6 @@ def _caller_from_scope(scope: dict[str, Any]) -> Caller | None:
     for protocol in scope.get("subprotocols", ()):
         if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
             supplied = protocol[len(KEY_SUBPROTOCOL_PREFIX) :]
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if "api_key" in query:
-        supplied = query["api_key"][0]
     if supplied is not None:
         key = api_key_for(supplied)
         return None if key is None else caller_for_api_key(key)
