@@ -8,9 +8,10 @@ Anyone else is refused at the handshake (HTTP 403).
 
 Messages to the client (JSON):
 
-- ``{"type": "snapshot", "me": {...}, "trunks": [...], "edges": [...], "calls": [...]}``: on
-  connect and every ``RESYNC_SECONDS``; the calls are asked of every edge's ``GET /calls``
-  (selectors.active_calls), so they replace whatever the client held;
+- ``{"type": "snapshot", "me": {...}, "trunks": [...], "edges": [...], "calls": [...],
+  "history": [...]}``: on connect and every ``RESYNC_SECONDS``; the calls are asked of every
+  edge's ``GET /calls`` (selectors.active_calls), so they replace whatever the client held;
+  ``history`` is the last 15 minutes of CDRs per minute and reason (the chart's start);
 - ``{"type": "events", "node": "edge-1", "events": [...]}``: call events as the edges batch
   them (about every 100 ms), only of the caller's own calls unless staff;
 - ``{"type": "edge_calls", "edge": "edge-1", "calls": [...], "edges": [...]}``: after that edge
@@ -84,6 +85,7 @@ def board_snapshot(caller: Caller) -> dict[str, Any]:
         "trunks": selectors.board_trunks(caller),
         "edges": selectors.board_edges(answers) if caller.is_staff else [],
         "calls": calls,
+        "history": selectors.board_history(caller),
     }
 
 

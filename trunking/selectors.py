@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
+
+from django.db.models import Count, Q
+from django.db.models.functions import TruncMinute
+from django.utils import timezone
 
 from accounts.models import Customer
 from core.tenancy import Caller
@@ -209,3 +214,32 @@ def board_edges(answers: list[EdgeCalls]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+HISTORY_MINUTES = 15
+
+
+def board_history(caller: Caller, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The last 15 minutes of call attempts from the CDRs loaded so far, per minute and
+    reason: what the board's chart starts from (live events add to it). CDRs reach the
+    database a little after the calls end, so the last minute is usually incomplete."""
+    from billing.models import Cdr
+
+    now = now or timezone.now()
+    since = (now - timedelta(minutes=HISTORY_MINUTES)).replace(second=0, microsecond=0)
+    rows = (
+        caller.scope(Cdr.objects.filter(setup_at__gte=since))
+        .annotate(minute=TruncMinute("setup_at"))
+        .values("minute", "reason")
+        .annotate(attempts=Count("id"), answers=Count("id", filter=Q(answer_at__isnull=False)))
+        .order_by("minute", "reason")
+    )
+    return [
+        {
+            "minute": row["minute"].isoformat(),
+            "reason": row["reason"],
+            "attempts": row["attempts"],
+            "answers": row["answers"],
+        }
+        for row in rows
+    ]

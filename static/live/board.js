@@ -9,8 +9,8 @@
   var options = window.TRUNKLINE_BOARD || {};
   var ROW = 30; // px per call row (fixed: the list is virtualized)
   var RENDER_EVERY = 250; // ms: at most four renders a second however busy the feed
-  var BUCKET = 30000; // ms per chart bar
-  var BUCKETS = 30; // 30 x 30 s = the last 15 minutes
+  var BUCKET = 60000; // ms per chart bar
+  var BUCKETS = 15; // 15 x 1 min = the last 15 minutes
   // Ends that are no refusal (edge-policy.md, "how a call ends"); any other reason is a refusal.
   var NOT_REFUSED = {
     normal_clearing: 1, callee_rejected: 1, timeout: 1, cancelled: 1, max_duration: 1,
@@ -25,6 +25,7 @@
   var buckets = new Map(); // bucket number -> {attempts, answers, refusals: {reason: n}}
   var reasonColors = {};
   var ending = new Set();
+  var historyLoaded = false;
   var filtered = [];
   var dirty = true;
   var ws = null;
@@ -70,6 +71,7 @@
       edges = msg.edges;
       calls = new Map();
       msg.calls.forEach(function (row) { calls.set(key(row.edge, row.call_id), fromRow(row)); });
+      if (!historyLoaded && msg.history) loadHistory(msg.history);
       fillFilters();
     } else if (msg.type === "edge_calls") {
       // That edge restarted or applied a config: its calls are what it lists now, no ghosts.
@@ -80,6 +82,21 @@
       msg.events.forEach(function (e) { apply(msg.node, e); });
     }
     dirty = true;
+  }
+
+  function loadHistory(rows) {
+    // Once per page: the CDRs of the last 15 minutes; from then on the events count (a later
+    // snapshot's history would lag them: CDRs reach the database after the calls end).
+    historyLoaded = true;
+    rows.forEach(function (row) {
+      var b = bucketAt(Date.parse(row.minute));
+      b.attempts += row.attempts;
+      b.answers += row.answers;
+      var unanswered = row.attempts - row.answers;
+      if (unanswered > 0 && !NOT_REFUSED[row.reason]) {
+        b.refusals[row.reason] = (b.refusals[row.reason] || 0) + unanswered;
+      }
+    });
   }
 
   function bucketAt(t) {

@@ -255,3 +255,51 @@ def test_batches_from_the_redis_stream_are_relayed_to_the_boards(edge, customer,
     finally:
         client.delete(stream)
         client.close()
+
+
+def test_the_snapshot_carries_the_last_15_minutes_of_cdrs_of_the_caller(
+    edge, customer, trunk, other_trunk
+):
+    from datetime import datetime, timedelta
+
+    from django.utils import timezone
+
+    from billing.services import cdrs_ingest
+    from edge.cdr import iso_utc
+    from edge.tests.test_cdr import make_cdr, refused_cdr
+
+    now = timezone.now().timestamp()
+
+    def at(seconds_ago: float) -> str:
+        return iso_utc(now - seconds_ago)
+
+    answered = make_cdr(
+        customer_id=customer.pk, trunk_id=trunk.pk, setup_at=at(120), ringing_at=at(119),
+        answer_at=at(118), end_at=at(100),
+    )  # fmt: skip
+    limited = refused_cdr(
+        customer_id=customer.pk, trunk_id=trunk.pk, direction="outbound", setup_at=at(60),
+        end_at=at(60), final_code=503, reason="channel_limit",
+    )  # fmt: skip
+    theirs = refused_cdr(
+        customer_id=other_trunk.customer_id, trunk_id=other_trunk.pk, setup_at=at(60),
+        end_at=at(60), final_code=503, reason="cps_limit",
+    )  # fmt: skip
+    old = refused_cdr(customer_id=customer.pk, setup_at=at(3600), end_at=at(3600))
+    cdrs_ingest(records=[answered, limited, theirs, old])
+    key = key_for(customer)
+
+    async def scenario():
+        ws, connected, _ = await connect(headers=[(b"authorization", f"Api-Key {key}".encode())])
+        assert connected
+        history = (await ws.receive_json_from(TIMEOUT))["history"]
+        await ws.disconnect()
+        return history
+
+    history = run(scenario())
+    by_reason = {row["reason"]: (row["attempts"], row["answers"]) for row in history}
+    assert by_reason == {"normal_clearing": (1, 1), "channel_limit": (1, 0)}  # not theirs, not old
+    assert all(
+        timezone.now() - datetime.fromisoformat(row["minute"]) < timedelta(minutes=16)
+        for row in history
+    )
