@@ -207,13 +207,13 @@ class HostResolver:
 def _with_refusals(
     events: list[CallEvent] | None, records: list[CallDetailRecord]
 ) -> list[CallEvent] | None:
-    """A CDR without a call event of its own is an attempt refused before it became a call
-    (channel_limit, cps_limit, acl_denied, ...): the live board counts it as a "refused" event
-    made from the record, so refusals by reason reach the board as they happen."""
+    """A CDR without a call event of its own and without a route tried is an attempt refused
+    before it became a call (channel_limit, cps_limit, acl_denied, ...): it goes to the live
+    board as a "refused" event made from the record, so refusals by reason show at once."""
     seen = {event.call_id for event in events} if events else ()
     for record in records:
-        if record.call_id in seen:
-            continue
+        if record.call_id in seen or record.routes or record.answer_at is not None:
+            continue  # a call the core reported itself, or one that got as far as a route
         if events is None:
             events = []
         events.append(

@@ -10,8 +10,9 @@ command line > EDGE_* environment variables > the settings below > built-in defa
 - ``--token``: the registered edge node's own token (derived from SECRET_KEY, read from the
   database), else ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
 - ``--journal-dir``: ``EDGE_JOURNAL_DIR`` (``VAR_DIR/cdr``); ``--state-dir``: ``VAR_DIR/edge``;
-- ``--redis-url``: ``REDIS_URL`` (limits counted across edges). Set ``EDGE_LIMIT_SHARE`` to
-  the number of edges, the share of each limit an edge keeps to while Redis is unreachable.
+- ``--redis-url``: ``REDIS_URL`` (limits counted across edges; the live board's events). Set
+  ``EDGE_LIMIT_SHARE`` to the number of edges, the share of each limit an edge keeps to while
+  Redis is unreachable.
 
 The edge itself never touches the ORM: this command only computes defaults, then hands over.
 """
