@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import shutil
 import socket
 import subprocess
@@ -167,7 +168,9 @@ def redis_server(tmp_path):
     """A redis-server on a free port that the test may kill (an outage), and its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed (CI installs Redis)")
+        if os.environ.get("REDIS_URL") or os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI has Redis)")
+        pytest.skip("redis-server is not installed")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
