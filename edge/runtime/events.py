@@ -66,9 +66,10 @@ logger = logging.getLogger(__name__)
 
 # The Redis stream standalone edges append their batches to (read by trunking/live.py).
 LIVE_EVENTS_STREAM = "trunkline:live-events"
-# Batches the stream keeps (approximately): about a minute of a busy edge; older ones are
-# of no use to a live board, which resyncs from the edges' control APIs anyway.
-LIVE_EVENTS_STREAM_MAXLEN = 10_000
+# Batches the stream keeps (approximately): ~100 s of one edge (10 batches a second, ~50 KB
+# each at 500 calls/s), bounding Redis' memory when no relay reads; older batches are of no use
+# to a live board, which skips them and resyncs from the edges' control APIs anyway.
+LIVE_EVENTS_STREAM_MAXLEN = 1_000
 # A Redis that does not answer within this costs the batch (counted), never a call.
 PUBLISH_TIMEOUT = 0.5
 
