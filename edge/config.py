@@ -456,6 +456,7 @@ class EdgeConfig:
         "gateways",
         "generated_at",
         "realm",
+        "source",
         "trunks",
         "unresolved_gateway_hosts",
         "version",
@@ -465,6 +466,7 @@ class EdgeConfig:
     content_hash: str
     generated_at: str | None
     realm: str
+    source: Mapping[str, Any]  # the document compiled: the base a delta applies to
     trunks: Mapping[int, TrunkPolicy]
     customers: Mapping[int, CustomerState]
     gateways: tuple[Gateway, ...]  # every gateway, by priority, weight descending, id
@@ -508,6 +510,7 @@ class EdgeConfig:
         if schema != SCHEMA or type(schema) is not int:
             raise ConfigError(f"snapshot.schema: this edge reads schema {SCHEMA}, got {schema!r}")
         config: EdgeConfig = object.__new__(cls)
+        config.source = doc
         config.version = _int(doc, "version", "snapshot")
         config.content_hash = _str(doc, "content_hash", "snapshot")
         generated_at = doc.get("generated_at")

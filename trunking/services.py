@@ -178,7 +178,7 @@ def numbers_import(
     if errors:
         raise NumberImportError(sorted(errors, key=lambda e: (e["index"], e["field"] or "")))
     created = PhoneNumber.objects.bulk_create(numbers)
-    request_config_push()  # bulk_create sends no signals
+    request_config_push(keys=["numbers"])  # bulk_create sends no signals
     AuditEntry.objects.bulk_create(
         audit.build(actor=actor, obj=number, action=AuditAction.IMPORT) for number in created
     )

@@ -10,8 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from celery import shared_task
 
 from .models import EdgeNode
-from .push import EdgePushError, clear_push_request, edge_probe, edge_push
-from .snapshot import build_snapshot, encode
+from .push import (
+    EdgePushError,
+    clear_push_request,
+    edge_probe,
+    edge_push,
+    restore_changes,
+    take_changes,
+)
+from .snapshot_cache import Release, latest_release, publish
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +26,18 @@ RETRY_BACKOFF_MAX = 60  # seconds between retries to an unreachable edge, at mos
 PUSH_PARALLELISM = 8
 
 
-def _push_to(nodes: list[EdgeNode], body: bytes) -> list[int]:
+def _send(node: EdgeNode, release: Release) -> int:
+    """The delta to an edge on its base version, else the whole snapshot."""
+    body = release.body_for(node.applied_version)
+    return edge_push(node=node, body=body, full=release.full if body is not release.full else None)
+
+
+def _push_to(nodes: list[EdgeNode], release: Release) -> list[int]:
     """Push to every node at once; the ids of those that failed."""
 
     def one(node: EdgeNode) -> int | None:
         try:
-            edge_push(node=node, body=body)
+            _send(node, release)
         except EdgePushError as exc:
             logger.warning("config push failed: %s", exc)
             return node.pk
@@ -45,19 +58,26 @@ def _retry_later(node_ids: list[int]) -> None:
 
 @shared_task(acks_late=True)
 def push_config() -> int:
-    """Build the current snapshot and push it to every enabled edge not already on it.
+    """Build the current snapshot from what changed and push it to every enabled edge not
+    already on it (a delta to those on the version before).
 
     Returns the version. Edges that fail get a retrying task of their own.
     """
     clear_push_request()
-    snapshot = build_snapshot()
-    version = snapshot["version"]
+    changes = take_changes()
+    try:
+        release = publish(changes)
+    except BaseException:
+        restore_changes(changes)
+        raise
     stale = [
-        node for node in EdgeNode.objects.filter(enabled=True) if node.applied_version != version
+        node
+        for node in EdgeNode.objects.filter(enabled=True)
+        if node.applied_version != release.version
     ]
     if stale:
-        _retry_later(_push_to(stale, encode(snapshot)))
-    return version
+        _retry_later(_push_to(stale, release))
+    return release.version
 
 
 @shared_task(
@@ -70,32 +90,33 @@ def push_config() -> int:
     max_retries=10,
 )
 def push_config_to_edge(self, node_id: int) -> int | None:
-    """Push the current snapshot to one edge, retrying with exponential backoff."""
+    """Push the latest version to one edge, retrying with exponential backoff (the encoded
+    snapshot is reused, not built again)."""
     node = EdgeNode.objects.filter(pk=node_id, enabled=True).first()
     if node is None:
         return None
-    snapshot = build_snapshot()
-    if node.applied_version == snapshot["version"]:
+    release = latest_release()
+    if node.applied_version == release.version:
         return node.applied_version
-    return edge_push(node=node, body=encode(snapshot))
+    return _send(node, release)
 
 
 @shared_task
 def reconcile_edges() -> dict[str, list[str]]:
     """Periodic: probe every enabled edge; re-push to those whose version drifted.
 
-    Building the snapshot here also catches changes made behind the ORM's back (bulk updates),
-    since its version follows the content.
+    It compares with the latest published version (one row) and re-sends its stored bytes: no
+    rebuild. Changes reach that version through the push their commit queued.
     """
-    snapshot = build_snapshot()
-    version = snapshot["version"]
+    release = latest_release()
     drifted, unreachable = [], []
     for node in EdgeNode.objects.filter(enabled=True):
         health = edge_probe(node=node)
         if health is None:
             unreachable.append(node.name)
-        elif health.get("config_version") != version:
+        elif health.get("config_version") != release.version:
+            node.applied_version = health.get("config_version")
             drifted.append(node)
     if drifted:
-        _retry_later(_push_to(drifted, encode(snapshot)))
+        _retry_later(_push_to(drifted, release))
     return {"drifted": [n.name for n in drifted], "unreachable": unreachable}

@@ -14,7 +14,7 @@ def pushes(monkeypatch) -> list[int]:
     """Counts the pushes that would be queued (the queueing itself is tested end to end)."""
     queued: list[int] = []
 
-    def enqueue() -> None:
+    def enqueue(keys: set[str]) -> None:
         queued.append(1)
 
     monkeypatch.setattr(push, "_enqueue_push", enqueue)

@@ -1,0 +1,121 @@
+"""Each snapshot version is encoded once and reused by every edge, retry and reconcile.
+
+`publish` builds the snapshot (from the changes the signals recorded, when this process holds
+the latest version: `trunking.snapshot.build`) and stores its encoded bytes, and the delta from
+the version before, under the version; `latest_release` reads the latest version (one indexed
+row) and its stored bytes, building only if nothing is stored. The bytes live in Redis when
+``REDIS_URL`` is set (every worker and web process shares them), else in this process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+
+from edge import snapshot_wire
+
+from .models import ConfigRevision
+from .snapshot import Changes, build, delta, encode
+
+BODY_TTL_SECONDS = 3600  # then a retry or reconcile builds it again, once
+LOCAL_VERSIONS = 4  # versions kept in this process without Redis
+KEY = "tl:config:{kind}:{version}:{content_hash}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One version as it travels: the whole snapshot, and a delta for edges on `base`."""
+
+    version: int
+    content_hash: str
+    full: bytes
+    base: int | None = None
+    delta: bytes | None = None
+
+    def body_for(self, applied_version: int | None) -> bytes:
+        """What to send an edge that reports ``applied_version``: the delta if it holds the
+        delta's base, else the whole snapshot."""
+        if self.delta is not None and applied_version is not None and applied_version == self.base:
+            return self.delta
+        return self.full
+
+
+@lru_cache(maxsize=4)
+def _redis(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+_local: OrderedDict[str, bytes] = OrderedDict()
+_local_lock = threading.Lock()
+
+
+def _store(items: dict[str, bytes]) -> None:
+    if settings.REDIS_URL:
+        pipe = _redis(settings.REDIS_URL).pipeline(transaction=False)
+        for key, value in items.items():
+            pipe.set(key, value, ex=BODY_TTL_SECONDS)
+        pipe.execute()
+        return
+    with _local_lock:
+        _local.update(items)
+        while len(_local) > 2 * LOCAL_VERSIONS:
+            _local.popitem(last=False)
+
+
+def _fetch(*keys: str) -> list[bytes | None]:
+    if settings.REDIS_URL:
+        return list(_redis(settings.REDIS_URL).mget(keys))
+    with _local_lock:
+        return [_local.get(key) for key in keys]
+
+
+def _key(kind: str, version: int, content_hash: str) -> str:
+    return KEY.format(kind=kind, version=version, content_hash=content_hash)
+
+
+def publish(changes: Changes | None = None) -> Release:
+    """Build the current snapshot (from ``changes`` if this process can) and store its bytes
+    under its version, with the delta from the version this process built before."""
+    built, base = build(changes)
+    full_key, delta_key = (
+        _key("full", built.version, built.content_hash),
+        _key("delta", built.version, built.content_hash),
+    )
+    full, stored_delta = _fetch(full_key, delta_key)
+    if full is not None:  # this version is already encoded: the same bytes for everyone
+        return _release(built.version, built.content_hash, full, stored_delta)
+    full = encode(built.snapshot)
+    items = {full_key: full}
+    delta_body = None
+    if base is not None:
+        delta_body = (
+            str(base.version).encode() + b"\n" + snapshot_wire.encode_delta(delta(base, built))
+        )
+        items[delta_key] = delta_body
+    _store(items)
+    return _release(built.version, built.content_hash, full, delta_body)
+
+
+def _release(version: int, content_hash: str, full: bytes, stored_delta: bytes | None) -> Release:
+    if stored_delta is None:
+        return Release(version, content_hash, full)
+    base, _, body = stored_delta.partition(b"\n")
+    return Release(version, content_hash, full, int(base), body)
+
+
+def latest_release() -> Release:
+    """The latest published version's bytes, without building if they are stored (a retry,
+    the periodic reconcile); else built once (everything read) and stored."""
+    latest = ConfigRevision.objects.order_by("-id").values_list("id", "content_hash").first()
+    if latest is not None:
+        full, stored_delta = _fetch(_key("full", *latest), _key("delta", *latest))
+        if full is not None:
+            return _release(latest[0], latest[1], full, stored_delta)
+    return publish()
