@@ -24,7 +24,8 @@ from .snapshot import Changes, build, delta, encode
 
 BODY_TTL_SECONDS = 3600  # then a retry or reconcile builds it again, once
 LOCAL_VERSIONS = 4  # versions kept in this process without Redis
-KEY = "tl:config:{kind}:{version}:{content_hash}"
+# Versions are per database: the name keeps two databases on one Redis apart.
+KEY = "tl:config:{database}:{kind}:{version}:{content_hash}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,23 @@ def _fetch(*keys: str) -> list[bytes | None]:
 
 
 def _key(kind: str, version: int, content_hash: str) -> str:
-    return KEY.format(kind=kind, version=version, content_hash=content_hash)
+    database = settings.DATABASES["default"]["NAME"]
+    return KEY.format(database=database, kind=kind, version=version, content_hash=content_hash)
+
+
+def forget() -> None:
+    """Drop every stored version (tests: a database flushed between them reuses versions)."""
+    if settings.REDIS_URL:
+        client = _redis(settings.REDIS_URL)
+        keys = list(
+            client.scan_iter(
+                match=KEY.format(database="*", kind="*", version="*", content_hash="*")
+            )
+        )
+        if keys:
+            client.delete(*keys)
+    with _local_lock:
+        _local.clear()
 
 
 def publish(changes: Changes | None = None) -> Release:

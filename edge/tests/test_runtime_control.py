@@ -267,3 +267,49 @@ def test_save_snapshot_replaces_atomically(tmp_path):
     save_snapshot(tmp_path, b"two")
     assert (tmp_path / SNAPSHOT_FILE).read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == [SNAPSHOT_FILE]
+
+
+def _delta(base: int, version: int, **changes) -> bytes:
+    from edge.snapshot_wire import encode_delta
+
+    return encode_delta(
+        {
+            "base_version": base,
+            "version": version,
+            "content_hash": f"hash-{version}",
+            "generated_at": None,
+            "replace": changes.pop("replace", {}),
+            "trunks": changes.pop("trunks", []),
+            "deleted_trunks": changes.pop("deleted_trunks", []),
+        }
+    )
+
+
+@run_async
+async def test_a_delta_on_the_applied_version_is_applied_and_saved_whole(tmp_path):
+    from edge.snapshot_wire import decode
+
+    control = await Control().start(state_dir=tmp_path)
+    before = control.core.config
+    data = _delta(3, 4, trunks=[trunk_doc(id=1, max_channels=7)], deleted_trunks=[2])
+    status, _, body = await control.request("POST", "/config", data)
+    assert (status, json_of(body)) == (200, {"applied_version": 4})
+    config = control.core.config
+    assert config.trunks[1].max_channels == 7 and 2 not in config.trunks
+    assert config.customers == before.customers
+    # A restart must not need the base it no longer has: what is saved is the whole document.
+    saved = decode((tmp_path / SNAPSHOT_FILE).read_bytes())
+    assert [t["id"] for t in saved["trunks"]] == [1] and saved["version"] == 4
+    assert saved["customers"] == before.source["customers"]
+    await control.stop()
+
+
+@run_async
+async def test_a_delta_on_another_version_is_412_and_changes_nothing():
+    control = await Control().start()
+    before = control.core.config
+    status, _, body = await control.request("POST", "/config", _delta(2, 4, deleted_trunks=[1]))
+    assert status == 412
+    assert json_of(body)["applied_version"] == 3
+    assert control.core.config is before and control.core.applied == []
+    await control.stop()
