@@ -150,8 +150,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("EDGE_RECONCILE_SECONDS", default=10.0),
     },
 }
-# Changes within this window after the first one travel in the same push.
-CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.05)
+# Changes within this window after the first one travel in the same push. 0 queues the push at
+# once; changes committed before it starts still travel with it. A push reads only what changed
+# (trunking/snapshot.py), so waiting saves little and costs every change that much latency.
+CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.0)
 # A queued push that never started (worker down) stops blocking new ones after this.
 CONFIG_PUSH_PENDING_TTL_MS = 5000
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -20,7 +19,7 @@ from django.conf import settings
 from edge import snapshot_wire
 
 from .models import ConfigRevision
-from .snapshot import Changes, build, delta, encode
+from .snapshot import Changes, Snapshot, build, delta, encode
 
 BODY_TTL_SECONDS = 3600  # then a retry or reconcile builds it again, once
 LOCAL_VERSIONS = 4  # versions kept in this process without Redis
@@ -28,15 +27,40 @@ LOCAL_VERSIONS = 4  # versions kept in this process without Redis
 KEY = "tl:config:{database}:{kind}:{version}:{content_hash}"
 
 
-@dataclass(frozen=True)
 class Release:
-    """One version as it travels: the whole snapshot, and a delta for edges on `base`."""
+    """One version as it travels: the whole snapshot, and a delta for edges on `base`.
 
-    version: int
-    content_hash: str
-    full: bytes
-    base: int | None = None
-    delta: bytes | None = None
+    The whole snapshot is encoded (and stored) when first asked for: a push to edges that all
+    hold the base sends them the delta first.
+    """
+
+    def __init__(
+        self,
+        version: int,
+        content_hash: str,
+        full: bytes | None,
+        base: int | None = None,
+        delta: bytes | None = None,
+        *,
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        self.version = version
+        self.content_hash = content_hash
+        self.base = base
+        self.delta = delta
+        self._full = full
+        self._snapshot = snapshot
+        self._lock = threading.Lock()
+
+    @property
+    def full(self) -> bytes:
+        with self._lock:
+            if self._full is None:
+                assert self._snapshot is not None
+                self._full = encode(self._snapshot)
+                _store({_key("full", self.version, self.content_hash): self._full})
+                self._snapshot = None
+            return self._full
 
     def body_for(self, applied_version: int | None) -> bytes:
         """What to send an edge that reports ``applied_version``: the delta if it holds the
@@ -108,16 +132,21 @@ def publish(changes: Changes | None = None) -> Release:
     full, stored_delta = _fetch(full_key, delta_key)
     if full is not None:  # this version is already encoded: the same bytes for everyone
         return _release(built.version, built.content_hash, full, stored_delta)
-    full = encode(built.snapshot)
-    items = {full_key: full}
     delta_body = None
     if base is not None:
         delta_body = (
             str(base.version).encode() + b"\n" + snapshot_wire.encode_delta(delta(base, built))
         )
-        items[delta_key] = delta_body
-    _store(items)
-    return _release(built.version, built.content_hash, full, delta_body)
+        _store({delta_key: delta_body})
+        delta_body = delta_body.partition(b"\n")[2]
+    return Release(
+        built.version,
+        built.content_hash,
+        None,
+        None if base is None else base.version,
+        delta_body,
+        snapshot=built.snapshot,
+    )
 
 
 def _release(version: int, content_hash: str, full: bytes, stored_delta: bytes | None) -> Release:

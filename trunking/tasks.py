@@ -77,6 +77,7 @@ def push_config() -> int:
     ]
     if stale:
         _retry_later(_push_to(stale, release))
+    release.full  # noqa: B018 -- encoded and stored now if no edge needed it: retries, new edges
     return release.version
 
 

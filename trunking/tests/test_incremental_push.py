@@ -141,25 +141,30 @@ def fake_edge(edge_node):
     server.shutdown()
 
 
-def test_reconcile_and_retries_resend_the_stored_version_without_building(
+def test_a_push_sends_the_delta_and_reconcile_and_retries_resend_without_building(
     trunk, recorded, fake_edge, monkeypatch
 ):
     first = snapshot_cache.publish()
     FakeEdge.version = first.version
+    EdgeNode.objects.filter(pk=fake_edge.pk).update(applied_version=first.version)
     trunk.max_channels = 5
     trunk.save()
-    second = snapshot_cache.publish(push.take_changes())
-    assert second.version > first.version and second.base == first.version
-    monkeypatch.setattr(snapshot_cache, "build", lambda *a: pytest.fail("built again"))
-
-    # The edge is on the version before: reconcile sends it the delta (the changed trunk).
-    assert tasks.reconcile_edges() == {"drifted": [fake_edge.name], "unreachable": []}
+    # The push after the change: the edge is on the version before, it gets the delta.
+    version = tasks.push_config()
     (sent,) = FakeEdge.received
+    second = snapshot_cache.latest_release()
+    assert version == second.version == FakeEdge.version and second.base == first.version
     assert sent == second.delta
     assert [t["max_channels"] for t in snapshot_wire.decode(sent)["trunks"]] == [5]
-    assert FakeEdge.version == second.version
     fake_edge.refresh_from_db()
     assert fake_edge.applied_version == second.version
+
+    # From now on nothing is built again: the periodic reconcile and the retries re-send.
+    monkeypatch.setattr(snapshot_cache, "build", lambda *a: pytest.fail("built again"))
+    FakeEdge.version = first.version  # say it restarted from an old saved snapshot
+    FakeEdge.received = []
+    assert tasks.reconcile_edges() == {"drifted": [fake_edge.name], "unreachable": []}
+    assert FakeEdge.received == [second.delta] and FakeEdge.version == second.version
 
     # An edge that cannot take the delta (412) gets the whole snapshot in the same push.
     FakeEdge.version = first.version
@@ -168,3 +173,4 @@ def test_reconcile_and_retries_resend_the_stored_version_without_building(
     EdgeNode.objects.filter(pk=fake_edge.pk).update(applied_version=first.version)
     assert tasks.push_config_to_edge(fake_edge.pk) == second.version
     assert FakeEdge.received == [second.delta, second.full]
+    assert snapshot_wire.decode(second.full)["version"] == second.version
