@@ -199,14 +199,6 @@ SPECTACULAR_SETTINGS = {
 # Token the edge presents to fetch its snapshot, and the token the control plane presents to
 # the edge's control API. Both must be set in production.
 EDGE_CONTROL_TOKEN = env.str("EDGE_CONTROL_TOKEN", default="dev-edge-token" if DEBUG else "")
-# The CDR journal (edge/runtime/journal.py, in EDGE_JOURNAL_DIR) is fsynced in batches: a crash
-# loses at most the unflushed batch, fewer than EDGE_CDR_BATCH_SIZE records or
-# EDGE_CDR_FLUSH_INTERVAL seconds' worth. Smaller values lose less and cost more fsyncs.
-EDGE_CDR_BATCH_SIZE = env.int("EDGE_CDR_BATCH_SIZE", default=64)
-EDGE_CDR_FLUSH_INTERVAL = env.float("EDGE_CDR_FLUSH_INTERVAL", default=0.05)
-# A standalone edge runs no automatic full garbage collection, one every this many seconds
-# instead (0: never); see edge/runtime/gc_policy.py for why.
-EDGE_GC_FULL_INTERVAL = env.float("EDGE_GC_FULL_INTERVAL", default=3600.0)
 
 LOGGING = {
     "version": 1,
@@ -222,12 +214,6 @@ LOGGING = {
 SIP_REALM = env.str("SIP_REALM", default="trunkline")
 
 # --- Edge node (`manage.py runedge`) ------------------------------------------------------------
-# Defaults of the runedge command; its EDGE_* options and environment variables (EDGE_SIP,
-# EDGE_CONTROL, EDGE_TLS_CERT, ... see edge/runtime/main.py) override them.
-EDGE_NODE_NAME = env.str("EDGE_NODE_NAME", default="")  # empty: the machine's hostname
-EDGE_SIP_ADDRESS = env.str("EDGE_SIP_ADDRESS", default="127.0.0.1:5060")  # UDP and TCP
-EDGE_TLS_ADDRESS = env.str("EDGE_TLS_ADDRESS", default="")  # empty: SIP host, port 5061
-EDGE_TLS_CERT = env.str("EDGE_TLS_CERT", default="")  # TLS is on when cert and key are set
-EDGE_TLS_KEY = env.str("EDGE_TLS_KEY", default="")
-EDGE_CONTROL_ADDRESS = env.str("EDGE_CONTROL_ADDRESS", default="127.0.0.1:8081")
-EDGE_JOURNAL_DIR = Path(env.str("EDGE_JOURNAL_DIR", default=str(VAR_DIR / "cdr")))
+# The edge's own settings (EDGE_SIP_ADDRESS, EDGE_CONTROL_ADDRESS, EDGE_NODE_NAME, EDGE_TLS_*,
+# EDGE_DIGEST_ALGORITHMS, ...) are read by edge/options.py alone, for runedge, runplatform and
+# `python -m edge` alike; the web app needs none of them.

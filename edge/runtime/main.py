@@ -13,8 +13,9 @@ calls (503), the runtime waits until no call is active or ``--drain-timeout`` pa
 signal stops waiting), then dispatches the core's `close` outputs (final CDRs, BYEs), closes the
 transports, flushes and fsyncs the journal, stops the control API and exits 0.
 
-Every option also comes from the environment (`ENVIRONMENT`); command line > environment >
-the caller's defaults (runedge passes Django settings) > built-in defaults.
+The options are parsed in `edge.options` (shared with runedge and runplatform): every option
+also comes from the environment (`ENVIRONMENT`); command line > environment > the caller's
+defaults > built-in defaults.
 
 Live call events go to a `NullSink` unless a sink is given: the live-board publisher plugs in
 as ``run(options, events=BatchingSink(publish, node=options.node))`` (or ``EdgeRuntime(...,
@@ -26,7 +27,6 @@ per message.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -39,9 +39,8 @@ import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -50,6 +49,15 @@ from prometheus_client.metrics_core import Metric
 from edge import native
 from edge.config import ConfigError, EdgeConfig
 from edge.limits import Limits, LocalLimits
+from edge.options import (
+    DEFAULT_DIGEST_ALGORITHMS,
+    ENVIRONMENT,
+    EdgeOptions,
+    UsageError,
+    add_arguments,
+    build_parser,
+    options_from_namespace,
+)
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -62,7 +70,7 @@ from edge.runtime.control import (
     start_control_server,
 )
 from edge.runtime.events import BatchingSink, EventSink, NullSink
-from edge.runtime.gc_policy import DEFAULT_FULL_INTERVAL, GcPolicy
+from edge.runtime.gc_policy import GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
 from edge.runtime.transports import (
     Dispatcher,
@@ -97,35 +105,6 @@ DIGEST_SECRET_FILE = "digest-secret"
 SNAPSHOT_FETCH_TIMEOUT = 10.0
 GATEWAY_REFRESH_INTERVAL = 300.0
 
-# Option (argparse dest) -> environment variable.
-ENVIRONMENT = {
-    "node": "EDGE_NODE",
-    "sip": "EDGE_SIP",
-    "tls": "EDGE_TLS",
-    "cert": "EDGE_TLS_CERT",
-    "key": "EDGE_TLS_KEY",
-    "advertise": "EDGE_ADVERTISE",
-    "control": "EDGE_CONTROL",
-    "token": "EDGE_CONTROL_TOKEN",
-    "snapshot": "EDGE_SNAPSHOT",
-    "snapshot_url": "EDGE_SNAPSHOT_URL",
-    "journal_dir": "EDGE_JOURNAL_DIR",
-    "state_dir": "EDGE_STATE_DIR",
-    "drain_timeout": "EDGE_DRAIN_TIMEOUT",
-    "digest_secret_file": "EDGE_DIGEST_SECRET_FILE",
-    "cdr_batch_size": "EDGE_CDR_BATCH_SIZE",
-    "cdr_flush_interval": "EDGE_CDR_FLUSH_INTERVAL",
-    "log_level": "EDGE_LOG_LEVEL",
-    "redis_url": "EDGE_REDIS_URL",
-    "limit_share": "EDGE_LIMIT_SHARE",
-    "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
-    "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
-}
-
-
-class UsageError(ValueError):
-    """The options are incomplete or malformed."""
-
 
 class StartupError(RuntimeError):
     """The edge cannot start (no snapshot, a port in use, an unreadable certificate...)."""
@@ -141,182 +120,6 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
     ) -> Sequence[Output]: ...
 
 
-# --- options ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EdgeOptions:
-    node: str
-    sip: tuple[str, int]
-    control: tuple[str, int]
-    token: str
-    journal_dir: Path
-    tls: tuple[str, int] | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    advertise: str | None = None
-    snapshot: Path | None = None
-    snapshot_url: str | None = None
-    state_dir: Path | None = None
-    drain_timeout: float = 30.0
-    digest_secret_file: Path | None = None
-    cdr_batch_size: int = 64
-    cdr_flush_interval: float = 0.05
-    log_level: str = "INFO"
-    redis_url: str | None = None  # cluster-wide limits; None: this edge counts alone
-    limit_share: int = 1  # edges splitting each limit while Redis is unreachable
-    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
-    gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser, defaults: Mapping[str, object] | None = None
-) -> None:
-    """Add the edge's options to ``parser``; ``defaults`` (by dest) sit below the environment."""
-    defaults = defaults or {}
-
-    def default(dest: str, builtin: object = None) -> object:
-        value = os.environ.get(ENVIRONMENT[dest])
-        if value:
-            return value
-        given = defaults.get(dest)
-        return builtin if given in (None, "") else given
-
-    def add(flag: str, dest: str, help: str, builtin: object = None, **kw: Any) -> None:
-        env = ENVIRONMENT[dest]
-        parser.add_argument(
-            flag, dest=dest, default=default(dest, builtin), help=f"{help} [{env}]", **kw
-        )
-
-    add("--node", "node", "this edge's name (journal file names, CDRs, X-Edge-Node)")
-    add("--sip", "sip", "HOST:PORT for SIP over UDP and TCP", "127.0.0.1:5060")
-    add("--tls", "tls", "HOST:PORT for SIP over TLS (needs --cert and --key)")
-    add("--cert", "cert", "TLS certificate chain (PEM)")
-    add("--key", "key", "TLS private key (PEM)")
-    add("--advertise", "advertise", "host written in Via/Contact (default: the --sip host)")
-    add("--control", "control", "HOST:PORT of the control API", "127.0.0.1:8081")
-    add("--token", "token", "bearer token of the control API and the snapshot URL")
-    add("--snapshot", "snapshot", "start from this snapshot file (wins over --snapshot-url)")
-    add("--snapshot-url", "snapshot_url", "GET the snapshot from here at start-up")
-    add("--journal-dir", "journal_dir", "directory of the CDR journal")
-    add("--state-dir", "state_dir", "keeps the last applied snapshot (and the digest secret)")
-    add("--drain-timeout", "drain_timeout", "seconds to let calls finish on SIGTERM", "30")
-    add("--digest-secret-file", "digest_secret_file", "secret of the stateless digest nonces")
-    add("--cdr-batch-size", "cdr_batch_size", "CDRs per journal write+fsync", "64")
-    add("--cdr-flush-interval", "cdr_flush_interval", "max seconds a CDR waits", "0.05")
-    add("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR", "INFO")
-    add("--redis-url", "redis_url", "count trunk limits across edges in this Redis")
-    add("--limit-share", "limit_share", "edges sharing each limit (used if Redis is down)", "1")
-    add(
-        "--digest-algorithms", "digest_algorithms",
-        "challenge order, e.g. MD5,SHA-256 for clients that read only the first", "SHA-256,MD5",
-    )  # fmt: skip
-    add(
-        "--gc-full-interval", "gc_full_interval",
-        "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
-        str(int(DEFAULT_FULL_INTERVAL)),
-    )  # fmt: skip
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m edge", description="Run a Trunkline SIP edge node."
-    )
-    add_arguments(parser)
-    return parser
-
-
-def _host_port(text: str, what: str) -> tuple[str, int]:
-    host, colon, port = text.strip().rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    return host or "0.0.0.0", int(port)
-
-
-def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
-    """Check the parsed options; UsageError says which one is wrong and how to give it."""
-
-    def text(dest: str) -> str | None:
-        value = getattr(ns, dest, None)
-        return None if value in (None, "") else str(value)
-
-    def required(dest: str) -> str:
-        value = text(dest)
-        if value is None:
-            flag = "--" + dest.replace("_", "-")
-            raise UsageError(f"{flag} (or {ENVIRONMENT[dest]}) is required")
-        return value
-
-    def path(dest: str) -> Path | None:
-        value = text(dest)
-        return None if value is None else Path(value)
-
-    tls = text("tls")
-    cert, key = path("cert"), path("key")
-    if tls is not None and (cert is None or key is None):
-        raise UsageError("--tls needs --cert and --key")
-    if (cert is None) != (key is None):
-        raise UsageError("--cert and --key go together")
-    try:
-        drain_timeout = float(required("drain_timeout"))
-    except ValueError:
-        raise UsageError(f"--drain-timeout: not a number: {ns.drain_timeout!r}") from None
-    if drain_timeout < 0:
-        raise UsageError("--drain-timeout must not be negative")
-    try:
-        cdr_batch_size = int(required("cdr_batch_size"))
-        cdr_flush_interval = float(required("cdr_flush_interval"))
-    except ValueError:
-        raise UsageError("--cdr-batch-size / --cdr-flush-interval: not a number") from None
-    if cdr_batch_size < 1 or cdr_flush_interval <= 0:
-        raise UsageError("--cdr-batch-size and --cdr-flush-interval must be positive")
-    snapshot, snapshot_url = path("snapshot"), text("snapshot_url")
-    if snapshot is None and snapshot_url is None:
-        raise UsageError("give --snapshot FILE or --snapshot-url URL (or EDGE_SNAPSHOT_URL)")
-    try:
-        limit_share = int(required("limit_share"))
-    except ValueError:
-        raise UsageError(f"--limit-share: not a number: {ns.limit_share!r}") from None
-    if limit_share < 1:
-        raise UsageError("--limit-share must be at least 1")
-    algorithms = tuple(a.strip() for a in required("digest_algorithms").split(",") if a.strip())
-    if not algorithms or set(algorithms) - {"MD5", "SHA-256"}:
-        raise UsageError("--digest-algorithms: give MD5 and/or SHA-256, comma-separated")
-    try:
-        gc_full_interval = float(required("gc_full_interval"))
-    except ValueError:
-        raise UsageError(f"--gc-full-interval: not a number: {ns.gc_full_interval!r}") from None
-    if not gc_full_interval >= 0:
-        raise UsageError("--gc-full-interval must not be negative")
-    log_level = (text("log_level") or "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise UsageError(f"--log-level: unknown level {log_level!r}")
-    return EdgeOptions(
-        node=required("node"),
-        sip=_host_port(required("sip"), "--sip"),
-        control=_host_port(required("control"), "--control"),
-        token=required("token"),
-        journal_dir=Path(required("journal_dir")),
-        tls=None if tls is None else _host_port(tls, "--tls"),
-        cert=cert,
-        key=key,
-        advertise=text("advertise"),
-        snapshot=snapshot,
-        snapshot_url=snapshot_url,
-        state_dir=path("state_dir"),
-        drain_timeout=drain_timeout,
-        digest_secret_file=path("digest_secret_file"),
-        cdr_batch_size=cdr_batch_size,
-        cdr_flush_interval=cdr_flush_interval,
-        log_level=log_level,
-        redis_url=text("redis_url"),
-        limit_share=limit_share,
-        digest_algorithms=algorithms,
-        gc_full_interval=gc_full_interval,
-    )
-
-
 # --- the runtime ------------------------------------------------------------------------------
 
 
@@ -329,7 +132,7 @@ class CoreParams:
     local: dict[str, Address]
     digest_secret: bytes
     limits: Limits
-    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS
 
 
 def default_core(params: CoreParams) -> EdgeCore:
