@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.config import CustomerState, NumberRoute, TrunkPolicy
-from edge.numbering import region_of, to_e164
 
 __all__ = [
     "ADMIT",
@@ -107,26 +106,6 @@ class OutboundCall:
     callee_e164: str | None
     caller_e164: str | None
     callee_region: str | None = None
-
-    @classmethod
-    def from_users(
-        cls, callee_user: str | None, caller_user: str | None, trunk: TrunkPolicy
-    ) -> OutboundCall:
-        """Normalise the Request-URI and caller users with the trunk's default country.
-
-        Looks up the callee's region only when the trunk's policy may need it.
-        """
-        region = trunk.default_country
-        callee = to_e164(callee_user, region)
-        caller = to_e164(caller_user, region)
-        callee_region = None
-        if (
-            callee is not None
-            and trunk.allowed_countries
-            and not callee.startswith(trunk.allowed_prefixes)
-        ):
-            callee_region = region_of(callee)
-        return cls(callee, caller, callee_region)
 
 
 def limit_refusal(trunk: TrunkPolicy, usage: Usage, *, count_cps: bool = True) -> Reject | None:
