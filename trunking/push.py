@@ -10,7 +10,7 @@ import logging
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
@@ -70,33 +70,49 @@ def edge_push(*, node: EdgeNode, body: bytes, full: bytes | None = None) -> int:
     """Send the encoded snapshot (or a delta, with the whole snapshot as ``full`` for an edge
     that does not hold the delta's base) to ``node``; record and return the version it
     applied."""
-    now = timezone.now()
+    return record_push(node=node, outcome=send_config(node=node, body=body, full=full))
+
+
+def send_config(
+    *, node: EdgeNode, body: bytes, full: bytes | Callable[[], bytes] | None = None
+) -> int | EdgePushError:
+    """The HTTP half of `edge_push`: the version the edge applied, or why not. It touches no
+    database, so a push to many edges runs these in threads and records in its own. ``full``
+    may be a callable: the whole snapshot is then encoded only if an edge asks for it."""
     try:
         try:
             answer = _request(node, "POST", "/config", body, PUSH_TIMEOUT)
         except EdgePushError as exc:
             if full is None or exc.status != 412:
                 raise
-            answer = _request(node, "POST", "/config", full, PUSH_TIMEOUT)
-        version = int(answer["applied_version"])
-    except (EdgePushError, KeyError, TypeError, ValueError) as exc:
-        error = str(exc) if isinstance(exc, EdgePushError) else f"{node.name}: bad answer {exc!r}"
-        reachable = not isinstance(exc, EdgePushError) or exc.reachable
+            whole = full() if callable(full) else full
+            answer = _request(node, "POST", "/config", whole, PUSH_TIMEOUT)
+        return int(answer["applied_version"])
+    except EdgePushError as exc:
+        return exc
+    except (KeyError, TypeError, ValueError) as exc:
+        return EdgePushError(f"{node.name}: bad answer {exc!r}", reachable=True)
+
+
+def record_push(*, node: EdgeNode, outcome: int | EdgePushError) -> int:
+    """The database half of `edge_push`: the node's version or error; raises the error."""
+    now = timezone.now()
+    if isinstance(outcome, EdgePushError):
         EdgeNode.objects.filter(pk=node.pk).update(
             last_push_at=now,
-            last_push_error=error[:2000],
-            health=EdgeHealth.OK if reachable else EdgeHealth.UNREACHABLE,
-            **({"last_seen": now} if reachable else {}),
+            last_push_error=str(outcome)[:2000],
+            health=EdgeHealth.OK if outcome.reachable else EdgeHealth.UNREACHABLE,
+            **({"last_seen": now} if outcome.reachable else {}),
         )
-        raise EdgePushError(error, reachable=reachable) from exc
+        raise outcome
     EdgeNode.objects.filter(pk=node.pk).update(
-        applied_version=version,
+        applied_version=outcome,
         last_push_at=now,
         last_push_error="",
         last_seen=now,
         health=EdgeHealth.OK,
     )
-    return version
+    return outcome
 
 
 def edge_probe(*, node: EdgeNode) -> dict[str, Any] | None:

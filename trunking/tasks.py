@@ -5,6 +5,7 @@ snapshot is the same version; an edge applying it again is a no-op).
 """
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from celery import shared_task
@@ -14,8 +15,9 @@ from .push import (
     EdgePushError,
     clear_push_request,
     edge_probe,
-    edge_push,
+    record_push,
     restore_changes,
+    send_config,
     take_changes,
 )
 from .snapshot_cache import Release, latest_release, publish
@@ -26,25 +28,37 @@ RETRY_BACKOFF_MAX = 60  # seconds between retries to an unreachable edge, at mos
 PUSH_PARALLELISM = 8
 
 
-def _send(node: EdgeNode, release: Release) -> int:
-    """The delta to an edge on its base version, else the whole snapshot."""
+def _bodies(node: EdgeNode, release: Release) -> tuple[bytes, Callable[[], bytes] | None]:
+    """The delta to an edge on its base version (and, should it ask, the whole snapshot,
+    encoded then), else the whole snapshot."""
     body = release.body_for(node.applied_version)
-    return edge_push(node=node, body=body, full=release.full if body is not release.full else None)
+    is_delta = release.delta is not None and body is release.delta
+    return body, ((lambda: release.full) if is_delta else None)
+
+
+def _send(node: EdgeNode, release: Release) -> int:
+    body, full = _bodies(node, release)
+    return record_push(node=node, outcome=send_config(node=node, body=body, full=full))
 
 
 def _push_to(nodes: list[EdgeNode], release: Release) -> list[int]:
-    """Push to every node at once; the ids of those that failed."""
+    """Push to every node at once (HTTP in threads, the records here); the ids of those that
+    failed."""
 
-    def one(node: EdgeNode) -> int | None:
-        try:
-            _send(node, release)
-        except EdgePushError as exc:
-            logger.warning("config push failed: %s", exc)
-            return node.pk
-        return None
+    def one(node: EdgeNode) -> int | EdgePushError:
+        body, full = _bodies(node, release)
+        return send_config(node=node, body=body, full=full)
 
     with ThreadPoolExecutor(max_workers=min(PUSH_PARALLELISM, max(len(nodes), 1))) as pool:
-        return [pk for pk in pool.map(one, nodes) if pk is not None]
+        outcomes = list(pool.map(one, nodes))
+    failed = []
+    for node, outcome in zip(nodes, outcomes, strict=True):
+        try:
+            record_push(node=node, outcome=outcome)
+        except EdgePushError as exc:
+            logger.warning("config push failed: %s", exc)
+            failed.append(node.pk)
+    return failed
 
 
 def _retry_later(node_ids: list[int]) -> None:
