@@ -261,6 +261,28 @@ class Built:
 _last_built: Built | None = None
 
 
+BUILD_ATTEMPTS = 3
+# Held while a revision is recorded (PostgreSQL advisory lock, to the transaction's end).
+REVISION_LOCK = 0x7472756E6B  # "trunk"
+
+
+def _read(changes: Changes | None, base: Built | None) -> tuple[Snapshot, tuple[int, str] | None]:
+    """The content, from one consistent view of the database, and the latest revision in that
+    view. A number read in one query must not point at a trunk deleted before the next query
+    ran: PostgreSQL needs REPEATABLE READ for that; SQLite transactions have it. Inside a
+    caller's transaction, that transaction's isolation applies."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        seen = ConfigRevision.objects.order_by("-id").values_list("id", "content_hash").first()
+        incremental = changes is not None and not changes.everything and base is not None
+        if incremental and seen == (base.version, base.content_hash):  # type: ignore[union-attr]
+            return _patched(base.content, changes), seen  # type: ignore[union-attr,arg-type]
+        return _content(), seen
+
+
 def build(changes: Changes | None = None) -> tuple[Built, Built | None]:
     """The current snapshot, and the one this process built before it if the version moved
     (the base of a delta) -- a new version only if the content changed.
@@ -268,27 +290,27 @@ def build(changes: Changes | None = None) -> tuple[Built, Built | None]:
     With ``changes`` (what changed since this process's last build, which must still be the
     latest version) only those are read again: a trunk's change reads that trunk, not the
     10,000 others and the 100,000 numbers. Without, or if another process published since,
-    everything is read.
+    everything is read. A build records its version only if no other was recorded since it
+    read the database (one at a time); else it reads everything again: an older view must not
+    become the latest version, nor a version miss another process's change.
     """
     global _last_built
-    base = _last_built
-    outermost = not connection.in_atomic_block
-    with transaction.atomic():
-        if outermost and connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        content = None
-        if changes is not None and not changes.everything and base is not None:
-            latest = ConfigRevision.objects.order_by("-id").values_list("id", "content_hash")
-            if latest.first() == (base.version, base.content_hash):
-                content = _patched(base.content, changes)
-        if content is None:
-            content = _content()
-    digest = content_hash(content)
-    with transaction.atomic():
-        latest = ConfigRevision.objects.select_for_update().order_by("-id").first()
-        if latest is None or latest.content_hash != digest:
-            latest = ConfigRevision.objects.create(content_hash=digest)
+    for attempt in range(BUILD_ATTEMPTS):
+        base = _last_built
+        content, seen = _read(changes, base)
+        digest = content_hash(content)
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REVISION_LOCK])
+            latest = ConfigRevision.objects.order_by("-id").first()
+            now = None if latest is None else (latest.pk, latest.content_hash)
+            if now != seen and attempt < BUILD_ATTEMPTS - 1:
+                changes = None
+                continue
+            if latest is None or latest.content_hash != digest:
+                latest = ConfigRevision.objects.create(content_hash=digest)
+        break
     if base is not None and (base.version, base.content_hash) == (latest.pk, digest):
         return base, None  # nothing changed: the same version, the same bytes
     built = Built(latest.pk, digest, timezone.now().isoformat(), content)

@@ -13,6 +13,7 @@ from edge import snapshot_wire
 from trunking import push, snapshot, snapshot_cache, tasks
 from trunking.models import (
     CarrierGateway,
+    ConfigRevision,
     EdgeNode,
     IpAclEntry,
     OriginationUri,
@@ -174,3 +175,31 @@ def test_a_push_sends_the_delta_and_reconcile_and_retries_resend_without_buildin
     assert tasks.push_config_to_edge(fake_edge.pk) == second.version
     assert FakeEdge.received == [second.delta, second.full]
     assert snapshot_wire.decode(second.full)["version"] == second.version
+
+
+def test_a_version_recorded_meanwhile_by_another_process_makes_the_build_read_everything(
+    trunk, other_trunk, recorded, monkeypatch
+):
+    """Two workers: this one reads trunk A's change while another records a version with trunk
+    B's. Recording a version from the older view would make it the latest without B's change:
+    the build reads everything again instead."""
+    snapshot_cache.publish()
+    trunk.max_channels = 3
+    trunk.save()
+    changes = push.take_changes()
+    Trunk.objects.filter(pk=other_trunk.pk).update(max_channels=4)  # the other worker's change
+    real_read, reads = snapshot._read, []
+
+    def read_then_another_worker_publishes(*args):
+        result = real_read(*args)
+        if not reads:
+            ConfigRevision.objects.create(content_hash="from another worker")
+        reads.append(args[0])
+        return result
+
+    monkeypatch.setattr(snapshot, "_read", read_then_another_worker_publishes)
+    built, _ = snapshot.build(changes)
+    assert reads == [changes, None]  # from the changes, then everything
+    by_id = {t["id"]: t["max_channels"] for t in built.content["trunks"]}
+    assert by_id == {trunk.pk: 3, other_trunk.pk: 4}
+    assert built.version == ConfigRevision.objects.order_by("-id").first().pk
