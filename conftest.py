@@ -1,8 +1,9 @@
 """Test set-up for the whole repository: Django's shared fixtures live in core/testing.py.
 
-Tests marked ``needs("redis")`` / ``needs("postgres")`` may skip on a laptop without the
-service, but not where it should be there: when ``CI=true``, or when the service's URL
-(``REDIS_URL``, ``DATABASE_URL``) is set, such a skip is reported as a failure. One rule for
+Tests marked ``needs("redis")`` / ``needs("postgres")`` (or both) may skip on a laptop without
+the services, but not where they should be there: when ``CI=true``, or when the URL of every
+service the test needs (``REDIS_URL``, ``DATABASE_URL``) is set, such a skip is reported as a
+failure. One rule for
 every suite, so CI cannot pass with the Redis or PostgreSQL tests silently left out.
 """
 
@@ -37,11 +38,11 @@ def pytest_runtest_makereport(
     if not report.skipped:
         return
     needed = {service for marker in item.iter_markers("needs") for service in marker.args}
-    missing = sorted(needed & expected_services())
-    if missing:
+    if needed and needed <= expected_services():  # every service it needs should be there
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        services = sorted(needed)
         report.outcome = "failed"
         report.longrepr = (
-            f"skipped although {', '.join(missing)} should be there "
-            f"(CI=true or {', '.join(SERVICE_URLS[s] for s in missing)} set): {reason}"
+            f"skipped although {' and '.join(services)} should be there "
+            f"(CI=true or {', '.join(SERVICE_URLS[s] for s in services)} set): {reason}"
         )

@@ -19,6 +19,10 @@ def test_redis():
 def test_postgres():
     pytest.skip("SQLite")
 
+@pytest.mark.needs("redis", "postgres")
+def test_both():
+    pytest.skip("SQLite")
+
 def test_other():
     pytest.skip("not a service")
 """
@@ -40,14 +44,14 @@ def run(pytester, monkeypatch):
 
 
 def test_without_the_services_the_skips_stay_skips(run):
-    run().assert_outcomes(skipped=3)
+    run().assert_outcomes(skipped=4)
 
 
 def test_a_set_url_makes_its_suites_skip_a_failure(run):
     result = run(REDIS_URL="redis://127.0.0.1:1/0")
-    result.assert_outcomes(failed=1, skipped=2)
+    result.assert_outcomes(failed=1, skipped=3)  # test_both may skip: no DATABASE_URL
     result.stdout.fnmatch_lines(["*test_redis*skipped although redis should be there*"])
 
 
 def test_ci_makes_every_service_skip_a_failure(run):
-    run(CI="true").assert_outcomes(failed=2, skipped=1)
+    run(CI="true").assert_outcomes(failed=3, skipped=1)
