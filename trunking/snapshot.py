@@ -277,9 +277,13 @@ def _read(changes: Changes | None, base: Built | None) -> tuple[Snapshot, tuple[
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         seen = ConfigRevision.objects.order_by("-id").values_list("id", "content_hash").first()
-        incremental = changes is not None and not changes.everything and base is not None
-        if incremental and seen == (base.version, base.content_hash):  # type: ignore[union-attr]
-            return _patched(base.content, changes), seen  # type: ignore[union-attr,arg-type]
+        if (
+            changes is not None
+            and not changes.everything
+            and base is not None
+            and seen == (base.version, base.content_hash)
+        ):
+            return _patched(base.content, changes), seen
         return _content(), seen
 
 
