@@ -4,7 +4,8 @@ Signals are the one place that sees every write path (API, admin, services, shel
 receivers only schedule, after commit, saying what changed (a trunk, or a section) so that the
 push reads only that again. Bulk writes that bypass signals (``bulk_create``,
 ``QuerySet.update``) call ``request_config_push`` themselves, without keys: that push reads
-everything. (The periodic reconcile does not rebuild: it compares versions.)
+everything. (The periodic reconcile compares versions; it reads everything only every few
+minutes.)
 """
 
 from typing import Any

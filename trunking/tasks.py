@@ -5,6 +5,7 @@ snapshot is the same version; an edge applying it again is a no-op).
 """
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MAX = 60  # seconds between retries to an unreachable edge, at most
 PUSH_PARALLELISM = 8
+FULL_CHECK_SECONDS = 300.0  # the reconcile's full read, at most this often
+_last_full_check = -FULL_CHECK_SECONDS  # the first reconcile of a process reads everything
 
 
 def _bodies(node: EdgeNode, release: Release) -> tuple[bytes, Callable[[], bytes] | None]:
@@ -121,9 +124,16 @@ def reconcile_edges() -> dict[str, list[str]]:
     """Periodic: probe every enabled edge; re-push to those whose version drifted.
 
     It compares with the latest published version (one row) and re-sends its stored bytes: no
-    rebuild. Changes reach that version through the push their commit queued.
+    rebuild. Changes reach that version through the push their commit queued; once every
+    `FULL_CHECK_SECONDS` (per worker process) it reads everything instead, which catches what
+    no commit announced (a write behind the signals, changes lost with a restarted Redis).
     """
-    release = latest_release()
+    global _last_full_check
+    if time.monotonic() - _last_full_check >= FULL_CHECK_SECONDS:
+        release = publish()
+        _last_full_check = time.monotonic()
+    else:
+        release = latest_release()
     drifted, unreachable = [], []
     for node in EdgeNode.objects.filter(enabled=True):
         health = edge_probe(node=node)

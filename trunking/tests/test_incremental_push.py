@@ -5,6 +5,7 @@ the version before gets a delta, and the whole snapshot if it asks for it (412).
 import http.server
 import json
 import threading
+import time
 
 import orjson
 import pytest
@@ -160,7 +161,9 @@ def test_a_push_sends_the_delta_and_reconcile_and_retries_resend_without_buildin
     fake_edge.refresh_from_db()
     assert fake_edge.applied_version == second.version
 
-    # From now on nothing is built again: the periodic reconcile and the retries re-send.
+    # From now on nothing is built again: the periodic reconcile (between its full checks)
+    # and the retries re-send.
+    monkeypatch.setattr(tasks, "_last_full_check", time.monotonic())
     monkeypatch.setattr(snapshot_cache, "build", lambda *a: pytest.fail("built again"))
     FakeEdge.version = first.version  # say it restarted from an old saved snapshot
     FakeEdge.received = []
@@ -203,3 +206,20 @@ def test_a_version_recorded_meanwhile_by_another_process_makes_the_build_read_ev
     by_id = {t["id"]: t["max_channels"] for t in built.content["trunks"]}
     assert by_id == {trunk.pk: 3, other_trunk.pk: 4}
     assert built.version == ConfigRevision.objects.order_by("-id").first().pk
+
+
+def test_the_reconcile_reads_everything_now_and_then(trunk, recorded, fake_edge, monkeypatch):
+    """A write no commit announced (a raw UPDATE) reaches the edges at the reconcile's next
+    full check, and only then."""
+    first = snapshot_cache.publish()
+    first.full  # noqa: B018 -- encoded and stored, as a push leaves it
+    FakeEdge.version = first.version
+    Trunk.objects.filter(pk=trunk.pk).update(max_channels=6)  # no signal, no push
+    monkeypatch.setattr(tasks, "_last_full_check", time.monotonic())
+    tasks.reconcile_edges()
+    assert FakeEdge.version == first.version and FakeEdge.received == []
+    monkeypatch.setattr(tasks, "_last_full_check", time.monotonic() - tasks.FULL_CHECK_SECONDS)
+    assert tasks.reconcile_edges()["drifted"] == [fake_edge.name]
+    (sent,) = FakeEdge.received
+    assert FakeEdge.version > first.version
+    assert snapshot_wire.decode(sent)["trunks"][0]["max_channels"] == 6
