@@ -164,4 +164,6 @@ def latest_release() -> Release:
         full, stored_delta = _fetch(_key("full", *latest), _key("delta", *latest))
         if full is not None:
             return _release(latest[0], latest[1], full, stored_delta)
-    return publish()
+    release = publish()
+    release.full  # noqa: B018 -- stored now: the next call finds it
+    return release

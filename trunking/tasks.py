@@ -131,6 +131,7 @@ def reconcile_edges() -> dict[str, list[str]]:
     global _last_full_check
     if time.monotonic() - _last_full_check >= FULL_CHECK_SECONDS:
         release = publish()
+        release.full  # noqa: B018 -- stored, for the reconciles until the next full check
         _last_full_check = time.monotonic()
     else:
         release = latest_release()

@@ -223,3 +223,14 @@ def test_the_reconcile_reads_everything_now_and_then(trunk, recorded, fake_edge,
     (sent,) = FakeEdge.received
     assert FakeEdge.version > first.version
     assert snapshot_wire.decode(sent)["trunks"][0]["max_channels"] == 6
+
+
+def test_after_a_full_check_the_reconcile_reads_one_row_again(
+    trunk, recorded, fake_edge, monkeypatch
+):
+    FakeEdge.version = snapshot_cache.publish().version
+    monkeypatch.setattr(tasks, "_last_full_check", -tasks.FULL_CHECK_SECONDS)
+    tasks.reconcile_edges()  # a full check (the first of a process is one)
+    monkeypatch.setattr(tasks, "_last_full_check", time.monotonic())
+    monkeypatch.setattr(snapshot_cache, "build", lambda *a: pytest.fail("built again"))
+    assert tasks.reconcile_edges() == {"drifted": [], "unreachable": []}
