@@ -348,6 +348,11 @@ def delta(base: Built, new: Built) -> dict[str, Any]:
     }
 
 
+def last_built() -> Built | None:
+    """The snapshot this process built last (it may no longer be the latest version)."""
+    return _last_built
+
+
 def build_snapshot() -> Snapshot:
     """The current snapshot, read whole, with its version."""
     return build()[0].snapshot

@@ -1,9 +1,10 @@
 """Each snapshot version is encoded once and reused by every edge, retry and reconcile.
 
 `publish` builds the snapshot (from the changes the signals recorded, when this process holds
-the latest version: `trunking.snapshot.build`) and stores its encoded bytes, and the delta from
-the version before, under the version; `latest_release` reads the latest version (one indexed
-row) and its stored bytes, building only if nothing is stored. The bytes live in Redis when
+the latest version: `trunking.snapshot.build`) and stores, under the version, the delta from the
+version before at once and the whole snapshot when first asked for (`Release.full`); `latest_release` reads the latest version (one indexed
+row) and its stored bytes, encoding them from this process's build of that version if they are
+not stored yet, and reading everything only if neither. The bytes live in Redis when
 ``REDIS_URL`` is set (every worker and web process shares them), else in this process.
 """
 
@@ -19,7 +20,7 @@ from django.conf import settings
 from edge import snapshot_wire
 
 from .models import ConfigRevision
-from .snapshot import Changes, Snapshot, build, delta, encode
+from .snapshot import Changes, Snapshot, build, delta, encode, last_built
 
 BODY_TTL_SECONDS = 3600  # then a retry or reconcile builds it again, once
 LOCAL_VERSIONS = 4  # versions kept in this process without Redis
@@ -149,21 +150,33 @@ def publish(changes: Changes | None = None) -> Release:
     )
 
 
-def _release(version: int, content_hash: str, full: bytes, stored_delta: bytes | None) -> Release:
+def _release(
+    version: int,
+    content_hash: str,
+    full: bytes | None,
+    stored_delta: bytes | None,
+    whole: Snapshot | None = None,
+) -> Release:
     if stored_delta is None:
-        return Release(version, content_hash, full)
+        return Release(version, content_hash, full, snapshot=whole)
     base, _, body = stored_delta.partition(b"\n")
-    return Release(version, content_hash, full, int(base), body)
+    return Release(version, content_hash, full, int(base), body, snapshot=whole)
 
 
 def latest_release() -> Release:
     """The latest published version's bytes, without building if they are stored (a retry,
-    the periodic reconcile); else built once (everything read) and stored."""
+    the periodic reconcile) or this process built that version (encoded from it now); else
+    built once (everything read). Either way stored for the next call."""
     latest = ConfigRevision.objects.order_by("-id").values_list("id", "content_hash").first()
     if latest is not None:
         full, stored_delta = _fetch(_key("full", *latest), _key("delta", *latest))
         if full is not None:
             return _release(latest[0], latest[1], full, stored_delta)
+        built = last_built()
+        if built is not None and (built.version, built.content_hash) == latest:
+            release = _release(latest[0], latest[1], None, stored_delta, built.snapshot)
+            release.full  # noqa: B018 -- stored now: the next call finds it
+            return release
     release = publish()
     release.full  # noqa: B018 -- stored now: the next call finds it
     return release

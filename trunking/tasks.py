@@ -76,7 +76,9 @@ def _retry_later(node_ids: list[int]) -> None:
 @shared_task(acks_late=True)
 def push_config() -> int:
     """Build the current snapshot from what changed and push it to every enabled edge not
-    already on it (a delta to those on the version before).
+    already on it (a delta to those on the version before). The whole snapshot is encoded
+    only if an edge needs it, or later by `latest_release` (retries, reconcile, from this
+    process's build): not between this push and the next.
 
     Returns the version. Edges that fail get a retrying task of their own.
     """
@@ -94,7 +96,6 @@ def push_config() -> int:
     ]
     if stale:
         _retry_later(_push_to(stale, release))
-    release.full  # noqa: B018 -- encoded and stored now if no edge needed it: retries, new edges
     return release.version
 
 
