@@ -2,10 +2,11 @@
 
 `publish` builds the snapshot (from the changes the signals recorded, when this process holds
 the latest version: `trunking.snapshot.build`) and stores, under the version, the delta from the
-version before at once and the whole snapshot when first asked for (`Release.full`); `latest_release` reads the latest version (one indexed
-row) and its stored bytes, encoding them from this process's build of that version if they are
-not stored yet, and reading everything only if neither. The bytes live in Redis when
-``REDIS_URL`` is set (every worker and web process shares them), else in this process.
+version before at once and the whole snapshot when first asked for (`Release.full`).
+`latest_release` reads the latest version (one indexed row) and its stored bytes, encoding them
+from this process's build of that version if they are not stored yet, and reading everything
+only if neither. The bytes live in Redis when ``REDIS_URL`` is set (every worker and web process
+shares them), else in this process.
 """
 
 from __future__ import annotations
