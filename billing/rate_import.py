@@ -19,6 +19,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from itertools import pairwise
 from typing import Any
 
 COLUMNS = (
@@ -188,7 +189,7 @@ def check_overlaps(
         if len(periods) < 2:
             continue
         periods.sort(key=lambda p: p[0])
-        for before, after in zip(periods, periods[1:], strict=False):
+        for before, after in pairwise(periods):
             if before[1] is None or before[1] > after[0]:
                 line = after[3] or before[3]
                 other = before[2] if after[3] else after[2]

@@ -23,7 +23,7 @@ import bisect
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "COST_PLACES",
@@ -62,7 +62,7 @@ class Rate:
         return self.effective_from <= at and (self.effective_to is None or at < self.effective_to)
 
 
-class UnratedReason(str, Enum):
+class UnratedReason(StrEnum):
     """Why an answered call has no cost: the operator's list of calls to look at."""
 
     NO_DECK = "no_deck"  # no deck assigned to the customer (or trunk) at the call's time

@@ -37,6 +37,10 @@ def customer_balance(customer_id: int) -> Decimal:
 
 # --- rating -----------------------------------------------------------------------------------
 
+RATE_FIELDS = (
+    "id", "prefix", "destination", "rate_per_minute", "connect_fee", "first_block", "increment",
+    "effective_from", "effective_to",
+)  # fmt: skip
 # Compiled rate tables by deck id, with the deck's `updated_at` they were built from. A deck's
 # rows change only through services that bump `updated_at`, so a table is rebuilt only then.
 _TABLES: dict[int, tuple[datetime, RateTable]] = {}
@@ -60,17 +64,7 @@ def rate_table(deck_id: int, updated_at: datetime) -> RateTable:
         )
         for r in Rate.objects.filter(deck_id=deck_id)
         .order_by()
-        .values(
-            "id",
-            "prefix",
-            "destination",
-            "rate_per_minute",
-            "connect_fee",
-            "first_block",
-            "increment",
-            "effective_from",
-            "effective_to",
-        )  # fmt: skip
+        .values(*RATE_FIELDS)
         .iterator(chunk_size=20_000)
     ]
     table = RateTable(rows)

@@ -296,10 +296,11 @@ def ledger_verify() -> dict[int, tuple[Decimal, Decimal]]:
 def rate_deck_import(*, actor: Caller, deck: RateDeck, text: str, replace: bool = False) -> int:
     """Load a CSV of rates into ``deck``, all or nothing; the number of rows added.
 
-    Raises `billing.rate_import.RateImportError` listing every bad line (number, column, reason) and writes
-    nothing then. ``replace`` deletes the deck's rows first (rated CDRs keep the numbers they
-    were charged: `Cdr.rate` has no database constraint). The rows are checked against each
-    other and against the rows kept for overlapping effective periods of the same prefix."""
+    Raises `billing.rate_import.RateImportError` listing every bad line (number, column,
+    reason) and writes nothing then. ``replace`` deletes the deck's rows first (rated CDRs
+    keep the cost they were charged; `Cdr.rate` has no database constraint). The rows are
+    checked against each other and against the rows kept, for overlapping effective periods
+    of one prefix."""
     rows = parse_rate_csv(text)
     existing = (
         []
