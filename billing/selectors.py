@@ -88,8 +88,8 @@ UNANSWERED = Rating(rate_id=None, billed_seconds=0, cost=ZERO, currency="", unra
 
 class RatingBook:
     """What rating a batch of CDRs needs, read once per batch: the assignments (a small table),
-    the decks' currencies and versions, and the customers' currencies. Rate tables come from the
-    process-wide cache."""
+    the decks' currencies and versions, the customers' currencies, and the assigned decks' rate
+    tables (from the process-wide cache, rebuilt only for a deck that changed)."""
 
     def __init__(self) -> None:
         from accounts.models import Customer
@@ -108,6 +108,12 @@ class RatingBook:
             self._assignments.setdefault(key, []).append(
                 (a["valid_from"], a["trunk_id"], a["deck_id"])
             )
+        # Every assigned deck's table, now: rating runs inside ingest's COPY, when the
+        # connection can run no other query.
+        assigned = {deck for rows in self._assignments.values() for _, _, deck in rows}
+        self._tables = {
+            deck: rate_table(deck, self._decks[deck][1]) for deck in assigned if deck in self._decks
+        }
 
     def deck_for(
         self, customer_id: int, trunk_id: int | None, direction: str, at: datetime
@@ -145,10 +151,10 @@ class RatingBook:
         )
         if deck_id is None:
             return _unrated(UnratedReason.NO_DECK, duration_ms)
-        currency, version = self._decks[deck_id]
+        currency = self._decks[deck_id][0]
         if currency != self._currency.get(customer_id or 0):
             return _unrated(UnratedReason.CURRENCY_MISMATCH, duration_ms)
-        result = rate_call(rate_table(deck_id, version), callee_e164, answer_at, duration_ms)
+        result = rate_call(self._tables[deck_id], callee_e164, answer_at, duration_ms)
         if isinstance(result, Rated):
             return Rating(
                 rate_id=result.rate.id,
