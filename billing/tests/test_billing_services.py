@@ -15,7 +15,7 @@ from accounts.choices import BillingMode
 from accounts.models import AuditEntry
 from billing import services
 from billing.models import Balance, Cdr, LedgerEntry, Rate, RateDeck
-from billing.rate_import import RateImportError
+from billing.rate_import import COLUMNS, RateImportError
 from billing.selectors import customer_balance, out_of_credit
 from core.tenancy import SYSTEM
 from edge.cdr import iso_utc
@@ -25,7 +25,7 @@ from trunking.snapshot import build_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HEADER = "prefix,destination,rate_per_minute,connect_fee,first_block,increment,effective_from,effective_to\n"
+HEADER = ",".join(COLUMNS) + "\n"
 DECK_CSV = HEADER + (
     "44,United Kingdom,0.0500,0,60,60,2020-01-01,\n"
     "4420,London,0.0150,0.0500,60,6,2020-01-01,\n"
