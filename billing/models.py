@@ -249,6 +249,9 @@ class LedgerEntry(models.Model):
         max_length=200, help_text="Who: a user, an API key, or the system job that posted it."
     )
     note = models.CharField(max_length=500, blank=True, help_text="Why.")
+    # The month (its first day) the entry belongs to on invoices: a call's answer month for
+    # usage, the charged month for a recurring charge, the posting month otherwise.
+    period = models.DateField()
     # What it is for, unique per customer and kind when set: an ingest batch, a number and
     # month for a recurring charge. Posting the same reference twice adds nothing.
     reference = models.CharField(max_length=200, blank=True)
@@ -293,3 +296,83 @@ class Balance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer}: {self.amount}"
+
+
+class Invoice(models.Model):
+    """A customer's bill for one month, or a credit note correcting an issued one.
+
+    Drafts are rebuilt freely; issuing gives the next number of the gapless sequence and
+    freezes the invoice and its lines (`services.invoice_issue`). A correction of an issued
+    invoice is a credit note (`kind=credit_note`, `corrects` the original), never an edit."""
+
+    class Kind(models.TextChoices):
+        INVOICE = "invoice", "Invoice"
+        CREDIT_NOTE = "credit_note", "Credit note"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ISSUED = "issued", "Issued"
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="invoices")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.INVOICE)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT)
+    number = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
+    period = models.DateField(help_text="The first day of the month billed.")
+    currency = models.CharField(max_length=3, validators=[currency_validator])
+    # The sum of the lines, to 1/10,000 like the ledger; documents show the amount due rounded
+    # to the currency's minor unit beside it.
+    total = models.DecimalField(max_digits=16, decimal_places=4, default=Decimal("0"))
+    corrects = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="credit_notes"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    issued_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    tenant_lookup = "customer"
+
+    class Meta:
+        ordering = ["-period", "-id"]
+        constraints = [
+            # One draft or issued invoice per customer and month (credit notes aside).
+            models.UniqueConstraint(
+                fields=["customer", "period"],
+                condition=models.Q(kind="invoice"),
+                name="invoice_one_per_month",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        label = f"#{self.number}" if self.number else "draft"
+        return f"{self.get_kind_display()} {label} {self.customer} {self.period:%Y-%m}"
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        NUMBERS = "numbers", "Number charges"
+        ADJUSTMENT = "adjustment", "Adjustments and refunds"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=200)
+    quantity = models.DecimalField(
+        max_digits=16, decimal_places=2, default=Decimal("0"), help_text="Calls, minutes, items."
+    )
+    minutes = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("0"))
+    amount = models.DecimalField(max_digits=16, decimal_places=4)
+
+    class Meta:
+        ordering = ["invoice", "kind", "description"]
+
+    def __str__(self) -> str:
+        return f"{self.description}: {self.amount}"
+
+
+class InvoiceSequence(models.Model):
+    """The last number issued: a single row, locked while an invoice is issued, so numbers
+    have no gaps even with concurrent issuing."""
+
+    last = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"last invoice number {self.last}"

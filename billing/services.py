@@ -2,14 +2,15 @@
 ledger, rate decks and their import, recurring charges."""
 
 from collections.abc import Iterable, Iterator
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import islice
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.models import Count, Sum
+from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from accounts import audit
@@ -20,7 +21,17 @@ from edge.cdr import CallDetailRecord, parse_iso_utc
 from trunking.models import PhoneNumber, Trunk
 from trunking.push import request_config_push
 
-from .models import Balance, Cdr, LedgerEntry, Rate, RateAssignment, RateDeck
+from .models import (
+    Balance,
+    Cdr,
+    Invoice,
+    InvoiceLine,
+    InvoiceSequence,
+    LedgerEntry,
+    Rate,
+    RateAssignment,
+    RateDeck,
+)
 from .rate_import import check_overlaps, parse_rate_csv
 from .selectors import Rating, RatingBook, out_of_credit
 
@@ -30,6 +41,8 @@ CDR_COLUMNS = tuple(
     for field in Cdr._meta.concrete_fields
     if not field.primary_key and field.name != "ingested_at"
 )
+# What ingest hands the ledger for each new row: (customer id, cost, answer time).
+Charge = tuple[int | None, Decimal | None, datetime | None]
 # Without COPY, rows go in statements of this many (well under SQLite's variable limit).
 BULK_BATCH_SIZE = 500
 
@@ -57,9 +70,7 @@ def cdrs_ingest(*, records: Iterable[CallDetailRecord]) -> int:
     return len(charged)
 
 
-def _ingest_by_copy(
-    records: Iterable[CallDetailRecord], book: RatingBook
-) -> list[tuple[int | None, Decimal | None, str]]:
+def _ingest_by_copy(records: Iterable[CallDetailRecord], book: RatingBook) -> list[Charge]:
     columns = ", ".join(CDR_COLUMNS)
     table = Cdr._meta.db_table
     with connection.connection.cursor() as cursor:
@@ -77,17 +88,15 @@ def _ingest_by_copy(
                 copy.write_row([values[column] for column in CDR_COLUMNS])
         cursor.execute(
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM cdr_incoming "
-            f"ON CONFLICT (edge, call_id) DO NOTHING RETURNING customer_id, cost, currency"
+            f"ON CONFLICT (edge, call_id) DO NOTHING RETURNING customer_id, cost, answer_at"
         )
         inserted = cursor.fetchall()
         cursor.execute("DROP TABLE cdr_incoming")
     return inserted
 
 
-def _ingest_by_bulk_insert(
-    records: Iterable[CallDetailRecord], book: RatingBook
-) -> list[tuple[int | None, Decimal | None, str]]:
-    inserted: list[tuple[int | None, Decimal | None, str]] = []
+def _ingest_by_bulk_insert(records: Iterable[CallDetailRecord], book: RatingBook) -> list[Charge]:
+    inserted: list[Charge] = []
     for chunk in _chunks(records, BULK_BATCH_SIZE):
         # bulk_create(ignore_conflicts=True) cannot say how many rows it inserted, so the rows
         # already stored are looked up first; ignore_conflicts still guards a concurrent load.
@@ -104,7 +113,7 @@ def _ingest_by_bulk_insert(
             if key not in stored and key not in new:
                 new[key] = Cdr(**_column_values(record, book))
         Cdr.objects.bulk_create(new.values(), ignore_conflicts=True)
-        inserted += [(cdr.customer_id, cdr.cost, cdr.currency) for cdr in new.values()]
+        inserted += [(cdr.customer_id, cdr.cost, cdr.answer_at) for cdr in new.values()]
     return inserted
 
 
@@ -187,6 +196,7 @@ def ledger_post(
     amount: Decimal,
     note: str = "",
     reference: str = "",
+    period: date | None = None,
     audited: bool = True,
 ) -> LedgerEntry | None:
     """Add one entry to ``customer``'s ledger and move its balance; None if ``reference`` was
@@ -209,6 +219,7 @@ def ledger_post(
         actor=_actor_label(actor)[:200],
         note=note[:500],
         reference=reference,
+        period=month_of(period or timezone.now()),
     )
     entry.full_clean()
     entry.save()
@@ -248,26 +259,36 @@ def _audit_actor(actor: Caller | str) -> Caller:
     return SYSTEM if isinstance(actor, str) else actor
 
 
-def usage_debit(*, charges: Iterable[tuple[int | None, Decimal | None, str]]) -> None:
-    """Debit the rated cost of newly stored CDRs: one ledger entry per customer per batch."""
-    totals: dict[int, tuple[Decimal, int]] = {}
-    for customer_id, cost, _currency in charges:
-        if customer_id is None or not cost:
+def usage_debit(*, charges: Iterable[Charge]) -> None:
+    """Debit the rated cost of newly stored CDRs: one ledger entry per customer and answer
+    month per batch (the month puts the usage on the right invoice)."""
+    totals: dict[tuple[int, date], tuple[Decimal, int]] = {}
+    for customer_id, cost, answer_at in charges:
+        if customer_id is None or not cost or answer_at is None:
             continue
-        total, calls = totals.get(customer_id, (Decimal("0"), 0))
-        totals[customer_id] = (total + cost, calls + 1)
+        key = (customer_id, month_of(answer_at))
+        total, calls = totals.get(key, (Decimal("0"), 0))
+        totals[key] = (total + cost, calls + 1)
     if not totals:
         return
-    for customer in Customer.objects.filter(pk__in=totals):
-        total, calls = totals[customer.pk]
+    customers = Customer.objects.in_bulk({customer_id for customer_id, _ in totals})
+    for (customer_id, period), (total, calls) in sorted(totals.items()):
         ledger_post(
             actor="system:cdr-ingest",
-            customer=customer,
+            customer=customers[customer_id],
             kind=LedgerEntry.Kind.USAGE,
             amount=-total,
+            period=period,
             note=f"{calls} rated call{'s' if calls != 1 else ''}",
             audited=False,  # the ledger row is the record; one audit row per batch is noise
         )
+
+
+def month_of(moment: datetime | date) -> date:
+    """The first day of the UTC month of ``moment``."""
+    if isinstance(moment, datetime):
+        moment = moment.astimezone(UTC)
+    return date(moment.year, moment.month, 1)
 
 
 def ledger_verify() -> dict[int, tuple[Decimal, Decimal]]:
@@ -379,7 +400,234 @@ def recurring_charges_post(*, month: date) -> int:
                 amount=-number.monthly_price,
                 note=f"{number.number} for {label}",
                 reference=f"number:{number.pk}:{label}",
+                period=month,
                 audited=False,
             )
         posted += entry is not None
     return posted
+
+
+# --- invoices ---------------------------------------------------------------------------------
+
+
+class InvoiceError(Exception):
+    """A request the invoice rules forbid (editing an issued invoice, ...)."""
+
+
+def _next_month(period: date) -> date:
+    return date(period.year + period.month // 12, period.month % 12 + 1, 1)
+
+
+@transaction.atomic
+def invoice_draft(*, actor: Caller, customer: Customer, period: date) -> Invoice:
+    """Build (or rebuild) ``customer``'s draft invoice for the month of ``period``.
+
+    Lines: usage by destination from the month's rated calls (by answer time), the month's
+    number charges, and each adjustment or refund of the month. Its total is the sum of its
+    lines, which is the sum of the month's ledger entries other than top-ups (as a positive
+    amount due). An issued invoice is never rebuilt."""
+    period = month_of(period)
+    invoice, _ = Invoice.objects.select_for_update().get_or_create(
+        customer=customer,
+        period=period,
+        kind=Invoice.Kind.INVOICE,
+        defaults={"currency": customer.currency},
+    )
+    if invoice.status != Invoice.Status.DRAFT:
+        raise InvoiceError(f"Invoice #{invoice.number} is issued; correct it with a credit note.")
+    invoice.lines.all().delete()
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    end_date = _next_month(period)
+    end = datetime(end_date.year, end_date.month, 1, tzinfo=UTC)
+    lines: list[InvoiceLine] = []
+    usage = (
+        Cdr.objects.filter(customer=customer, answer_at__gte=start, answer_at__lt=end, cost__gt=0)
+        .order_by()
+        .values("rate__destination", "rate__prefix")
+        .annotate(calls=Count("id"), seconds=Sum("billed_seconds"), amount=Sum("cost"))
+        .order_by("rate__destination", "rate__prefix")
+    )
+    for row in usage:
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.USAGE,
+                description=f"{row['rate__destination'] or 'Calls'} (+{row['rate__prefix']})",
+                quantity=Decimal(row["calls"]),
+                minutes=(Decimal(row["seconds"]) / 60).quantize(Decimal("0.01")),
+                amount=row["amount"],
+            )
+        )
+    entries = LedgerEntry.objects.filter(customer=customer, period=period)
+    recurring = entries.filter(kind=LedgerEntry.Kind.RECURRING).aggregate(
+        count=Count("id"), total=Sum("amount")
+    )
+    if recurring["count"]:
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.NUMBERS,
+                description=f"Phone numbers, {period:%B %Y}",
+                quantity=Decimal(recurring["count"]),
+                amount=-recurring["total"],
+            )
+        )
+    for entry in entries.filter(
+        kind__in=[LedgerEntry.Kind.ADJUSTMENT, LedgerEntry.Kind.REFUND]
+    ).order_by("created_at", "id"):
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.ADJUSTMENT,
+                description=f"{entry.get_kind_display()}: {entry.note}"[:200],
+                quantity=Decimal(1),
+                amount=-entry.amount,
+            )
+        )
+    InvoiceLine.objects.bulk_create(lines)
+    invoice.total = sum((line.amount for line in lines), Decimal("0"))
+    invoice.currency = customer.currency
+    invoice.save(update_fields=["total", "currency"])
+    return invoice
+
+
+def period_ledger_due(*, customer: Customer, period: date) -> Decimal:
+    """What the month's ledger says is due: minus the sum of its entries other than top-ups
+    (a check that an invoice's total is right)."""
+    total = (
+        LedgerEntry.objects.filter(customer=customer, period=month_of(period))
+        .exclude(kind=LedgerEntry.Kind.TOPUP)
+        .aggregate(total=Sum("amount"))["total"]
+    )
+    return -(total or Decimal("0"))
+
+
+@transaction.atomic
+def invoice_issue(*, actor: Caller, invoice: Invoice) -> Invoice:
+    """Give ``invoice`` the next number (no gaps: the sequence row is locked meanwhile) and
+    freeze it."""
+    invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if invoice.status != Invoice.Status.DRAFT:
+        raise InvoiceError(f"Invoice #{invoice.number} is already issued.")
+    sequence, _ = InvoiceSequence.objects.select_for_update().get_or_create(pk=1)
+    sequence.last += 1
+    sequence.save(update_fields=["last"])
+    invoice.number = sequence.last
+    invoice.status = Invoice.Status.ISSUED
+    invoice.issued_at = timezone.now()
+    invoice.save(update_fields=["number", "status", "issued_at"])
+    audit.record(actor=actor, obj=invoice, action=AuditAction.UPDATE, note="issued")
+    return invoice
+
+
+@transaction.atomic
+def invoice_credit_note(
+    *, actor: Caller, invoice: Invoice, amount: Decimal | None = None, note: str
+) -> Invoice:
+    """Correct an issued invoice: a credit note (numbered at once) for ``amount`` (default:
+    the whole invoice), with a matching ledger credit so the balance follows."""
+    if invoice.status != Invoice.Status.ISSUED or invoice.kind != Invoice.Kind.INVOICE:
+        raise InvoiceError("Only an issued invoice can be credited.")
+    amount = invoice.total if amount is None else amount
+    if not Decimal("0") < amount <= invoice.total:
+        raise InvoiceError(f"A credit note is for more than 0 and at most {invoice.total}.")
+    credit = Invoice.objects.create(
+        customer=invoice.customer,
+        kind=Invoice.Kind.CREDIT_NOTE,
+        period=invoice.period,
+        currency=invoice.currency,
+        total=-amount,
+        corrects=invoice,
+    )
+    InvoiceLine.objects.create(
+        invoice=credit,
+        kind=InvoiceLine.Kind.ADJUSTMENT,
+        description=f"Credit for invoice #{invoice.number}: {note}"[:200],
+        quantity=Decimal(1),
+        amount=-amount,
+    )
+    ledger_post(
+        actor=actor,
+        customer=invoice.customer,
+        kind=LedgerEntry.Kind.REFUND,
+        amount=amount,
+        note=f"credit note for invoice #{invoice.number}: {note}",
+        reference=f"credit-note:{credit.pk}",
+        # The month after the one invoiced: the issued invoice's own month stays as it was.
+        period=_next_month(invoice.period),
+    )
+    return invoice_issue(actor=actor, invoice=credit)
+
+
+# --- re-rating --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def rerate(*, actor: Caller, customer: Customer, period: date) -> dict[str, Any]:
+    """Rate ``customer``'s calls answered in the month of ``period`` again (after a deck was
+    fixed or assigned): each CDR gets its new rate and cost, and the ledger gets one usage entry
+    with the difference, for that month, so drafts and balances follow. A month whose invoice is
+    issued is not re-rated (correct it with a credit note)."""
+    period = month_of(period)
+    if Invoice.objects.filter(
+        customer=customer, period=period, kind=Invoice.Kind.INVOICE, status="issued"
+    ).exists():
+        raise InvoiceError(f"{period:%Y-%m} is invoiced; correct it with a credit note.")
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    next_month = _next_month(period)
+    end = datetime(next_month.year, next_month.month, 1, tzinfo=UTC)
+    book = RatingBook()
+    changed: list[Cdr] = []
+    difference = Decimal("0")
+    rows = Cdr.objects.filter(customer=customer, answer_at__gte=start, answer_at__lt=end)
+    for cdr in rows.iterator(chunk_size=5_000):
+        rating = book.rate(
+            customer_id=cdr.customer_id,
+            trunk_id=cdr.trunk_id,
+            direction=cdr.direction,
+            callee_e164=cdr.callee_e164,
+            answer_at=cdr.answer_at,
+            duration_ms=cdr.duration_ms,
+        )
+        new = (rating.rate_id, rating.billed_seconds, rating.cost, rating.currency,
+               rating.unrated_reason)  # fmt: skip
+        old = (cdr.rate_id, cdr.billed_seconds, cdr.cost, cdr.currency, cdr.unrated_reason)
+        if new != old:
+            difference += (rating.cost or 0) - (cdr.cost or 0)
+            (cdr.rate_id, cdr.billed_seconds, cdr.cost, cdr.currency, cdr.unrated_reason) = new
+            changed.append(cdr)
+    Cdr.objects.bulk_update(
+        changed,
+        ["rate", "billed_seconds", "cost", "currency", "unrated_reason"],
+        batch_size=2_000,
+    )
+    if difference:
+        ledger_post(
+            actor=actor,
+            customer=customer,
+            kind=LedgerEntry.Kind.USAGE,
+            amount=-difference,
+            period=period,
+            note=f"re-rating {period:%Y-%m}: {len(changed)} calls changed",
+        )
+    audit.record(
+        actor=actor,
+        obj=customer,
+        action=AuditAction.UPDATE,
+        note=f"re-rated {period:%Y-%m}: {len(changed)} calls, difference {difference}",
+    )
+    return {"changed": len(changed), "difference": difference}
+
+
+@transaction.atomic
+def balance_set_threshold(
+    *, actor: Caller, customer: Customer, threshold: Decimal | None
+) -> Balance:
+    """Set the balance below which a low-balance event is raised (None: no threshold)."""
+    balance, _ = Balance.objects.select_for_update().get_or_create(customer=customer)
+    before = audit.snapshot(balance)
+    balance.low_balance_threshold = threshold
+    balance.below_threshold = threshold is not None and balance.amount < threshold
+    balance.save(update_fields=["low_balance_threshold", "below_threshold", "updated_at"])
+    audit.record(actor=actor, obj=balance, action=AuditAction.UPDATE, before=before)
+    return balance
