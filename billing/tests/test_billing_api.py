@@ -184,3 +184,21 @@ def test_invoice_issue_documents_and_credit_note(api_as, customer, invoice):
     assert credit.status_code == 201, credit.content
     assert (credit.json()["number"], credit.json()["total"]) == (2, "-1.0000")
     assert api_as("other_customer").get(f"/api/v1/invoices/{invoice.pk}/pdf/").status_code == 404
+
+
+def test_admin_import_page_lists_bad_lines_then_imports(client, admin_user):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(admin_user)
+    deck = RateDeck.objects.create(name="Admin deck", currency="USD")
+    url = f"/admin/billing/ratedeck/{deck.pk}/import/"
+    assert client.get(url).status_code == 200
+    bad = ",".join(COLUMNS) + "\n44,UK,x,0,60,60,,\n"
+    page = client.post(url, {"file": SimpleUploadedFile("d.csv", bad.encode())})
+    assert page.status_code == 200
+    assert b"<td>2</td><td>rate_per_minute</td>" in page.content.replace(b"\n", b"")
+    assert not deck.rates.exists()
+    done = client.post(url, {"file": SimpleUploadedFile("d.csv", CSV.encode())})
+    assert done.status_code == 302 and deck.rates.count() == 2
+    invoices = client.get("/admin/billing/invoice/")
+    assert invoices.status_code == 200
