@@ -71,14 +71,16 @@ class UnratedReason(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"  # the deck's currency is not the customer's
 
 
-@dataclass(frozen=True, slots=True)
+# Results are plain slotted classes, not frozen ones: a frozen dataclass costs a
+# object.__setattr__ per field, and one is made per rated call.
+@dataclass(slots=True)
 class Rated:
     rate: Rate
     billable_seconds: int
     cost: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unrated:
     reason: UnratedReason
 
@@ -122,16 +124,16 @@ class RateTable:
 
     def lookup(self, digits: str, at: datetime) -> Rate | None:
         """The longest-prefix row in effect at `at` for `digits` (an E.164 number without +)."""
-        by_prefix = self._by_prefix
+        get = self._by_prefix.get
+        size = len(digits)
         for length in self._lengths:
-            if length > len(digits):
+            if length > size:
                 continue
-            rows = by_prefix.get(digits[:length])
-            if rows is None:
-                continue
-            rate = _in_effect(rows, at)
-            if rate is not None:
-                return rate
+            rows = get(digits[:length])
+            if rows is not None:
+                rate = _in_effect(rows, at)
+                if rate is not None:
+                    return rate
         return None
 
 

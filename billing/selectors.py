@@ -72,7 +72,7 @@ def rate_table(deck_id: int, updated_at: datetime) -> RateTable:
     return table
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rating:
     """What ingest stores on a CDR."""
 
@@ -123,7 +123,10 @@ class RatingBook:
         rows = self._assignments.get((customer_id, direction))
         if not rows:
             return None
-        end = bisect.bisect_right(rows, at, key=lambda row: row[0])
+        if len(rows) == 1:  # the common case: one deck for all the customer's trunks
+            start, trunk, deck = rows[0]
+            return deck if start <= at and (trunk is None or trunk == trunk_id) else None
+        end = bisect.bisect_right(rows, at, key=_start)
         customer_wide = None
         for _start, trunk, deck in reversed(rows[:end]):
             if trunk is not None and trunk == trunk_id:
@@ -165,6 +168,10 @@ class RatingBook:
             )
         assert isinstance(result, Unrated)
         return _unrated(result.reason, duration_ms)
+
+
+def _start(row: tuple[datetime, int | None, int]) -> datetime:
+    return row[0]
 
 
 def _unrated(reason: UnratedReason, duration_ms: int) -> Rating:
