@@ -194,31 +194,24 @@ def _copy_chunks(
         connection.ensure_connection()
         pg_connection = connection.connection
     rows = -1 if fmt == ExportFormat.CSV else 0  # the header is a message too
-    finished = False
-    try:
-        with pg_connection.cursor() as cursor, cursor.copy(sql, params) as copy:
-            parts: list[Any] = []
-            size = 0
-            # One message per row: gather them into chunks.
-            while data := copy.read():
-                parts.append(data)
-                size += len(data)
-                rows += 1
-                if size >= CHUNK_BYTES:
-                    yield b"".join(parts)
-                    parts, size = [], 0
-                    if on_progress is not None:
-                        on_progress(rows)
-            if parts:
+    # Closed early (the client went away), psycopg ends the COPY and the connection stays usable.
+    with pg_connection.cursor() as cursor, cursor.copy(sql, params) as copy:
+        parts: list[Any] = []
+        size = 0
+        # One message per row: gather them into chunks.
+        while data := copy.read():
+            parts.append(data)
+            size += len(data)
+            rows += 1
+            if size >= CHUNK_BYTES:
                 yield b"".join(parts)
-            finished = True
-        if on_progress is not None:
-            on_progress(max(rows, 0))
-    finally:
-        if not finished and pg_connection is getattr(connection, "connection", None):
-            # Closed mid-COPY (the client went away): the connection is in an unknown state
-            # mid-protocol; a fresh one is made on the next query.
-            connection.close()
+                parts, size = [], 0
+                if on_progress is not None:
+                    on_progress(rows)
+        if parts:
+            yield b"".join(parts)
+    if on_progress is not None:
+        on_progress(max(rows, 0))
 
 
 def _python_chunks(
