@@ -23,7 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Customer
 from core.admin import admin_caller
@@ -47,10 +47,10 @@ class FilterSetListFilter(admin.SimpleListFilter):
     applies its parameter from the URL (the period, a trunk, a number).
     """
 
-    choices: ClassVar[list[tuple[str, str]]] = []
+    options: ClassVar[list[tuple[str, str]]] = []
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(self.choices)
+        return list(self.options)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Cdr]) -> QuerySet[Cdr]:
         value = self.value()
@@ -65,10 +65,21 @@ class FilterSetListFilter(admin.SimpleListFilter):
             raise IncorrectLookupParameters(exc) from exc
 
 
-def _list_filter(name: str, title: str, **attrs: Any) -> type[FilterSetListFilter]:
+class HiddenFilterSetListFilter(FilterSetListFilter):
+    """Applies its parameter; shows nothing (the admin skips filters without output)."""
+
+    template = "admin/billing/hidden_filter.html"
+
+    def has_output(self) -> bool:
+        return True
+
+
+def _list_filter(
+    name: str, title: str, base: type[FilterSetListFilter] = FilterSetListFilter, **attrs: Any
+) -> type[FilterSetListFilter]:
     return type(
         f"{name.title().replace('_', '')}Filter",
-        (FilterSetListFilter,),
+        (base,),
         {"title": title, "parameter_name": name, **attrs},
     )
 
@@ -99,13 +110,13 @@ class CustomerFilter(FilterSetListFilter):
 
 
 DirectionFilter = _list_filter(
-    "direction", "direction", choices=[("inbound", "Inbound"), ("outbound", "Outbound")]
+    "direction", "direction", options=[("inbound", "Inbound"), ("outbound", "Outbound")]
 )
-AnsweredFilter = _list_filter("answered", "answered", choices=[("true", "Yes"), ("false", "No")])
+AnsweredFilter = _list_filter("answered", "answered", options=[("true", "Yes"), ("false", "No")])
 FinalCodeFilter = _list_filter(
     "final_code",
     "final code",
-    choices=[
+    options=[
         ("2xx", "2xx answered"),
         ("3xx", "3xx"),
         ("4xx", "4xx"),
@@ -115,7 +126,8 @@ FinalCodeFilter = _list_filter(
 )
 # From the URL only (the export page and links set them); the sidebar has no room for inputs.
 HIDDEN_FILTERS = [
-    _list_filter(name, name) for name in ("since", "until", "trunk", "number", "region", "edge")
+    _list_filter(name, name, HiddenFilterSetListFilter)
+    for name in ("since", "until", "trunk", "number", "region", "edge")
 ]
 
 
@@ -136,7 +148,7 @@ def decision_trace_html(cdr: Cdr) -> SafeString:
         ),
     )
     if not cdr.routes:
-        rows = format_html('<tr><td colspan="5">No route was tried.</td></tr>')
+        rows = mark_safe('<tr><td colspan="5">No route was tried.</td></tr>')  # a constant
     outcome = format_html(
         "Final answer to the caller: <strong>{} </strong> ({}){}{}.",
         cdr.final_code,
@@ -280,7 +292,11 @@ class CdrAdmin(admin.ModelAdmin):
             if queryset.count() <= settings.CDR_EXPORT_JOB_THRESHOLD_ROWS:
                 return exports.export_response(request, queryset, fmt=fmt, columns=columns)
             job = exports.cdr_export_job_create(
-                actor=admin_caller(request), fmt=fmt, columns=columns, filters=filters
+                actor=admin_caller(request),
+                fmt=fmt,
+                columns=columns,
+                filters=filters,
+                require_period=False,
             )
             return HttpResponseRedirect(reverse("admin:billing_exportjob_progress", args=[job.pk]))
         context = {

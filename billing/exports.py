@@ -336,15 +336,23 @@ def export_too_large_message(rows: int) -> str:
 
 @transaction.atomic
 def cdr_export_job_create(
-    *, actor: Caller, fmt: str, columns: list[str], filters: Mapping[str, Any]
+    *,
+    actor: Caller,
+    fmt: str,
+    columns: list[str],
+    filters: Mapping[str, Any],
+    require_period: bool = True,
 ) -> ExportJob:
     """Queue an export of the CDRs ``filters`` select within the actor's tenant.
 
-    ValidationError (naming the fields) if the filters are bad; nothing is stored then.
+    ValidationError (naming the fields) if the filters are bad; nothing is stored then. The
+    API requires a period; the admin's export may go without (its list has none either).
     """
     plain = {str(k): str(v) for k, v in filters.items() if v not in (None, "")}
     customer = None if actor.is_staff else actor.customer
-    queryset = filter_cdrs(cdrs_for_tenant(customer.pk if customer else None), plain)
+    queryset = filter_cdrs(
+        cdrs_for_tenant(customer.pk if customer else None), plain, require_period=require_period
+    )
     job = ExportJob.objects.create(
         customer=customer,
         created_by=actor.user if actor.user is not None and actor.user.pk else None,
@@ -399,7 +407,8 @@ def cdr_export_job_run(*, job_id: int) -> ExportJob | None:
 
     pg = None
     try:
-        queryset = filter_cdrs(cdrs_for_tenant(job.customer_id), job.filters)
+        # The filters were checked when the job was created, the period's presence included.
+        queryset = filter_cdrs(cdrs_for_tenant(job.customer_id), job.filters, require_period=False)
         if connection.vendor == "postgresql":
             # The COPY gets a connection of its own: progress is written on Django's meanwhile.
             pg = connection.get_new_connection(connection.get_connection_params())

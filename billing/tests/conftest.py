@@ -107,3 +107,16 @@ def reader_as(api_as, customer) -> Callable[[str], APIClient]:
         return client
 
     return make
+
+
+@pytest.fixture
+def job_env(settings, tmp_path):
+    """Jobs run in-process (as in the embedded default) and write under a temporary directory."""
+    from billing.tasks import run_cdr_export
+
+    settings.CDR_EXPORT_DIR = tmp_path / "exports"
+    conf = run_cdr_export.app.conf
+    eager = conf.task_always_eager
+    conf.task_always_eager = True
+    yield settings.CDR_EXPORT_DIR
+    conf.task_always_eager = eager

@@ -218,19 +218,6 @@ def test_abandoned_stream_leaves_the_connection_usable(reader_as, many_calls, mo
 # --- export jobs -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def job_env(settings, tmp_path):
-    """Jobs run in-process (as in the embedded default) and write under a temporary directory."""
-    from billing.tasks import run_cdr_export
-
-    settings.CDR_EXPORT_DIR = tmp_path / "exports"
-    conf = run_cdr_export.app.conf
-    eager = conf.task_always_eager
-    conf.task_always_eager = True
-    yield settings.CDR_EXPORT_DIR
-    conf.task_always_eager = eager
-
-
 JOB_BODY = {
     "since": "2026-11-29T00:00:00Z",
     "until": "2026-11-30T00:00:00Z",
