@@ -10,7 +10,9 @@ from . import exports
 
 @shared_task(acks_late=True)
 def run_cdr_export(job_id: int) -> str | None:
-    """Write an export job's file; its status afterwards."""
+    """Write an export job's file; its status afterwards. Files past their age go first (so
+    they expire even where no beat runs, as in the embedded default)."""
+    exports.cdr_export_jobs_expire()
     job = exports.cdr_export_job_run(job_id=job_id)
     return None if job is None else job.status
 
