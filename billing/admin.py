@@ -370,6 +370,9 @@ class ExportJobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # files go when they expire; the row stays as the record of the export
+
     def get_urls(self) -> list[Any]:
         return [
             path(

@@ -145,6 +145,41 @@ def test_filters(query, expected, reader_as, calls):
     assert got == {getattr(calls, name).pk for name in expected}
 
 
+FILTER_QUERIES = [
+    "direction=outbound",
+    "number=%2B14155550100",
+    "final_code=2xx",
+    "reason=normal_clearing",
+    "answered=true",
+    "edge=edge-1",
+]
+
+
+@pytest.mark.parametrize("query", FILTER_QUERIES)
+@pytest.mark.parametrize("who", ["other_customer", "staff", "anonymous"])
+def test_no_filter_reaches_across_tenants(who, query, reader_as, calls):
+    """Each filter matches calls of both tenants; each tenant still sees only its own."""
+    client = reader_as(who)
+    listed: set[int] = set()
+    for endpoint in ("cdrs", "cdrs/export"):
+        response = client.get(f"/api/v1/{endpoint}/?{DAY}&{query}&columns=id")
+        if who == "anonymous":
+            assert response.status_code == 401
+            continue
+        if endpoint == "cdrs":
+            ids = _ids(response)
+        else:
+            lines = b"".join(response.streaming_content).decode().split()
+            ids = {int(line) for line in lines[1:]}
+        assert calls.theirs.pk in ids
+        assert bool(ids & calls.mine_in_day) == (who == "staff"), (endpoint, ids)
+        listed = listed or ids
+        assert ids == listed
+    if who != "anonymous":
+        attempts = client.get(f"/api/v1/cdrs/summary/?{DAY}&{query}").json()["attempts"]
+        assert attempts == len(listed)
+
+
 def test_trunk_filter_is_tenant_scoped(reader_as, calls, trunk, other_trunk):
     owner = reader_as("owner")
     assert _ids(owner.get(f"/api/v1/cdrs/?{DAY}&trunk={trunk.pk}")) == calls.mine_in_day
