@@ -14,7 +14,9 @@ _FOUR_PLACES = Decimal("0.0001")
 _TWO_PLACES = Decimal("0.01")
 
 
-def _figures(attempts: int, answered: int, talk_ms: int | None, billable: int | None) -> dict:
+def _figures(
+    attempts: int, answered: int, talk_ms: int | None, billable: int | None
+) -> dict[str, Any]:
     """ASR, ACD and minutes from the sums: ASR = answered / attempts, ACD = mean talk time
     of the answered calls in seconds, minutes = talk time, billable minutes = billed seconds."""
     talk_ms = talk_ms or 0
