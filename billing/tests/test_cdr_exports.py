@@ -109,7 +109,7 @@ def test_export_takes_the_list_filters(reader_as, calls):
 
 
 def test_text_that_needs_quoting_survives(reader_as, customer, trunk):
-    odd = 'Bob, "the builder"\\n'
+    odd = 'Bob, "the builder"\\n\n\t\x01é'
     cdrs_ingest(records=[make_cdr(customer_id=customer.pk, trunk_id=trunk.pk, caller_raw=odd)])
     rows = _csv(reader_as("owner").get(f"/api/v1/cdrs/export/?{DAY}&columns=caller_raw"))
     assert rows == [{"caller_raw": odd}]
