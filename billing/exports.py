@@ -4,7 +4,8 @@
 ``CHUNK_BYTES`` at a time, never holding the result: on PostgreSQL the server writes the file
 itself (``COPY (SELECT ...) TO STDOUT``, the rows formatted in SQL), elsewhere (SQLite, the
 embedded default) rows come through a chunked ORM iterator and Python's csv/orjson. Both give
-the same columns and values: times in ISO 8601 UTC with milliseconds (``2026-11-24T08:00:00.123Z``),
+the same columns and values: times in ISO 8601 UTC (``2026-11-24T08:00:00.123Z``, the fraction of a
+second without trailing zeros),
 empty text as an empty CSV field, JSON columns (``routes``, ``codecs``) as JSON.
 
 `streaming_response` serves those chunks; under ASGI (uvicorn) as an async iterator that pulls
@@ -115,11 +116,15 @@ def parse_columns(text: str | None) -> list[str]:
     return names
 
 
-def iso_ms(value: datetime | None) -> str | None:
+def iso_utc_text(value: datetime | None) -> str | None:
+    """``2026-11-24T08:00:00.123Z``: UTC, the fraction of a second without trailing zeros (none
+    for a whole second), exactly as the PostgreSQL export writes it."""
     if value is None:
         return None
-    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.removesuffix("+00:00") + "Z"
+    text = value.astimezone(UTC).replace(tzinfo=None).isoformat()
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text + "Z"
 
 
 # --- the rows, as bytes --------------------------------------------------------------------
@@ -148,7 +153,9 @@ def _sql_expression(name: str, fmt: str) -> str:
     column = f't."{name}"'
     kind = EXPORT_COLUMNS[name]
     if kind == "time":
-        value = f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+        # PostgreSQL's own timestamp text, made ISO 8601: twice as cheap as to_char(), which
+        # cost the export a tenth of its speed (bench/cdr_export.py).
+        value = f"""replace(({column} AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z'"""
     elif kind == "ip":
         value = f"host({column})"
     elif kind == "json":
@@ -244,7 +251,7 @@ def _python_chunks(
             )
         else:
             record = {
-                name: iso_ms(value) if kind == "time" else value
+                name: iso_utc_text(value) if kind == "time" else value
                 for name, kind, value in zip(columns, kinds, row, strict=True)
             }
             buffer.write(orjson.dumps(record).decode())
@@ -266,7 +273,7 @@ def _csv_value(value: Any, kind: str) -> Any:
     if value is None:
         return ""
     if kind == "time":
-        return iso_ms(value)
+        return iso_utc_text(value)
     if kind == "json":
         return orjson.dumps(value).decode()
     return value

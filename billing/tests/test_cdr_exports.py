@@ -103,6 +103,33 @@ def test_jsonl_export(reader_as, calls):
     assert records[2]["hangup_side"] == ""
 
 
+def test_times_keep_their_fraction_without_trailing_zeros(reader_as, customer, trunk):
+    whole = 1_795_939_260.0  # 2026-11-29T08:01:00Z
+    cdrs_ingest(
+        records=[
+            make_cdr(
+                customer_id=customer.pk,
+                trunk_id=trunk.pk,
+                setup_at=iso_utc(whole),
+                ringing_at=iso_utc(whole + 0.1),
+                answer_at=iso_utc(whole + 2.05),
+                end_at=iso_utc(whole + 9),
+            )
+        ]
+    )
+    expected = {
+        "setup_at": "2026-11-29T08:01:00Z",
+        "ringing_at": "2026-11-29T08:01:00.1Z",
+        "answer_at": "2026-11-29T08:01:02.05Z",
+        "end_at": "2026-11-29T08:01:09Z",
+    }
+    query = f"{DAY}&columns={','.join(expected)}"
+    assert _csv(reader_as("owner").get(f"/api/v1/cdrs/export/?{query}")) == [expected]
+    assert _jsonl(reader_as("owner").get(f"/api/v1/cdrs/export/?{query}&format=jsonl")) == [
+        expected
+    ]
+
+
 def test_export_takes_the_list_filters(reader_as, calls):
     rows = _csv(reader_as("owner").get(f"/api/v1/cdrs/export/?{DAY}&final_code=4xx&columns=id"))
     assert rows == [{"id": str(calls.busy.pk)}]
