@@ -11,7 +11,11 @@ empty text unquoted), the raw ones as PostgreSQL prints them. Runs alternate API
 
 - seconds, rows and MB per run of each; rows/s;
 - ``cdr_export_ratio`` = raw median seconds / API median seconds (1.0: the API streams as fast
-  as the raw COPY; the target is >= 0.5);
+  as the raw COPY; the target is >= 0.5); the raw side reads with psycopg's ``Copy.read()``;
+- ``cdr_export_ratio_vs_libpq_loop``: the same against a raw side that reads straight from
+  libpq's buffer, as the export itself does (a stricter peer; also run alternately);
+- the web process's CPU seconds per export (from /proc, steadier than wall time when the
+  machine is busy);
 - the web process's peak resident memory (VmHWM of the uvicorn process, which serves nothing
   else), before and after the exports (target < 150 MB).
 
@@ -176,8 +180,9 @@ def api_export(port: int, key: str) -> tuple[float, int, int]:
     return time.perf_counter() - started, size, lines
 
 
-def raw_export(pg: object, customer_id: int) -> tuple[float, int, int]:
-    """(seconds, bytes, lines) of the raw COPY of the same rows and columns."""
+def raw_export(pg: object, customer_id: int, libpq_loop: bool = False) -> tuple[float, int, int]:
+    """(seconds, bytes, lines) of the raw COPY of the same rows and columns, read with
+    psycopg's ``Copy.read()``, or (``libpq_loop``) straight from libpq as the export does."""
     from billing.exports import DEFAULT_EXPORT_COLUMNS
 
     sql = (
@@ -189,10 +194,34 @@ def raw_export(pg: object, customer_id: int) -> tuple[float, int, int]:
     started = time.perf_counter()
     size = lines = 0
     with pg.cursor() as cursor, cursor.copy(sql, [customer_id, MONTH_START, until]) as copy:  # type: ignore[attr-defined]
-        while data := copy.read():
-            size += len(data)
-            lines += 1
+        if not libpq_loop:
+            while data := copy.read():
+                size += len(data)
+                lines += 1
+        else:
+            import select
+
+            from billing.exports import _finish_copy_out
+
+            pgconn = pg.pgconn  # type: ignore[attr-defined]
+            while True:
+                nbytes, data = pgconn.get_copy_data(1)
+                if nbytes > 0:
+                    size += nbytes
+                    lines += 1
+                elif nbytes == 0:
+                    select.select([pgconn.socket], [], [])
+                    pgconn.consume_input()
+                else:
+                    break
+            _finish_copy_out(pgconn)
     return time.perf_counter() - started, size, lines
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -222,7 +251,8 @@ def main() -> int:
     print("# API: GET /api/v1/cdrs/export/?format=csv (16 default columns, one month), uvicorn")
     print("#      (1 process, loopback), one http.client connection reading to the end.")
     print("# raw: psycopg COPY (SELECT same columns, customer, period, order) TO STDOUT (CSV),")
-    print("#      every byte read; runs alternate API/raw; ratio = raw median / API median.")
+    print("#      every byte read (Copy.read(); 'loop': straight from libpq); runs alternate;")
+    print("#      ratio = raw median / API median.")
     print(f"# database: {database_url}")
     ensure_database(database_url)
     migrate(env)
@@ -242,27 +272,45 @@ def main() -> int:
     server = start_server(env, port)
     api_runs: list[tuple[float, int, int]] = []
     raw_runs: list[tuple[float, int, int]] = []
+    loop_runs: list[tuple[float, int, int]] = []
+    web_cpu: list[float] = []
     try:
         rss_idle = peak_rss_mb(server.pid)
         with psycopg.connect(libpq_url(database_url), autocommit=True) as pg:
             for _ in range(args.repeat):
+                cpu_before = cpu_seconds(server.pid)
                 api_runs.append(api_export(port, key))
+                web_cpu.append(cpu_seconds(server.pid) - cpu_before)
                 raw_runs.append(raw_export(pg, customer_id))
+                loop_runs.append(raw_export(pg, customer_id, libpq_loop=True))
         rss_peak = peak_rss_mb(server.pid)
     finally:
         stop_server(server)
 
     print()
-    header = ("run", "API s", "API MB", "API rows", "raw s", "raw MB", "raw rows")
+    header = (
+        "run",
+        "API s",
+        "web CPU",
+        "API MB",
+        "API rows",
+        "raw s",
+        "raw MB",
+        "raw rows",
+        "loop s",
+    )
     print(f"{header[0]:<5}" + "".join(f"{h:>9}" for h in header[1:]))
-    for n, (api, raw) in enumerate(zip(api_runs, raw_runs, strict=True), start=1):
+    for n, (api, cpu, raw, loop) in enumerate(
+        zip(api_runs, web_cpu, raw_runs, loop_runs, strict=True), start=1
+    ):
         print(
-            f"{n:<5}{api[0]:>9.2f}{api[1] / 1e6:>9.1f}{api[2] - 1:>9}"
-            f"{raw[0]:>9.2f}{raw[1] / 1e6:>9.1f}{raw[2] - 1:>9}"
+            f"{n:<5}{api[0]:>9.2f}{cpu:>9.2f}{api[1] / 1e6:>9.1f}{api[2] - 1:>9}"
+            f"{raw[0]:>9.2f}{raw[1] / 1e6:>9.1f}{raw[2] - 1:>9}{loop[0]:>9.2f}"
         )
     api_s = statistics.median(r[0] for r in api_runs)
     raw_s = statistics.median(r[0] for r in raw_runs)
-    rows_ok = all(r[2] - 1 == args.rows for r in api_runs + raw_runs)
+    loop_s = statistics.median(r[0] for r in loop_runs)
+    rows_ok = all(r[2] - 1 == args.rows for r in api_runs + raw_runs + loop_runs)
     print()
     print(
         f"rows per export: {args.rows} ({'all runs complete' if rows_ok else 'ROW COUNT MISMATCH'})"
@@ -275,7 +323,12 @@ def main() -> int:
         f"web process peak RSS: {rss_idle:.1f} MB after start, {rss_peak:.1f} MB after the exports"
         f" (target < 150 MB)"
     )
+    print(
+        f"web process CPU per export: {statistics.median(web_cpu):.2f} s (median);"
+        f" raw read straight from libpq (as the export does) median {loop_s:.2f} s"
+    )
     print(f"cdr_export_peak_rss_mb={rss_peak:.1f}")
+    print(f"cdr_export_ratio_vs_libpq_loop={loop_s / api_s:.2f}")
     print(f"cdr_export_ratio={raw_s / api_s:.2f}")
     return 0 if rows_ok else 1
 
