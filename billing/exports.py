@@ -56,8 +56,6 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 # Rows fetched per round trip where there is no COPY (SQLite).
 ITERATOR_CHUNK_ROWS = 2000
-# An export job records its progress at most this often (seconds).
-PROGRESS_INTERVAL = 0.5
 
 CONTENT_TYPES = {
     ExportFormat.CSV: "text/csv; charset=utf-8",
@@ -435,7 +433,7 @@ def cdr_export_job_run(*, job_id: int) -> ExportJob | None:
 
     def report(rows: int) -> None:
         nonlocal last_report
-        if time.monotonic() - last_report >= PROGRESS_INTERVAL:
+        if time.monotonic() - last_report >= settings.CDR_EXPORT_PROGRESS_SECONDS:
             last_report = time.monotonic()
             ExportJob.objects.filter(pk=job.pk).update(rows_written=rows)
 

@@ -239,6 +239,8 @@ CDR_EXPORT_JOB_THRESHOLD_ROWS = env.int("CDR_EXPORT_JOB_THRESHOLD_ROWS", default
 # Where export jobs write their files, and how long a finished file is kept.
 CDR_EXPORT_DIR = Path(env.str("CDR_EXPORT_DIR", default=str(VAR_DIR / "exports")))
 CDR_EXPORT_FILE_TTL_HOURS = env.float("CDR_EXPORT_FILE_TTL_HOURS", default=24.0)
+# A running export job records its progress (what its page's bar shows) at most this often.
+CDR_EXPORT_PROGRESS_SECONDS = env.float("CDR_EXPORT_PROGRESS_SECONDS", default=0.5)
 CELERY_BEAT_SCHEDULE["expire-cdr-exports"] = {
     "task": "billing.tasks.expire_cdr_exports",
     "schedule": 600.0,

@@ -319,10 +319,10 @@ def test_bad_job_requests_store_nothing(change, field, reader_as, calls, job_env
 
 
 @pytest.mark.django_db(transaction=True)
-def test_job_progress_moves(reader_as, many_calls, job_env, monkeypatch):
+def test_job_progress_moves(reader_as, many_calls, job_env, monkeypatch, settings):
     """The job records its progress while it writes, so a browser polling it sees it move."""
     monkeypatch.setattr(exports, "CHUNK_BYTES", 2048)
-    monkeypatch.setattr(exports, "PROGRESS_INTERVAL", 0.0)
+    settings.CDR_EXPORT_PROGRESS_SECONDS = 0.0
     written: list[int] = []
 
     def spy(execute, sql, params, many, context):
