@@ -1,30 +1,42 @@
-"""Operators' admin for call detail records: read-only, and mindful of a table of millions.
+"""Operators' admin for call detail records and their exports: read-only, and mindful of a
+table of millions.
 
 A page load neither counts the whole table nor reads it for filter choices: no full result
 count, filter choices that are fixed or drawn from recent rows, newest-first order on an index.
-(The date drill-down still groups the rows of the period it shows; monthly partitions, with the
-billing issue, bound that.)
+Every filter of the CDR list is a filter of `filtersets.CdrFilterSet` (the API's), applied by
+`FilterSetListFilter`, so ``?number=``, ``?final_code=4xx``, ``?since=`` ... mean the same in
+both. The export page streams the filtered list, or queues an `ExportJob` when it is larger
+than ``CDR_EXPORT_JOB_THRESHOLD_ROWS``, whose page shows a progress bar, then the download.
 """
 
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
+from accounts.models import Customer
 from core.admin import AuditedModelAdmin, admin_caller
+from trunking.validators import normalize_e164
 
-from . import services
+from . import exports, services
+from .choices import ExportFormat
+from .filtersets import CdrFilterSet, filter_cdrs
 from .models import (
     Balance,
     Cdr,
+    ExportJob,
     Invoice,
     InvoiceLine,
     LedgerEntry,
@@ -39,7 +51,52 @@ from .rate_import import COLUMNS, RateImportError
 REASON_FILTER_WINDOW = timedelta(days=7)
 
 
-class ReasonFilter(admin.SimpleListFilter):
+class FilterSetListFilter(admin.SimpleListFilter):
+    """One parameter of `CdrFilterSet` as an admin list filter.
+
+    The admin passes the parameter through the FilterSet, which validates and applies it
+    exactly as the API does. A filter without ``lookups`` is not shown in the sidebar but still
+    applies its parameter from the URL (the period, a trunk, a number).
+    """
+
+    options: ClassVar[list[tuple[str, str]]] = []
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return list(self.options)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Cdr]) -> QuerySet[Cdr]:
+        value = self.value()
+        if value in (None, ""):
+            return queryset
+        params = {self.parameter_name: value}
+        if self.parameter_name == "number" and request.GET.get("region"):
+            params["region"] = request.GET["region"]
+        try:
+            return filter_cdrs(queryset, params, require_period=False)
+        except ValidationError as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
+
+class HiddenFilterSetListFilter(FilterSetListFilter):
+    """Applies its parameter; shows nothing (the admin skips filters without output)."""
+
+    template = "admin/billing/hidden_filter.html"
+
+    def has_output(self) -> bool:
+        return True
+
+
+def _list_filter(
+    name: str, title: str, base: type[FilterSetListFilter] = FilterSetListFilter, **attrs: Any
+) -> type[FilterSetListFilter]:
+    return type(
+        f"{name.title().replace('_', '')}Filter",
+        (base,),
+        {"title": title, "parameter_name": name, **attrs},
+    )
+
+
+class ReasonFilter(FilterSetListFilter):
     title = "reason"
     parameter_name = "reason"
 
@@ -55,28 +112,77 @@ class ReasonFilter(admin.SimpleListFilter):
             reasons.add(self.value())
         return [(reason, reason) for reason in sorted(reasons)]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Cdr]) -> QuerySet[Cdr]:
-        return queryset.filter(reason=self.value()) if self.value() else queryset
 
-
-class FinalCodeFilter(admin.SimpleListFilter):
-    """By class of the SIP final code (2xx answered, 4xx refused, ...), or one code via the URL."""
-
-    title = "final code"
-    parameter_name = "final_code"
-    CLASSES = {"2xx": "2xx answered", "3xx": "3xx", "4xx": "4xx", "5xx": "5xx", "6xx": "6xx"}
+class CustomerFilter(FilterSetListFilter):
+    title = "customer"
+    parameter_name = "customer"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(self.CLASSES.items())
+        return [(str(pk), name) for pk, name in Customer.objects.values_list("pk", "name")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Cdr]) -> QuerySet[Cdr]:
-        value = self.value()
-        if value in self.CLASSES:
-            low = int(value[0]) * 100
-            return queryset.filter(final_code__gte=low, final_code__lt=low + 100)
-        if value and value.isdigit():
-            return queryset.filter(final_code=int(value))
-        return queryset
+
+DirectionFilter = _list_filter(
+    "direction", "direction", options=[("inbound", "Inbound"), ("outbound", "Outbound")]
+)
+AnsweredFilter = _list_filter("answered", "answered", options=[("true", "Yes"), ("false", "No")])
+FinalCodeFilter = _list_filter(
+    "final_code",
+    "final code",
+    options=[
+        ("2xx", "2xx answered"),
+        ("3xx", "3xx"),
+        ("4xx", "4xx"),
+        ("5xx", "5xx"),
+        ("6xx", "6xx"),
+    ],
+)
+# From the URL only (the export page and links set them); the sidebar has no room for inputs.
+HIDDEN_FILTERS = [
+    _list_filter(name, name, HiddenFilterSetListFilter)
+    for name in ("since", "until", "trunk", "number", "region", "edge")
+]
+
+
+def decision_trace_html(cdr: Cdr) -> SafeString:
+    """The routes tried, in order, and how the call ended, as a small table."""
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                n,
+                route.get("target", ""),
+                route.get("kind", ""),
+                route.get("status") if route.get("status") is not None else "no answer",
+                route.get("reason", ""),
+            )
+            for n, route in enumerate(cdr.routes or [], start=1)
+        ),
+    )
+    if not cdr.routes:
+        rows = mark_safe('<tr><td colspan="5">No route was tried.</td></tr>')  # a constant
+    outcome = format_html(
+        "Final answer to the caller: <strong>{} </strong> ({}){}{}.",
+        cdr.final_code,
+        cdr.reason,
+        format_html(", answered by {}", cdr.answered_by) if cdr.answered_by else "",
+        format_html(", hung up by the {}", cdr.hangup_side) if cdr.hangup_side else "",
+    )
+    return format_html(
+        '<table class="decision-trace"><thead><tr><th>#</th><th>target</th><th>kind</th>'
+        "<th>status</th><th>why</th></tr></thead><tbody>{}</tbody></table><p>{}</p>",
+        rows,
+        outcome,
+    )
+
+
+class ExportForm(forms.Form):
+    format = forms.ChoiceField(choices=ExportFormat.choices, initial=ExportFormat.CSV)
+    columns = forms.MultipleChoiceField(
+        choices=[(name, name) for name in exports.EXPORT_COLUMNS],
+        initial=list(exports.DEFAULT_EXPORT_COLUMNS),
+        widget=forms.CheckboxSelectMultiple,
+    )
 
 
 @admin.register(Cdr)
@@ -94,9 +200,16 @@ class CdrAdmin(admin.ModelAdmin):
         "hangup_side",
         "edge",
     ]
-    list_filter = ["direction", ReasonFilter, FinalCodeFilter, "customer"]
+    list_filter = [
+        DirectionFilter,
+        AnsweredFilter,
+        FinalCodeFilter,
+        ReasonFilter,
+        CustomerFilter,
+        *HIDDEN_FILTERS,
+    ]
     list_select_related = ["customer", "trunk"]
-    # Ids match whole values; numbers may be typed in part.
+    # Ids match whole values; numbers may be typed in part, or whole in any spelling.
     search_fields = [
         "=call_id",
         "=a_call_id",
@@ -108,10 +221,13 @@ class CdrAdmin(admin.ModelAdmin):
     ]
     date_hierarchy = "setup_at"
     show_full_result_count = False
+    change_list_template = "admin/billing/cdr/change_list.html"
+    readonly_fields = ["decision_trace"]
     fieldsets = [
         (None, {"fields": ["edge", "call_id", "a_call_id", "b_call_id", "config_version"]}),
         ("Who", {"fields": ["direction", "customer", "trunk", "source_ip", "source_port"]}),
         ("Numbers", {"fields": ["caller_e164", "callee_e164", "caller_raw", "callee_raw"]}),
+        ("Decision trace", {"fields": ["decision_trace"]}),
         ("Routing", {"fields": ["routes", "answered_by", "codecs"]}),
         ("Times", {"fields": ["setup_at", "ringing_at", "answer_at", "end_at", "ingested_at"]}),
         (
@@ -136,6 +252,23 @@ class CdrAdmin(admin.ModelAdmin):
     def callee(self, cdr: Cdr) -> str:
         return cdr.callee_e164 or cdr.callee_raw
 
+    @admin.display(description="routes tried and outcome")
+    def decision_trace(self, cdr: Cdr) -> SafeString:
+        return decision_trace_html(cdr)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Cdr], search_term: str
+    ) -> tuple[QuerySet[Cdr], bool]:
+        # A whole number in any spelling ("+1 (415) 555-0100") is the API's number filter.
+        if any(c.isdigit() for c in search_term):
+            try:
+                e164 = normalize_e164(search_term)
+            except ValidationError:
+                pass
+            else:
+                return filter_cdrs(queryset, {"number": e164}, require_period=False), False
+        return super().get_search_results(request, queryset, search_term)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -144,6 +277,139 @@ class CdrAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "export/",
+                self.admin_site.admin_view(self.export_view),
+                name="billing_cdr_export",
+            ),
+            *super().get_urls(),
+        ]
+
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
+        """Export the list as filtered (FilterSet parameters and the date drill-down)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        filters = _export_filters(request)
+        form = ExportForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            fmt, columns = form.cleaned_data["format"], form.cleaned_data["columns"]
+            try:
+                queryset = filter_cdrs(Cdr.objects.all(), filters, require_period=False)
+            except ValidationError as exc:
+                messages.error(request, "; ".join(exc.messages))
+                return HttpResponseRedirect(reverse("admin:billing_cdr_changelist"))
+            if queryset.count() <= settings.CDR_EXPORT_JOB_THRESHOLD_ROWS:
+                return exports.export_response(request, queryset, fmt=fmt, columns=columns)
+            job = exports.cdr_export_job_create(
+                actor=admin_caller(request),
+                fmt=fmt,
+                columns=columns,
+                filters=filters,
+                require_period=False,
+            )
+            return HttpResponseRedirect(reverse("admin:billing_exportjob_progress", args=[job.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Export call detail records",
+            "opts": self.opts,
+            "form": form,
+            "filters": filters,
+            "threshold": settings.CDR_EXPORT_JOB_THRESHOLD_ROWS,
+        }
+        return TemplateResponse(request, "admin/billing/cdr/export.html", context)
+
+
+def _export_filters(request: HttpRequest) -> dict[str, str]:
+    """The FilterSet parameters of the list being exported, the date drill-down as a period."""
+    source = request.GET
+    filters = {
+        name: source[name]
+        for name in CdrFilterSet.base_filters
+        if source.get(name) not in (None, "")
+    }
+    year, month, day = (source.get(f"setup_at__{part}") for part in ("year", "month", "day"))
+    if year and "since" not in filters:
+        start = datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
+        if day:
+            end = start + timedelta(days=1)
+        elif month:
+            end = (start + timedelta(days=32)).replace(day=1)
+        else:
+            end = start.replace(year=start.year + 1)
+        filters |= {"since": start.isoformat(), "until": end.isoformat()}
+    return filters
+
+
+@admin.register(ExportJob)
+class ExportJobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "created_at",
+        "customer",
+        "format",
+        "status",
+        "progress_bar",
+        "rows_total",
+    ]
+    list_filter = ["status", "format"]
+    list_select_related = ["customer"]
+    readonly_fields = [
+        field.name for field in ExportJob._meta.concrete_fields if field.name != "id"
+    ] + ["progress_bar", "download"]
+
+    @admin.display(description="progress")
+    def progress_bar(self, job: ExportJob) -> SafeString:
+        return format_html(
+            '<progress max="100" value="{}"></progress> <a href="{}">{} %</a>',
+            round(job.progress * 100),
+            reverse("admin:billing_exportjob_progress", args=[job.pk]),
+            round(job.progress * 100),
+        )
+
+    @admin.display(description="file")
+    def download(self, job: ExportJob) -> SafeString | str:
+        if exports.export_job_path(job) is None:
+            return "—"
+        url = reverse("cdrexport-download", args=[job.pk])
+        return format_html('<a href="{}">download</a>', url)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # files go when they expire; the row stays as the record of the export
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<int:pk>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name="billing_exportjob_progress",
+            ),
+            *super().get_urls(),
+        ]
+
+    def progress_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """A progress bar that follows the job (polling the API), then the download link."""
+        job = self.get_object(request, str(pk))
+        if job is None or not self.has_view_permission(request, job):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"CDR export #{job.pk}",
+            "opts": self.opts,
+            "job": job,
+            "percent": round(job.progress * 100),
+            "status_url": reverse("cdrexport-detail", args=[job.pk]),
+            "download_url": reverse("cdrexport-download", args=[job.pk]),
+        }
+        return TemplateResponse(request, "admin/billing/exportjob/progress.html", context)
 
 
 # --- rating, balances and invoices ---------------------------------------------------------------

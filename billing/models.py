@@ -1,5 +1,5 @@
-"""Billing's records. For now the call detail records the edges journal; rate decks, balances
-and invoices come with the billing issue."""
+"""Billing's records: the call detail records the edges journal (rated on ingest), export jobs,
+rate decks and their assignments, the balance ledger, invoices."""
 
 from decimal import Decimal
 
@@ -20,6 +20,8 @@ from edge.cdr import (
     TARGET_MAX,
 )
 from trunking.models import Trunk
+
+from .choices import ExportFormat, ExportStatus
 
 
 class Cdr(models.Model):
@@ -122,6 +124,62 @@ class Cdr(models.Model):
         caller = self.caller_e164 or self.caller_raw or "?"
         callee = self.callee_e164 or self.callee_raw or "?"
         return f"{caller} → {callee} at {self.setup_at:%Y-%m-%d %H:%M:%S} ({self.final_code})"
+
+
+class ExportJob(models.Model):
+    """A CDR export too large to stream in one request, written to a file by a Celery task.
+
+    ``filters`` are the query parameters of `filtersets.CdrFilterSet` as the caller gave them;
+    the task applies them again, within ``customer`` (the caller's tenant; None for staff, who
+    may name a customer among the filters). The file lives in ``settings.CDR_EXPORT_DIR`` until
+    ``expires_at``, when the periodic `tasks.expire_cdr_exports` deletes it.
+    """
+
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    format = models.CharField(max_length=8, choices=ExportFormat.choices)
+    columns = models.JSONField(help_text="Column names, in order.")
+    filters = models.JSONField(default=dict, blank=True, help_text="CdrFilterSet parameters.")
+    status = models.CharField(
+        max_length=16, choices=ExportStatus.choices, default=ExportStatus.QUEUED
+    )
+    rows_total = models.PositiveBigIntegerField(
+        default=0, help_text="Rows that matched when the job was created."
+    )
+    rows_written = models.PositiveBigIntegerField(default=0)
+    file_name = models.CharField(max_length=200, blank=True, editable=False)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    tenant_lookup = "customer"
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "CDR export"
+        indexes = [models.Index(fields=["status", "expires_at"], name="exportjob_expiry_idx")]
+
+    def __str__(self) -> str:
+        return f"CDR export #{self.pk} ({self.get_format_display()}, {self.status})"
+
+    @property
+    def progress(self) -> float:
+        """Share of the rows written, 0.0 to 1.0 (1.0 once done, even if rows came or went)."""
+        if self.status == ExportStatus.DONE:
+            return 1.0
+        if not self.rows_total:
+            return 0.0
+        return min(1.0, self.rows_written / self.rows_total)
 
 
 # --- Rating and balances (the billing issue) ---------------------------------------------------

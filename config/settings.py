@@ -233,3 +233,19 @@ EDGE_TLS_CERT = env.str("EDGE_TLS_CERT", default="")  # TLS is on when cert and 
 EDGE_TLS_KEY = env.str("EDGE_TLS_KEY", default="")
 EDGE_CONTROL_ADDRESS = env.str("EDGE_CONTROL_ADDRESS", default="127.0.0.1:8081")
 EDGE_JOURNAL_DIR = Path(env.str("EDGE_JOURNAL_DIR", default=str(VAR_DIR / "cdr")))
+
+# --- Call history and CDR exports (billing/api, billing/exports.py) ------------------------------
+# The longest period one CDR list, summary or export may span (a required since/until range).
+CDR_QUERY_MAX_DAYS = env.int("CDR_QUERY_MAX_DAYS", default=93)
+# An export of more rows than this is refused by GET .../cdrs/export/ (and the admin's export)
+# and runs as a job instead (POST /api/v1/cdr-exports/), whose file is downloaded when ready.
+CDR_EXPORT_JOB_THRESHOLD_ROWS = env.int("CDR_EXPORT_JOB_THRESHOLD_ROWS", default=1_000_000)
+# Where export jobs write their files, and how long a finished file is kept.
+CDR_EXPORT_DIR = Path(env.str("CDR_EXPORT_DIR", default=str(VAR_DIR / "exports")))
+CDR_EXPORT_FILE_TTL_HOURS = env.float("CDR_EXPORT_FILE_TTL_HOURS", default=24.0)
+# A running export job records its progress (what its page's bar shows) at most this often.
+CDR_EXPORT_PROGRESS_SECONDS = env.float("CDR_EXPORT_PROGRESS_SECONDS", default=0.5)
+CELERY_BEAT_SCHEDULE["expire-cdr-exports"] = {
+    "task": "billing.tasks.expire_cdr_exports",
+    "schedule": 600.0,
+}

@@ -6,6 +6,8 @@ from . import views
 
 
 def register(router: BaseRouter) -> None:
+    router.register("cdrs", views.CdrViewSet)
+    router.register("cdr-exports", views.ExportJobViewSet, basename="cdrexport")
     router.register("rate-decks", views.RateDeckViewSet)
     router.register("rates", views.RateViewSet)
     router.register("rate-assignments", views.RateAssignmentViewSet)

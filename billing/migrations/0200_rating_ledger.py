@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0001_initial'),
-        ('billing', '0001_initial'),
+        ('billing', '0100_export_jobs'),
         ('trunking', '0005_edge_control_url'),
     ]
 
