@@ -17,8 +17,9 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -26,13 +27,24 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Customer
-from core.admin import admin_caller
+from core.admin import AuditedModelAdmin, admin_caller
 from trunking.validators import normalize_e164
 
-from . import exports
+from . import exports, services
 from .choices import ExportFormat
 from .filtersets import CdrFilterSet, filter_cdrs
-from .models import Cdr, ExportJob
+from .models import (
+    Balance,
+    Cdr,
+    ExportJob,
+    Invoice,
+    InvoiceLine,
+    LedgerEntry,
+    Rate,
+    RateAssignment,
+    RateDeck,
+)
+from .rate_import import COLUMNS, RateImportError
 
 # Reason codes offered by the filter are those seen in this recent window (an index range on
 # setup_at); a DISTINCT over every CDR would read the whole table.
@@ -398,3 +410,183 @@ class ExportJobAdmin(admin.ModelAdmin):
             "download_url": reverse("cdrexport-download", args=[job.pk]),
         }
         return TemplateResponse(request, "admin/billing/exportjob/progress.html", context)
+
+
+# --- rating, balances and invoices ---------------------------------------------------------------
+
+
+class RateImportForm(forms.Form):
+    file = forms.FileField(help_text="CSV with a header line: " + ", ".join(COLUMNS))
+    replace = forms.BooleanField(required=False, help_text="Delete the deck's rows first.")
+
+
+class RateInline(admin.TabularInline):
+    model = Rate
+    extra = 0
+    max_num = 0  # rows change by import, so a deck of 50,000 rows is never a form
+    can_delete = False
+    fields = readonly_fields = [
+        "prefix", "destination", "rate_per_minute", "connect_fee", "first_block", "increment",
+        "effective_from", "effective_to",
+    ]  # fmt: skip
+    show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Rate]:
+        return super().get_queryset(request).order_by("prefix")[:200]  # type: ignore[return-value]
+
+
+@admin.register(RateDeck)
+class RateDeckAdmin(AuditedModelAdmin):
+    list_display = ["name", "currency", "rate_count", "updated_at"]
+    search_fields = ["name"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["import_rates"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[RateDeck]:
+        return super().get_queryset(request).annotate(rate_count=Count("rates"))
+
+    @admin.display(description="rates", ordering="rate_count")
+    def rate_count(self, deck: RateDeck) -> int:
+        return deck.rate_count  # type: ignore[attr-defined]
+
+    def get_urls(self) -> list[Any]:
+        urls = [
+            path(
+                "<int:deck_id>/import/",
+                self.admin_site.admin_view(self.import_view),
+                name="billing_ratedeck_import",
+            )
+        ]
+        return urls + super().get_urls()
+
+    @admin.action(description="Import rates from CSV")
+    def import_rates(self, request: HttpRequest, queryset: QuerySet[RateDeck]) -> Any:
+        deck = queryset.first()
+        if queryset.count() != 1 or deck is None:
+            self.message_user(request, "Choose one deck to import into.", messages.WARNING)
+            return None
+        return redirect("admin:billing_ratedeck_import", deck_id=deck.pk)
+
+    def import_view(self, request: HttpRequest, deck_id: int) -> HttpResponse:
+        deck = get_object_or_404(RateDeck, pk=deck_id)
+        if not self.has_change_permission(request, deck):
+            raise PermissionDenied
+        errors: list[Any] = []
+        form = RateImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            text = form.cleaned_data["file"].read().decode("utf-8-sig", errors="replace")
+            try:
+                count = services.rate_deck_import(
+                    actor=admin_caller(request),
+                    deck=deck,
+                    text=text,
+                    replace=form.cleaned_data["replace"],
+                )
+            except RateImportError as error:
+                errors = error.errors
+            else:
+                self.message_user(request, f"Imported {count} rates into {deck}.")
+                return redirect("admin:billing_ratedeck_change", deck.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Import rates into {deck}",
+            "deck": deck,
+            "form": form,
+            "errors": errors,
+            "opts": self.model._meta,
+        }
+        return render(request, "admin/billing/rate_import.html", context)
+
+
+@admin.register(RateAssignment)
+class RateAssignmentAdmin(AuditedModelAdmin):
+    list_display = ["customer", "trunk", "deck", "direction", "valid_from"]
+    list_filter = ["direction", "deck"]
+    list_select_related = ["customer", "trunk", "deck"]
+    autocomplete_fields = ["customer", "deck"]
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(admin.ModelAdmin):
+    """The ledger is append-only: entries are added (by services) and never changed."""
+
+    list_display = [
+        "created_at",
+        "customer",
+        "kind",
+        "amount",
+        "currency",
+        "period",
+        "actor",
+        "note",
+    ]
+    list_filter = ["kind", "period"]
+    list_select_related = ["customer"]
+    search_fields = ["customer__name", "note", "reference"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Balance)
+class BalanceAdmin(AuditedModelAdmin):
+    list_display = ["customer", "amount", "low_balance_threshold", "below_threshold", "updated_at"]
+    list_select_related = ["customer"]
+    readonly_fields = ["customer", "amount", "below_threshold", "updated_at"]
+    fields = ["customer", "amount", "low_balance_threshold", "below_threshold", "updated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["kind", "description", "quantity", "minutes", "amount"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "customer", "period", "status", "total", "currency", "documents"]
+    list_filter = ["status", "kind", "period"]
+    list_select_related = ["customer"]
+    readonly_fields = [
+        "customer", "kind", "status", "number", "period", "currency", "total", "corrects",
+        "created_at", "issued_at", "documents",
+    ]  # fmt: skip
+    inlines = [InvoiceLineInline]
+    actions = ["issue"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # drafts are built by the API or `manage.py` (services.invoice_draft)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is not None and obj.status == Invoice.Status.DRAFT
+
+    @admin.display(description="documents")
+    def documents(self, invoice: Invoice) -> str:
+        base = f"/api/v1/invoices/{invoice.pk}"
+        return format_html('<a href="{}/pdf/">PDF</a> · <a href="{}/csv/">CSV</a>', base, base)
+
+    @admin.action(description="Issue the selected drafts")
+    def issue(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        actor = admin_caller(request)
+        issued = 0
+        for invoice in queryset.filter(status=Invoice.Status.DRAFT).order_by("period", "id"):
+            services.invoice_issue(actor=actor, invoice=invoice)
+            issued += 1
+        self.message_user(request, f"Issued {issued} invoice(s).")

@@ -10,6 +10,8 @@ an index range. The admin narrows by its date drill-down instead, so there the p
 optional (`CdrFilterSet` with ``require_period=False``).
 """
 
+from __future__ import annotations
+
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +24,7 @@ from django.db.models import Q, QuerySet
 from edge.cdr import DIRECTIONS
 from trunking.validators import normalize_e164, validate_region
 
-from .models import Cdr
+from .models import Cdr, Invoice, LedgerEntry, Rate, RateAssignment, RateDeck
 
 # "4xx" matches every final code of that class; "486" one code.
 _CODE_CLASSES = {f"{n}xx": n * 100 for n in range(1, 7)}
@@ -176,3 +178,41 @@ def filter_cdrs(
             {name: [str(m) for m in messages] for name, messages in filterset.errors.items()}
         )
     return filterset.qs
+
+
+class RateDeckFilterSet(django_filters.FilterSet):
+    name = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = RateDeck
+        fields = ["name", "currency"]
+
+
+class RateFilterSet(django_filters.FilterSet):
+    prefix = django_filters.CharFilter(lookup_expr="startswith")
+    destination = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Rate
+        fields = ["deck", "prefix", "destination"]
+
+
+class RateAssignmentFilterSet(django_filters.FilterSet):
+    class Meta:
+        model = RateAssignment
+        fields = ["customer", "trunk", "deck", "direction"]
+
+
+class LedgerEntryFilterSet(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = LedgerEntry
+        fields = ["customer", "kind", "period", "since", "until"]
+
+
+class InvoiceFilterSet(django_filters.FilterSet):
+    class Meta:
+        model = Invoice
+        fields = ["customer", "kind", "status", "period"]

@@ -149,6 +149,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "trunking.tasks.reconcile_edges",
         "schedule": env.float("EDGE_RECONCILE_SECONDS", default=10.0),
     },
+    # Numbers' monthly prices, posted once per number and month (idempotent: runs hourly).
+    "recurring-charges": {"task": "billing.tasks.post_recurring_charges", "schedule": 3600.0},
+    # Balances checked against the sum of their ledgers; a mismatch is logged as an error.
+    "ledger-verify": {"task": "billing.tasks.verify_ledger", "schedule": 3600.0},
 }
 # Changes within this window after the first one travel in the same push.
 CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.05)

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from accounts.choices import CustomerStatus
 from accounts.models import Customer
+from billing.selectors import ZERO, balances_by_customer, out_of_credit
 from edge import snapshot_wire
 
 from .choices import NumberStatus, TrunkStatus
@@ -52,15 +53,21 @@ def _grouped(rows: Any, key: str) -> dict[int, list[dict[str, Any]]]:
 
 def _content() -> Snapshot:
     """The versionless content, read in a handful of queries (no per-row queries)."""
+    balances = balances_by_customer()
     customers = [
         {
             "id": c["id"],
             "name": c["name"],
             "active": c["status"] == CustomerStatus.ACTIVE,
-            # Balances arrive with the billing app; until then no customer is out of credit.
-            "out_of_credit": False,
+            "out_of_credit": out_of_credit(
+                billing_mode=c["billing_mode"],
+                credit_limit=c["credit_limit"],
+                balance=balances.get(c["id"], ZERO),
+            ),
         }
-        for c in Customer.objects.order_by("id").values("id", "name", "status")
+        for c in Customer.objects.order_by("id").values(
+            "id", "name", "status", "billing_mode", "credit_limit"
+        )
     ]
     acl = _grouped(
         IpAclEntry.objects.order_by("trunk_id", "cidr")

@@ -62,6 +62,12 @@ def test_ingest_stores_every_field(customer, trunk):
         "hangup_side": "caller",
         "codecs": ["PCMU", "PCMA"],
         "config_version": 42,
+        # No deck is assigned: an answered call is kept unrated, with the reason.
+        "rate_id": None,
+        "billed_seconds": 0,
+        "cost": None,
+        "currency": "",
+        "unrated_reason": "no_deck",
     }
     assert row["setup_at"].microsecond == 123_000  # milliseconds survive the trip
 
