@@ -282,7 +282,11 @@ def _parse_network(entry: str) -> Network | None:
         parsed = ipaddress.ip_network(entry.strip(), strict=False)
     except ValueError:
         return None
-    return Network(parsed.max_prefixlen, parsed.prefixlen, int(parsed.network_address))
+    value = int(parsed.network_address)
+    if parsed.version == 6 and parsed.prefixlen >= 96 and value >> 32 == 0xFFFF:
+        # IPv4-mapped: sources are matched as IPv4 (`address_key`), so the network is too.
+        return Network(32, parsed.prefixlen - 96, value & 0xFFFFFFFF)
+    return Network(parsed.max_prefixlen, parsed.prefixlen, value)
 
 
 def network(value: Any) -> Network:

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from core.admin import AuditedModelAdmin, admin_caller
 from edge.sip.digest import ha1
 
-from . import services, validators
+from . import selectors, services, validators
 from .models import (
     Carrier,
     CarrierGateway,
@@ -29,8 +29,28 @@ from .tasks import push_config_to_edge
 from .tokens import edge_node_token
 
 
+class IpAclEntryForm(forms.ModelForm):
+    """Staff may give networks broader than the customers' minimum, never another trunk's."""
+
+    class Meta:
+        model = IpAclEntry
+        fields = ["cidr", "description"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("cidr") and "cidr" not in self.errors:
+            try:
+                data["cidr"] = selectors.acl_source_check(
+                    cidr=data["cidr"], trunk_id=self.instance.trunk_id, staff=True
+                )
+            except forms.ValidationError as exc:
+                self.add_error(None, exc)
+        return data
+
+
 class IpAclEntryInline(admin.TabularInline):
     model = IpAclEntry
+    form = IpAclEntryForm
     extra = 0
 
 
@@ -147,8 +167,27 @@ class PhoneNumberAdmin(AuditedModelAdmin):
     show_full_result_count = False
 
 
+class CarrierGatewayForm(forms.ModelForm):
+    class Meta:
+        model = CarrierGateway
+        fields = [
+            "host", "port", "transport", "priority", "weight", "enabled", "prefixes",
+            "tech_prefix", "strip_plus",
+        ]  # fmt: skip
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("host") and "host" not in self.errors:
+            try:
+                selectors.gateway_source_check(host=data["host"])
+            except forms.ValidationError as exc:
+                self.add_error(None, exc)
+        return data
+
+
 class CarrierGatewayInline(admin.TabularInline):
     model = CarrierGateway
+    form = CarrierGatewayForm
     extra = 0
 
 

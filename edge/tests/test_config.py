@@ -688,3 +688,9 @@ def test_unchanged_trunks_keep_their_compiled_policy() -> None:
     assert again.trunk(1) is first.trunk(1)
     assert again.trunk(2) is not first.trunk(2) and again.trunk(2).max_cps == 9
     assert again.trunk_for_source("127.0.0.2") is again.trunk(2)
+
+
+def test_ipv4_mapped_networks_match_ipv4_sources() -> None:
+    config = compiled(trunks=[trunk_doc(acl=["::ffff:192.0.2.0/120"])], gateways=[])
+    assert config.trunk_for_source("192.0.2.9").id == 1  # type: ignore[union-attr]
+    assert config.trunk_for_source("::ffff:192.0.2.9").id == 1  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from rest_framework import serializers
 from core.serializers import TenantOwnedSerializer, TenantScopedRelatedField
 from core.tenancy import get_caller
 
-from .. import validators
+from .. import selectors, validators
 from ..models import (
     Carrier,
     CarrierGateway,
@@ -28,6 +28,20 @@ def _django_to_drf(func: Any, value: Any) -> Any:
         return func(value)
     except DjangoValidationError as exc:
         raise serializers.ValidationError(exc.messages) from exc
+
+
+def _check(func: Any, **kwargs: Any) -> Any:
+    """A selector's check, its field errors ({field: messages}) as DRF's."""
+    try:
+        return func(**kwargs)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.message_dict) from exc
+
+
+def _is_staff(serializer: serializers.Serializer) -> bool:
+    request = serializer.context.get("request")
+    caller = get_caller(request) if request is not None else None
+    return caller is not None and caller.is_staff
 
 
 class TrunkSerializer(TenantOwnedSerializer):
@@ -72,6 +86,18 @@ class IpAclEntrySerializer(TrunkChildSerializer):
 
     def validate_cidr(self, value: str) -> str:
         return _django_to_drf(validators.normalize_cidr, value)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Across rows: no other trunk's network, no carrier's address, not too broad.
+        if "cidr" in attrs:
+            trunk = attrs.get("trunk", getattr(self.instance, "trunk", None))
+            attrs["cidr"] = _check(
+                selectors.acl_source_check,
+                cidr=attrs["cidr"],
+                trunk_id=trunk.pk if trunk is not None else None,
+                staff=_is_staff(self),
+            )
+        return attrs
 
 
 class SipCredentialSerializer(TrunkChildSerializer):
@@ -204,6 +230,11 @@ class CarrierGatewaySerializer(serializers.ModelSerializer):
             "tech_prefix",
             "strip_plus",
         ]
+
+    def validate_host(self, value: str) -> str:
+        # Not inside any trunk's source network (the field's own rule ran first).
+        _django_to_drf(lambda host: selectors.gateway_source_check(host=host), value)
+        return value
 
 
 class CarrierSerializer(serializers.ModelSerializer):
