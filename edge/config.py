@@ -325,10 +325,6 @@ def _gateway(obj: Mapping[str, Any], carrier_id: int, where: str) -> Gateway:
     )
 
 
-def _network(entry: Any, where: str) -> validators.Network:
-    return _valid(validators.network, entry, where, "acl")
-
-
 # One family's ACL: (shift, {network >> shift: trunk}) from the longest prefix to the shortest.
 _AclLevels = tuple[tuple[int, dict[int, TrunkPolicy]], ...]
 
@@ -453,8 +449,10 @@ class EdgeConfig:
         trunks: dict[int, TrunkPolicy] = {}
         left_out: set[int] = set()
         credentials: dict[str, Credential] = {}
-        # Every well-formed ACL entry, then the rule that a source identifies one trunk.
-        entries: list[tuple[validators.Network, TrunkPolicy, str, str]] = []
+        # Every well-formed ACL entry (network, trunk, trunk index, position), then the rule
+        # that a source identifies one trunk.
+        entries: list[tuple[validators.Network, TrunkPolicy, int, int]] = []
+        parse_network = validators.network
         for index, item in enumerate(items):
             obj = _object(item, f"trunks[{index}]")
             trunk_id = _int(obj, "id", f"trunks[{index}]", low=1)
@@ -486,11 +484,11 @@ class EdgeConfig:
             if clean:
                 sources[trunk_id] = obj
             for position, entry in enumerate(acl):
-                at = f"{where}.acl[{position}]"
                 try:
-                    entries.append((_network(entry, at), trunk, at, entry))
-                except ConfigError as error:
-                    refusals.append(Refusal("acl", trunk_id, "acl", str(error)))
+                    entries.append((parse_network(entry), trunk, index, position))
+                except validators.InvalidValue as error:
+                    reason = f"{where}.acl[{position}]: {error.message}"
+                    refusals.append(Refusal("acl", trunk_id, "acl", reason))
             for position, cred in enumerate(credential_items):
                 at = f"{where}.credentials[{position}]"
                 try:
@@ -501,41 +499,53 @@ class EdgeConfig:
         self._trunk_sources = sources
         self._left_out_trunks = frozenset(left_out)
         self._credentials = credentials
-        self._build_acl(entries, refusals)
+        self._build_acl(items, entries, refusals)
 
     def _build_acl(
         self,
-        entries: list[tuple[validators.Network, TrunkPolicy, str, str]],
+        items: list[Any],
+        entries: list[tuple[validators.Network, TrunkPolicy, int, int]],
         refusals: list[Refusal],
     ) -> None:
         """The source-address tables. A network held by two trunks is left out of both (the
         edge cannot tell whose a call is), and so is a network that holds a carrier gateway's
         address (a carrier's calls are never a trunk's). Nested networks of different trunks
         stay: the most specific one wins (Django refuses them on write)."""
-        holders: dict[validators.Network, set[int]] = {}
+        owner: dict[validators.Network, TrunkPolicy] = {}
+        shared: dict[validators.Network, set[int]] = {}
         for net, trunk, _, _ in entries:
-            holders.setdefault(net, set()).add(trunk.id)
+            holder = owner.setdefault(net, trunk)
+            if holder is not trunk:
+                shared.setdefault(net, {holder.id}).add(trunk.id)
         acl: dict[int, dict[int, dict[int, TrunkPolicy]]] = {32: {}, 128: {}}
-        for net, trunk, where, entry in entries:
-            others = holders[net] - {trunk.id}
-            if others:
-                reason = (
-                    f"{where}: {entry!r} is also trunk {min(others)}'s network; "
-                    "a source address must identify one trunk"
-                )
+        for net, trunk in owner.items():
+            if net not in shared:
+                level = acl[net.bits].setdefault(net.length, {})
+                level[net.value >> (net.bits - net.length)] = trunk
+        carriers: dict[validators.Network, str] = {}
+        for bits, value in self._carrier_addresses:
+            for length, level in acl[bits].items():
+                key = value >> (bits - length)
+                if key in level:
+                    del level[key]
+                    net = validators.Network(bits, length, key << (bits - length))
+                    carriers[net] = "holds a carrier gateway's address"
+        if shared or carriers:
+            for net, trunk, index, position in entries:
+                if net in shared:
+                    other = min(shared[net] - {trunk.id})
+                    why = (
+                        f"is also trunk {other}'s network; a source address must identify one trunk"
+                    )
+                elif net in carriers:
+                    why = carriers[net]
+                else:
+                    continue
+                entry = items[index]["acl"][position]
+                reason = f"trunks[{index}] (id {trunk.id}).acl[{position}]: {entry!r} {why}"
                 refusals.append(Refusal("acl", trunk.id, "acl", reason))
-                continue
-            carrier = next(
-                (key for key in self._carrier_addresses if validators.network_holds(net, key)),
-                None,
-            )
-            if carrier is not None:
-                reason = f"{where}: {entry!r} holds a carrier gateway's address"
-                refusals.append(Refusal("acl", trunk.id, "acl", reason))
-                continue
-            acl[net.bits].setdefault(net.length, {})[net.value >> (net.bits - net.length)] = trunk
-        self._acl4 = _acl_levels(acl[32], 32)
-        self._acl6 = _acl_levels(acl[128], 128)
+        self._acl4 = _acl_levels({k: v for k, v in acl[32].items() if v}, 32)
+        self._acl6 = _acl_levels({k: v for k, v in acl[128].items() if v}, 128)
 
     def _add_credential(
         self, credentials: dict[str, Credential], trunk: TrunkPolicy, item: Any, where: str
