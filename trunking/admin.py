@@ -203,6 +203,20 @@ class CarrierAdmin(AuditedModelAdmin):
         return carrier.gateways.count()
 
 
+def _refusal_line(item: dict[str, Any]) -> str:
+    return f"{item['kind']} {item['id']}, field {item['field'] or '—'}: {item['reason']}"
+
+
+def _warn_refusals(request: HttpRequest, revision: ConfigRevision) -> None:
+    """A visible warning: edges run this version without some stored rows."""
+    first = _refusal_line(revision.refusals[0]) if revision.refusals else ""
+    messages.warning(
+        request,
+        f"Config version {revision.pk} leaves out {revision.refusal_count} object(s) the edges "
+        f"refuse; fix or delete them. First: {first}",
+    )
+
+
 @admin.register(EdgeNode)
 class EdgeNodeAdmin(AuditedModelAdmin):
     list_display = [
@@ -213,14 +227,38 @@ class EdgeNodeAdmin(AuditedModelAdmin):
     search_fields = ["name"]
     readonly_fields = [
         "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
+        "config_refusals",
     ]  # fmt: skip
     actions = ["push_now", "rotate_token"]
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         latest = ConfigRevision.objects.order_by("-id").first()
         self._current_version = latest.pk if latest else None
+        if latest is not None and latest.refusal_count:
+            _warn_refusals(request, latest)
         extra = {"title": f"Edge nodes — current config version {self._current_version or '—'}"}
         return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        node = self.get_object(request, object_id)
+        if node is not None and node.applied_version is not None:
+            revision = ConfigRevision.objects.filter(pk=node.applied_version).first()
+            if revision is not None and revision.refusal_count:
+                _warn_refusals(request, revision)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="left out of its config version")
+    def config_refusals(self, node: EdgeNode) -> str:
+        revision = ConfigRevision.objects.filter(pk=node.applied_version).first()
+        if revision is None or revision.refusal_count is None:
+            return "not checked yet"
+        if not revision.refusal_count:
+            return "nothing"
+        lines = [_refusal_line(item) for item in revision.refusals]
+        more = revision.refusal_count - len(lines)
+        return "\n".join(lines + ([f"... and {more} more"] if more > 0 else []))
 
     @admin.display(description="lag")
     def lag(self, node: EdgeNode) -> str:

@@ -322,10 +322,10 @@ class ConfigRevision(models.Model):
 
     content_hash = models.CharField(max_length=64)
     # What the edges' compiler leaves out of this version, and why (edge.config.Refusal
-    # dicts; at most REFUSALS_KEPT of them): rows stored before a rule existed, or behind the
-    # API's back. Empty when every row passed.
+    # dicts, the first REFUSALS_KEPT of them): rows stored before a rule existed, or behind
+    # the API's back. refusal_count is None until the version has been checked.
     refusals = models.JSONField(default=list, blank=True, editable=False)
-    refusal_count = models.PositiveIntegerField(default=0, editable=False)
+    refusal_count = models.PositiveIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     REFUSALS_KEPT = 200

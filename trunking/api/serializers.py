@@ -14,6 +14,7 @@ from .. import selectors, validators
 from ..models import (
     Carrier,
     CarrierGateway,
+    ConfigRevision,
     EdgeNode,
     IpAclEntry,
     OriginationUri,
@@ -246,21 +247,46 @@ class CarrierSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
 
+class ConfigRefusalSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="trunk, acl, origination_uri, credential, number…")
+    id = serializers.JSONField(help_text="The trunk's or gateway's id, or the number.")
+    field = serializers.CharField()
+    reason = serializers.CharField()
+
+
 class EdgeNodeSerializer(serializers.ModelSerializer):
     lag = serializers.SerializerMethodField(
         help_text="Config versions behind the current one (null: never applied)."
     )
+    config_refusals = serializers.SerializerMethodField(
+        help_text="What the edge left out of the version it runs (rows it refuses), the first "
+        f"{ConfigRevision.REFUSALS_KEPT}; null until that version has been checked."
+    )
+    config_refusal_count = serializers.SerializerMethodField()
 
     class Meta:
         model = EdgeNode
         fields = [
             "id", "name", "sip_addresses", "control_url", "enabled", "applied_version", "lag",
-            "health", "last_seen", "last_push_at", "last_push_error", "created_at", "updated_at",
+            "health", "last_seen", "last_push_at", "last_push_error", "config_refusals",
+            "config_refusal_count", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = [
             "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
             "created_at", "updated_at",
         ]  # fmt: skip
+
+    def _revision(self, node: EdgeNode) -> tuple[list[Any], int] | None:
+        return self.context.get("config_refusals", {}).get(node.applied_version)
+
+    @extend_schema_field(ConfigRefusalSerializer(many=True, allow_null=True))
+    def get_config_refusals(self, node: EdgeNode) -> list[Any] | None:
+        checked = self._revision(node)
+        return checked[0] if checked is not None else None
+
+    def get_config_refusal_count(self, node: EdgeNode) -> int | None:
+        checked = self._revision(node)
+        return checked[1] if checked is not None else None
 
     def get_lag(self, node: EdgeNode) -> int | None:
         current = self.context.get("config_version")

@@ -183,7 +183,18 @@ class EdgeNodeViewSet(TenantScopedViewSet):
 
     def get_serializer_context(self) -> dict[str, Any]:
         latest = ConfigRevision.objects.order_by("-id").values_list("id", flat=True).first()
-        return {**super().get_serializer_context(), "config_version": latest}
+        # What each applied version leaves out, for every edge on the page in one query.
+        checked = {
+            pk: (refusals, count)
+            for pk, refusals, count in ConfigRevision.objects.filter(
+                pk__in=EdgeNode.objects.values("applied_version"), refusal_count__isnull=False
+            ).values_list("id", "refusals", "refusal_count")
+        }
+        return {
+            **super().get_serializer_context(),
+            "config_version": latest,
+            "config_refusals": checked,
+        }
 
     def after_write(self, instance: EdgeNode) -> None:
         request_config_push()  # a new or re-enabled edge gets the current config
