@@ -163,7 +163,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.TenantPermission"],
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "core.filters.TenantScopedFilterBackend",  # django-filter, choices scoped to the tenant
         "rest_framework.filters.OrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
