@@ -460,7 +460,11 @@ class EdgeConfig:
             if trunk_id in trunks or trunk_id in left_out:
                 raise ConfigError(f"{where}: duplicate trunk id {trunk_id}")
             # A trunk whose object is unchanged keeps its compiled policy (and identity).
-            if previous is not None and before.get(trunk_id) == obj:
+            if (
+                previous is not None
+                and before.get(trunk_id) == obj
+                and previous.trunks[trunk_id].customer_id in customers
+            ):
                 trunk = previous.trunks[trunk_id]
                 acl, credential_items = obj["acl"], obj["credentials"]
                 clean = True

@@ -694,3 +694,10 @@ def test_ipv4_mapped_networks_match_ipv4_sources() -> None:
     config = compiled(trunks=[trunk_doc(acl=["::ffff:192.0.2.0/120"])], gateways=[])
     assert config.trunk_for_source("192.0.2.9").id == 1  # type: ignore[union-attr]
     assert config.trunk_for_source("::ffff:192.0.2.9").id == 1  # type: ignore[union-attr]
+
+
+def test_an_unchanged_trunk_whose_customer_went_is_left_out() -> None:
+    first = compiled(customers=[customer_doc(1), customer_doc(2)], trunks=[trunk_doc(customer=2)])
+    again = EdgeConfig.compile(snapshot_doc(trunks=[trunk_doc(customer=2)], numbers=[]), first)
+    assert again.trunk(1) is None
+    assert [(r.kind, r.id, r.field) for r in again.refusals] == [("trunk", 1, "customer")]
