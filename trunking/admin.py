@@ -8,6 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
 
 from core.admin import AuditedModelAdmin, admin_caller
 from edge.sip.digest import ha1
@@ -258,7 +259,10 @@ class EdgeNodeAdmin(AuditedModelAdmin):
             return "nothing"
         lines = [_refusal_line(item) for item in revision.refusals]
         more = revision.refusal_count - len(lines)
-        return "\n".join(lines + ([f"... and {more} more"] if more > 0 else []))
+        lines += [f"... and {more} more"] if more > 0 else []
+        return format_html(
+            "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((ln,) for ln in lines))
+        )
 
     @admin.display(description="lag")
     def lag(self, node: EdgeNode) -> str:

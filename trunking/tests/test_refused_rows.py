@@ -96,7 +96,7 @@ def test_refusals_are_recorded_once_per_version_and_shown(api_as, client, bad_ro
     assert f"Config version {revision.pk} leaves out {len(bad_rows)} object(s)" in listing
     page = client.get(reverse("admin:trunking_edgenode_change", args=[edge_node.pk]))
     assert "allowed_destinations" in page.content.decode()
-    assert "is also trunk" in page.content.decode()
+    assert "is also trunk" in page.content.decode() and "<li>trunk " in page.content.decode()
 
 
 def test_a_clean_configuration_has_nothing_refused(trunk, acl_entry, origination_uri):
