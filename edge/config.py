@@ -209,24 +209,25 @@ def _str(obj: Mapping[str, Any], key: str, where: str, *, empty: bool = False) -
 
 
 def _valid(check: Callable[[Any], _T], value: Any, where: str, field: str) -> _T:
-    """`check(value)` (one of edge.validators), its InvalidValue turned into a ConfigError."""
+    """`check(value)` (one of edge.validators), its InvalidValue turned into a ConfigError
+    about `where`.`field` (formatted only then: this runs for every value of a snapshot)."""
     try:
         return check(value)
     except validators.InvalidValue as error:
-        raise ConfigError(f"{where}: {error.message}", field=field) from None
+        raise ConfigError(f"{where}.{field}: {error.message}", field=field) from None
 
 
 def _prefixes(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     items = _list(obj, key, where)
     for item in items:
-        _valid(validators.e164_prefix, item, f"{where}.{key}", key)
+        _valid(validators.e164_prefix, item, where, key)
     return tuple(dict.fromkeys(items))
 
 
 def _origination(item: Any, where: str) -> OriginationTarget:
     obj = _object(item, where)
     text = _str(obj, "uri", where)
-    host, port, transport, user = _valid(validators.origination_uri, text, f"{where}.uri", "uri")
+    host, port, transport, user = _valid(validators.origination_uri, text, where, "uri")
     return OriginationTarget(
         uri=text,
         host=host,
@@ -255,26 +256,22 @@ def _trunk(obj: Mapping[str, Any], where: str, refusals: list[Refusal]) -> Trunk
     allowed_prefixes: list[str] = []
     allowed_countries: set[str] = set()
     for entry in _list(obj, "allowed_destinations", where):
-        is_prefix, value = _valid(
-            validators.destination, entry, f"{where}.allowed_destinations", "allowed_destinations"
-        )
+        is_prefix, value = _valid(validators.destination, entry, where, "allowed_destinations")
         (allowed_prefixes.append if is_prefix else allowed_countries.add)(value)
     caller_id_policy = _valid(
         validators.caller_id_policy,
         _str(obj, "caller_id_policy", where),
-        f"{where}.caller_id_policy",
+        where,
         "caller_id_policy",
     )
     stop_codes = [
-        _valid(
-            validators.failover_code, code, f"{where}.failover_stop_codes", "failover_stop_codes"
-        )
+        _valid(validators.failover_code, code, where, "failover_stop_codes")
         for code in _list(obj, "failover_stop_codes", where)
     ]
     default_country = _valid(
         validators.region,
         _str(obj, "default_country", where),
-        f"{where}.default_country",
+        where,
         "default_country",
     )
     origination = []
@@ -307,18 +304,16 @@ def _gateway(obj: Mapping[str, Any], carrier_id: int, where: str) -> Gateway:
     return Gateway(
         id=_int(obj, "id", where, low=1),
         carrier_id=carrier_id,
-        host=_valid(validators.gateway_host, _field(obj, "host", where), f"{where}.host", "host"),
+        host=_valid(validators.gateway_host, _field(obj, "host", where), where, "host"),
         port=_int(obj, "port", where, low=1, high=_MAX_PORT),
-        transport=_valid(
-            validators.transport, _str(obj, "transport", where), f"{where}.transport", "transport"
-        ),
+        transport=_valid(validators.transport, _str(obj, "transport", where), where, "transport"),
         priority=_int(obj, "priority", where, high=_MAX_PRIORITY),
         weight=_int(obj, "weight", where, high=_MAX_PRIORITY),
         prefixes=_prefixes(obj, "prefixes", where),
         tech_prefix=_valid(
             validators.tech_prefix,
             _str(obj, "tech_prefix", where, empty=True),
-            f"{where}.tech_prefix",
+            where,
             "tech_prefix",
         ),
         strip_plus=_bool(obj, "strip_plus", where),
@@ -603,7 +598,7 @@ class EdgeConfig:
         by_customer: dict[int, list[str]] = {}
         refusals: list[Refusal] = []
         left_out = self._left_out_trunks
-        is_e164 = validators.is_e164_number
+        e164_match = validators.E164_NUMBER.fullmatch  # validators.is_e164_number, inlined
         for index, item in enumerate(items):
             try:
                 e164, customer_id, trunk_id = item
@@ -614,7 +609,7 @@ class EdgeConfig:
                 )
                 refusals.append(Refusal("number", None, "number", reason))
                 continue
-            if not is_e164(e164):
+            if type(e164) is not str or e164_match(e164) is None:
                 reason = f"numbers[{index}]: {e164!r} is not an E.164 number"
                 refusals.append(Refusal("number", str(e164), "number", reason))
                 continue

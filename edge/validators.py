@@ -16,6 +16,7 @@ Pure: no I/O, no clock, no Django.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ from edge.sip.uri import parse_uri
 
 __all__ = [
     "CALLER_ID_POLICIES",
+    "E164_NUMBER",
     "TECH_PREFIX_MARKS",
     "TRANSPORTS",
     "InvalidValue",
@@ -108,15 +110,13 @@ def destination(value: Any) -> tuple[bool, str]:
     )
 
 
+# '+', a first digit that is not 0, and 2 to 15 digits in all. A pattern rather than code: the
+# compiler checks 100,000 numbers with its `fullmatch` (a C call) in its hot loop.
+E164_NUMBER = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
 def is_e164_number(value: Any) -> bool:
-    """'+', a first digit that is not 0, and 2 to 15 digits in all."""
-    return (
-        type(value) is str
-        and 3 <= len(value) <= 16
-        and value[0] == "+"
-        and value[1] != "0"
-        and _DIGITS.issuperset(value[1:])
-    )
+    return type(value) is str and E164_NUMBER.fullmatch(value) is not None
 
 
 def e164_number(value: Any) -> str:
