@@ -444,9 +444,10 @@ class EdgeConfig:
         trunks: dict[int, TrunkPolicy] = {}
         left_out: set[int] = set()
         credentials: dict[str, Credential] = {}
-        # Every well-formed ACL entry (network, trunk, trunk index, position), then the rule
-        # that a source identifies one trunk.
-        entries: list[tuple[validators.Network, TrunkPolicy, int, int]] = []
+        # Source networks by family and prefix length, as the lookups read them; a network two
+        # trunks hold goes in `shared` (both are left out, below).
+        tables: dict[int, dict[int, dict[int, TrunkPolicy]]] = {32: {}, 128: {}}
+        shared: dict[validators.Network, set[int]] = {}
         parse_network = validators.network
         for index, item in enumerate(items):
             obj = _object(item, f"trunks[{index}]")
@@ -484,10 +485,18 @@ class EdgeConfig:
                 sources[trunk_id] = obj
             for position, entry in enumerate(acl):
                 try:
-                    entries.append((parse_network(entry), trunk, index, position))
+                    net = parse_network(entry)
                 except validators.InvalidValue as error:
                     reason = f"{where}.acl[{position}]: {error.message}"
                     refusals.append(Refusal("acl", trunk_id, "acl", reason))
+                    continue
+                bits, length, value = net
+                level = tables[bits].get(length)
+                if level is None:
+                    level = tables[bits][length] = {}
+                holder = level.setdefault(value >> (bits - length), trunk)
+                if holder is not trunk:
+                    shared.setdefault(net, {holder.id}).add(trunk_id)
             for position, cred in enumerate(credential_items):
                 at = f"{where}.credentials[{position}]"
                 try:
@@ -498,51 +507,49 @@ class EdgeConfig:
         self._trunk_sources = sources
         self._left_out_trunks = frozenset(left_out)
         self._credentials = credentials
-        self._build_acl(items, entries, refusals)
+        self._finish_acl(items, tables, shared, refusals)
 
-    def _build_acl(
+    def _finish_acl(
         self,
         items: list[Any],
-        entries: list[tuple[validators.Network, TrunkPolicy, int, int]],
+        acl: dict[int, dict[int, dict[int, TrunkPolicy]]],
+        shared: dict[validators.Network, set[int]],
         refusals: list[Refusal],
     ) -> None:
-        """The source-address tables. A network held by two trunks is left out of both (the
-        edge cannot tell whose a call is), and so is a network that holds a carrier gateway's
-        address (a carrier's calls are never a trunk's). Nested networks of different trunks
-        stay: the most specific one wins (Django refuses them on write)."""
-        owner: dict[validators.Network, TrunkPolicy] = {}
-        shared: dict[validators.Network, set[int]] = {}
-        for net, trunk, _, _ in entries:
-            holder = owner.setdefault(net, trunk)
-            if holder is not trunk:
-                shared.setdefault(net, {holder.id}).add(trunk.id)
-        acl: dict[int, dict[int, dict[int, TrunkPolicy]]] = {32: {}, 128: {}}
-        for net, trunk in owner.items():
-            if net not in shared:
-                level = acl[net.bits].setdefault(net.length, {})
-                level[net.value >> (net.bits - net.length)] = trunk
-        carriers: dict[validators.Network, str] = {}
-        for bits, value in self._carrier_addresses:
+        """The source-address tables, without the networks the edge refuses: one held by two
+        trunks is left out of both (the edge cannot tell whose a call is), and so is one that
+        holds a carrier gateway's address (a carrier's calls are never a trunk's). Nested
+        networks of different trunks stay: the most specific one wins (Django refuses them on
+        write)."""
+        why: dict[validators.Network, str] = {}
+        for net in shared:
+            bits, length, value = net
+            del acl[bits][length][value >> (bits - length)]
+            why[net] = "is also trunk {other}'s network; a source address must identify one trunk"
+        for bits, address in self._carrier_addresses:
             for length, level in acl[bits].items():
-                key = value >> (bits - length)
+                key = address >> (bits - length)
                 if key in level:
                     del level[key]
                     net = validators.Network(bits, length, key << (bits - length))
-                    carriers[net] = "holds a carrier gateway's address"
-        if shared or carriers:
-            for net, trunk, index, position in entries:
-                if net in shared:
-                    other = min(shared[net] - {trunk.id})
-                    why = (
-                        f"is also trunk {other}'s network; a source address must identify one trunk"
-                    )
-                elif net in carriers:
-                    why = carriers[net]
-                else:
+                    why[net] = "holds a carrier gateway's address"
+        if why:
+            # Rare: find the refused entries again to say where they are.
+            for index, item in enumerate(items):
+                trunk = self.trunks.get(item.get("id"))
+                if trunk is None:
                     continue
-                entry = items[index]["acl"][position]
-                reason = f"trunks[{index}] (id {trunk.id}).acl[{position}]: {entry!r} {why}"
-                refusals.append(Refusal("acl", trunk.id, "acl", reason))
+                for position, entry in enumerate(item["acl"]):
+                    try:
+                        net = validators.network(entry)
+                    except validators.InvalidValue:
+                        continue
+                    if net not in why:
+                        continue
+                    holders = shared.get(net, {trunk.id, 0})
+                    text = why[net].format(other=min(holders - {trunk.id}))
+                    reason = f"trunks[{index}] (id {trunk.id}).acl[{position}]: {entry!r} {text}"
+                    refusals.append(Refusal("acl", trunk.id, "acl", reason))
         self._acl4 = _acl_levels({k: v for k, v in acl[32].items() if v}, 32)
         self._acl6 = _acl_levels({k: v for k, v in acl[128].items() if v}, 128)
 
