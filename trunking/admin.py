@@ -29,6 +29,9 @@ from .push import EdgePushError
 from .tasks import push_config_to_edge
 from .tokens import edge_node_token
 
+# Refusal kinds whose id is a trunk's (edge.config.Refusal).
+TRUNK_REFUSALS = frozenset({"trunk", "acl", "origination_uri", "credential"})
+
 
 class IpAclEntryForm(forms.ModelForm):
     """Staff may give networks broader than the customers' minimum, never another trunk's."""
@@ -117,6 +120,17 @@ class TrunkAdmin(AuditedModelAdmin):
     autocomplete_fields = ["customer"]
     inlines = [IpAclEntryInline, SipCredentialInline, OriginationUriInline]
     actions = ["suspend", "resume"]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        # The edges leave out what they refuse of this trunk: say so where it is fixed.
+        latest = ConfigRevision.objects.order_by("-id").first()
+        if latest is not None and latest.refusal_count and request.method == "GET":
+            for item in latest.refusals:
+                if item["kind"] in TRUNK_REFUSALS and str(item["id"]) == object_id:
+                    messages.warning(request, f"The edges leave this out: {_refusal_line(item)}")
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         super().save_formset(request, form, formset, change)

@@ -97,6 +97,9 @@ def test_refusals_are_recorded_once_per_version_and_shown(api_as, client, bad_ro
     page = client.get(reverse("admin:trunking_edgenode_change", args=[edge_node.pk]))
     assert "allowed_destinations" in page.content.decode()
     assert "is also trunk" in page.content.decode() and "<li>trunk " in page.content.decode()
+    (other_trunk_id,) = {item["id"] for item in revision.refusals if item["kind"] == "trunk"}
+    trunk_page = client.get(reverse("admin:trunking_trunk_change", args=[other_trunk_id]))
+    assert "The edges leave this out: trunk" in trunk_page.content.decode()
 
 
 def test_a_clean_configuration_has_nothing_refused(trunk, acl_entry, origination_uri):
