@@ -4,6 +4,8 @@ The snapshot still reaches the edges, which leave that object out; what was left
 config revision, the edge-node API and the admin. An edge that refuses a push is "failing".
 """
 
+import os
+
 import pytest
 from django.urls import reverse
 
@@ -161,3 +163,10 @@ def api_row(node):
     from trunking.api.serializers import EdgeNodeSerializer
 
     return EdgeNodeSerializer(EdgeNode.objects.get(pk=node.pk), context={}).data
+
+
+def test_the_demo_configuration_has_nothing_refused(db):
+    from django.core.management import call_command
+
+    call_command("seed_demo", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    assert record_refusals(build_snapshot()) == []
