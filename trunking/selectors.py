@@ -7,8 +7,11 @@ trunk, and a carrier's address is never a trunk's. The overlap test itself is th
 a snapshot.
 """
 
+import zlib
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import connection
 
 from edge import validators as edge
 
@@ -21,6 +24,20 @@ SOURCE_IN_USE = (
     "This network overlaps addresses already in use elsewhere on the platform; a source "
     "address must identify one trunk. Ask the operator if the addresses are yours."
 )
+
+
+_LOCK_KEY = zlib.crc32(b"trunkline:source-addresses")
+
+
+def _lock_source_addresses() -> None:
+    """Within a transaction on PostgreSQL, wait for any other source-address write to commit
+    (the lock is released with the transaction), so that this check sees its row. The API's
+    writes and the admin's pages run check and write in one transaction; elsewhere (SQLite,
+    autocommit) a race past the check is caught by the edge's compiler, which leaves both
+    networks out and reports them."""
+    if connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
 
 
 def _overlapping_acl(network: edge.Network, *, trunk_id: int | None) -> bool:
@@ -63,6 +80,7 @@ def acl_source_check(*, cidr: str, trunk_id: int | None, staff: bool) -> str:
         family = "IPv4" if network.bits == 32 else "IPv6"
         message = f"Give an {family} network of /{minimum} or narrower; broader ones need staff."
         raise ValidationError({"cidr": message})
+    _lock_source_addresses()
     if _overlapping_acl(network, trunk_id=trunk_id) or _holds_carrier_address(network):
         raise ValidationError({"cidr": SOURCE_IN_USE})
     return canonical
@@ -75,6 +93,7 @@ def gateway_source_check(*, host: str) -> None:
     key = edge.address_key(host)
     if key is None:
         return
+    _lock_source_addresses()
     for trunk_id, cidr in IpAclEntry.objects.values_list("trunk_id", "cidr").iterator(
         chunk_size=5000
     ):

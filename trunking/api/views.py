@@ -3,6 +3,7 @@
 import contextlib
 from typing import Any
 
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -67,7 +68,20 @@ class TrunkViewSet(TenantScopedViewSet):
         return self._set_status(request, services.trunk_resume)
 
 
-class IpAclEntryViewSet(TenantScopedViewSet):
+class SourceAddressWrites:
+    """Validation and write in one transaction: the source-address check takes a lock that
+    keeps two writers from both passing it before either has written (trunking/selectors.py)."""
+
+    @transaction.atomic
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().create(request, *args, **kwargs)  # type: ignore[misc]
+
+    @transaction.atomic
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().update(request, *args, **kwargs)  # type: ignore[misc]
+
+
+class IpAclEntryViewSet(SourceAddressWrites, TenantScopedViewSet):
     queryset = IpAclEntry.objects.all()
     serializer_class = s.IpAclEntrySerializer
     filterset_class = IpAclEntryFilterSet
@@ -161,7 +175,7 @@ class CarrierViewSet(TenantScopedViewSet):
     ordering_fields = ["name"]
 
 
-class CarrierGatewayViewSet(TenantScopedViewSet):
+class CarrierGatewayViewSet(SourceAddressWrites, TenantScopedViewSet):
     staff_only = True
     queryset = CarrierGateway.objects.select_related("carrier")
     serializer_class = s.CarrierGatewaySerializer

@@ -213,3 +213,61 @@ def test_admin_trunk_page_refuses_an_overlapping_inline(client, acl_entry, other
     assert SOURCE_IN_USE in response.content.decode()
     assert not IpAclEntry.objects.filter(trunk=other_trunk).exists()
     assert Trunk.objects.get(pk=other_trunk.pk).failover_stop_codes != [404]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_writers_cannot_both_pass_the_source_address_check(trunk, other_trunk):
+    """Writer A has checked 203.0.113.0/24 and not yet written it; writer B, checking the same
+    network meanwhile, waits for A's commit and is then refused (PostgreSQL's lock)."""
+    import threading
+    import time
+
+    from django.core.exceptions import ValidationError
+    from django.db import connection, connections, transaction
+
+    from trunking.selectors import acl_source_check
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the lock is PostgreSQL's; SQLite runs one writer at a time")
+    checked, write, outcome = threading.Event(), threading.Event(), {}
+
+    def writer_a() -> None:
+        try:
+            with transaction.atomic():
+                cidr = acl_source_check(cidr="203.0.113.0/24", trunk_id=trunk.pk, staff=False)
+                checked.set()
+                write.wait(30)
+                IpAclEntry.objects.create(trunk=trunk, cidr=cidr)
+        finally:
+            connections.close_all()
+
+    def writer_b() -> None:
+        try:
+            with transaction.atomic():
+                acl_source_check(cidr="203.0.113.0/25", trunk_id=other_trunk.pk, staff=False)
+            outcome["b"] = "passed"
+        except ValidationError as exc:
+            outcome["b"] = exc.message_dict["cidr"][0]
+        finally:
+            connections.close_all()
+
+    a = threading.Thread(target=writer_a)
+    a.start()
+    assert checked.wait(30)
+    b = threading.Thread(target=writer_b)
+    b.start()
+    # B must be waiting for A's lock before A writes (poll pg_locks; no timing assertion).
+    deadline = time.monotonic() + 30
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            if cursor.fetchone()[0] == 1:
+                break
+        assert time.monotonic() < deadline and b.is_alive(), outcome
+        time.sleep(0.01)
+    write.set()
+    a.join(30)
+    b.join(30)
+    assert outcome == {"b": SOURCE_IN_USE}
