@@ -1,9 +1,10 @@
 """Property: whatever the API accepts compiles on the edge, with nothing left out.
 
 Hypothesis writes random provisioning through the real API (ACL entries, origination URIs,
-carrier gateways, numbers, trunk policy fields), as customers and as staff, with values near
-and past every rule's edge; then the snapshot is built (trunking/snapshot.py) and compiled by
-the edge's own compiler. A value the API stored and the edge refuses fails the test.
+carrier gateways, numbers one by one and by bulk import, trunk policy fields), as customers and
+as staff, with values near and past every rule's edge; then the snapshot is built
+(trunking/snapshot.py) and compiled by the edge's own compiler. A value the API stored and the
+edge refuses fails the test.
 """
 
 import ipaddress
@@ -117,6 +118,11 @@ operations = st.one_of(
          "port": st.integers(0, 70000), "prefixes": st.lists(prefixes, max_size=3)})),
     st.tuples(WHO, st.just("post"), st.just("numbers"), st.fixed_dictionaries(
         {"number": phone_numbers, "trunk": st.sampled_from(["mine", "theirs", None])})),
+    st.tuples(st.sampled_from(["owner", "other_customer"]), st.just("post"),
+              st.just("numbers/import"), st.fixed_dictionaries({"numbers": st.lists(
+                  st.fixed_dictionaries({"number": phone_numbers},
+                                        optional={"trunk": st.sampled_from(["mine", "theirs"])}),
+                  min_size=1, max_size=4)})),
     st.tuples(WHO, st.just("patch"), st.just("trunks"), st.fixed_dictionaries({}, optional={
         "allowed_destinations": st.lists(prefixes | regions, max_size=3),
         "blocked_prefixes": st.lists(prefixes, max_size=3),
@@ -132,8 +138,13 @@ operations = st.one_of(
 def _resolve(who, body, trunk, other_trunk, carrier):
     own, theirs = (trunk, other_trunk) if who != "other_customer" else (other_trunk, trunk)
     names = {"mine": own.pk, "theirs": theirs.pk}
-    resolved = {k: names.get(v, v) if k == "trunk" else v for k, v in body.items()}
-    return resolved, own
+
+    def resolved(obj):
+        return {k: names.get(v, v) if k == "trunk" else v for k, v in obj.items()}
+
+    if "numbers" in body:  # a bulk import: rows name trunks too
+        return {"numbers": [resolved(row) for row in body["numbers"]]}, own
+    return resolved(body), own
 
 
 @pytest.mark.django_db
