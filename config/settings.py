@@ -167,7 +167,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.TenantPermission"],
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "core.filters.TenantScopedFilterBackend",  # django-filter, choices scoped to the tenant
         "rest_framework.filters.OrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
@@ -219,6 +219,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# The broadest source network a customer may give a trunk's IP ACL (staff may give broader
+# ones): a /8 on a trunk lets anyone in that range call on the customer's account.
+ACL_MIN_PREFIX_V4 = env.int("ACL_MIN_PREFIX_V4", default=24)
+ACL_MIN_PREFIX_V6 = env.int("ACL_MIN_PREFIX_V6", default=48)
 
 # Digest realm of trunk credentials (HA1 values depend on it: changing it invalidates them).
 SIP_REALM = env.str("SIP_REALM", default="trunkline")

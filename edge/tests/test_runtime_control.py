@@ -20,7 +20,7 @@ from edge.runtime.control import (
     save_snapshot,
     start_control_server,
 )
-from edge.tests.factories import compiled, snapshot_doc, trunk_doc
+from edge.tests.factories import compiled, customer_doc, snapshot_doc, trunk_doc
 
 TOKEN = "s3cret-token"
 
@@ -184,7 +184,10 @@ async def test_a_snapshot_is_compiled_applied_and_saved(tmp_path):
         (b"{not json", "not JSON"),
         (b"[]", "expected an object"),
         (orjson.dumps({**snapshot_doc(version=9), "schema": 2}), "schema"),
-        (orjson.dumps(snapshot_doc(version=9, trunks=[trunk_doc(customer=99)])), "no customer"),
+        (
+            orjson.dumps(snapshot_doc(version=9, customers=[customer_doc(1), customer_doc(1)])),
+            "duplicate customer id",
+        ),
     ],
 )
 @run_async

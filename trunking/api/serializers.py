@@ -10,10 +10,11 @@ from rest_framework import serializers
 from core.serializers import TenantOwnedSerializer, TenantScopedRelatedField
 from core.tenancy import get_caller
 
-from .. import validators
+from .. import selectors, validators
 from ..models import (
     Carrier,
     CarrierGateway,
+    ConfigRevision,
     EdgeNode,
     IpAclEntry,
     OriginationUri,
@@ -28,6 +29,20 @@ def _django_to_drf(func: Any, value: Any) -> Any:
         return func(value)
     except DjangoValidationError as exc:
         raise serializers.ValidationError(exc.messages) from exc
+
+
+def _check(func: Any, **kwargs: Any) -> Any:
+    """A selector's check, its field errors ({field: messages}) as DRF's."""
+    try:
+        return func(**kwargs)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.message_dict) from exc
+
+
+def _is_staff(serializer: serializers.Serializer) -> bool:
+    request = serializer.context.get("request")
+    caller = get_caller(request) if request is not None else None
+    return caller is not None and caller.is_staff
 
 
 class TrunkSerializer(TenantOwnedSerializer):
@@ -72,6 +87,18 @@ class IpAclEntrySerializer(TrunkChildSerializer):
 
     def validate_cidr(self, value: str) -> str:
         return _django_to_drf(validators.normalize_cidr, value)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Across rows: no other trunk's network, no carrier's address, not too broad.
+        if "cidr" in attrs:
+            trunk = attrs.get("trunk", getattr(self.instance, "trunk", None))
+            attrs["cidr"] = _check(
+                selectors.acl_source_check,
+                cidr=attrs["cidr"],
+                trunk_id=trunk.pk if trunk is not None else None,
+                staff=_is_staff(self),
+            )
+        return attrs
 
 
 class SipCredentialSerializer(TrunkChildSerializer):
@@ -205,6 +232,11 @@ class CarrierGatewaySerializer(serializers.ModelSerializer):
             "strip_plus",
         ]
 
+    def validate_host(self, value: str) -> str:
+        # Not inside any trunk's source network (the field's own rule ran first).
+        _django_to_drf(lambda host: selectors.gateway_source_check(host=host), value)
+        return value
+
 
 class CarrierSerializer(serializers.ModelSerializer):
     gateways = CarrierGatewaySerializer(many=True, read_only=True)
@@ -215,21 +247,46 @@ class CarrierSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
 
+class ConfigRefusalSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="trunk, acl, origination_uri, credential, number…")
+    id = serializers.JSONField(help_text="The trunk's or gateway's id, or the number.")
+    field = serializers.CharField()
+    reason = serializers.CharField()
+
+
 class EdgeNodeSerializer(serializers.ModelSerializer):
     lag = serializers.SerializerMethodField(
         help_text="Config versions behind the current one (null: never applied)."
     )
+    config_refusals = serializers.SerializerMethodField(
+        help_text="What the edge left out of the version it runs (rows it refuses), the first "
+        f"{ConfigRevision.REFUSALS_KEPT}; null until that version has been checked."
+    )
+    config_refusal_count = serializers.SerializerMethodField()
 
     class Meta:
         model = EdgeNode
         fields = [
             "id", "name", "sip_addresses", "control_url", "enabled", "applied_version", "lag",
-            "health", "last_seen", "last_push_at", "last_push_error", "created_at", "updated_at",
+            "health", "last_seen", "last_push_at", "last_push_error", "config_refusals",
+            "config_refusal_count", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = [
             "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
             "created_at", "updated_at",
         ]  # fmt: skip
+
+    def _revision(self, node: EdgeNode) -> tuple[list[Any], int] | None:
+        return self.context.get("config_refusals", {}).get(node.applied_version)
+
+    @extend_schema_field(ConfigRefusalSerializer(many=True, allow_null=True))
+    def get_config_refusals(self, node: EdgeNode) -> list[Any] | None:
+        checked = self._revision(node)
+        return checked[0] if checked is not None else None
+
+    def get_config_refusal_count(self, node: EdgeNode) -> int | None:
+        checked = self._revision(node)
+        return checked[1] if checked is not None else None
 
     def get_lag(self, node: EdgeNode) -> int | None:
         current = self.context.get("config_version")

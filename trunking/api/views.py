@@ -3,6 +3,7 @@
 import contextlib
 from typing import Any
 
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -67,7 +68,20 @@ class TrunkViewSet(TenantScopedViewSet):
         return self._set_status(request, services.trunk_resume)
 
 
-class IpAclEntryViewSet(TenantScopedViewSet):
+class SourceAddressWrites:
+    """Validation and write in one transaction: the source-address check takes a lock that
+    keeps two writers from both passing it before either has written (trunking/selectors.py)."""
+
+    @transaction.atomic
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().create(request, *args, **kwargs)  # type: ignore[misc]
+
+    @transaction.atomic
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().update(request, *args, **kwargs)  # type: ignore[misc]
+
+
+class IpAclEntryViewSet(SourceAddressWrites, TenantScopedViewSet):
     queryset = IpAclEntry.objects.all()
     serializer_class = s.IpAclEntrySerializer
     filterset_class = IpAclEntryFilterSet
@@ -161,7 +175,7 @@ class CarrierViewSet(TenantScopedViewSet):
     ordering_fields = ["name"]
 
 
-class CarrierGatewayViewSet(TenantScopedViewSet):
+class CarrierGatewayViewSet(SourceAddressWrites, TenantScopedViewSet):
     staff_only = True
     queryset = CarrierGateway.objects.select_related("carrier")
     serializer_class = s.CarrierGatewaySerializer
@@ -183,7 +197,18 @@ class EdgeNodeViewSet(TenantScopedViewSet):
 
     def get_serializer_context(self) -> dict[str, Any]:
         latest = ConfigRevision.objects.order_by("-id").values_list("id", flat=True).first()
-        return {**super().get_serializer_context(), "config_version": latest}
+        # What each applied version leaves out, for every edge on the page in one query.
+        checked = {
+            pk: (refusals, count)
+            for pk, refusals, count in ConfigRevision.objects.filter(
+                pk__in=EdgeNode.objects.values("applied_version"), refusal_count__isnull=False
+            ).values_list("id", "refusals", "refusal_count")
+        }
+        return {
+            **super().get_serializer_context(),
+            "config_version": latest,
+            "config_refusals": checked,
+        }
 
     def after_write(self, instance: EdgeNode) -> None:
         request_config_push()  # a new or re-enabled edge gets the current config

@@ -89,8 +89,9 @@ class Command(BaseCommand):
             )
 
         carrier, _ = Carrier.objects.get_or_create(name="Demo Carrier")
+        # Not the PBX's 127.0.0.1: an address is a carrier's or a trunk's, never both.
         CarrierGateway.objects.get_or_create(
-            carrier=carrier, host="127.0.0.1", port=5080, transport="udp"
+            carrier=carrier, host="127.0.0.2", port=5080, transport="udp"
         )
 
         demo_keys = ApiKey.objects.filter(customer=customer, name="demo", revoked_at__isnull=True)
