@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpResponse, HttpResponseBase
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -246,12 +246,6 @@ class _StaffWrites:
             raise PermissionDenied("Only operators change billing data.")
 
 
-def _assigned_decks(caller: Caller) -> QuerySet[RateAssignment]:
-    return RateAssignment.objects.filter(
-        customer_id=caller.customer.pk if caller.customer else None
-    )
-
-
 class RateDeckViewSet(_StaffWrites, TenantScopedViewSet):
     """Rate decks. Customers see the decks that price their calls."""
 
@@ -262,10 +256,7 @@ class RateDeckViewSet(_StaffWrites, TenantScopedViewSet):
     ordering_fields = ["name", "created_at"]
 
     def get_queryset(self) -> QuerySet[RateDeck]:
-        queryset = RateDeck.objects.all()
-        if not self.caller.is_staff:
-            queryset = queryset.filter(pk__in=_assigned_decks(self.caller).values("deck"))
-        return queryset
+        return super().get_queryset().distinct()  # assigned to the customer more than once
 
     @extend_schema(
         request=s.RateImportSerializer,
@@ -294,7 +285,7 @@ class RateDeckViewSet(_StaffWrites, TenantScopedViewSet):
         return Response({"imported": count})
 
 
-class RateViewSet(viewsets.ReadOnlyModelViewSet):
+class RateViewSet(TenantScopedReadOnlyViewSet):
     """Rows of the decks the caller may read (change them by importing)."""
 
     queryset = Rate.objects.all()
@@ -303,12 +294,7 @@ class RateViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["prefix", "effective_from"]
 
     def get_queryset(self) -> QuerySet[Rate]:
-        caller = get_caller(self.request)
-        assert caller is not None
-        queryset = Rate.objects.all()
-        if not caller.is_staff:
-            queryset = queryset.filter(deck__in=_assigned_decks(caller).values("deck"))
-        return queryset
+        return super().get_queryset().distinct()
 
 
 class RateAssignmentViewSet(_StaffWrites, TenantScopedViewSet):
