@@ -198,6 +198,10 @@ class RateDeck(models.Model):
     # Bumped by every change of its rows (import, edit): the rating cache keys on it.
     updated_at = models.DateTimeField(auto_now=True)
 
+    # A customer reads the decks assigned to it (through more than one assignment, maybe:
+    # querysets scoped by it need distinct()).
+    tenant_lookup = "assignments__customer"
+
     class Meta:
         ordering = ["name"]
 
@@ -228,6 +232,8 @@ class Rate(models.Model):
     )
     effective_from = models.DateTimeField()
     effective_to = models.DateTimeField(null=True, blank=True, help_text="Exclusive; empty: open.")
+
+    tenant_lookup = "deck__assignments__customer"
 
     class Meta:
         ordering = ["deck", "prefix", "effective_from"]

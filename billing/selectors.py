@@ -256,3 +256,41 @@ def unrated_cdrs() -> Any:
     from .models import Cdr
 
     return Cdr.objects.exclude(unrated_reason="")
+
+
+_USAGE_KEYS = (
+    "customer_id", "customer__name", "rate__destination", "rate__prefix", "currency",
+    "unrated_reason",
+)  # fmt: skip
+
+
+_USAGE_KEYS = (
+    "customer_id", "customer__name", "rate__destination", "rate__prefix", "currency",
+    "unrated_reason",
+)  # fmt: skip
+
+
+def usage_by_destination(*, queryset: QuerySet[Cdr]) -> list[dict[str, Any]]:
+    """Answered calls of ``queryset`` summed by customer, destination (rate row) and currency;
+    unrated ones by their reason, with no amount. One query."""
+    rows = (
+        queryset.filter(answer_at__isnull=False)
+        .order_by()
+        .values(*_USAGE_KEYS)
+        .annotate(calls=Count("id"), seconds=Sum("billed_seconds"), amount=Sum("cost"))
+        .order_by("customer__name", "customer_id", "rate__destination", "rate__prefix")
+    )
+    return [
+        {
+            "customer": row["customer_id"],
+            "customer_name": row["customer__name"],
+            "destination": row["rate__destination"],
+            "prefix": row["rate__prefix"],
+            "currency": row["currency"],
+            "calls": row["calls"],
+            "billed_minutes": (Decimal(row["seconds"] or 0) / 60).quantize(_TWO_PLACES),
+            "amount": row["amount"],
+            "unrated_reason": row["unrated_reason"],
+        }
+        for row in rows
+    ]

@@ -28,7 +28,9 @@ def scope_filter_choices(filterset: Any, caller: Caller | None) -> None:
         elif caller.is_staff:
             continue
         elif hasattr(queryset.model, "tenant_lookup"):
-            filter_.queryset = caller.scope(queryset)
+            # distinct(): a tenant reached through a to-many relation (a deck's assignments)
+            # must not make a choice appear twice.
+            filter_.queryset = caller.scope(queryset).distinct()
         else:
             filter_.queryset = queryset.none()
 

@@ -364,3 +364,19 @@ class CreditNoteSerializer(serializers.Serializer):
         help_text="Default: the whole invoice.",
     )
     note = serializers.CharField(max_length=400)
+
+
+class UsageParamsSerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["json", "csv"], default="json")
+
+
+class UsageRowSerializer(serializers.Serializer):
+    customer = serializers.IntegerField(allow_null=True)
+    customer_name = serializers.CharField(allow_null=True)
+    destination = serializers.CharField(allow_null=True)
+    prefix = serializers.CharField(allow_null=True)
+    currency = serializers.CharField()
+    calls = serializers.IntegerField()
+    billed_minutes = serializers.DecimalField(max_digits=16, decimal_places=2)
+    amount = serializers.DecimalField(max_digits=16, decimal_places=4, allow_null=True)
+    unrated_reason = serializers.CharField()

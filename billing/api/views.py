@@ -6,6 +6,8 @@ Exports are reads, so every reader may also run an export job.
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpResponse, HttpResponseBase
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -40,7 +42,7 @@ from ..filtersets import (
 )
 from ..models import Balance, Cdr, ExportJob, Invoice, LedgerEntry, Rate, RateAssignment, RateDeck
 from ..rate_import import RateImportError
-from ..selectors import cdr_summary
+from ..selectors import cdr_summary, usage_by_destination
 from . import serializers as s
 from .serializers import (
     CdrDetailSerializer,
@@ -49,6 +51,8 @@ from .serializers import (
     ExportJobCreateSerializer,
     ExportJobSerializer,
     ExportParamsSerializer,
+    UsageParamsSerializer,
+    UsageRowSerializer,
 )
 
 
@@ -104,7 +108,7 @@ class CdrViewSet(TenantScopedReadOnlyViewSet):
         return super().filter_queryset(queryset)
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
-        if self.action == "export":  # the body is streamed; errors are JSON
+        if self.action in ("export", "usage"):  # the body is streamed; errors are JSON
             return (JSONRenderer(), JSONRenderer.media_type)
         return super().perform_content_negotiation(request, force)
 
@@ -140,6 +144,29 @@ class CdrViewSet(TenantScopedReadOnlyViewSet):
             fmt=params.validated_data["format"],
             columns=params.validated_data["columns"],
         )
+
+    @extend_schema(
+        parameters=[UsageParamsSerializer],
+        responses={200: UsageRowSerializer(many=True), (200, "text/csv"): str},
+    )
+    @action(detail=False)
+    def usage(self, request: Request) -> HttpResponseBase:
+        """Finance's export: rated usage for the period by customer, destination and currency
+        (calls, billed minutes, amount), from the calls answered in it. ``format=csv`` for a
+        file. Unrated answered calls are listed by reason, with no amount."""
+        params = UsageParamsSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        rows = usage_by_destination(queryset=self.filter_queryset(self.get_queryset()))
+        data = UsageRowSerializer(rows, many=True).data
+        if params.validated_data["format"] != "csv":
+            return Response(data)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(UsageRowSerializer().fields))
+        writer.writeheader()
+        writer.writerows(data)
+        response = HttpResponse(out.getvalue(), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        return response
 
 
 class ReadersMayExport(TenantPermission):
@@ -219,12 +246,6 @@ class _StaffWrites:
             raise PermissionDenied("Only operators change billing data.")
 
 
-def _assigned_decks(caller: Caller) -> QuerySet[RateAssignment]:
-    return RateAssignment.objects.filter(
-        customer_id=caller.customer.pk if caller.customer else None
-    )
-
-
 class RateDeckViewSet(_StaffWrites, TenantScopedViewSet):
     """Rate decks. Customers see the decks that price their calls."""
 
@@ -235,10 +256,7 @@ class RateDeckViewSet(_StaffWrites, TenantScopedViewSet):
     ordering_fields = ["name", "created_at"]
 
     def get_queryset(self) -> QuerySet[RateDeck]:
-        queryset = RateDeck.objects.all()
-        if not self.caller.is_staff:
-            queryset = queryset.filter(pk__in=_assigned_decks(self.caller).values("deck"))
-        return queryset
+        return super().get_queryset().distinct()  # assigned to the customer more than once
 
     @extend_schema(
         request=s.RateImportSerializer,
@@ -267,7 +285,7 @@ class RateDeckViewSet(_StaffWrites, TenantScopedViewSet):
         return Response({"imported": count})
 
 
-class RateViewSet(viewsets.ReadOnlyModelViewSet):
+class RateViewSet(TenantScopedReadOnlyViewSet):
     """Rows of the decks the caller may read (change them by importing)."""
 
     queryset = Rate.objects.all()
@@ -276,12 +294,7 @@ class RateViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["prefix", "effective_from"]
 
     def get_queryset(self) -> QuerySet[Rate]:
-        caller = get_caller(self.request)
-        assert caller is not None
-        queryset = Rate.objects.all()
-        if not caller.is_staff:
-            queryset = queryset.filter(deck__in=_assigned_decks(caller).values("deck"))
-        return queryset
+        return super().get_queryset().distinct()
 
 
 class RateAssignmentViewSet(_StaffWrites, TenantScopedViewSet):

@@ -202,3 +202,30 @@ def test_admin_import_page_lists_bad_lines_then_imports(client, admin_user):
     assert done.status_code == 302 and deck.rates.count() == 2
     invoices = client.get("/admin/billing/invoice/")
     assert invoices.status_code == 200
+
+
+def test_usage_export_by_customer_and_destination(api_as, customer, other_customer, trunk, deck):
+    from edge.tests.test_cdr import make_cdr
+
+    services.cdrs_ingest(
+        records=[
+            make_cdr(customer_id=customer.pk, trunk_id=trunk.pk),  # +44…, 62 s on 60/60: 0.1000
+            make_cdr(customer_id=customer.pk, trunk_id=trunk.pk),
+            make_cdr(customer_id=customer.pk, trunk_id=trunk.pk, callee_e164="+81312345678"),
+            make_cdr(customer_id=other_customer.pk, trunk_id=None),
+        ]
+    )
+    period = "since=2026-11-01T00:00:00Z&until=2026-12-01T00:00:00Z"
+    rows = api_as("owner").get(f"/api/v1/cdrs/usage/?{period}").json()
+    assert {(r["destination"], r["calls"], r["amount"], r["unrated_reason"]) for r in rows} == {
+        ("UK", 2, "0.2000", ""),
+        (None, 1, None, "no_rate"),
+    }
+    uk = next(r for r in rows if r["destination"] == "UK")
+    assert uk["billed_minutes"] == "4.00" and uk["customer"] == customer.pk
+    staff = api_as("staff").get(f"/api/v1/cdrs/usage/?{period}&format=csv")
+    assert staff["Content-Type"] == "text/csv"
+    lines = staff.content.decode().splitlines()
+    assert lines[0].startswith("customer,customer_name,destination")
+    assert len(lines) == 4  # header, UK, unrated Japan, the other customer's no_deck
+    assert api_as("owner").get("/api/v1/cdrs/usage/").status_code == 400  # a period is required

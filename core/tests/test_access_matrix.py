@@ -266,7 +266,10 @@ FILTER_OBJECTS = {
     "customer": ("customer", "other_customer"),
     "trunk": ("trunk", "other_trunk"),
     "carrier": ("carrier", "carrier"),  # not a tenant's: staff-only lists
+    "ratedeck": ("rate_deck", "other_rate_deck"),
 }
+# Lists that answer only with some parameters (call history needs a period).
+LIST_PARAMS = {"cdrs": {"since": "2026-11-01T00:00:00Z", "until": "2026-12-01T00:00:00Z"}}
 
 
 def _id_filters() -> list[Any]:
@@ -299,12 +302,13 @@ def test_filters_answer_another_tenants_id_like_a_missing_one(
     missing = type(theirs).objects.order_by("-pk").values_list("pk", flat=True)[0] + 1000
     for who, sees_theirs in (("owner", False), ("read_only", False), ("staff", True)):
         client = api_as(who)
-        listed = client.get(f"/api/v1/{path}/")
+        base = LIST_PARAMS.get(path, {})
+        listed = client.get(f"/api/v1/{path}/", base)
         if listed.status_code == 403:  # a staff-only list: nothing to filter
             continue
-        own = client.get(f"/api/v1/{path}/", {name: mine.pk})
-        other = client.get(f"/api/v1/{path}/", {name: theirs.pk})
-        absent = client.get(f"/api/v1/{path}/", {name: missing})
+        own = client.get(f"/api/v1/{path}/", {**base, name: mine.pk})
+        other = client.get(f"/api/v1/{path}/", {**base, name: theirs.pk})
+        absent = client.get(f"/api/v1/{path}/", {**base, name: missing})
         assert own.status_code == 200, (who, own.content)
         if relation:
             assert absent.status_code == 400 and name in absent.json(), (who, absent.content)
