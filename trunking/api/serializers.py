@@ -7,7 +7,12 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.serializers import TenantOwnedSerializer, TenantScopedRelatedField
+from core.serializers import (
+    StrictModelSerializer,
+    StrictSerializer,
+    TenantOwnedSerializer,
+    TenantScopedRelatedField,
+)
 from core.tenancy import get_caller
 
 from .. import validators
@@ -54,7 +59,7 @@ class TrunkSerializer(TenantOwnedSerializer):
         read_only_fields = ["status", "created_at", "updated_at"]
 
 
-class TrunkChildSerializer(serializers.ModelSerializer):
+class TrunkChildSerializer(StrictModelSerializer):
     """Objects that hang under a trunk: the trunk must be one of the caller's."""
 
     trunk = TenantScopedRelatedField(queryset=Trunk.objects.all())
@@ -101,7 +106,7 @@ class IssuedCredentialSerializer(SipCredentialSerializer):
     password = serializers.CharField(read_only=True, help_text="Shown once.")
 
 
-class PasswordSerializer(serializers.Serializer):
+class PasswordSerializer(StrictSerializer):
     password = serializers.CharField(required=False, min_length=12, write_only=True)
 
 
@@ -152,7 +157,7 @@ class PhoneNumberSerializer(TenantOwnedSerializer):
         return attrs
 
 
-class NumberImportRowSerializer(serializers.Serializer):
+class NumberImportRowSerializer(StrictSerializer):
     """One row of a bulk import (documentation only; rows are checked by the service)."""
 
     number = serializers.CharField()
@@ -169,7 +174,7 @@ class NumberImportRowsField(serializers.ListField):
     child = serializers.JSONField()
 
 
-class NumberImportSerializer(serializers.Serializer):
+class NumberImportSerializer(StrictSerializer):
     customer = serializers.IntegerField(required=False, help_text="Staff only: whose numbers.")
     numbers = NumberImportRowsField(allow_empty=False, max_length=100_000)
 
@@ -188,7 +193,7 @@ class NumberImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
 
 
-class CarrierGatewaySerializer(serializers.ModelSerializer):
+class CarrierGatewaySerializer(StrictModelSerializer):
     class Meta:
         model = CarrierGateway
         fields = [
@@ -206,7 +211,7 @@ class CarrierGatewaySerializer(serializers.ModelSerializer):
         ]
 
 
-class CarrierSerializer(serializers.ModelSerializer):
+class CarrierSerializer(StrictModelSerializer):
     gateways = CarrierGatewaySerializer(many=True, read_only=True)
 
     class Meta:
@@ -215,7 +220,7 @@ class CarrierSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
 
-class EdgeNodeSerializer(serializers.ModelSerializer):
+class EdgeNodeSerializer(StrictModelSerializer):
     lag = serializers.SerializerMethodField(
         help_text="Config versions behind the current one (null: never applied)."
     )
