@@ -58,6 +58,15 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+class InUse(Exception):
+    """A service refuses to delete an object that something still needs (answered as 409)."""
+
+    def __init__(self, detail: str, held_by: list[str]) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.held_by = held_by
+
+
 def error_body(code: int, detail: str, **extra: Any) -> dict[str, Any]:
     return {"detail": detail, "code": ERROR_CODES.get(code, "error"), **extra}
 
@@ -94,6 +103,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
         exc = exceptions.ValidationError(detail)
+    elif isinstance(exc, InUse):
+        return conflict_response(exc.detail, exc.held_by)
     elif isinstance(exc, ProtectedError | RestrictedError):
         held_by = describe_holders(exc.args[1])
         detail = f"Cannot delete: still referenced by {', '.join(held_by)}."

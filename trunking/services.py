@@ -13,6 +13,7 @@ from django.db import transaction
 from accounts import audit
 from accounts.choices import AuditAction
 from accounts.models import AuditEntry, Customer
+from core.exceptions import InUse
 from core.tenancy import Caller
 from edge.sip.digest import ha1
 
@@ -49,6 +50,24 @@ def trunk_resume(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
         action=AuditAction.RESUME,
         reason=reason,
     )
+
+
+@transaction.atomic
+def trunk_delete(*, actor: Caller, trunk: Trunk, force: bool = False) -> None:
+    """Delete a trunk with its ACL entries, credentials and origination URIs (each audited).
+
+    A trunk that still routes numbers is refused (InUse, a 409) unless ``force``: then its
+    numbers stay with the customer, unassigned, and each unassignment is audited.
+    """
+    count = trunk.numbers.count()
+    if count and not force:
+        held_by = [f"{count} phone number{'s' if count != 1 else ''}"]
+        raise InUse(
+            f"Trunk '{trunk.name}' still routes {held_by[0]}: release or reassign them "
+            "(POST /api/v1/numbers/release/) first, or delete with ?force=true (staff).",
+            held_by,
+        )
+    audit.delete(actor=actor, obj=trunk, note="forced" if force else "")
 
 
 # --- credentials ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from accounts.api.serializers import ReasonSerializer
 from accounts.models import Customer
+from core.schema import FORCE_PARAMETER
 from core.viewsets import TenantScopedViewSet
 
 from .. import services
@@ -54,6 +55,16 @@ class TrunkViewSet(TenantScopedViewSet):
         reason.is_valid(raise_exception=True)
         trunk = service(actor=self.caller, trunk=self.get_object(), **reason.validated_data)
         return Response(self.get_serializer(trunk).data)
+
+    @extend_schema(parameters=[FORCE_PARAMETER])
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Delete the trunk with its ACL entries, credentials and origination URIs. A trunk that
+        still routes numbers answers 409 unless staff add ``?force=true`` (its numbers are then
+        unassigned)."""
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance: Trunk) -> None:
+        services.trunk_delete(actor=self.caller, trunk=instance, force=self.force_requested())
 
     @extend_schema(request=ReasonSerializer, responses=s.TrunkSerializer)
     @action(detail=True, methods=["post"])
