@@ -52,6 +52,19 @@ ERROR_SCHEMA: dict[str, Any] = {
             "items": {"type": "string"},
             "description": "409 only: what still refers to the object.",
         },
+        "numbers": {
+            "description": "Number import, assign and release: each bad row or entry.",
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "field": {"type": "string", "nullable": True},
+                    "message": {"type": "string"},
+                },
+                "required": ["index", "field", "message"],
+            },
+        },
     },
     "required": ["detail", "code"],
     "additionalProperties": True,

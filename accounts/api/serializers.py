@@ -31,6 +31,7 @@ class CustomerSerializer(StrictModelSerializer):
             "billing_mode",
             "credit_limit",
             "currency",
+            "default_country",
             "created_at",
             "updated_at",
         ]

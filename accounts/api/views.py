@@ -46,9 +46,7 @@ class CustomerViewSet(TenantScopedViewSet):
         return super().destroy(request, *args, **kwargs)
 
     def perform_destroy(self, instance: Customer) -> None:
-        services.customer_delete(
-            actor=self.caller, customer=instance, force=self.force_requested()
-        )
+        services.customer_delete(actor=self.caller, customer=instance, force=self.force_requested())
 
     def _set_status(self, request: Request, service: Any) -> Response:
         reason = ReasonSerializer(data=request.data)

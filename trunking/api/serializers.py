@@ -15,7 +15,7 @@ from core.serializers import (
 )
 from core.tenancy import get_caller
 
-from .. import validators
+from .. import services, validators
 from ..models import (
     Carrier,
     CarrierGateway,
@@ -135,15 +135,6 @@ class PhoneNumberSerializer(TenantOwnedSerializer):
         ]
         read_only_fields = ["created_at", "updated_at"]
 
-    def validate_number(self, value: str) -> str:
-        number = _django_to_drf(validators.normalize_e164, value)
-        taken = PhoneNumber.objects.filter(number=number)
-        if self.instance is not None:
-            taken = taken.exclude(pk=self.instance.pk)
-        if taken.exists():
-            raise serializers.ValidationError(f"{number} already exists.")
-        return number
-
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         trunk = attrs.get("trunk", getattr(self.instance, "trunk", None))
         caller = get_caller(self.context["request"])
@@ -154,6 +145,18 @@ class PhoneNumberSerializer(TenantOwnedSerializer):
         )
         if trunk is not None and customer is not None and trunk.customer_id != customer.pk:
             raise serializers.ValidationError({"trunk": "The trunk belongs to another customer."})
+        if "number" in attrs:
+            # A national number is read in the trunk's (or the customer's) default country.
+            try:
+                number = services.normalize_number(attrs["number"], trunk=trunk, customer=customer)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError({"number": exc.messages}) from exc
+            taken = PhoneNumber.objects.filter(number=number)
+            if self.instance is not None:
+                taken = taken.exclude(pk=self.instance.pk)
+            if taken.exists():
+                raise serializers.ValidationError({"number": [f"{number} already exists."]})
+            attrs["number"] = number
         return attrs
 
 
@@ -179,18 +182,34 @@ class NumberImportSerializer(StrictSerializer):
     numbers = NumberImportRowsField(allow_empty=False, max_length=100_000)
 
 
-class NumberImportErrorSerializer(serializers.Serializer):
-    index = serializers.IntegerField()
-    field = serializers.CharField(allow_null=True)
-    message = serializers.CharField()
-
-
-class NumberImportErrorsSerializer(serializers.Serializer):
-    numbers = NumberImportErrorSerializer(many=True)
-
-
 class NumberImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
+    numbers = PhoneNumberSerializer(many=True, help_text="The numbers created, with their ids.")
+
+
+class NumberListField(serializers.ListField):
+    child = serializers.CharField(max_length=40)
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "help_text",
+            "Numbers in any spelling (national ones in the trunk's "
+            "or the customer's default country).",
+        )
+        super().__init__(allow_empty=False, max_length=10_000, **kwargs)
+
+
+class NumberAssignSerializer(StrictSerializer):
+    trunk = TenantScopedRelatedField(queryset=Trunk.objects.all())
+    numbers = NumberListField()
+
+
+class NumberReleaseSerializer(StrictSerializer):
+    numbers = NumberListField()
+
+
+class NumbersSerializer(serializers.Serializer):
+    numbers = PhoneNumberSerializer(many=True)
 
 
 class CarrierGatewaySerializer(StrictModelSerializer):
