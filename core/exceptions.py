@@ -3,7 +3,7 @@
 Every error body is an object with ``detail`` (a sentence for people) and ``code`` (for
 programs); a validation error (400) also names each bad field, DRF's way, beside them:
 ``{"detail": "Invalid input.", "code": "invalid", "cidr": ["'10.0.0.300/8' is not ..."]}``.
-The number import's row errors (``numbers``) and a conflict's holders (``held_by``) travel the
+The number import's row errors (``rows``) and a conflict's holders (``held_by``) travel the
 same way. :data:`ERROR_SCHEMA` documents it in the OpenAPI document (core/schema.py).
 
 Django's model ValidationError becomes a 400 naming the field, ProtectedError and
@@ -18,6 +18,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Model, ProtectedError, RestrictedError
 from django.http import HttpRequest, JsonResponse
 from django.urls import Resolver404, resolve
+from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -41,8 +43,8 @@ ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": (
         "Every error. A 400 also names each bad field (a list of messages, or a nested object "
-        "for nested fields); the number import lists bad rows under `numbers`; a 409 lists "
-        "what holds the object under `held_by`."
+        "for nested fields); the number import, assign and release list bad rows under "
+        "`rows`; a 409 lists what holds the object under `held_by`."
     ),
     "properties": {
         "detail": {"type": "string", "description": "What went wrong, for people."},
@@ -52,7 +54,7 @@ ERROR_SCHEMA: dict[str, Any] = {
             "items": {"type": "string"},
             "description": "409 only: what still refers to the object.",
         },
-        "numbers": {
+        "rows": {
             "description": "Number import, assign and release: each bad row or entry.",
             "type": "array",
             "items": {
@@ -133,6 +135,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+@csrf_exempt  # a POST to a wrong URL is a 404, not a CSRF failure
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     """Any URL under /api/ that matches no endpoint: a JSON 404 (never the HTML page), which
     points at the same URL with a trailing slash when that one exists."""
@@ -145,3 +148,10 @@ def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonRespon
         if match is not None and match.func is not api_not_found:
             detail = f"Not found. Did you mean {request.path}/ (with the trailing slash)?"
     return JsonResponse(error_body(404, detail), status=404)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> Any:
+    """CSRF_FAILURE_VIEW: under /api/ a JSON 403 in the one error shape; elsewhere Django's."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(403, f"CSRF check failed: {reason}"), status=403)
+    return django_csrf_failure(request, reason)

@@ -152,7 +152,7 @@ class PhoneNumberViewSet(TenantScopedViewSet):
         request=s.NumberImportSerializer,
         responses={
             201: s.NumberImportResultSerializer,
-            400: OpenApiResponse(ERROR, "Every bad row under `numbers`; nothing written."),
+            400: OpenApiResponse(ERROR, "Every bad row under `rows`; nothing written."),
         },
     )
     @action(detail=False, methods=["post"], url_path="import")
@@ -181,7 +181,7 @@ class PhoneNumberViewSet(TenantScopedViewSet):
         request=s.NumberAssignSerializer,
         responses={
             200: s.NumbersSerializer,
-            400: OpenApiResponse(ERROR, "Every bad entry under `numbers`; nothing changed."),
+            400: OpenApiResponse(ERROR, "Every bad entry under `rows`; nothing changed."),
         },
     )
     @action(detail=False, methods=["post"])
@@ -200,7 +200,7 @@ class PhoneNumberViewSet(TenantScopedViewSet):
         request=s.NumberReleaseSerializer,
         responses={
             200: s.NumbersSerializer,
-            400: OpenApiResponse(ERROR, "Every bad entry under `numbers`; nothing changed."),
+            400: OpenApiResponse(ERROR, "Every bad entry under `rows`; nothing changed."),
         },
     )
     @action(detail=False, methods=["post"])
@@ -225,10 +225,10 @@ class PhoneNumberViewSet(TenantScopedViewSet):
 
 
 def _rows_invalid(exc: services.NumberImportError) -> Response:
-    """The one error shape, with each bad row or entry under ``numbers``."""
+    """The one error shape, with each bad row or entry under ``rows``."""
     count = len({e["index"] for e in exc.errors})
     detail = f"{count} invalid entr{'y' if count == 1 else 'ies'}; nothing was written."
-    return Response(error_body(400, detail, numbers=exc.errors), status=status.HTTP_400_BAD_REQUEST)
+    return Response(error_body(400, detail, rows=exc.errors), status=status.HTTP_400_BAD_REQUEST)
 
 
 class CarrierViewSet(TenantScopedViewSet):

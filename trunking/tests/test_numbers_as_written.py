@@ -54,7 +54,7 @@ def test_bulk_assign_is_all_or_nothing_and_audited(api_as, customer, trunk, othe
     )
     assert response.status_code == 400, response.content
     body = response.json()
-    assert body["code"] == "invalid" and [e["index"] for e in body["numbers"]] == [1, 2]
+    assert body["code"] == "invalid" and [e["index"] for e in body["rows"]] == [1, 2]
     assert not PhoneNumber.objects.filter(trunk=trunk).exists()  # nothing changed
     response = client.post(
         "/api/v1/numbers/assign/",

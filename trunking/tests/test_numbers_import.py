@@ -33,7 +33,7 @@ def test_import_reports_every_bad_row_and_writes_nothing(api_as, trunk, other_tr
     response = api_as("owner").post("/api/v1/numbers/import/", {"numbers": rows}, format="json")
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "invalid"  # the API's one error shape
-    errors = [(e["index"], e["field"]) for e in response.json()["numbers"]]
+    errors = [(e["index"], e["field"]) for e in response.json()["rows"]]
     assert errors == [
         (1, "number"),
         (2, "trunk"),
