@@ -14,6 +14,7 @@ exception a JSON 500 (core.middleware.ApiErrorMiddleware), never Django's HTML p
 
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Model, ProtectedError, RestrictedError
 from django.http import HttpRequest, JsonResponse
@@ -124,6 +125,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         held_by = describe_holders(exc.args[1])
         detail = f"Cannot delete: still referenced by {', '.join(held_by)}."
         return conflict_response(detail, held_by)
+    elif isinstance(exc, SuspiciousOperation):  # too many fields, a body too big, ...
+        return Response(error_body(400, str(exc) or "Bad request."), status=400)
     elif isinstance(exc, OverflowError):  # SQLite: an integer wider than 64 bits
         return Response(
             error_body(400, "A number in the request is out of range."),

@@ -47,8 +47,12 @@ class ApiErrorMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not request.path.startswith("/api/"):
             return None
+        from django.core.exceptions import SuspiciousOperation
+
         from .exceptions import error_body
 
+        if isinstance(exception, SuspiciousOperation):  # Django's own answer is a 400 too
+            return JsonResponse(error_body(400, str(exception) or "Bad request."), status=400)
         logger.error("Internal error on %s %s", request.method, request.path, exc_info=exception)
         request_id = getattr(request, "request_id", "")
         detail = f"Internal error; quote request id {request_id} when reporting it."
