@@ -76,6 +76,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "trunking.context_processors.edge_alerts",  # the admin's failing-edge banner
             ],
         },
     },

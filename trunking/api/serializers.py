@@ -1,5 +1,6 @@
 """API representations of the trunking objects."""
 
+import ipaddress
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +16,7 @@ from core.serializers import (
 )
 from core.tenancy import get_caller
 
-from .. import services, validators
+from .. import selectors, services, validators
 from ..models import (
     Carrier,
     CarrierGateway,
@@ -35,7 +36,34 @@ def _django_to_drf(func: Any, value: Any) -> Any:
         raise serializers.ValidationError(exc.messages) from exc
 
 
+class SipEndpointSerializer(serializers.Serializer):
+    edge = serializers.CharField()
+    transport = serializers.ChoiceField(choices=["udp", "tcp", "tls"])
+    host = serializers.CharField()
+    port = serializers.IntegerField(min_value=1, max_value=65535)
+    uri = serializers.CharField(help_text="The same as a SIP URI, for a PBX's trunk settings.")
+
+
 class TrunkSerializer(TenantOwnedSerializer):
+    sip_endpoints = serializers.SerializerMethodField(
+        help_text="Where this trunk's PBX sends calls: every enabled edge, per transport."
+    )
+    carrier_source_addresses = serializers.SerializerMethodField(
+        help_text="Addresses the edges' calls come from (for firewalls)."
+    )
+
+    @extend_schema_field(SipEndpointSerializer(many=True))
+    def get_sip_endpoints(self, trunk: Trunk) -> list[dict[str, Any]]:
+        if "sip_endpoints" not in self.context:  # once per request, not per trunk
+            self.context["sip_endpoints"] = [e.as_dict() for e in selectors.edge_sip_endpoints()]
+        return list(self.context["sip_endpoints"])
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_carrier_source_addresses(self, trunk: Trunk) -> list[str]:
+        if "carrier_source_addresses" not in self.context:
+            self.context["carrier_source_addresses"] = selectors.carrier_source_addresses()
+        return list(self.context["carrier_source_addresses"])
+
     class Meta:
         model = Trunk
         fields = [
@@ -52,6 +80,8 @@ class TrunkSerializer(TenantOwnedSerializer):
             "registration_allowed",
             "default_country",
             "max_call_duration",
+            "sip_endpoints",
+            "carrier_source_addresses",
             "created_at",
             "updated_at",
         ]
@@ -247,13 +277,22 @@ class EdgeNodeSerializer(StrictModelSerializer):
     class Meta:
         model = EdgeNode
         fields = [
-            "id", "name", "sip_addresses", "control_url", "enabled", "applied_version", "lag",
+            "id", "name", "sip_addresses", "public_host", "udp_port", "tcp_port", "tls_port",
+            "carrier_source_ips", "control_url", "enabled", "applied_version", "lag",
             "health", "last_seen", "last_push_at", "last_push_error", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = [
             "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
             "created_at", "updated_at",
         ]  # fmt: skip
+
+    def validate_carrier_source_ips(self, value: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise serializers.ValidationError("Give a list of IP addresses.")
+        try:
+            return [str(ipaddress.ip_address(str(a).strip())) for a in value]
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
     def get_lag(self, node: EdgeNode) -> int | None:
         current = self.context.get("config_version")
