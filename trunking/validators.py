@@ -22,6 +22,8 @@ def normalize_e164(value: str, default_region: str | None = None) -> str:
     """``value`` as E.164 (``+14155550100``), or ValidationError saying why not, in words a
     user knows. A national number (``020 7946 0000``) needs ``default_region`` (``GB``)."""
     text = (value or "").strip()
+    if not any(ch.isdigit() for ch in text):
+        raise ValidationError(f"'{value}' is not a phone number: it has no digits.", code="invalid")
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException as exc:
