@@ -64,3 +64,11 @@ def test_force_must_be_a_boolean(api_as, trunk):
     response = api_as("staff").delete(f"/api/v1/trunks/{trunk.pk}/?force=maybe")
     assert response.status_code == 400 and "force" in response.json()
     assert Trunk.objects.filter(pk=trunk.pk).exists()
+
+
+def test_admin_delete_audits_the_cascade_too(admin_client, trunk, acl_entry, number):
+    response = admin_client.post(f"/admin/trunking/trunk/{trunk.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert any(e.action == "delete" for e in _audit("ipaclentry", acl_entry.pk))
+    (unassigned,) = _audit("phonenumber", number.pk)
+    assert unassigned.changes["trunk"] == [trunk.pk, None]
