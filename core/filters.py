@@ -12,11 +12,13 @@ from typing import Any
 
 from django.db import models
 from django.db.backends.base.operations import BaseDatabaseOperations
+from django_filters import BooleanFilter
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import serializers
 from rest_framework.filters import OrderingFilter
 
 ALWAYS_ALLOWED = frozenset({"page", "page_size", "format"})
+BOOLEAN_WORDS = frozenset({"true", "false", "1", "0"})
 
 # Integer ranges by field type, the same on every database (SQLite stores any 64-bit value).
 INTEGER_RANGES: dict[str, tuple[int, int]] = {
@@ -65,7 +67,11 @@ class StrictFilterBackend(DjangoFilterBackend):
             errors[name] = [f"Unknown query parameter; use one of {', '.join(sorted(allowed))}."]
         for name, flt in filters.items():
             raw = request.query_params.get(name)
-            if raw is None or flt.lookup_expr == "isnull":
+            if raw is None:
+                continue
+            if isinstance(flt, BooleanFilter):  # its form field reads "maybe" as "no filter"
+                if raw.lower() not in BOOLEAN_WORDS:
+                    errors[name] = ["Give true or false."]
                 continue
             field = _model_field(queryset.model, flt.field_name)
             bounds = integer_range(field) if field is not None else None

@@ -71,6 +71,7 @@ def test_validation_error_shape_names_the_field(api_as, trunk):
         ("ordering=channel_limit", "ordering"),
         ("ordering=name,-nope", "ordering"),
         ("status=bogus", "status"),
+        ("registration_allowed=maybe", "registration_allowed"),
     ],
 )
 def test_bad_list_queries_are_400_naming_the_parameter(api_as, trunk, query, field):
