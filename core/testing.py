@@ -36,6 +36,14 @@ def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_api_throttle() -> None:
+    # The API's rate limit counts in the (in-process) cache: each test starts with a clean slate.
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def customer(db) -> Customer:
     return Customer.objects.create(name="Acme", credit_limit=Decimal("100"))

@@ -2,13 +2,17 @@
 edge nodes."""
 
 import secrets
+import urllib.request
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from core.admin import AuditedModelAdmin, admin_caller
 from edge.sip.digest import ha1
@@ -120,6 +124,23 @@ class TrunkAdmin(AuditedModelAdmin):
     autocomplete_fields = ["customer"]
     inlines = [IpAclEntryInline, SipCredentialInline, OriginationUriInline]
     actions = ["suspend", "resume"]
+    readonly_fields = ["where_to_send_calls"]
+
+    @admin.display(description="Where the PBX sends calls")
+    def where_to_send_calls(self, trunk: Trunk) -> str:
+        endpoints = selectors.edge_sip_endpoints()
+        sources = selectors.carrier_source_addresses()
+        if not endpoints:
+            return "No enabled edge node has a SIP address yet."
+        return format_html(
+            "{}<br>Calls to carriers come from: {}",
+            format_html_join(
+                mark_safe("<br>"),
+                "<code>{}</code> ({} {}:{}, edge {})",
+                ((e.uri, e.transport.upper(), e.host, e.port, e.edge) for e in endpoints),
+            ),
+            ", ".join(sources) or "—",
+        )
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
@@ -245,6 +266,46 @@ class EdgeNodeAdmin(AuditedModelAdmin):
         "config_refusals",
     ]  # fmt: skip
     actions = ["push_now", "rotate_token"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), "control_api"]
+
+    @admin.display(description="Control API")
+    def control_api(self, node: EdgeNode) -> str:
+        if node.pk is None:
+            return "—"
+        return format_html(
+            '<a href="{}">health</a> · <a href="{}">metrics</a> (fetched from {} with the '
+            "node's token)",
+            reverse("admin:trunking_edgenode_control", args=[node.pk, "health"]),
+            reverse("admin:trunking_edgenode_control", args=[node.pk, "metrics"]),
+            node.control_url,
+        )
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(self.control_view)
+        return [
+            path("<int:pk>/control/<str:what>/", view, name="trunking_edgenode_control"),
+            *super().get_urls(),
+        ]
+
+    def control_view(self, request: HttpRequest, pk: int, what: str) -> HttpResponse:
+        """What the edge's control API says (GET /health or /metrics), fetched with the node's
+        token: the browser cannot present the token, and the API may listen on loopback."""
+        node = get_object_or_404(EdgeNode, pk=pk)
+        if not self.has_view_permission(request, node) or what not in ("health", "metrics"):
+            raise Http404
+        url = f"{node.control_url.rstrip('/')}/{what}"
+        req = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {edge_node_token(node)}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=3) as answer:
+                body = answer.read(2_000_000).decode("utf-8", "replace")
+        except (OSError, ValueError) as exc:
+            body = f"{url} did not answer: {exc}"
+            return HttpResponse(body, content_type="text/plain; charset=utf-8", status=502)
+        return HttpResponse(body, content_type="text/plain; charset=utf-8")
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         latest = ConfigRevision.objects.order_by("-id").first()

@@ -286,6 +286,36 @@ class EdgeNode(models.Model):
         validators=[validators.validate_control_url],
         help_text="Base URL of the edge's control API, e.g. http://edge-1:8081.",
     )
+    # Where customers' PBXs send calls (shown on every trunk) and where carriers see calls
+    # come from (customers and carriers put these in their firewalls).
+    public_host = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Public SIP address or name for PBXs; empty: the host of the first SIP address.",
+    )
+    udp_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="Empty: the port of the first SIP address.",
+    )
+    tcp_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="Empty: the port of the first SIP address.",
+    )
+    tls_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="Empty: no TLS offered.",
+    )
+    carrier_source_ips = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Where calls to carriers come from, ["203.0.113.10"]; empty: the public host.',
+    )
     enabled = models.BooleanField(default=True)
     token_generation = models.PositiveIntegerField(default=1, editable=False)
     applied_version = models.BigIntegerField(

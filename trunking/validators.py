@@ -29,17 +29,41 @@ def edge_rule(check: Callable[[Any], _T], value: Any) -> _T:
         ) from exc
 
 
+_PARSE_PROBLEMS = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "its country is unknown",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "it is not a phone number",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "it is too short",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "it is too short",
+    phonenumbers.NumberParseException.TOO_LONG: "it is too long",
+}
+
+
 def normalize_e164(value: str, default_region: str | None = None) -> str:
-    """``value`` as E.164 (``+14155550100``), or ValidationError saying why not."""
+    """``value`` as E.164 (``+14155550100``), or ValidationError saying why not, in words a
+    user knows. A national number (``020 7946 0000``) needs ``default_region`` (``GB``)."""
     text = (value or "").strip()
+    if not any(ch.isdigit() for ch in text):
+        raise ValidationError(f"'{value}' is not a phone number: it has no digits.", code="invalid")
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException as exc:
-        raise ValidationError(
-            f"'{value}' is not a phone number: {str(exc).rstrip('.')}.", code="invalid"
-        ) from exc
+        if exc.error_type == exc.INVALID_COUNTRY_CODE and not text.startswith("+"):
+            message = (
+                f"'{value}' has no country code: write it as +<country code><number>, or "
+                "name a trunk (its default country applies) or set the customer's default "
+                "country."
+            )
+        else:
+            problem = _PARSE_PROBLEMS.get(exc.error_type, "it is not a phone number")
+            message = f"'{value}' cannot be read as a phone number: {problem}."
+        raise ValidationError(message, code="invalid") from exc
     if not phonenumbers.is_valid_number(parsed):
-        raise ValidationError(f"'{value}' is not a valid E.164 number.", code="invalid")
+        region = phonenumbers.region_code_for_number(parsed) or default_region
+        where = f" in {region}" if region else ""
+        raise ValidationError(
+            f"'{value}' is not a number that exists{where} (wrong length or prefix).",
+            code="invalid",
+        )
     return edge_rule(
         edge.e164_number, phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     )
