@@ -33,7 +33,7 @@ from edge.policy import (
     admit_register,
     reject,
 )
-from edge.registrar import MIN_EXPIRES, Registrar, granted_expires
+from edge.registrar import MIN_EXPIRES, PURGE_INTERVAL, Registrar, granted_expires
 from edge.security import AbuseGuard, SecurityEvent, Verdict
 from edge.sip.dialog import AnswerRetransmitter, Dialog, DialogState
 from edge.sip.digest import DigestOutcome, DigestServer, parse_authorization
@@ -311,7 +311,19 @@ class _Retransmitter:
         return self.inner.next_timer()
 
 
-_Scheduled: TypeAlias = _Call | _PendingChallenge | _Retransmitter
+class _RegistrarSweep:
+    """When to next drop expired registrations; idle (no deadline) while nothing is registered."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def next_timer(self) -> float | None:
+        return self.deadline
+
+
+_Scheduled: TypeAlias = _Call | _PendingChallenge | _Retransmitter | _RegistrarSweep
 
 
 class B2bua:
@@ -355,6 +367,7 @@ class B2bua:
         self._b_invites: dict[ClientTransaction, _Call] = {}
         self._challenges: dict[str, _PendingChallenge] = {}
         self._admitting: dict[str, _Call] = {}  # waiting for the cluster counters' answer
+        self._sweep = _RegistrarSweep()
         self._out: list[Output] = []
 
     # --- the runtime's interface ------------------------------------------------------------
@@ -364,10 +377,15 @@ class B2bua:
         return len(self._calls)
 
     def apply_config(self, config: EdgeConfig) -> None:
-        """Use `config` for new calls; calls in progress keep the trunk they started with."""
+        """Use `config` for new calls; calls in progress keep the trunk they started with.
+
+        Registrations of trunks that may no longer register (deleted, suspended, registration
+        no longer allowed, customer suspended) go at once: no call is routed to them again.
+        """
         if config.realm != self.config.realm:
             self.digest = DigestServer(self._digest_secret, config.realm)
         self.config = config
+        self.registrar.retain(lambda trunk_id: _may_register(config, trunk_id))
 
     def drain(self) -> None:
         """Refuse new calls (503, reason `draining`); calls in progress carry on."""
@@ -455,6 +473,10 @@ class B2bua:
                 self._timers.update(item)
             elif isinstance(item, _PendingChallenge):
                 self._challenge_expired(item)
+            elif isinstance(item, _RegistrarSweep):
+                self.registrar.purge(now)
+                item.deadline = now + PURGE_INTERVAL if len(self.registrar) else None
+                self._timers.update(item)
             elif item.deadline is not None and now >= item.deadline:
                 self._hang_up(item, now, wall, reason="max_duration", side="edge")
         return out
@@ -1471,6 +1493,9 @@ class B2bua:
             self.registrar.register(
                 trunk.id, uri, expires, now, source=(source[0], source[1]), transport=source[2]
             )
+        if self._sweep.deadline is None and len(self.registrar):
+            self._sweep.deadline = now + PURGE_INTERVAL
+            self._timers.update(self._sweep)
         headers = [("Contact", f"<{uri}>;expires={expires}") for uri, expires in granted if expires]
         self._respond(txn, request, 200, None, now, to_tag=new_tag(), headers=headers)
 
@@ -1564,6 +1589,12 @@ class B2bua:
         # dropped with them (see _forget) — but a finished call need not be found again.
         if call.b is not None and (call.b_txn is None or call.b_txn.state.value == "terminated"):
             self._by_b_call_id.pop(call.b.call_id, None)
+
+
+def _may_register(config: EdgeConfig, trunk_id: int) -> bool:
+    """Whether `config` still lets the trunk register (the same rule a REGISTER meets)."""
+    trunk = config.trunk(trunk_id)
+    return trunk is not None and isinstance(admit_register(trunk, config.customer_of(trunk)), Admit)
 
 
 def _codecs(message: Request | Response) -> list[str]:

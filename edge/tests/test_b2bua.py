@@ -14,6 +14,7 @@ import pytest
 from edge.b2bua import B2bua, B2buaSettings, CallEvent, CdrReady, Transmit
 from edge.cdr import CallDetailRecord
 from edge.limits import LocalLimits
+from edge.registrar import PURGE_INTERVAL
 from edge.sip.digest import answer_challenge, parse_challenge
 from edge.sip.message import Request, Response, make_request, make_response, new_branch, new_tag
 from edge.sip.parser import parse_message
@@ -24,6 +25,7 @@ from edge.tests.factories import (
     NUMBER,
     PASSWORD,
     compiled,
+    customer_doc,
     gateway_doc,
     origination_doc,
     trunk_doc,
@@ -466,8 +468,8 @@ def test_new_config_applies_to_new_calls_only():
     assert edge.cdrs[-1].config_version == 2
 
 
-def test_register_then_inbound_call_goes_to_the_contact():
-    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+def register_pbx(edge: Edge) -> None:
+    """Trunk 1's PBX (at STRANGER, by digest) registers its contact for 120 s."""
     register = make_request(
         "REGISTER",
         f"sip:{EDGE[0]}",
@@ -499,9 +501,54 @@ def test_register_then_inbound_call_goes_to_the_contact():
     (ok,) = edge.take(STRANGER)
     assert ok.status == 200 and "expires=120" in ok.headers.get("Contact")
 
+
+def test_register_then_inbound_call_goes_to_the_contact():
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
     edge.send(invite(GATEWAY, callee=NUMBER), GATEWAY)
     (b_invite,) = edge.take(STRANGER)
     assert b_invite.method == "INVITE" and b_invite.uri.startswith("sip:pbx1@127.0.0.99")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"trunks": [trunk_doc(registration_allowed=False)]},
+        {"trunks": [trunk_doc(registration_allowed=True, active=False)]},
+        {
+            "customers": [customer_doc(active=False)],
+            "trunks": [trunk_doc(registration_allowed=True)],
+        },
+        {"trunks": [trunk_doc(2, registration_allowed=True)], "numbers": [[NUMBER, 1, 2]]},
+    ],
+    ids=["registration_disallowed", "trunk_suspended", "customer_suspended", "trunk_deleted"],
+)
+def test_registrations_go_when_the_trunk_may_no_longer_register(change):
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
+    assert len(edge.core.registrar) == 1
+    edge.core.apply_config(compiled(version=2, **change))
+    assert len(edge.core.registrar) == 0
+    edge.send(invite(GATEWAY, callee=NUMBER), GATEWAY)
+    assert not edge.take(STRANGER)  # no call reaches the contact any more
+
+
+def test_registrations_stay_when_the_trunk_still_may_register():
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
+    edge.core.apply_config(compiled(version=2, trunks=[trunk_doc(registration_allowed=True)]))
+    assert len(edge.core.registrar) == 1
+
+
+def test_expired_registrations_are_purged_on_a_timer():
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
+    edge.advance(119)
+    assert len(edge.core.registrar) == 1
+    edge.advance(PURGE_INTERVAL)  # expired at 120 s; the next sweep drops it without a read
+    assert len(edge.core.registrar) == 0
+    edge.advance(10 * PURGE_INTERVAL)
+    assert edge.core.next_timer() is None  # nothing registered: no sweep armed
 
 
 class DeferredLimits(LocalLimits):
