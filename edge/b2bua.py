@@ -31,6 +31,7 @@ from edge.policy import (
     admit_inbound,
     admit_outbound,
     admit_register,
+    reason_header,
     reject,
 )
 from edge.registrar import MIN_EXPIRES, PURGE_INTERVAL, Registrar, granted_expires
@@ -943,7 +944,9 @@ class B2bua:
         code, reason = refusal.code, refusal.reason
         self.stats.attempts_total += 1
         self._bump_refusal(reason)
-        headers = [("Retry-After", "1")] if code == 503 else None
+        headers = [("Retry-After", "1")] if code == 503 else []
+        if trunk is not None or self._identified(source[0]):
+            headers.append(reason_header(refusal))
         self._respond(txn, request, code, refusal.phrase, now, to_tag=new_tag(), headers=headers)
         self._out.append(
             CdrReady(
@@ -952,6 +955,11 @@ class B2bua:
                 )
             )
         )
+
+    def _identified(self, ip: str) -> bool:
+        """Whether the source is known without credentials: a trunk's ACL or a carrier."""
+        config = self.config
+        return config.trunk_for_source(ip) is not None or config.is_carrier_source(ip)
 
     def _bump_refusal(self, reason: str) -> None:
         refusals = self.stats.refusals_total
@@ -1470,7 +1478,15 @@ class B2bua:
         decision = admit_register(trunk, self.config.customer_of(trunk))
         if not isinstance(decision, Admit):
             self._bump_refusal(decision.reason)
-            self._respond(txn, request, decision.code, decision.phrase, now, to_tag=new_tag())
+            self._respond(
+                txn,
+                request,
+                decision.code,
+                decision.phrase,
+                now,
+                to_tag=new_tag(),
+                headers=[reason_header(decision)],  # authenticated: the trunk is known
+            )
             return
         default_expires = _int_or(request.headers.get("Expires"))
         granted: list[tuple[str, int]] = []
@@ -1485,7 +1501,10 @@ class B2bua:
                     None,
                     now,
                     to_tag=new_tag(),
-                    headers=[("Min-Expires", str(MIN_EXPIRES))],
+                    headers=[
+                        ("Min-Expires", str(MIN_EXPIRES)),
+                        reason_header(reject("interval_too_brief")),
+                    ],
                 )
                 return
             granted.append((str(contact.uri), expires))

@@ -29,6 +29,7 @@ __all__ = [
     "admit_outbound",
     "admit_register",
     "limit_refusal",
+    "reason_header",
     "reject",
 ]
 
@@ -85,6 +86,13 @@ _REJECTS: dict[str, Reject] = {
 def reject(reason: str) -> Reject:
     """The refusal for `reason`; a KeyError means a reason missing from REFUSALS."""
     return _REJECTS[reason]
+
+
+def reason_header(refusal: Reject) -> tuple[str, str]:
+    """The RFC 3326 `Reason` header that tells an identified caller's PBX why it was refused,
+    e.g. `Reason: SIP ;cause=403 ;text="destination_blocked"`. Only for callers the edge has
+    identified (a trunk by ACL or digest, a carrier gateway): others learn nothing more."""
+    return ("Reason", f'SIP ;cause={refusal.code} ;text="{refusal.reason}"')
 
 
 @dataclass(frozen=True, slots=True)

@@ -415,6 +415,79 @@ def test_digest_authenticated_call_and_wrong_password():
     assert edge.core.stats.auth_failures_total == 1
 
 
+def digest_invite(edge: Edge, password: str = PASSWORD, **kwargs: str) -> Request:
+    """An INVITE from STRANGER carrying trunk 1's credentials for the edge's challenge."""
+    first = invite(STRANGER, **kwargs)
+    edge.send(first, STRANGER)
+    (challenge,) = edge.take(STRANGER)
+    request = invite(STRANGER, **kwargs)
+    request.headers.set("Call-ID", first.call_id)
+    request.headers.set("CSeq", "2 INVITE")
+    request.headers.add(
+        "Proxy-Authorization",
+        answer_challenge(
+            parse_challenge(challenge.headers.get_all("Proxy-Authenticate")[0]),
+            method="INVITE",
+            uri=request.uri,
+            username="pbx1",
+            password=password,
+            cnonce="c2",
+        ),
+    )
+    return request
+
+
+def hops_spent(request: Request) -> Request:
+    request.headers.set("Max-Forwards", "0")
+    return request
+
+
+def _reason(response: Response) -> str | None:
+    return response.headers.get("Reason")
+
+
+@pytest.mark.parametrize(
+    "name, snapshot, source, build, status, reason",
+    [
+        # Identified callers learn why (RFC 3326).
+        ("acl_trunk", {}, PBX, lambda e: invite(PBX, callee="+19005550100"), 403,
+         "destination_blocked"),
+        ("acl_trunk_limit", {"trunks": [trunk_doc(max_channels=0)]}, PBX,
+         lambda e: invite(PBX), 503, "channel_limit"),
+        ("acl_trunk_draining", {}, PBX, "drain", 503, "draining"),
+        ("digest_trunk", {}, STRANGER,
+         lambda e: digest_invite(e, callee="+19005550100"), 403, "destination_blocked"),
+        ("carrier", {}, GATEWAY, lambda e: invite(GATEWAY, callee="+14155550999"), 404,
+         "unknown_number"),
+        ("carrier_no_route", {"numbers": [[NUMBER, 1, None]]}, GATEWAY,
+         lambda e: invite(GATEWAY, callee=NUMBER), 480, "no_route"),
+        # Unidentified sources learn nothing more than the status.
+        ("stranger_no_digest", {"trunks": [trunk_doc(credentials=[])]}, STRANGER,
+         lambda e: invite(STRANGER), 403, None),
+        ("stranger_wrong_password", {}, STRANGER,
+         lambda e: digest_invite(e, password="wrong"), 403, None),
+        ("stranger_draining", {}, STRANGER, "drain", 503, None),
+        ("stranger_hops", {}, STRANGER, lambda e: hops_spent(invite(STRANGER)), 483, None),
+        ("acl_trunk_hops", {}, PBX, lambda e: hops_spent(invite(PBX)), 483, "too_many_hops"),
+    ],
+)  # fmt: skip
+def test_refusals_tell_identified_callers_why(name, snapshot, source, build, status, reason):
+    edge = Edge(**snapshot)
+    if build == "drain":
+        edge.core.drain()
+        request = invite(source)
+    else:
+        request = build(edge)
+    edge.send(request, source)
+    (final,) = [m for m in edge.take(source) if isinstance(m, Response) and m.status >= 200]
+    assert final.status == status
+    if reason is None:
+        assert _reason(final) is None
+    else:
+        assert _reason(final) == f'SIP ;cause={status} ;text="{reason}"'
+        assert edge.cdrs[-1].reason == reason
+
+
 def test_unanswered_challenge_ends_in_one_cdr():
     edge = Edge()
     edge.send(invite(STRANGER), STRANGER)
