@@ -13,7 +13,15 @@ import pytest
 
 from edge.b2bua import B2bua, B2buaSettings, CallEvent, CdrReady, Transmit
 from edge.cdr import CallDetailRecord
-from edge.limits import LocalLimits
+from edge.limits import (
+    AcquireSlot,
+    Limits,
+    LocalLimits,
+    ReleaseSlot,
+    SlotGranted,
+    SlotRefused,
+    decide,
+)
 from edge.registrar import PURGE_INTERVAL
 from edge.sip.digest import answer_challenge, parse_challenge
 from edge.sip.message import Request, Response, make_request, make_response, new_branch, new_tag
@@ -48,10 +56,12 @@ class Edge:
     def __init__(self, **snapshot: object) -> None:
         self.now = 1000.0
         self.wall = 1_790_000_000.0
+        self.limits: Limits = LocalLimits()
+        self.acquired: list[str] = []  # AcquireSlot outputs, by call id
+        self.released: list[str] = []  # ReleaseSlot outputs
         self.core = B2bua(
             node="edge-test",
             config=compiled(**snapshot),
-            limits=LocalLimits(),
             local={"udp": EDGE},
             digest_secret=b"test-secret",
             rng=random.Random(7),
@@ -67,6 +77,15 @@ class Edge:
                 self.wire.append(out)
             elif isinstance(out, CdrReady):
                 self.cdrs.append(out.record)
+            elif isinstance(out, AcquireSlot):
+                # As the runtime does: counters that answer at once answer through the input.
+                self.acquired.append(out.call_id)
+                decision = decide(self.limits, out, self.now)
+                if decision is not None:
+                    self._keep(self.core.slot_decided(decision, self.now, self.wall))
+            elif isinstance(out, ReleaseSlot):
+                self.released.append(out.call_id)
+                self.limits.release(out.trunk_id, out.call_id)
             else:
                 self.events.append(out)
 
@@ -630,41 +649,48 @@ class DeferredLimits(LocalLimits):
     def __init__(self) -> None:
         super().__init__()
         self.asked: list[str] = []
-        self.released: list[str] = []
 
     def acquire(self, trunk, call_id, now, *, count_cps=True):
         self.asked.append(call_id)
         return None
 
-    def release(self, trunk_id, call_id):
-        self.released.append(call_id)
-
 
 def test_admission_decided_later():
     edge = Edge()
-    limits = edge.core.limits = DeferredLimits()
+    limits = edge.limits = DeferredLimits()
     edge.send(invite(PBX), PBX)
     assert [m.status for m in edge.take(PBX)] == [100] and not edge.take(GATEWAY)
-    edge._keep(edge.core.limit_decided(limits.asked[0], True, None, edge.now, edge.wall))
+    edge._keep(edge.core.slot_decided(SlotGranted(limits.asked[0]), edge.now, edge.wall))
     assert len(edge.take(GATEWAY)) == 1 and edge.core.active_calls == 1
 
     edge.send(invite(PBX), PBX)
     edge.take(PBX)
-    edge._keep(edge.core.limit_decided(limits.asked[1], False, "cps_limit", edge.now, edge.wall))
+    refused = SlotRefused(limits.asked[1], "cps_limit")
+    edge._keep(edge.core.slot_decided(refused, edge.now, edge.wall))
     assert finals(edge.take(PBX)) == [503] and edge.cdrs[-1].reason == "cps_limit"
+    assert edge.released == [limits.asked[1]]  # a refused slot is released too: harmless
 
 
 def test_cancel_while_the_counters_decide():
     edge = Edge()
-    limits = edge.core.limits = DeferredLimits()
+    limits = edge.limits = DeferredLimits()
     a_invite = invite(PBX)
     edge.send(a_invite, PBX)
     cancel = make_cancel(a_invite)
     edge.send(cancel, PBX)
     assert sorted(finals(edge.take(PBX))) == [200, 487]
-    assert edge.cdrs[-1].reason == "cancelled" and limits.released == limits.asked
-    edge._keep(edge.core.limit_decided(limits.asked[0], True, None, edge.now, edge.wall))
+    assert edge.cdrs[-1].reason == "cancelled" and edge.released == limits.asked
+    edge._keep(edge.core.slot_decided(SlotGranted(limits.asked[0]), edge.now, edge.wall))
     assert not edge.take(GATEWAY) and edge.core.active_calls == 0
+
+
+def test_shutdown_while_the_counters_decide_writes_the_cdr():
+    edge = Edge()
+    limits = edge.limits = DeferredLimits()
+    edge.send(invite(PBX), PBX)
+    edge._keep(edge.core.close(edge.now, edge.wall))
+    assert finals(edge.take(PBX)) == [503]
+    assert [c.reason for c in edge.cdrs] == ["shutdown"] and edge.released == limits.asked
 
 
 def test_unknown_source_is_refused_when_no_trunk_uses_digest():
