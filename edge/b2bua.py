@@ -168,6 +168,10 @@ class B2buaSettings:
     timers: TimerConfig = field(default_factory=TimerConfig)
     # An INVITE answered 407 whose authenticated retry never comes ends (as one CDR) then.
     challenge_timeout: float = 32.0
+    # A call no target has answered this long after it started ends (`no_answer`, 408): RFC
+    # 3261's Timer C (more than 3 minutes); without it a callee that rings forever holds the
+    # call, its slot and its memory forever.
+    ring_timeout: float = 180.0
     # Region assumed for a carrier's national-format called numbers.
     inbound_default_region: str = "US"
     # Digest challenges offered, most preferred first (RFC 8760: SHA-256). Some deployed
@@ -234,6 +238,16 @@ _Ended: TypeAlias = tuple[str, int, str | None]
 _Action: TypeAlias = Callable[["B2bua", Call, CallInput, _Payload, float, float], "_Ended | None"]
 # A server transaction that may still send a final response.
 _AWAITING_FINAL = frozenset({TransactionState.TRYING, TransactionState.PROCEEDING})
+# A client INVITE transaction with no final answer yet.
+_UNANSWERED_CLIENT = frozenset({TransactionState.CALLING, TransactionState.PROCEEDING})
+# What a call's deadline means in each state.
+_DEADLINE_INPUT = {
+    CallState.ADMITTING: CallInput.NO_ANSWER,  # not armed while admitting
+    CallState.CALLING: CallInput.NO_ANSWER,
+    CallState.EARLY: CallInput.NO_ANSWER,
+    CallState.ANSWERED: CallInput.MAX_DURATION,
+    CallState.ENDED: CallInput.B_ABANDONED,
+}
 
 
 class B2bua:
@@ -399,7 +413,9 @@ class B2bua:
                 item.deadline = now + PURGE_INTERVAL if len(self.registrar) else None
                 self._timers.update(item)
             elif item.deadline is not None and now >= item.deadline:
-                self._step(item, CallInput.MAX_DURATION, None, now, wall)
+                item.deadline = None
+                self._step(item, _DEADLINE_INPUT[item.state], None, now, wall)
+                self._timers.update(item)
         return out
 
     def calls(self) -> list[dict[str, object]]:
@@ -1269,11 +1285,15 @@ class B2bua:
         elif call.state is not CallState.ENDED:
             assert ended is not None, (call.state, event)
             call.state = CallState.ENDED
-            self._end(call, ended, wall)
+            self._end(call, ended, now, wall)
 
-    def _end(self, call: Call, ended: _Ended, wall: float) -> None:
+    def _end(self, call: Call, ended: _Ended, now: float, wall: float) -> None:
         """The way into ENDED: give back the slot, forget the call, write its one CDR."""
         reason, final_code, side = ended
+        b_txn = call.b_txn
+        # A B-leg INVITE still unanswered (a CANCEL may be on its way) gets 64*T1 to end.
+        pending = b_txn is not None and b_txn.state in _UNANSWERED_CLIENT
+        call.deadline = now + 64 * self.settings.timers.t1 if pending else None
         started = self._calls.pop(call.id, None) is not None
         if started:
             self.stats.active[call.trunk.id] -= 1
@@ -1313,7 +1333,6 @@ class B2bua:
             call.a_retransmitter = None
         # The B leg's Call-ID stays known while its transactions may still answer; it is
         # dropped with them (see _forget) — but a finished call need not be found again.
-        b_txn = call.b_txn
         if call.b is not None and (b_txn is None or b_txn.state is TransactionState.TERMINATED):
             self._by_b_call_id.pop(call.b.call_id, None)
 
@@ -1331,6 +1350,8 @@ class B2bua:
         active = self.stats.active
         active[call.trunk.id] = active.get(call.trunk.id, 0) + 1
         self._emit(call, "started", wall)
+        call.deadline = now + self.settings.ring_timeout
+        self._timers.update(call)
         self._try_next_target(call, now, wall)
         return None
 
@@ -1465,6 +1486,18 @@ class B2bua:
         self._cancel_b(call, now)
         return None
 
+    def _drop_b_invite(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """RFC 3261 9.1: no final answer 64*T1 after the CANCEL: consider the INVITE
+        transaction destroyed. The transaction layer has no input for a TU giving up; a
+        transport error ends a transaction the same way, and no other part of the call
+        listens any more."""
+        b_txn = call.b_txn
+        if b_txn is not None and b_txn.state in _UNANSWERED_CLIENT:
+            self._handle_events(self.layer.transport_error(b_txn, now), now, wall)
+        return None
+
     def _take_down_stray(
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
     ) -> _Ended | None:
@@ -1489,6 +1522,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.CALLING, _I.B_REJECTED): (B2bua._relay_rejection, _S.ENDED),
     (_S.CALLING, _I.B_TIMED_OUT): (B2bua._time_out, _S.ENDED),
     (_S.CALLING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
+    (_S.CALLING, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
     (_S.CALLING, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
     (_S.CALLING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.B_PROVISIONAL): (B2bua._relay_provisional, _S.EARLY),
@@ -1497,6 +1531,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.EARLY, _I.B_REJECTED): (B2bua._relay_rejection, _S.ENDED),
     (_S.EARLY, _I.B_TIMED_OUT): (B2bua._time_out, _S.ENDED),
     (_S.EARLY, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
+    (_S.EARLY, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.ANSWERED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ANSWERED),
@@ -1508,6 +1543,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.ANSWERED, _I.SHUTDOWN): (B2bua._bye_both, _S.ENDED),
     (_S.ENDED, _I.B_PROVISIONAL): (B2bua._cancel_late, _S.ENDED),
     (_S.ENDED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ENDED),
+    (_S.ENDED, _I.B_ABANDONED): (B2bua._drop_b_invite, _S.ENDED),
 }
 
 

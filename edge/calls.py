@@ -65,10 +65,14 @@ class CallInput(enum.Enum):
     CALLER_CANCEL = "caller_cancel"
     CALLER_BYE = "caller_bye"
     CALLEE_BYE = "callee_bye"
+    NO_ANSWER = "no_answer"  # nobody answered within the ring timeout (Timer C)
     ACK_TIMEOUT = "ack_timeout"  # the caller never acknowledged our 2xx
     MAX_DURATION = "max_duration"
     OPERATOR_HANGUP = "operator_hangup"
     SHUTDOWN = "shutdown"
+    # Over, but its B-leg INVITE never got a final answer, even to our CANCEL (RFC 3261 9.1:
+    # after 64*T1 the transaction is considered destroyed).
+    B_ABANDONED = "b_abandoned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,10 @@ ENDINGS: dict[str, Ending] = {
     ),
     "timeout": Ending(
         408, "Request Timeout", "edge", "the last target did not answer (timer B)"
+    ),
+    "no_answer": Ending(
+        408, "Request Timeout", "edge",
+        "no target answered within the ring timeout (180 s, RFC 3261 Timer C); CANCEL sent",
     ),
     "cancelled": Ending(
         487, "Request Terminated", "caller", "the caller sent CANCEL before the answer"
@@ -224,10 +232,12 @@ class Call:
         self.answered_by: str | None = None
         self.a_retransmitter: Retransmitter | None = None
         self.codecs: list[str] = []
-        self.deadline: float | None = None  # monotonic time the call is cut (max duration)
+        # Monotonic time of the call's next timer: unanswered, the ring timeout; answered, its
+        # maximum duration; ended, when to give up on its B-leg INVITE.
+        self.deadline: float | None = None
 
     def next_timer(self) -> float | None:
-        return None if self.state is CallState.ENDED else self.deadline
+        return self.deadline
 
 
 class Retransmitter:

@@ -371,6 +371,26 @@ def test_cancel_waits_for_a_provisional_and_a_crossing_200_is_taken_down():
     assert len(edge.cdrs) == 1 and edge.cdrs[0].reason == "cancelled"
 
 
+def test_a_call_nobody_answers_ends_at_the_ring_timeout():
+    edge = Edge()
+    edge.send(invite(PBX), PBX)
+    (b_invite,) = edge.take(GATEWAY)
+    edge.send(answer(b_invite, 180, tag="gw", peer=GATEWAY), GATEWAY)
+    edge.take(PBX)
+    edge.advance(179)
+    assert edge.core.active_calls == 1 and not edge.cdrs
+    edge.advance(1)
+    assert finals(edge.take(PBX)) == [408]
+    assert [m.method for m in edge.take(GATEWAY)] == ["CANCEL"]
+    (cdr,) = edge.cdrs
+    assert (cdr.reason, cdr.final_code, cdr.hangup_side) == ("no_answer", 408, "edge")
+    assert edge.released == edge.acquired and edge.core.active_calls == 0
+    # The callee never answers the INVITE, not even 487 to the CANCEL: after 64*T1 the edge
+    # gives the transaction up (RFC 3261 9.1) and keeps nothing of the call.
+    edge.advance(33)
+    assert not edge.core._b_invites and not edge.core._by_b_call_id
+
+
 def test_max_call_duration_ends_both_legs():
     edge = Edge(trunks=[trunk_doc(max_call_duration=60)])
     connect_outbound(edge)
