@@ -810,3 +810,25 @@ def test_an_unparsable_request_is_answered_only_with_its_transaction_headers():
     without_cseq = [line for line in unparsable if not line.startswith(b"CSeq")]
     edge._keep(edge.core.datagram_received(b"\r\n".join(without_cseq), PBX, edge.now, edge.wall))
     assert not edge.take(PBX)  # a response it could not match is not worth sending
+
+
+def test_endings_are_documented():
+    from pathlib import Path
+
+    from edge.calls import ENDINGS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "edge-policy.md").read_text()
+    for reason, ending in ENDINGS.items():
+        code = "the callee's" if ending.code is None else str(ending.code)
+        row = (
+            f"| `{reason}` | {code} | {ending.phrase or '—'} | {ending.side or 'caller / callee'} |"
+        )
+        assert row in doc, reason
+
+
+def test_ends_are_counted_by_reason():
+    edge = Edge()
+    connect_outbound(edge)
+    edge.send(make_cancel(invite(PBX)), PBX)  # no such call: not counted
+    edge._keep(edge.core.close(edge.now, edge.wall))
+    assert edge.core.stats.ends_total == {"shutdown": 1}
