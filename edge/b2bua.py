@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from edge import cdr, numbering, routing
+from edge.call_events import CallEvent, call_event
 from edge.calls import (
     ENDINGS,
     Address,
@@ -113,38 +114,6 @@ class CdrReady:
     """A call attempt ended: journal its record."""
 
     record: CallDetailRecord
-
-
-@dataclass(frozen=True, slots=True)
-class CallEvent:
-    """A change of a call's state, for the live board."""
-
-    kind: str  # "started" | "ringing" | "answered" | "ended"
-    call_id: str
-    trunk_id: int | None
-    customer_id: int | None
-    direction: str
-    caller: str | None
-    callee: str | None
-    at: float
-    reason: str | None = None
-    final_code: int | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        """The fields, for JSON. Not orjson's own dataclass support: it reads the instance's
-        memory layout directly and crashes on a class compiled by mypyc (edge/native.py)."""
-        return {
-            "kind": self.kind,
-            "call_id": self.call_id,
-            "trunk_id": self.trunk_id,
-            "customer_id": self.customer_id,
-            "direction": self.direction,
-            "caller": self.caller,
-            "callee": self.callee,
-            "at": self.at,
-            "reason": self.reason,
-            "final_code": self.final_code,
-        }
 
 
 Output: TypeAlias = Transmit | CdrReady | CallEvent | SecurityEvent | AcquireSlot | ReleaseSlot
@@ -1254,20 +1223,7 @@ class B2bua:
         reason: str | None = None,
         final_code: int | None = None,
     ) -> None:
-        self._out.append(
-            CallEvent(
-                kind=kind,
-                call_id=call.id,
-                trunk_id=call.trunk.id,
-                customer_id=call.customer_id,
-                direction=call.direction,
-                caller=call.caller_e164,
-                callee=call.callee_e164,
-                at=wall,
-                reason=reason,
-                final_code=final_code,
-            )
-        )
+        self._out.append(call_event(call, kind, wall, reason=reason, final_code=final_code))
 
     # --- the call machine -----------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ COMPILED = (
     "edge/registrar.py",
     "edge/security.py",
     "edge/calls.py",
+    "edge/call_events.py",
     "edge/challenges.py",
     "edge/b2bua.py",
 )
