@@ -309,6 +309,9 @@ class B2bua:
             return out
         try:
             validate_for_proxy(message)
+            if message.body and message.headers.get("Content-Type") is None:
+                # RFC 3261 20.15: a body needs its type; nothing could relay it.
+                raise RemoteProtocolError("Missing Content-Type", status_hint=400)
             if isinstance(message, Request) and addr[2] == "udp":
                 self._note_rport(message, addr)
             events = self.layer.receive(message, addr, now)

@@ -832,3 +832,13 @@ def test_ends_are_counted_by_reason():
     edge.send(make_cancel(invite(PBX)), PBX)  # no such call: not counted
     edge._keep(edge.core.close(edge.now, edge.wall))
     assert edge.core.stats.ends_total == {"shutdown": 1}
+
+
+def test_a_body_without_content_type_is_refused_not_relayed():
+    edge = Edge()
+    request = invite(PBX)
+    request.headers.remove("Content-Type")
+    edge.send(request, PBX)
+    (refusal,) = edge.take(PBX)
+    assert (refusal.status, refusal.reason) == (400, "Missing Content-Type")
+    assert not edge.take(GATEWAY) and edge.core.active_calls == 0
