@@ -324,3 +324,15 @@ CallMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_call_machine = CallMachine.TestCase
+
+
+def test_only_the_step_changes_a_calls_state() -> None:
+    """The transition table is the one place a call changes state: `B2bua._step` assigns it,
+    nothing else does (edge/calls.py only sets the initial state)."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "b2bua.py").read_text()
+    step = source[source.index("    def _step(") : source.index("    def _end(")]
+    assignments = re.findall(r"\bstate = ", source)
+    assert len(assignments) == len(re.findall(r"\bstate = ", step)) == 2
