@@ -41,6 +41,7 @@ class FakeCore:
         self.stats = Stats(attempts_total=12, answers_total=9, auth_failures_total=2)
         self.stats.responses_total.update({200: 9, 486: 1, 503: 2})
         self.stats.refusals_total.update({"channel_limit": 2})
+        self.stats.ends_total.update({"normal_clearing": 7, "no_answer": 1})
         self.stats.active.update({1: 2})  # the two calls below
         self._calls = {
             "abc": {"call_id": "abc", "trunk_id": 1, "state": "answered"},
@@ -150,6 +151,7 @@ async def test_metrics_read_the_core_counters():
         "trunkline_edge_answers_total 9.0",
         'trunkline_edge_responses_total{code="486"} 1.0',
         'trunkline_edge_refusals_total{reason="channel_limit"} 2.0',
+        'trunkline_edge_call_ends_total{reason="no_answer"} 1.0',
         "trunkline_edge_auth_failures_total 2.0",
         "trunkline_edge_config_version 3.0",
         "trunkline_edge_draining 0.0",
