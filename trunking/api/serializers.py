@@ -195,6 +195,9 @@ class PhoneNumberSerializer(TenantOwnedSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         trunk = attrs.get("trunk", getattr(self.instance, "trunk", None))
         caller = get_caller(self.context["request"])
+        if self.instance is None and attrs.get("customer") is None and trunk is not None:
+            attrs["customer"] = trunk.customer  # staff naming only a trunk: its customer's
+        attrs = super().validate(attrs)
         customer = (
             attrs.get("customer", getattr(self.instance, "customer", None))
             if caller is None or caller.is_staff

@@ -103,3 +103,14 @@ def test_number_filter_accepts_any_spelling(api_as, number, spelling):
 def test_number_prefix_filter_ignores_punctuation(api_as, number):
     response = api_as("owner").get("/api/v1/numbers/", {"number_prefix": "+1 (415)"})
     assert [n["id"] for n in response.json()["results"]] == [number.pk]
+
+
+def test_staff_number_with_a_trunk_only_belongs_to_the_trunks_customer(api_as, trunk):
+    """Found by the property test: the customer was left empty (a 500 on PostgreSQL)."""
+    response = api_as("staff").post(
+        "/api/v1/numbers/", {"number": "+14155550177", "trunk": trunk.pk}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["customer"] == trunk.customer_id
+    missing = api_as("staff").post("/api/v1/numbers/", {"number": "+14155550178"}, format="json")
+    assert missing.status_code == 400 and "customer" in missing.json()
