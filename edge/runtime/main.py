@@ -68,9 +68,9 @@ from edge.runtime.transports import (
     Dispatcher,
     HostResolver,
     SipCore,
-    StreamConnection,
     StreamTransports,
     UdpTransport,
+    open_udp,
 )
 
 if TYPE_CHECKING:
@@ -540,21 +540,11 @@ class EdgeRuntime:
         dispatcher = self.dispatcher = Dispatcher(
             core, loop=loop, journal=self.flusher, events=self.events, resolver=HostResolver(loop)
         )
-        dispatcher.resolver.family = udp_sock.family
-        _, self.udp = await loop.create_datagram_endpoint(
-            lambda: UdpTransport(dispatcher), sock=udp_sock
-        )
-        dispatcher.udp = self.udp
+        self.udp = await open_udp(dispatcher, udp_sock)
         self.streams = StreamTransports(dispatcher, client_ssl=client_ssl)
-        self.streams.servers.append(
-            await loop.create_server(lambda: self._stream_protocol("tcp"), sock=tcp_sock)
-        )
+        await self.streams.listen(tcp_sock, transport="tcp")
         if tls_sock is not None:
-            self.streams.servers.append(
-                await loop.create_server(
-                    lambda: self._stream_protocol("tls"), sock=tls_sock, ssl=server_ssl
-                )
-            )
+            await self.streams.listen(tls_sock, transport="tls", ssl=server_ssl)
         self._refresh_gateways()
 
         app = ControlApp(
@@ -576,10 +566,6 @@ class EdgeRuntime:
             dispatcher.dispatch(
                 core.limit_decided(call_id, granted, reason, loop.time(), time.time())
             )
-
-    def _stream_protocol(self, transport: str) -> asyncio.Protocol:
-        assert self.streams is not None
-        return StreamConnection(self.streams, transport, None)
 
     def ready_line(self) -> str:
         assert self.core is not None and self.sip_address and self.control_address

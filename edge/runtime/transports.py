@@ -429,15 +429,14 @@ class UdpTransport(asyncio.DatagramProtocol):
             self.transport.close()
 
 
-async def open_udp(dispatcher: Dispatcher, host: str, port: int) -> UdpTransport:
-    """Bind the SIP UDP socket and make it the dispatcher's UDP transport."""
+async def open_udp(dispatcher: Dispatcher, sock: socket.socket) -> UdpTransport:
+    """Serve SIP over UDP on the bound ``sock``: make it the dispatcher's UDP transport."""
     _, protocol = await dispatcher.loop.create_datagram_endpoint(
-        lambda: UdpTransport(dispatcher), local_addr=(host, port)
+        lambda: UdpTransport(dispatcher), sock=sock
     )
     dispatcher.udp = protocol
-    sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
-    if sock is not None:
-        dispatcher.resolver.family = sock.family
+    # Hostnames resolve to the family the socket can send to (IPv4 or IPv6).
+    dispatcher.resolver.family = sock.family
     return protocol
 
 
@@ -598,16 +597,13 @@ class StreamTransports:
         dispatcher.streams = self
 
     async def listen(
-        self, host: str, port: int, *, transport: str = "tcp", ssl: ssl.SSLContext | None = None
+        self, sock: socket.socket, *, transport: str = "tcp", ssl: ssl.SSLContext | None = None
     ) -> asyncio.Server:
+        """Accept SIP connections on the bound, listening-ready ``sock``."""
         if transport not in STREAM_TRANSPORTS:
             raise ValueError(f"not a stream transport: {transport!r}")
         server = await self.loop.create_server(
-            lambda: StreamConnection(self, transport, None),
-            host,
-            port,
-            ssl=ssl,
-            reuse_address=True,
+            lambda: StreamConnection(self, transport, None), sock=sock, ssl=ssl
         )
         self.servers.append(server)
         return server
