@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from edge import cdr, numbering, routing
+from edge import cdr, numbering, routing, salvage
 from edge.cdr import CallDetailRecord, RouteAttempt, iso_utc
 from edge.config import Credential, EdgeConfig, TrunkPolicy
 from edge.limits import Limits
@@ -46,9 +46,11 @@ from edge.sip.message import (
     new_branch,
     new_call_id,
     new_tag,
+    to_tag_or_none,
+    unsupported_extensions,
     validate_for_proxy,
 )
-from edge.sip.parser import parse_message
+from edge.sip.parser import FramingError, parse_message
 from edge.sip.sdp import SessionDescription
 from edge.sip.timers import TimerConfig, TimerQueue
 from edge.sip.transaction import (
@@ -64,7 +66,7 @@ from edge.sip.transaction import (
     TransportError,
     make_cancel,
 )
-from edge.sip.uri import parse_name_addr
+from edge.sip.uri import bracket_host, parse_name_addr
 
 __all__ = [
     "Address",
@@ -135,11 +137,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 END_TO_END_HEADERS = ("Allow", "Supported", "Accept", "Privacy", "Reason", "Info-Package")
 # Extensions we implement (Require / Proxy-Require of anything else is refused with 420).
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
-# The headers a response copies from its request (RFC 3261 8.2.6), by full and compact name.
-_TRANSACTION_HEADERS = {
-    "via": "via", "v": "via", "from": "from", "f": "from", "to": "to", "t": "to",
-    "call-id": "call-id", "i": "call-id", "cseq": "cseq",
-}  # fmt: skip
 LOOP_DETECTED = Reject(482, "loop_detected", "Loop Detected")  # not a policy decision
 _NO_USAGE = Usage(active_calls=0, cps_available=True)  # for a refusal decided before limits
 
@@ -393,7 +390,7 @@ class B2bua:
         out = self._out = []
         if (
             type(message) is Request
-            and message.to_tag is None
+            and to_tag_or_none(message) is None
             and message.method != "ACK"
             and not self._screened(message, addr[0], now)
         ):
@@ -432,8 +429,11 @@ class B2bua:
     def stream_error(
         self, addr: Address, error: RemoteProtocolError, now: float, wall: float
     ) -> list[Output]:
-        """A stream could not be framed; the runtime closes it. Nothing can be answered."""
+        """A message on a stream could not be read: answered like a datagram (edge/salvage.py)
+        when its header block came with the error; the runtime closes a stream it lost."""
         self.stats.malformed_total += 1
+        if isinstance(error, FramingError):
+            return self._answer_unparsable(error.head, error, addr)
         return []
 
     def next_timer(self) -> float | None:
@@ -583,26 +583,13 @@ class B2bua:
     def _answer_unparsable(
         self, data: bytes, error: RemoteProtocolError, addr: Address
     ) -> list[Output]:
-        """A request we could not parse whole still gets a 400 if its transaction headers
-        (Via, From, To, Call-ID, CSeq) can be found, as a robust proxy does; else silence."""
-        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
-        start = head[0].split(" ")
-        if len(start) != 3 or start[2] != "SIP/2.0" or start[0] == "ACK":
+        """A request we could not parse whole still gets its 4xx/505 (edge/salvage.py)."""
+        answer = salvage.answer_unparsable(data, error)
+        if answer is None:
             return []
-        copied, found = [], set()
-        for line in head[1:]:
-            name = _TRANSACTION_HEADERS.get(line.split(":", 1)[0].strip().lower())
-            if name is not None:
-                copied.append(line)
-                found.add(name)
-        if len(found) < len(set(_TRANSACTION_HEADERS.values())):
-            return []
-        phrase = "".join(ch for ch in error.reason if ch.isprintable() and ch not in "\r\n")
-        lines = [f"SIP/2.0 {error.status_hint} {phrase}", *copied, "Content-Length: 0", "", ""]
-        self.stats.responses_total[error.status_hint] = (
-            self.stats.responses_total.get(error.status_hint, 0) + 1
-        )
-        return [Transmit("\r\n".join(lines).encode(), addr)]
+        codes = self.stats.responses_total
+        codes[answer.status] = codes.get(answer.status, 0) + 1
+        return [Transmit(answer.data, addr)]
 
     @staticmethod
     def _note_rport(request: Request, addr: Address) -> None:
@@ -634,6 +621,8 @@ class B2bua:
             self._on_ack(request, now)
             return
         assert isinstance(txn, ServerTransaction)
+        if method != "CANCEL" and self._refused_extensions(request, txn, now):
+            return
         if method == "CANCEL":
             self._on_cancel(request, txn, event.cancelled, now, wall)
         elif request.to_tag is not None:
@@ -654,11 +643,13 @@ class B2bua:
                 txn, request, 405, None, now, to_tag=new_tag(), headers=[("Allow", ALLOW)]
             )
 
-    def _unsupported(self, request: Request) -> list[str]:
-        wanted: list[str] = []
-        for name in ("Proxy-Require", "Require"):
-            wanted += [v.strip() for v in request.headers.get_all(name)]
-        return [option for option in wanted if option and option not in SUPPORTED_EXTENSIONS]
+    def _refused_extensions(self, request: Request, txn: ServerTransaction, now: float) -> bool:
+        """Answer 420 to a request that requires an extension we lack; whether it was."""
+        unsupported = unsupported_extensions(request, SUPPORTED_EXTENSIONS)
+        if unsupported:
+            headers = [("Unsupported", ", ".join(unsupported))]
+            self._respond(txn, request, 420, None, now, to_tag=new_tag(), headers=headers)
+        return bool(unsupported)
 
     def _on_invite(
         self,
@@ -668,18 +659,6 @@ class B2bua:
         now: float,
         wall: float,
     ) -> None:
-        unsupported = self._unsupported(request)
-        if unsupported:
-            self._respond(
-                txn,
-                request,
-                420,
-                None,
-                now,
-                to_tag=new_tag(),
-                headers=[("Unsupported", ", ".join(unsupported))],
-            )
-            return
         uri = request.parsed_uri
         if uri.scheme not in ("sip", "sips", "tel"):
             self._respond(txn, request, 416, None, now, to_tag=new_tag())
@@ -1074,7 +1053,9 @@ class B2bua:
         self._try_next_target(call, now, wall)
 
     def _local(self, transport: str) -> Address:
-        return self.local.get(transport) or self.local["udp"]
+        """Our address as written in Via, Contact, From and Call-ID (IPv6 in brackets)."""
+        host, port, name = self.local.get(transport) or self.local["udp"]
+        return (bracket_host(host), port, name)
 
     def _via(self, transport: str) -> str:
         host, port, _ = self._local(transport)

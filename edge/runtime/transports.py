@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from edge.b2bua import CallEvent, CdrReady, Transmit
 from edge.security import SecurityEvent
 from edge.sip.errors import RemoteProtocolError
-from edge.sip.parser import DEFAULT_MAX_SIZE, StreamParser
+from edge.sip.parser import DEFAULT_MAX_SIZE, FramingError, StreamParser
 
 if TYPE_CHECKING:
     from edge.b2bua import Address, Output
@@ -267,6 +267,8 @@ class Dispatcher:
 
     def send(self, data: bytes, addr: Address) -> None:
         host, port, transport = addr
+        if host[:1] == "[":  # an IPv6 reference from a URI: the socket wants the bare address
+            host = host[1:-1]
         if _is_ip_literal(host):
             self._send_to(data, host, port, transport, None)
             return
@@ -485,30 +487,28 @@ class StreamConnection(asyncio.Protocol):
         core = dispatcher.core
         now = dispatcher.loop.time()
         wall = time.time()
-        try:
-            messages = self._parser.feed(data)
-        except RemoteProtocolError as error:
-            try:
-                outputs = core.stream_error(self.key, error, now, wall)
-            except Exception:
-                dispatcher.core_failed("stream_error")
-            else:
-                dispatcher.dispatch(outputs)  # a 400, if any, is written before the close
-            self.close()
+        items = self._parser.feed(data)
+        if not items:
             return
-        if not messages:
-            return
+        lost = False
         try:
-            if len(messages) == 1:
-                outputs = core.message_received(messages[0], self.key, now, wall)
+            if len(items) == 1 and type(items[0]) is not FramingError:
+                outputs = core.message_received(items[0], self.key, now, wall)  # type: ignore[arg-type]
             else:
                 outputs = []
-                for message in messages:
-                    outputs.extend(core.message_received(message, self.key, now, wall))
+                for item in items:
+                    if isinstance(item, FramingError):
+                        # Answered if it can be (a 400 is written before any close).
+                        outputs.extend(core.stream_error(self.key, item, now, wall))
+                        lost = item.fatal
+                    else:
+                        outputs.extend(core.message_received(item, self.key, now, wall))
         except Exception:
             dispatcher.core_failed("message_received")
-            return
-        dispatcher.dispatch(outputs)
+        else:
+            dispatcher.dispatch(outputs)
+        if lost:
+            self.close()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too

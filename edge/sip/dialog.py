@@ -294,9 +294,11 @@ class Dialog:
 
     def receive_request(self, request: Request) -> None:
         """Check and apply a request the peer sent in this dialog (12.2.2). A request older
-        than the last one raises RemoteProtocolError with hint 500; a terminated dialog 481."""
+        than the last one raises RemoteProtocolError with hint 500; one whose tags are not this
+        dialog's, or that arrives in a terminated dialog, 481."""
         if DialogId.of_received_request(request) != self.id:
-            raise LocalProtocolError("request of another dialog")
+            # Same Call-ID, other tags (swapped, stale, forged): no such dialog (12.2.2).
+            raise RemoteProtocolError("Call/Transaction Does Not Exist", 481)
         method = request.method
         if self.state is DialogState.TERMINATED:
             raise RemoteProtocolError("Call/Transaction Does Not Exist", 481)

@@ -44,6 +44,8 @@ __all__ = [
     "new_tag",
     "parse_via",
     "random_hex",
+    "to_tag_or_none",
+    "unsupported_extensions",
     "validate_for_proxy",
 ]
 
@@ -933,6 +935,24 @@ def _check_request_uri(request: Request) -> None:
     if len(_VALID_REQUEST_URI_TEXTS) >= _VALID_REQUEST_URI_TEXTS_LIMIT:
         _VALID_REQUEST_URI_TEXTS.clear()
     _VALID_REQUEST_URI_TEXTS.add(text)
+
+
+def to_tag_or_none(message: Request | Response) -> str | None:
+    """The To tag; None when there is none or when To is missing or unreadable (a request
+    screened as new for it then gets its 400 from `validate_for_proxy`)."""
+    try:
+        return message.to.tag
+    except RemoteProtocolError:
+        return None
+
+
+def unsupported_extensions(request: Request, supported: frozenset[str]) -> list[str]:
+    """The option tags of Proxy-Require and Require that are not in `supported` (RFC 3261
+    8.2.2.3: answer 420 listing them in Unsupported; never for ACK or CANCEL)."""
+    wanted: list[str] = []
+    for name in ("Proxy-Require", "Require"):
+        wanted += request.headers.get_all(name)
+    return [option for option in wanted if option not in supported]
 
 
 def _has_tag(request: Request) -> bool:
