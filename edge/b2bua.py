@@ -41,6 +41,7 @@ from edge.sip.errors import RemoteProtocolError
 from edge.sip.message import (
     Request,
     Response,
+    crossing_headers,
     make_request,
     make_response,
     new_branch,
@@ -1080,9 +1081,7 @@ class B2bua:
             call.b.dialog = None  # the previous target's early dialog, if any, is over
         call.b_cseq += 1
         caller_user = call.caller_e164 or self._caller_user(a_invite) or "anonymous"
-        headers = [
-            (name, value) for name in END_TO_END_HEADERS for value in a_invite.headers.get_all(name)
-        ]
+        headers = crossing_headers(a_invite, END_TO_END_HEADERS)
         content_type = a_invite.headers.get("Content-Type")
         invite = make_request(
             "INVITE",
@@ -1188,9 +1187,7 @@ class B2bua:
 
     def _a_headers(self, call: _Call, response: Response) -> list[tuple[str, str]]:
         headers = [("Contact", self._contact(call.source[2]))]
-        headers += [
-            (name, value) for name in END_TO_END_HEADERS for value in response.headers.get_all(name)
-        ]
+        headers += crossing_headers(response, END_TO_END_HEADERS)
         content_type = response.headers.get("Content-Type")
         if content_type and response.body:
             headers.append(("Content-Type", content_type))
@@ -1356,9 +1353,7 @@ class B2bua:
             self._finish(call, wall, final_code=200, reason="normal_clearing", side=side)
             return
         content_type = request.headers.get("Content-Type")
-        headers = [
-            (name, value) for name in END_TO_END_HEADERS for value in request.headers.get_all(name)
-        ]
+        headers = crossing_headers(request, END_TO_END_HEADERS)
         relayed = other.dialog.create_request(
             request.method,
             via=self._via(other.addr[2]),

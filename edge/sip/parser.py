@@ -12,7 +12,7 @@ from functools import partial
 
 from edge.sip.errors import RemoteProtocolError
 from edge.sip.grammar import is_token
-from edge.sip.message import SIP_VERSION, Headers, Request, Response
+from edge.sip.message import MAX_HEADER_LINE_LENGTH, SIP_VERSION, Headers, Request, Response
 
 __all__ = ["DEFAULT_MAX_SIZE", "FramingError", "StreamItem", "StreamParser", "parse_message"]
 
@@ -111,6 +111,8 @@ def _parse_head(data: bytes | bytearray, start: int, end: int) -> tuple[_Message
     lines = head.split("\r\n")
     if head.count("\n") != len(lines) - 1:
         lines = head.replace("\r\n", "\n").rstrip("\r").split("\n")
+    if len(head) > MAX_HEADER_LINE_LENGTH and len(max(lines, key=len)) > MAX_HEADER_LINE_LENGTH:
+        raise RemoteProtocolError("Header Line Too Long")
     return _parse_start_line(lines[0]), Headers.from_lines(lines[1:])
 
 

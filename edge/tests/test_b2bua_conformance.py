@@ -9,10 +9,12 @@ from edge.sip.message import make_request, new_branch
 from edge.tests.test_b2bua import (
     GATEWAY,
     PBX,
+    SDP,
     Edge,
     connect_outbound,
     finals,
     in_dialog,
+    invite,
     reverse_request,
 )
 
@@ -104,3 +106,41 @@ def test_a_request_with_an_unreadable_to_or_no_from_is_400():
         data = b"\r\n".join(lines) + b"\r\n\r\n"
         edge._keep(edge.core.datagram_received(data, PBX, edge.now, edge.wall))
         assert finals(edge.take(PBX)) == [400]
+
+
+def test_only_well_formed_end_to_end_headers_reach_the_callee():
+    edge = Edge()
+    a_invite = invite(
+        PBX,
+        Supported="timer, not a token, replaces",
+        Allow="INVITE, ACK, BYE, " + "X" * 5000,
+    )
+    edge.send(a_invite, PBX)
+    (b_invite,) = edge.take(GATEWAY)
+    assert b_invite.headers.get_all("Supported") == ["timer", "replaces"]
+    assert b_invite.headers.get_all("Allow") == ["INVITE", "ACK", "BYE"]
+    assert b"X" * 100 not in b_invite.to_bytes()
+
+
+def test_an_oversized_content_type_is_refused_and_nothing_reaches_the_callee():
+    edge = Edge()
+    a_invite = invite(PBX)
+    a_invite.headers.set("Content-Type", "application/sdp;x=" + "y" * 8000)
+    edge.send(a_invite, PBX)
+    assert finals(edge.take(PBX)) == [400]
+    assert edge.take(GATEWAY) == []
+
+
+def test_a_b_leg_invite_too_large_for_udp_is_not_sent_and_the_call_fails_with_one_cdr():
+    edge = Edge()
+    # An SDP of ~2 KB: the B-leg INVITE would exceed RFC 3261 18.1.1's 1300 bytes over UDP.
+    big_sdp = SDP + b"".join(b"a=x-filler:%04d %s\r\n" % (i, b"f" * 40) for i in range(40))
+    a_invite = invite(PBX)
+    a_invite.body = big_sdp
+    edge.send(a_invite, PBX)
+    edge.advance(1)
+    assert edge.take(GATEWAY) == []
+    assert set(finals(edge.take(PBX))) == {408}  # (retransmitted: the test never ACKs)
+    (cdr,) = edge.cdrs
+    assert cdr.final_code == 408
+    assert edge.core.active_calls == 0

@@ -427,3 +427,16 @@ def test_an_edge_on_ipv6_brackets_its_via_and_places_a_call(tmp_path: Path) -> N
         finally:
             edge.stop()
         assert "core raised" not in edge.stderr_path.read_text()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_33_kb_content_type_is_refused_with_400(transport: str, edges: dict[str, Edges]) -> None:
+    edge = edges[transport].for_key(None)
+    request = _options_request(edge.sip_address)
+    request.headers.set("Content-Type", "application/sdp;x=" + "y" * 33_000)
+    request.body = b"v=0\r\n"
+    data = request.to_bytes()
+    if transport == "udp":
+        assert exchange_udp(edge.sip_address, data, 1) == [400]
+    else:
+        assert exchange_tcp(edge.sip_address, data, 1) == ([400], False)
