@@ -1476,6 +1476,58 @@ class B2bua:
             )
         )
 
+    def _record(
+        self, call: _Call, wall: float, final_code: int, reason: str, side: str | None
+    ) -> CallDetailRecord:
+        """The call's CDR as if it ended at `wall`."""
+        answered = call.answer_at is not None
+        # Clamped: a wall clock stepping back mid-call must not make the record unstorable.
+        duration_ms = max(0, round((wall - call.answer_at) * 1000)) if call.answer_at else 0
+        return CallDetailRecord(
+            edge=self.node,
+            call_id=call.id,
+            a_call_id=call.a.call_id,
+            b_call_id=call.b.call_id if call.b else None,
+            customer_id=call.customer_id,
+            trunk_id=call.trunk.id,
+            direction=call.direction,
+            caller_e164=call.caller_e164,
+            callee_e164=call.callee_e164,
+            caller_raw=self._safe(lambda: self._caller_user(call.a_invite)),
+            callee_raw=self._safe(lambda: self._callee_user(call.a_invite)),
+            source_ip=call.source[0],
+            source_port=call.source[1],
+            routes=list(call.routes),
+            answered_by=call.answered_by,
+            setup_at=iso_utc(call.setup_at),
+            ringing_at=iso_utc(call.ringing_at),
+            answer_at=iso_utc(call.answer_at),
+            end_at=iso_utc(wall),
+            duration_ms=duration_ms,
+            billable_seconds=-(-duration_ms // 1000) if answered else 0,
+            final_code=final_code,
+            reason=reason,
+            hangup_side=side,
+            codecs=call.codecs,
+            config_version=self.config.version,
+        )
+
+    def answered_records(self, wall: float) -> list[CallDetailRecord]:
+        """The CDR so far of every answered call still up, as if the edge died at `wall`
+        (reason `edge_restart`): what edge/runtime/checkpoint.py keeps on disk."""
+        return [
+            self._record(call, wall, 200, "edge_restart", "edge")
+            for call in self._calls.values()
+            if call.answer_at is not None and not call.ended
+        ]
+
+    def record_so_far(self, call_id: str, wall: float) -> CallDetailRecord | None:
+        """`answered_records` for one call (None if it is not an answered call still up)."""
+        call = self._calls.get(call_id)
+        if call is None or call.answer_at is None or call.ended:
+            return None
+        return self._record(call, wall, 200, "edge_restart", "edge")
+
     def _finish(
         self, call: _Call, wall: float, *, final_code: int, reason: str, side: str | None
     ) -> None:
@@ -1488,41 +1540,7 @@ class B2bua:
         self._by_a_dialog.pop((call.a.call_id, call.a.local_tag), None)
         self.limits.release(call.trunk.id, call.id)
         self._timers.update(call)
-        answered = call.answer_at is not None
-        # Clamped: a wall clock stepping back mid-call must not make the record unstorable.
-        duration_ms = max(0, round((wall - call.answer_at) * 1000)) if call.answer_at else 0
-        self._out.append(
-            CdrReady(
-                CallDetailRecord(
-                    edge=self.node,
-                    call_id=call.id,
-                    a_call_id=call.a.call_id,
-                    b_call_id=call.b.call_id if call.b else None,
-                    customer_id=call.customer_id,
-                    trunk_id=call.trunk.id,
-                    direction=call.direction,
-                    caller_e164=call.caller_e164,
-                    callee_e164=call.callee_e164,
-                    caller_raw=self._safe(lambda: self._caller_user(call.a_invite)),
-                    callee_raw=self._safe(lambda: self._callee_user(call.a_invite)),
-                    source_ip=call.source[0],
-                    source_port=call.source[1],
-                    routes=list(call.routes),
-                    answered_by=call.answered_by,
-                    setup_at=iso_utc(call.setup_at),
-                    ringing_at=iso_utc(call.ringing_at),
-                    answer_at=iso_utc(call.answer_at),
-                    end_at=iso_utc(wall),
-                    duration_ms=duration_ms,
-                    billable_seconds=-(-duration_ms // 1000) if answered else 0,
-                    final_code=final_code,
-                    reason=reason,
-                    hangup_side=side,
-                    codecs=call.codecs,
-                    config_version=self.config.version,
-                )
-            )
-        )
+        self._out.append(CdrReady(self._record(call, wall, final_code, reason, side)))
         self._emit(call, "ended", wall, reason=reason, final_code=final_code)
         # The call stays reachable while its transactions linger (up to 32 s), only to absorb
         # strays: a resend needs a message's bytes, not its parse.

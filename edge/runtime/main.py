@@ -50,6 +50,7 @@ from prometheus_client.metrics_core import Metric
 from edge import native
 from edge.config import ConfigError, EdgeConfig
 from edge.limits import Limits, LocalLimits
+from edge.runtime.checkpoint import RESTART_REASON, AnsweredCalls, CallCheckpoint, recover
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -433,6 +434,7 @@ class EdgeRuntime:
         self.gc_policy: GcPolicy | None = None
         self._sockets: list[socket.socket] = []
         self.cluster_limits: ClusterLimits | None = None
+        self.checkpoint: CallCheckpoint | None = None
 
     # --- start ---------------------------------------------------------------------------
 
@@ -460,6 +462,16 @@ class EdgeRuntime:
         except (OSError, ValueError) as error:
             raise StartupError(f"CDR journal in {options.journal_dir}: {error}") from None
         self.flusher = JournalFlusher(journal, loop=loop)
+        try:
+            recovered = await loop.run_in_executor(None, recover, journal)
+        except (OSError, ValueError) as error:
+            raise StartupError(f"calls left by the last run: {error}") from None
+        if recovered:
+            logger.warning(
+                "%d answered calls were left unfinished by the last run: CDRs written (%s)",
+                len(recovered),
+                RESTART_REASON,
+            )
 
         server_ssl = client_ssl = None
         try:
@@ -537,8 +549,12 @@ class EdgeRuntime:
             except OSError as error:
                 logger.error("snapshot not saved to %s: %s", options.state_dir, error)
 
+        events = self.events
+        if isinstance(core, AnsweredCalls):  # a core that can say which calls are up
+            self.checkpoint = CallCheckpoint(core, journal, loop=loop)
+            events = self.checkpoint.sink(events)
         dispatcher = self.dispatcher = Dispatcher(
-            core, loop=loop, journal=self.flusher, events=self.events, resolver=HostResolver(loop)
+            core, loop=loop, journal=self.flusher, events=events, resolver=HostResolver(loop)
         )
         self.udp = await open_udp(dispatcher, udp_sock)
         self.streams = StreamTransports(dispatcher, client_ssl=client_ssl)
@@ -555,6 +571,8 @@ class EdgeRuntime:
             state_dir=options.state_dir,
             runtime_metrics=self._runtime_metrics,
         )
+        if self.checkpoint is not None:
+            self.checkpoint.start()
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
 
@@ -802,6 +820,9 @@ class EdgeRuntime:
             await self.flusher.aclose()
         except OSError as error:
             logger.error("CDR journal could not be flushed at shutdown: %s", error)
+        else:
+            if self.checkpoint is not None:  # every call has its CDR: nothing to recover
+                await self.checkpoint.aclose()
         closer = getattr(self.events, "aclose", None)
         if closer is not None:
             try:
