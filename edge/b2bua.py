@@ -1259,13 +1259,15 @@ class B2bua:
         if call is None or call.ended:
             return
         leg, other = self._legs(call, ack)
+        if leg.dialog is not None and not leg.dialog.matches(ack):
+            return  # same Call-ID, tags of no dialog: an ACK is never answered
         if leg is call.a and ack.cseq[0] == call.a_invite.cseq[0]:
             if call.a_retransmitter is not None:
                 call.a_retransmitter.inner.acknowledged()
                 self._timers.update(call.a_retransmitter)
             if call.b_ack is None:  # a retransmitted ACK is absorbed here
                 self._ack_b(call, ack.body, ack.headers.get("Content-Type"))
-        elif other.dialog is not None:  # the ACK of a relayed re-INVITE
+        elif other.dialog is not None and other.dialog.can_acknowledge:  # relayed re-INVITE
             content_type = ack.headers.get("Content-Type") if ack.body else None
             relayed = other.dialog.create_request(
                 "ACK", via=self._via(other.addr[2]), body=ack.body, content_type=content_type

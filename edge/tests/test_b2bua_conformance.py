@@ -54,6 +54,21 @@ def test_a_bye_whose_tags_match_no_dialog_gets_481_and_the_call_goes_on():
     edge.send(wrong, PBX)
     assert finals(edge.take(PBX)) == [481]
     assert edge.take(GATEWAY) == [] and edge.cdrs == []
+    # Requests of no dialog that are not answered (ACK) or that carry a body are no
+    # different: nothing raises, nothing is relayed.
+    for method in ("ACK", "INFO", "INVITE"):
+        edge.send(
+            swapped(
+                method,
+                callee_bye.headers.get("From"),
+                callee_bye.headers.get("To"),
+                b_invite.call_id,
+                GATEWAY,
+            ),
+            GATEWAY,
+        )
+    assert set(finals(edge.take(GATEWAY))) <= {481}
+    assert edge.take(PBX) == [] and edge.cdrs == []
     assert edge.core.active_calls == 1
     # The real BYE still ends the call, in one CDR.
     edge.send(caller_bye, PBX)
