@@ -1514,17 +1514,9 @@ class B2bua:
             config_version=self.config.version,
         )
 
-    def answered_records(self, wall: float) -> list[CallDetailRecord]:
-        """The CDR so far of every answered call still up, as if the edge died at `wall`
-        (reason `edge_restart`): what edge/runtime/checkpoint.py keeps on disk."""
-        return [
-            self._record(call, wall, 200, "edge_restart", "edge")
-            for call in self._calls.values()
-            if call.answer_at is not None and not call.ended
-        ]
-
     def record_so_far(self, call_id: str, wall: float) -> CallDetailRecord | None:
-        """`answered_records` for one call (None if it is not an answered call still up)."""
+        """The CDR so far of an answered call still up, as if the edge died at `wall` (reason
+        `edge_restart`), for edge/runtime/checkpoint.py; None for any other call."""
         call = self._calls.get(call_id)
         if call is None or call.answer_at is None or call.ended:
             return None

@@ -4,9 +4,10 @@ A call's CDR is written when it ends. An edge killed mid-call (SIGKILL, OOM, pow
 leave its answered calls without any record, and their minutes unbilled. So the edge keeps,
 in its journal directory, a checkpoint file (``calls-<node>.checkpoint``, JSON lines): each
 answered call's CDR so far (`B2bua.record_so_far`), appended within ``append_delay`` of the
-answer, and every ``interval`` seconds (5 by default) the whole file rewritten with the calls
-still up and the time the edge was last known alive (written to a temporary file, fsynced,
-renamed over the old one, directory fsynced). Every line carries that time.
+answer, and every ``interval`` seconds (5 by default) the whole file rewritten with the lines
+of the calls still up (the call events say which: "answered", "ended"; the core is not asked
+again) and the time the edge was last known alive (written to a temporary file, fsynced,
+renamed over the old one, directory fsynced). Every line carries the time it was written.
 
 At start, before it takes any call, `recover` reads the checkpoint a dead edge left: each call
 in it whose CDR is not in the node's journal gets one, reason ``edge_restart``, ending at the
@@ -62,8 +63,6 @@ _FILE_MODE = 0o640
 @runtime_checkable
 class AnsweredCalls(Protocol):
     """What the checkpoint reads of the core (`edge.b2bua.B2bua`)."""
-
-    def answered_records(self, wall: float) -> list[CallDetailRecord]: ...
 
     def record_so_far(self, call_id: str, wall: float) -> CallDetailRecord | None: ...
 
@@ -179,8 +178,11 @@ class _CheckpointingSink:
 
     def publish(self, events: list[CallEvent]) -> None:
         for event in events:
-            if event.kind == "answered":
+            kind = event.kind
+            if kind == "answered":
                 self._checkpoint.answered(event.call_id)
+            elif kind == "ended":
+                self._checkpoint.ended(event.call_id)
         self._inner.publish(events)
 
 
@@ -211,6 +213,8 @@ class CallCheckpoint:
         self._loop = loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-checkpoint")
         self._pending: list[bytes] = []
+        # The checkpoint line of every answered call still up, by record id.
+        self._lines: dict[str, bytes] = {}
         self._append_timer: asyncio.TimerHandle | None = None
         self._tick_timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Future[None]] = set()
@@ -235,9 +239,14 @@ class CallCheckpoint:
         record = self.core.record_so_far(call_id, wall)
         if record is None:
             return
-        self._pending.append(_line(record, iso_utc(wall)))
+        line = self._lines[call_id] = _line(record, iso_utc(wall))
+        self._pending.append(line)
         if self._append_timer is None:
             self._append_timer = self._loop.call_later(self.append_delay, self._flush_appends)
+
+    def ended(self, call_id: str) -> None:
+        """The call's CDR is in the journal's buffer: the next rewrite leaves it out."""
+        self._lines.pop(call_id, None)
 
     def _flush_appends(self) -> None:
         self._append_timer = None
@@ -255,10 +264,9 @@ class CallCheckpoint:
             self._append_timer.cancel()
             self._append_timer = None
         self._pending.clear()
-        alive_at = iso_utc(wall)
-        data = _line(None, alive_at) + b"".join(
-            _line(record, alive_at) for record in self.core.answered_records(wall)
-        )
+        # The calls' lines are the ones written at their answer: nothing of a call changes
+        # after it but its end, which recovery takes from the newest `alive_at`.
+        data = _line(None, iso_utc(wall)) + b"".join(self._lines.values())
         self._submit(self._replace, data)
         self.rewrites += 1
         self._tick_timer = self._loop.call_later(self.interval, self._rewrite)
