@@ -52,6 +52,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.RequestIdMiddleware",
+    "core.middleware.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -61,6 +62,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+CSRF_FAILURE_VIEW = "core.exceptions.csrf_failure"  # JSON under /api/
 ASGI_APPLICATION = "config.asgi.application"
 WSGI_APPLICATION = "config.wsgi.application"
 
@@ -74,6 +76,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "trunking.context_processors.edge_alerts",  # the admin's failing-edge banner
             ],
         },
     },
@@ -149,6 +152,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "trunking.tasks.reconcile_edges",
         "schedule": env.float("EDGE_RECONCILE_SECONDS", default=10.0),
     },
+    # Numbers' monthly prices, posted once per number and month (idempotent: runs hourly).
+    "recurring-charges": {"task": "billing.tasks.post_recurring_charges", "schedule": 3600.0},
+    # Balances checked against the sum of their ledgers; a mismatch is logged as an error.
+    "ledger-verify": {"task": "billing.tasks.verify_ledger", "schedule": 3600.0},
 }
 # Changes within this window after the first one travel in the same push.
 CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.05)
@@ -163,10 +170,14 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.TenantPermission"],
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.OrderingFilter",
+        # django-filter, strict about parameters, relation choices scoped to the tenant.
+        "core.filters.StrictFilterBackend",
+        "core.filters.StrictOrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttling.ApiCallerThrottle"],
+    # Requests per caller (API key, person, or address when anonymous): N/s, N/m, N/h or N/d.
+    "DEFAULT_THROTTLE_RATES": {"api": env.str("API_THROTTLE_RATE", default="100/s")},
     "DEFAULT_PAGINATION_CLASS": "core.pagination.StandardPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -186,6 +197,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents its error responses, all in the one Error shape.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.schema.document_errors",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "CustomerStatusEnum": "accounts.choices.CustomerStatus",
         "TrunkStatusEnum": "trunking.choices.TrunkStatus",
@@ -216,6 +232,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 
+# The broadest source network a customer may give a trunk's IP ACL (staff may give broader
+# ones): a /8 on a trunk lets anyone in that range call on the customer's account.
+ACL_MIN_PREFIX_V4 = env.int("ACL_MIN_PREFIX_V4", default=24)
+ACL_MIN_PREFIX_V6 = env.int("ACL_MIN_PREFIX_V6", default=48)
+
 # Digest realm of trunk credentials (HA1 values depend on it: changing it invalidates them).
 SIP_REALM = env.str("SIP_REALM", default="trunkline")
 
@@ -229,3 +250,19 @@ EDGE_TLS_CERT = env.str("EDGE_TLS_CERT", default="")  # TLS is on when cert and 
 EDGE_TLS_KEY = env.str("EDGE_TLS_KEY", default="")
 EDGE_CONTROL_ADDRESS = env.str("EDGE_CONTROL_ADDRESS", default="127.0.0.1:8081")
 EDGE_JOURNAL_DIR = Path(env.str("EDGE_JOURNAL_DIR", default=str(VAR_DIR / "cdr")))
+
+# --- Call history and CDR exports (billing/api, billing/exports.py) ------------------------------
+# The longest period one CDR list, summary or export may span (a required since/until range).
+CDR_QUERY_MAX_DAYS = env.int("CDR_QUERY_MAX_DAYS", default=93)
+# An export of more rows than this is refused by GET .../cdrs/export/ (and the admin's export)
+# and runs as a job instead (POST /api/v1/cdr-exports/), whose file is downloaded when ready.
+CDR_EXPORT_JOB_THRESHOLD_ROWS = env.int("CDR_EXPORT_JOB_THRESHOLD_ROWS", default=1_000_000)
+# Where export jobs write their files, and how long a finished file is kept.
+CDR_EXPORT_DIR = Path(env.str("CDR_EXPORT_DIR", default=str(VAR_DIR / "exports")))
+CDR_EXPORT_FILE_TTL_HOURS = env.float("CDR_EXPORT_FILE_TTL_HOURS", default=24.0)
+# A running export job records its progress (what its page's bar shows) at most this often.
+CDR_EXPORT_PROGRESS_SECONDS = env.float("CDR_EXPORT_PROGRESS_SECONDS", default=0.5)
+CELERY_BEAT_SCHEDULE["expire-cdr-exports"] = {
+    "task": "billing.tasks.expire_cdr_exports",
+    "schedule": 600.0,
+}

@@ -11,7 +11,7 @@ from celery import shared_task
 
 from .models import EdgeNode
 from .push import EdgePushError, clear_push_request, edge_probe, edge_push
-from .snapshot import build_snapshot, encode
+from .snapshot import build_snapshot, encode, record_refusals
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,12 @@ def reconcile_edges() -> dict[str, list[str]]:
     """Periodic: probe every enabled edge; re-push to those whose version drifted.
 
     Building the snapshot here also catches changes made behind the ORM's back (bulk updates),
-    since its version follows the content.
+    since its version follows the content; checking it (once per version, off the push path)
+    records what the edges leave out of it.
     """
     snapshot = build_snapshot()
     version = snapshot["version"]
+    record_refusals(snapshot)
     drifted, unreachable = [], []
     for node in EdgeNode.objects.filter(enabled=True):
         health = edge_probe(node=node)

@@ -49,7 +49,16 @@ from prometheus_client.metrics_core import Metric
 
 from edge import native
 from edge.config import ConfigError, EdgeConfig
-from edge.limits import Limits, LocalLimits
+from edge.limits import (
+    AcquireSlot,
+    Limits,
+    LocalLimits,
+    ReleaseSlot,
+    SlotDecision,
+    SlotGranted,
+    SlotRefused,
+    decide,
+)
 from edge.runtime.checkpoint import RESTART_REASON, AnsweredCalls, CallCheckpoint, recover
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
@@ -137,9 +146,7 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
 
     def close(self, now: float, wall: float) -> Sequence[Output]: ...
 
-    def limit_decided(
-        self, call_id: str, granted: bool, reason: str | None, now: float, wall: float
-    ) -> Sequence[Output]: ...
+    def slot_decided(self, decision: SlotDecision, now: float, wall: float) -> Sequence[Output]: ...
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -329,7 +336,6 @@ class CoreParams:
     config: EdgeConfig
     local: dict[str, Address]
     digest_secret: bytes
-    limits: Limits
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
 
 
@@ -339,7 +345,6 @@ def default_core(params: CoreParams) -> EdgeCore:
     return B2bua(
         node=params.node,
         config=params.config,
-        limits=params.limits,
         settings=B2buaSettings(challenge_algorithms=params.digest_algorithms),
         local=params.local,
         digest_secret=params.digest_secret,
@@ -435,6 +440,7 @@ class EdgeRuntime:
         self._sockets: list[socket.socket] = []
         self.cluster_limits: ClusterLimits | None = None
         self.checkpoint: CallCheckpoint | None = None
+        self.limits: Limits = LocalLimits()  # what the core's AcquireSlot / ReleaseSlot ask
 
     # --- start ---------------------------------------------------------------------------
 
@@ -533,13 +539,13 @@ class EdgeRuntime:
             )
             await self.cluster_limits.start()  # an outage only means local counting for now
             limits = self.cluster_limits
+        self.limits = limits
         core = self.core = self._core_factory(
             CoreParams(
                 node=options.node,
                 config=self._with_known_gateways(config),
                 local=local,
                 digest_secret=self._digest_secret(),
-                limits=limits,
                 digest_algorithms=options.digest_algorithms,
             )
         )
@@ -556,6 +562,7 @@ class EdgeRuntime:
         dispatcher = self.dispatcher = Dispatcher(
             core, loop=loop, journal=self.flusher, events=events, resolver=HostResolver(loop)
         )
+        dispatcher.slots = self._slot
         self.udp = await open_udp(dispatcher, udp_sock)
         self.streams = StreamTransports(dispatcher, client_ssl=client_ssl)
         await self.streams.listen(tcp_sock, transport="tcp")
@@ -576,14 +583,29 @@ class EdgeRuntime:
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
 
+    def _slot(self, out: AcquireSlot | ReleaseSlot) -> None:
+        """The core asks for a call's slot or gives one back. Counters that answer at once
+        (this edge's, or the cluster's while Redis is away) answer through the same input as
+        the cluster's later answer: `core.slot_decided`."""
+        if type(out) is ReleaseSlot:
+            self.limits.release(out.trunk_id, out.call_id)
+            return
+        core, dispatcher = self.core, self.dispatcher
+        if core is None or dispatcher is None or type(out) is not AcquireSlot:
+            return
+        now = dispatcher.loop.time()
+        decision = decide(self.limits, out, now)
+        if decision is not None:
+            dispatcher.dispatch(core.slot_decided(decision, now, time.time()))
+
     def _limit_decided(self, call_id: str, granted: bool, reason: str | None) -> None:
         """The cluster counters answered an admission the core left waiting."""
         core, dispatcher = self.core, self.dispatcher
         if core is not None and dispatcher is not None:
-            loop = asyncio.get_running_loop()
-            dispatcher.dispatch(
-                core.limit_decided(call_id, granted, reason, loop.time(), time.time())
+            decision: SlotDecision = (
+                SlotGranted(call_id) if granted else SlotRefused(call_id, reason or "channel_limit")
             )
+            dispatcher.dispatch(core.slot_decided(decision, dispatcher.loop.time(), time.time()))
 
     def ready_line(self) -> str:
         assert self.core is not None and self.sip_address and self.control_address

@@ -38,6 +38,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge.b2bua import CallEvent, CdrReady, Transmit
+from edge.limits import AcquireSlot, ReleaseSlot
 from edge.security import SecurityEvent
 from edge.sip.errors import RemoteProtocolError
 from edge.sip.parser import DEFAULT_MAX_SIZE, FramingError, StreamParser
@@ -221,6 +222,8 @@ class Dispatcher:
         self.resolver = resolver or HostResolver(loop)
         self.udp: UdpTransport | None = None
         self.streams: StreamTransports | None = None
+        # Where the core's AcquireSlot / ReleaseSlot go (the runtime's limits; edge.limits).
+        self.slots: Callable[[AcquireSlot | ReleaseSlot], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._timer_stopped = False
@@ -248,6 +251,8 @@ class Dispatcher:
                 events.append(out)  # type: ignore[arg-type]
             elif kind is SecurityEvent:
                 security_logger.warning("%s", out.log_line())  # type: ignore[union-attr]
+            elif (kind is AcquireSlot or kind is ReleaseSlot) and self.slots is not None:
+                self.slots(out)  # type: ignore[arg-type]
             else:
                 self.log_throttled("output", logging.ERROR, "unknown core output %r dropped", out)
         if events is not None:
