@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from edge import cdr, numbering, routing
+from edge import cdr, numbering, routing, salvage
 from edge.call_events import CallEvent, call_event
 from edge.calls import (
     ENDINGS,
@@ -63,14 +63,17 @@ from edge.sip.errors import RemoteProtocolError
 from edge.sip.message import (
     Request,
     Response,
+    crossing_headers,
     make_request,
     make_response,
     new_branch,
     new_call_id,
     new_tag,
+    to_tag_or_none,
+    unsupported_extensions,
     validate_for_proxy,
 )
-from edge.sip.parser import parse_message
+from edge.sip.parser import FramingError, parse_message
 from edge.sip.sdp import SessionDescription
 from edge.sip.timers import TimerConfig, TimerQueue
 from edge.sip.transaction import (
@@ -87,6 +90,7 @@ from edge.sip.transaction import (
     TransportError,
     make_cancel,
 )
+from edge.sip.uri import bracket_host
 
 __all__ = [
     "CALL",
@@ -124,11 +128,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 END_TO_END_HEADERS = ("Allow", "Supported", "Accept", "Privacy", "Reason", "Info-Package")
 # Extensions we implement (Require / Proxy-Require of anything else is refused with 420).
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
-# The headers a response copies from its request (RFC 3261 8.2.6), by full and compact name.
-_TRANSACTION_HEADERS = {
-    "via": "via", "v": "via", "from": "from", "f": "from", "to": "to", "t": "to",
-    "call-id": "call-id", "i": "call-id", "cseq": "cseq",
-}  # fmt: skip
 LOOP_DETECTED = Reject(482, "loop_detected", "Loop Detected")  # not a policy decision
 
 
@@ -302,7 +301,7 @@ class B2bua:
         out = self._out = []
         if (
             type(message) is Request
-            and message.to_tag is None
+            and to_tag_or_none(message) is None
             and message.method != "ACK"
             and not self._screened(message, addr[0], now)
         ):
@@ -357,8 +356,11 @@ class B2bua:
     def stream_error(
         self, addr: Address, error: RemoteProtocolError, now: float, wall: float
     ) -> list[Output]:
-        """A stream could not be framed; the runtime closes it. Nothing can be answered."""
+        """A message on a stream could not be read: answered like a datagram (edge/salvage.py)
+        when its header block came with the error; the runtime closes a stream it lost."""
         self.stats.malformed_total += 1
+        if isinstance(error, FramingError):
+            return self._answer_unparsable(error.head, error, addr)
         return []
 
     def next_timer(self) -> float | None:
@@ -509,26 +511,13 @@ class B2bua:
     def _answer_unparsable(
         self, data: bytes, error: RemoteProtocolError, addr: Address
     ) -> list[Output]:
-        """A request we could not parse whole still gets a 400 if its transaction headers
-        (Via, From, To, Call-ID, CSeq) can be found, as a robust proxy does; else silence."""
-        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
-        start = head[0].split(" ")
-        if len(start) != 3 or start[2] != "SIP/2.0" or start[0] == "ACK":
+        """A request we could not parse whole still gets its 4xx/505 (edge/salvage.py)."""
+        answer = salvage.answer_unparsable(data, error)
+        if answer is None:
             return []
-        copied, found = [], set()
-        for line in head[1:]:
-            name = _TRANSACTION_HEADERS.get(line.split(":", 1)[0].strip().lower())
-            if name is not None:
-                copied.append(line)
-                found.add(name)
-        if len(found) < len(set(_TRANSACTION_HEADERS.values())):
-            return []
-        phrase = "".join(ch for ch in error.reason if ch.isprintable() and ch not in "\r\n")
-        lines = [f"SIP/2.0 {error.status_hint} {phrase}", *copied, "Content-Length: 0", "", ""]
-        self.stats.responses_total[error.status_hint] = (
-            self.stats.responses_total.get(error.status_hint, 0) + 1
-        )
-        return [Transmit("\r\n".join(lines).encode(), addr)]
+        codes = self.stats.responses_total
+        codes[answer.status] = codes.get(answer.status, 0) + 1
+        return [Transmit(answer.data, addr)]
 
     @staticmethod
     def _note_rport(request: Request, addr: Address) -> None:
@@ -560,6 +549,8 @@ class B2bua:
             self._on_ack(request, now)
             return
         assert isinstance(txn, ServerTransaction)
+        if method != "CANCEL" and self._refused_extensions(request, txn, now):
+            return
         if method == "CANCEL":
             self._on_cancel(request, txn, event.cancelled, now, wall)
         elif request.to_tag is not None:
@@ -580,11 +571,13 @@ class B2bua:
                 txn, request, 405, None, now, to_tag=new_tag(), headers=[("Allow", ALLOW)]
             )
 
-    def _unsupported(self, request: Request) -> list[str]:
-        wanted: list[str] = []
-        for name in ("Proxy-Require", "Require"):
-            wanted += [v.strip() for v in request.headers.get_all(name)]
-        return [option for option in wanted if option and option not in SUPPORTED_EXTENSIONS]
+    def _refused_extensions(self, request: Request, txn: ServerTransaction, now: float) -> bool:
+        """Answer 420 to a request that requires an extension we lack; whether it was."""
+        unsupported = unsupported_extensions(request, SUPPORTED_EXTENSIONS)
+        if unsupported:
+            headers = [("Unsupported", ", ".join(unsupported))]
+            self._respond(txn, request, 420, None, now, to_tag=new_tag(), headers=headers)
+        return bool(unsupported)
 
     def _on_invite(
         self,
@@ -594,18 +587,6 @@ class B2bua:
         now: float,
         wall: float,
     ) -> None:
-        unsupported = self._unsupported(request)
-        if unsupported:
-            self._respond(
-                txn,
-                request,
-                420,
-                None,
-                now,
-                to_tag=new_tag(),
-                headers=[("Unsupported", ", ".join(unsupported))],
-            )
-            return
         uri = request.parsed_uri
         if uri.scheme not in ("sip", "sips", "tel"):
             self._respond(txn, request, 416, None, now, to_tag=new_tag())
@@ -871,7 +852,9 @@ class B2bua:
         self._out.append(AcquireSlot(call.id, trunk, direction == "outbound"))
 
     def _local(self, transport: str) -> Address:
-        return self.local.get(transport) or self.local["udp"]
+        """Our address as written in Via, Contact, From and Call-ID (IPv6 in brackets)."""
+        host, port, name = self.local.get(transport) or self.local["udp"]
+        return (bracket_host(host), port, name)
 
     def _via(self, transport: str) -> str:
         host, port, _ = self._local(transport)
@@ -894,9 +877,7 @@ class B2bua:
             call.b.dialog = None  # the previous target's early dialog, if any, is over
         call.b_cseq += 1
         from_user = call.caller_e164 or call.caller_raw or "anonymous"
-        headers = [
-            (name, value) for name in END_TO_END_HEADERS for value in a_invite.headers.get_all(name)
-        ]
+        headers = crossing_headers(a_invite, END_TO_END_HEADERS)
         content_type = a_invite.headers.get("Content-Type")
         invite = make_request(
             "INVITE",
@@ -969,13 +950,15 @@ class B2bua:
         if call is None or call.state is not CallState.ANSWERED:
             return
         leg, other = self._legs(call, ack)
+        if leg.dialog is not None and not leg.dialog.matches(ack):
+            return  # same Call-ID, tags of no dialog: an ACK is never answered
         if leg is call.a and ack.cseq[0] == call.a_invite.cseq[0]:
             if call.a_retransmitter is not None:
                 call.a_retransmitter.inner.acknowledged()
                 self._timers.update(call.a_retransmitter)
             if call.b_ack is None:  # a retransmitted ACK is absorbed here
                 self._ack_b(call, ack.body, ack.headers.get("Content-Type"))
-        elif other.dialog is not None:  # the ACK of a relayed re-INVITE
+        elif other.dialog is not None and other.dialog.can_acknowledge:  # relayed re-INVITE
             content_type = ack.headers.get("Content-Type") if ack.body else None
             relayed = other.dialog.create_request(
                 "ACK", via=self._via(other.addr[2]), body=ack.body, content_type=content_type
@@ -992,9 +975,7 @@ class B2bua:
 
     def _a_headers(self, call: Call, response: Response) -> list[tuple[str, str]]:
         headers = [("Contact", self._contact(call.source[2]))]
-        headers += [
-            (name, value) for name in END_TO_END_HEADERS for value in response.headers.get_all(name)
-        ]
+        headers += crossing_headers(response, END_TO_END_HEADERS)
         content_type = response.headers.get("Content-Type")
         if content_type and response.body:
             headers.append(("Content-Type", content_type))
@@ -1108,9 +1089,7 @@ class B2bua:
             self._step(call, bye, request, now, wall)
             return
         content_type = request.headers.get("Content-Type")
-        headers = [
-            (name, value) for name in END_TO_END_HEADERS for value in request.headers.get_all(name)
-        ]
+        headers = crossing_headers(request, END_TO_END_HEADERS)
         relayed = other.dialog.create_request(
             request.method,
             via=self._via(other.addr[2]),
@@ -1245,6 +1224,22 @@ class B2bua:
             assert ended is not None, (call.state, event)
             call.state = CallState.ENDED
             self._end(call, ended, now, wall)
+
+    def record_so_far(self, call_id: str, wall: float) -> CallDetailRecord | None:
+        """The CDR so far of an answered call still up, as if the edge died at `wall` (reason
+        `edge_restart`), for edge/runtime/checkpoint.py; None for any other call."""
+        call = self._calls.get(call_id)
+        if call is None or call.state is not CallState.ANSWERED:
+            return None
+        return cdr.call_record(
+            call,
+            edge=self.node,
+            end_wall=wall,
+            final_code=ENDINGS["edge_restart"].code or 200,
+            reason="edge_restart",
+            side=ENDINGS["edge_restart"].side,
+            config_version=self.config.version,
+        )
 
     def _end(self, call: Call, ended: _Ended, now: float, wall: float) -> None:
         """The way into ENDED: give back the slot, forget the call, write its one CDR."""

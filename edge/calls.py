@@ -121,6 +121,14 @@ ENDINGS: dict[str, Ending] = {
     "shutdown": Ending(
         503, "Service Unavailable", "edge", "the edge stopped while the call was up"
     ),
+    # Never entered by the machine: the checkpoint (edge/runtime/checkpoint.py) writes it for
+    # an answered call the edge died holding, when the edge starts again.
+    "edge_restart": Ending(
+        200, None, "edge",
+        "the edge died (SIGKILL, crash, power) while the answered call was up; written when it "
+        "starts again, ending at the last moment its checkpoint knew it alive (at most 5 s "
+        "before the death)",
+    ),
 }  # fmt: skip
 # A call whose slot is refused (`channel_limit`, `cps_limit`) ends as a refusal: its code and
 # phrase are edge.policy.REFUSALS', not repeated here.

@@ -59,6 +59,7 @@ from edge.limits import (
     SlotRefused,
     decide,
 )
+from edge.runtime.checkpoint import RESTART_REASON, AnsweredCalls, CallCheckpoint, recover
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -77,9 +78,9 @@ from edge.runtime.transports import (
     Dispatcher,
     HostResolver,
     SipCore,
-    StreamConnection,
     StreamTransports,
     UdpTransport,
+    open_udp,
 )
 
 if TYPE_CHECKING:
@@ -438,6 +439,7 @@ class EdgeRuntime:
         self.gc_policy: GcPolicy | None = None
         self._sockets: list[socket.socket] = []
         self.cluster_limits: ClusterLimits | None = None
+        self.checkpoint: CallCheckpoint | None = None
         self.limits: Limits = LocalLimits()  # what the core's AcquireSlot / ReleaseSlot ask
 
     # --- start ---------------------------------------------------------------------------
@@ -466,6 +468,16 @@ class EdgeRuntime:
         except (OSError, ValueError) as error:
             raise StartupError(f"CDR journal in {options.journal_dir}: {error}") from None
         self.flusher = JournalFlusher(journal, loop=loop)
+        try:
+            recovered = await loop.run_in_executor(None, recover, journal)
+        except (OSError, ValueError) as error:
+            raise StartupError(f"calls left by the last run: {error}") from None
+        if recovered:
+            logger.warning(
+                "%d answered calls were left unfinished by the last run: CDRs written (%s)",
+                len(recovered),
+                RESTART_REASON,
+            )
 
         server_ssl = client_ssl = None
         try:
@@ -543,25 +555,19 @@ class EdgeRuntime:
             except OSError as error:
                 logger.error("snapshot not saved to %s: %s", options.state_dir, error)
 
+        events = self.events
+        if isinstance(core, AnsweredCalls):  # a core that can say which calls are up
+            self.checkpoint = CallCheckpoint(core, journal, loop=loop)
+            events = self.checkpoint.sink(events)
         dispatcher = self.dispatcher = Dispatcher(
-            core, loop=loop, journal=self.flusher, events=self.events, resolver=HostResolver(loop)
+            core, loop=loop, journal=self.flusher, events=events, resolver=HostResolver(loop)
         )
-        dispatcher.resolver.family = udp_sock.family
         dispatcher.slots = self._slot
-        _, self.udp = await loop.create_datagram_endpoint(
-            lambda: UdpTransport(dispatcher), sock=udp_sock
-        )
-        dispatcher.udp = self.udp
+        self.udp = await open_udp(dispatcher, udp_sock)
         self.streams = StreamTransports(dispatcher, client_ssl=client_ssl)
-        self.streams.servers.append(
-            await loop.create_server(lambda: self._stream_protocol("tcp"), sock=tcp_sock)
-        )
+        await self.streams.listen(tcp_sock, transport="tcp")
         if tls_sock is not None:
-            self.streams.servers.append(
-                await loop.create_server(
-                    lambda: self._stream_protocol("tls"), sock=tls_sock, ssl=server_ssl
-                )
-            )
+            await self.streams.listen(tls_sock, transport="tls", ssl=server_ssl)
         self._refresh_gateways()
 
         app = ControlApp(
@@ -572,6 +578,8 @@ class EdgeRuntime:
             state_dir=options.state_dir,
             runtime_metrics=self._runtime_metrics,
         )
+        if self.checkpoint is not None:
+            self.checkpoint.start()
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
 
@@ -598,10 +606,6 @@ class EdgeRuntime:
                 SlotGranted(call_id) if granted else SlotRefused(call_id, reason or "channel_limit")
             )
             dispatcher.dispatch(core.slot_decided(decision, dispatcher.loop.time(), time.time()))
-
-    def _stream_protocol(self, transport: str) -> asyncio.Protocol:
-        assert self.streams is not None
-        return StreamConnection(self.streams, transport, None)
 
     def ready_line(self) -> str:
         assert self.core is not None and self.sip_address and self.control_address
@@ -838,6 +842,9 @@ class EdgeRuntime:
             await self.flusher.aclose()
         except OSError as error:
             logger.error("CDR journal could not be flushed at shutdown: %s", error)
+        else:
+            if self.checkpoint is not None:  # every call has its CDR: nothing to recover
+                await self.checkpoint.aclose()
         closer = getattr(self.events, "aclose", None)
         if closer is not None:
             try:
