@@ -14,7 +14,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from .models import Cdr
+from .models import Cdr, CdrIngestProgress, CdrQuarantine
+from .services import cdr_quarantine_retry
 
 # Reason codes offered by the filter are those seen in this recent window (an index range on
 # setup_at); a DISTINCT over every CDR would read the whole table.
@@ -125,4 +126,51 @@ class CdrAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CdrQuarantine)
+class CdrQuarantineAdmin(admin.ModelAdmin):
+    """What the CDR pipeline could not store as a plain CDR, and why; read-only but retryable."""
+
+    list_display = ["received_at", "edge", "reason", "stored", "source", "call_id", "short_detail"]
+    list_filter = ["reason", "stored", "edge"]
+    search_fields = ["=call_id", "=edge", "detail"]
+    date_hierarchy = "received_at"
+    readonly_fields = [
+        "edge", "source", "reason", "detail", "call_id", "line", "stored", "received_at",
+        "resolved_at",
+    ]  # fmt: skip
+    actions = ["retry_ingest"]
+
+    @admin.display(description="detail")
+    def short_detail(self, entry: CdrQuarantine) -> str:
+        return entry.detail[:100]
+
+    @admin.action(description="Retry ingest (once the cause is fixed)")
+    def retry_ingest(self, request: HttpRequest, queryset: QuerySet[CdrQuarantine]) -> None:
+        stored = cdr_quarantine_retry(entries=queryset)
+        self.message_user(
+            request, f"{stored} record(s) stored; those still refused stay with their reason."
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CdrIngestProgress)
+class CdrIngestProgressAdmin(admin.ModelAdmin):
+    list_display = [
+        "edge", "committed", "duplicates", "quarantined", "last_committed_at",
+        "last_call_end_at", "last_lag_seconds",
+    ]  # fmt: skip
+    search_fields = ["=edge"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

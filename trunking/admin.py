@@ -174,8 +174,24 @@ class EdgeNodeAdmin(AuditedModelAdmin):
     search_fields = ["name"]
     readonly_fields = [
         "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
+        "cdr_pipeline",
     ]  # fmt: skip
     actions = ["push_now", "rotate_token"]
+
+    @admin.display(description="CDR pipeline")
+    def cdr_pipeline(self, node: EdgeNode) -> str:
+        """What the CDR consumer committed for this edge (its journal side is in /metrics)."""
+        from billing.models import CdrIngestProgress
+
+        progress = CdrIngestProgress.objects.filter(edge=node.name).first()
+        if progress is None:
+            return "no CDR committed yet"
+        lag = "—" if progress.last_lag_seconds is None else f"{progress.last_lag_seconds:.1f} s"
+        return (
+            f"{progress.committed} committed, {progress.duplicates} re-sent duplicates, "
+            f"{progress.quarantined} quarantined; last commit {progress.last_committed_at}, "
+            f"newest call end {progress.last_call_end_at or '—'}, lag of the last batch {lag}"
+        )
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         latest = ConfigRevision.objects.order_by("-id").first()
