@@ -64,6 +64,7 @@ def main() -> int:
         CELERY_TASK_ALWAYS_EAGER="0",
         CDR_CONSUME_INTERVAL="0.2",
         CDR_CONSUME_BUDGET="30",
+        CDR_CONSUME_ENTRIES="10",  # ~2 MB a transaction: the workers share the stream evenly
         EDGE_RECONCILE_SECONDS="3600",
         LOG_LEVEL="WARNING",
     )
