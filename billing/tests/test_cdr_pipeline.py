@@ -16,10 +16,23 @@ from billing.cdr_stream import CdrStreamConsumer
 from billing.choices import QuarantineReason
 from billing.models import Cdr, CdrIngestProgress, CdrQuarantine
 from billing.partitions import DEFAULT_PARTITION, cdr_partitions, cdr_partitions_ensure
-from billing.services import cdr_batches_ingest, cdr_quarantine_retry, cdrs_ingest
+from billing.services import (
+    cdr_batches_ingest,
+    cdr_batches_ingest_in_process,
+    cdr_quarantine_retry,
+    cdrs_ingest,
+)
 from billing.tests.cdr_harness import RedisServer
 from edge.cdr import iso_utc
-from edge.runtime.cdr_shipper import COMMITTED_KEY, GROUP, STREAM, ShipBatch
+from edge.runtime.cdr_shipper import (
+    COMMITTED_KEY,
+    GROUP,
+    STREAM,
+    InProcessTransport,
+    JournalShipper,
+    ShipBatch,
+)
+from edge.runtime.journal import CdrJournal, journal_files
 from edge.tests.test_cdr import SETUP
 from edge.tests.test_cdr import make_cdr as _make_cdr
 from trunking.models import EdgeNode
@@ -127,6 +140,27 @@ def test_admin_shows_quarantine_and_retries(admin_client):
     )
     assert response.status_code == 200
     assert Cdr.objects.filter(call_id=record.call_id).exists()
+
+
+def test_embedded_default_ships_the_journal_in_process(edge_node, tmp_path):
+    """No Redis: the edge's shipper hands batches to billing's ingest on its own thread."""
+    journal = CdrJournal(tmp_path, node="edge-1", rotate_bytes=1000)
+    records = [make_cdr() for _ in range(4)]
+    for record in records:
+        journal.append(record, now=0.0)
+        journal.flush()  # each flush past 1000 bytes starts a new file
+    shipper = JournalShipper(
+        tmp_path, node="edge-1", transport=InProcessTransport(cdr_batches_ingest_in_process)
+    )
+    shipper.step()
+    shipper.step()
+    assert sorted(_stored()) == sorted(r.call_id for r in records)
+    assert journal_files(tmp_path) == [journal.path]  # the others were committed whole
+    assert shipper.committed == 4
+
+
+def _stored() -> list[str]:
+    return list(Cdr.objects.values_list("call_id", flat=True))
 
 
 # --- the consumer, with a Redis of its own ------------------------------------------------

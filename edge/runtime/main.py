@@ -880,9 +880,10 @@ async def serve(
     core_factory: Callable[[CoreParams], EdgeCore] = default_core,
     events: EventSink | None = None,
     ready: Callable[[str], None] | None = None,
+    cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
 ) -> int:
     """Run one edge until SIGTERM/SIGINT; the exit code."""
-    runtime = EdgeRuntime(options, core_factory=core_factory, events=events)
+    runtime = EdgeRuntime(options, core_factory=core_factory, events=events, cdr_ingest=cdr_ingest)
     try:
         await runtime.start()
     except StartupError as error:

@@ -26,6 +26,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from billing.services import cdr_batches_ingest_in_process
 from edge.runtime.control import ControlServer
 from edge.runtime.main import EdgeOptions, EdgeRuntime, StartupError
 from trunking.models import EdgeNode
@@ -105,7 +106,8 @@ class Command(BaseCommand):
         runtime = None
         if edge:
             options = await sync_to_async(self._edge_options)(port)
-            runtime = EdgeRuntime(options)
+            # Without Redis, CDRs go from the journal into the database in-process.
+            runtime = EdgeRuntime(options, cdr_ingest=cdr_batches_ingest_in_process)
             try:
                 await runtime.start()
                 self.stdout.write(runtime.ready_line())
