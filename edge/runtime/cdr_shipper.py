@@ -355,7 +355,15 @@ class JournalShipper:
             state = self._files[seq]
             if seq == newest:
                 break
-            if state.confirmed_to < state.path.stat().st_size:
+            try:
+                size = state.path.stat().st_size
+            except FileNotFoundError:
+                # Removed by someone else (an operator): nothing left to ship or to confirm.
+                logger.warning("CDR journal file %s disappeared before it was committed whole",
+                               state.path.name)  # fmt: skip
+                del self._files[seq]
+                continue
+            if state.confirmed_to < size:
                 continue
             if self.archive_dir is not None:
                 self.archive_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +383,10 @@ class JournalShipper:
         more = False
         for seq in sorted(self._files):
             state = self._files[seq]
-            size = state.path.stat().st_size
+            try:
+                size = state.path.stat().st_size
+            except FileNotFoundError:
+                continue  # _finish_files forgets it next round
             while state.read_to < size:
                 if budget <= 0 or len(batches) >= 64:
                     more = budget > 0

@@ -4,6 +4,7 @@ billing/tests/test_cdr_pipeline_faults.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -218,3 +219,50 @@ def test_in_process_transport_confirms_what_the_ingest_returned_from(tmp_path: P
 def test_a_stream_entry_that_is_not_a_batch_is_refused(fields: dict[bytes, bytes]) -> None:
     with pytest.raises(ValueError, match="not a CDR batch"):
         ShipBatch.from_fields(fields)
+
+
+def test_a_running_edge_ships_its_cdrs_and_says_so_in_metrics(tmp_path: Path) -> None:
+    """The runtime wires the shipper: a refused call's CDR reaches the ingest it was given
+    (the embedded default's path) with no command run, and /metrics counts it committed."""
+    import asyncio
+    import threading
+
+    from edge.runtime.main import EdgeRuntime
+    from edge.tests.test_runtime_main import Peer, fetch, options
+
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def ingest(batches: Sequence[ShipBatch]) -> None:
+        got.extend(line for batch in batches for _, line in batch.lines())
+        arrived.set()
+
+    async def scenario() -> bytes:
+        runtime = EdgeRuntime(options(tmp_path), cdr_ingest=ingest)
+        await runtime.start()
+        sip, peer = runtime.sip_address, Peer()
+        assert sip is not None and runtime.control_address is not None
+        metrics_url = f"http://127.0.0.1:{runtime.control_address[1]}/metrics"
+
+        def talk() -> bytes:
+            peer.send(peer.invite(sip, callee="+19005550100"), sip)  # a blocked prefix
+            peer.final()
+            assert arrived.wait(10), "the CDR was not shipped"
+            for _ in range(50):  # the shipper counts it once the ingest has returned
+                _status, body = fetch("GET", metrics_url)
+                if b"trunkline_edge_cdr_committed_total 1.0" in body:
+                    break
+                time.sleep(0.1)
+            return body
+
+        body = await asyncio.to_thread(talk)
+        runtime.stop()
+        await runtime.run_until_stopped()
+        peer.close()
+        return body
+
+    body = asyncio.run(scenario())
+    (line,) = got
+    assert CallDetailRecord.from_json(line).reason == "destination_blocked"
+    assert b"trunkline_edge_cdr_committed_total 1.0" in body
+    assert b"trunkline_edge_cdr_lag_records 0.0" in body
