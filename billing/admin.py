@@ -14,6 +14,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.tenancy import SYSTEM, caller_for_user
+
 from .models import Cdr, CdrIngestProgress, CdrQuarantine
 from .services import cdr_quarantine_retry
 
@@ -149,7 +151,8 @@ class CdrQuarantineAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry ingest (once the cause is fixed)")
     def retry_ingest(self, request: HttpRequest, queryset: QuerySet[CdrQuarantine]) -> None:
-        stored = cdr_quarantine_retry(entries=queryset)
+        actor = caller_for_user(request.user) or SYSTEM
+        stored = cdr_quarantine_retry(entries=queryset, actor=actor)
         self.message_user(
             request, f"{stored} record(s) stored; those still refused stay with their reason."
         )

@@ -17,7 +17,10 @@ from django.db.models import F
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 
+from accounts import audit
+from accounts.choices import AuditAction
 from accounts.models import Customer
+from core.tenancy import SYSTEM, Caller
 from edge.cdr import CallDetailRecord, CdrDecodeError, parse_iso_utc
 from edge.runtime.cdr_shipper import ShipBatch
 from trunking.models import EdgeNode, Trunk
@@ -328,9 +331,10 @@ def cdr_batches_ingest_in_process(batches: Sequence[ShipBatch]) -> IngestReport:
 
 
 @transaction.atomic
-def cdr_quarantine_retry(*, entries: Iterable[CdrQuarantine]) -> int:
+def cdr_quarantine_retry(*, entries: Iterable[CdrQuarantine], actor: Caller = SYSTEM) -> int:
     """Ingest held quarantine entries again (their cause fixed, e.g. the edge now registered);
-    the number that are now stored. Entries still refused stay, with their reason refreshed."""
+    the number that are now stored. Entries still refused stay, with their reason refreshed.
+    Each retried entry is deleted with an audit row ("retry ingest") naming who asked."""
     resolved = 0
     for entry in entries:
         if entry.stored or entry.resolved_at is not None:
@@ -340,6 +344,13 @@ def cdr_quarantine_retry(*, entries: Iterable[CdrQuarantine]) -> int:
         if not seq.isdigit() or not offset.isdigit():
             continue
         batch = ShipBatch(entry.edge, int(seq), int(offset), int(offset) + len(line), line)
+        audit.record(
+            actor=actor,
+            obj=entry,
+            action=AuditAction.DELETE,
+            before=audit.snapshot(entry),
+            note=f"retry ingest ({entry.reason})",
+        )
         entry.delete()  # frees its key: a refusal below records it again
         report = cdr_batches_ingest(batches=[batch])
         if report.records:

@@ -12,6 +12,7 @@ import redis
 from django.db import connection
 from django.urls import reverse
 
+from accounts.models import AuditEntry
 from billing.cdr_stream import CdrStreamConsumer
 from billing.choices import QuarantineReason
 from billing.models import Cdr, CdrIngestProgress, CdrQuarantine
@@ -140,6 +141,8 @@ def test_admin_shows_quarantine_and_retries(admin_client):
     )
     assert response.status_code == 200
     assert Cdr.objects.filter(call_id=record.call_id).exists()
+    retried = AuditEntry.objects.get(note="retry ingest (unknown_edge)")
+    assert retried.action == "delete" and retried.actor is not None and retried.actor.is_staff
 
 
 def test_embedded_default_ships_the_journal_in_process(edge_node, tmp_path):
