@@ -12,6 +12,10 @@ writes them. Then, timed:
 2. **raw COPY**: the table is emptied and the same rows (already decoded, not timed) are
    COPYed by psycopg straight into ``billing_cdr`` in one transaction.
 
+Between the two, unless ``--lag-seconds 0``: the shipping lag (call end -> row committed)
+p50/p99 at ``--lag-rate`` (500) CDRs/s for ``--lag-seconds`` (20), journalled as the edge
+journals, shipped and consumed by the same path (a journal writer, not calls through an edge).
+
 Both write into the same partitioned table with the same indexes. Printed: rows/s of each, the
 time from the first ship to the last commit, and last the line ``cdr_ingest_ratio=<x>``: raw
 COPY seconds / pipeline seconds (1.0 means the pipeline costs nothing over COPY; target >= 0.5).
@@ -47,6 +51,10 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--timeout", type=float, default=1800, help="give up after (s)")
+    parser.add_argument(
+        "--lag-seconds", type=float, default=20, help="shipping-lag phase at --lag-rate (0: skip)"
+    )
+    parser.add_argument("--lag-rate", type=float, default=500, help="CDRs per second")
     args = parser.parse_args()
 
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -194,11 +202,76 @@ def _run(
         flush=True,
     )
 
+    if args.lag_seconds > 0:
+        _lag(work / "lag", redis_url, args.lag_rate, args.lag_seconds, args.timeout)
     copy_seconds = _raw_copy(journal_dir, work, args.rows)
     print(f"raw psycopg COPY of the same rows into billing_cdr: {copy_seconds:.2f} s, "
           f"{args.rows / copy_seconds:,.0f} rows/s", flush=True)  # fmt: skip
     print(f"cdr_ingest_ratio={copy_seconds / pipeline_seconds:.3f}")
     return 0
+
+
+def _lag(directory: Path, redis_url: str, rate: float, seconds: float, timeout: float) -> None:
+    """Call end -> row committed, at ``rate`` CDRs/s: records are journalled as the edge does
+    (batches of 64 or every 50 ms, fsynced) with their end time = now, shipped by the edge's
+    shipper, consumed by the same workers. The commit time is the row's ``ingested_at``
+    (the ingest transaction's start, so the lag is understated by that transaction's length)."""
+    from django.db import connection
+
+    from billing.models import CdrIngestProgress
+    from edge.cdr import iso_utc
+    from edge.runtime.cdr_shipper import JournalShipper, RedisShipTransport, ShipperThread
+    from edge.runtime.journal import CdrJournal
+    from edge.tests.test_cdr import make_cdr
+
+    _empty()
+    node = "bench-lag"
+    from trunking.models import EdgeNode
+
+    EdgeNode.objects.get_or_create(name=node, defaults={"control_url": "http://127.0.0.1:9"})
+    journal = CdrJournal(directory, node=node)
+    shipper = ShipperThread(
+        JournalShipper(directory, node=node, transport=RedisShipTransport(redis_url, node=node))
+    )
+    shipper.start()
+    total = int(rate * seconds)
+    started = time.monotonic()
+    for n in range(total):
+        wall = time.time()
+        journal.append(
+            make_cdr(
+                edge=node,
+                customer_id=None,
+                trunk_id=None,
+                setup_at=iso_utc(wall - 70),
+                ringing_at=iso_utc(wall - 68),
+                answer_at=iso_utc(wall - 66),
+                end_at=iso_utc(wall),
+            ),
+            now=time.monotonic(),
+        )
+        if journal.should_flush(time.monotonic()):
+            journal.flush()
+        delay = started + (n + 1) / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    journal.close()
+    deadline = time.monotonic() + timeout
+    while sum(CdrIngestProgress.objects.values_list("committed", flat=True)) < total:
+        if time.monotonic() > deadline:
+            print("lag phase timed out", flush=True)
+            return
+        time.sleep(0.2)
+    shipper.stop()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP"
+            " (ORDER BY extract(epoch FROM ingested_at - end_at)) FROM billing_cdr"
+        )
+        p50, p99 = cursor.fetchone()[0]
+    print(f"shipping lag (call end -> row committed) at {rate:.0f} CDRs/s for {seconds:.0f} s "
+          f"(journal writer, not SIPp through an edge): p50 {p50:.2f} s, p99 {p99:.2f} s",
+          flush=True)  # fmt: skip
 
 
 def _raw_copy(journal_dir: Path, work: Path, rows: int) -> float:
