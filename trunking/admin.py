@@ -180,17 +180,34 @@ class EdgeNodeAdmin(AuditedModelAdmin):
 
     @admin.display(description="CDR pipeline")
     def cdr_pipeline(self, node: EdgeNode) -> str:
-        """What the CDR consumer committed for this edge (its journal side is in /metrics)."""
+        """The edge's CDR shipping (asked of its /metrics, change page only) and what the
+        consumer committed for it."""
         from billing.models import CdrIngestProgress
+        from billing.selectors import edge_cdr_metrics
 
+        live = ""
+        figures = edge_cdr_metrics(node=node) if node.pk is not None else None
+        if figures is not None:
+            live = (
+                f"Edge: {figures.get('journalled', 0):.0f} journalled, "
+                f"{figures.get('shipped', 0):.0f} shipped, {figures.get('committed', 0):.0f} "
+                f"confirmed committed, lag {figures.get('lag_records', 0):.0f} records / "
+                f"{figures.get('lag_seconds', 0):.1f} s. "
+            )
+        elif node.pk is not None:
+            live = "Edge: not answering. "
         progress = CdrIngestProgress.objects.filter(edge=node.name).first()
         if progress is None:
-            return "no CDR committed yet"
+            return live + "Database: no CDR committed yet."
         lag = "—" if progress.last_lag_seconds is None else f"{progress.last_lag_seconds:.1f} s"
         return (
-            f"{progress.committed} committed, {progress.duplicates} re-sent duplicates, "
-            f"{progress.quarantined} quarantined; last commit {progress.last_committed_at}, "
-            f"newest call end {progress.last_call_end_at or '—'}, lag of the last batch {lag}"
+            live
+            + "Database: "
+            + (
+                f"{progress.committed} committed, {progress.duplicates} re-sent duplicates, "
+                f"{progress.quarantined} quarantined; last commit {progress.last_committed_at}, "
+                f"newest call end {progress.last_call_end_at or '—'}, lag of the last batch {lag}"
+            )
         )
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:

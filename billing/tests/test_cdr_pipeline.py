@@ -256,3 +256,45 @@ def test_partitions_by_month_on_postgresql(edge_node):
             for name in cdr_partitions():
                 if name.startswith("billing_cdr_y2031"):
                     cursor.execute(f"DROP TABLE {name}")
+
+
+def test_edge_node_page_shows_the_edges_shipping_and_what_was_committed(admin_client, edge_node):
+    """The edge's own figures come from its /metrics (with the node's token); the database's
+    from CdrIngestProgress, which the ingest keeps."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from trunking.tokens import edge_node_token
+
+    token = edge_node_token(edge_node)
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.headers.get("Authorization") == f"Bearer {token}"
+            body = (
+                b"trunkline_edge_cdr_journalled_total 12.0\n"
+                b"trunkline_edge_cdr_shipped_total 12.0\n"
+                b"trunkline_edge_cdr_committed_total 9.0\n"
+                b"trunkline_edge_cdr_lag_records 3.0\n"
+                b"trunkline_edge_cdr_lag_seconds 0.4\n"
+            )
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(body if ok else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        EdgeNode.objects.filter(pk=edge_node.pk).update(
+            control_url=f"http://127.0.0.1:{server.server_address[1]}"
+        )
+        cdr_batches_ingest(batches=[_batch([make_cdr().to_json() + b"\n"])])
+        page = admin_client.get(reverse("admin:trunking_edgenode_change", args=[edge_node.pk]))
+        text = page.content.decode()
+        assert "12 journalled, 12 shipped, 9 confirmed committed, lag 3 records / 0.4 s" in text
+        assert "Database: 1 committed, 0 re-sent duplicates, 0 quarantined" in text
+    finally:
+        server.shutdown()
