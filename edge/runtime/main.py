@@ -50,6 +50,13 @@ from prometheus_client.metrics_core import Metric
 from edge import native
 from edge.config import ConfigError, EdgeConfig
 from edge.limits import Limits, LocalLimits
+from edge.runtime.cdr_shipper import (
+    InProcessTransport,
+    JournalShipper,
+    RedisShipTransport,
+    ShipBatch,
+    ShipperThread,
+)
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -120,6 +127,7 @@ ENVIRONMENT = {
     "limit_share": "EDGE_LIMIT_SHARE",
     "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
     "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
+    "cdr_ship": "EDGE_CDR_SHIP",
 }
 
 
@@ -167,6 +175,9 @@ class EdgeOptions:
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
     gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
+    cdr_ship: bool = (
+        True  # ship the journal to --redis-url's CDR stream (edge/runtime/cdr_shipper.py)
+    )
 
 
 def add_arguments(
@@ -216,6 +227,7 @@ def add_arguments(
         "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
         str(int(DEFAULT_FULL_INTERVAL)),
     )  # fmt: skip
+    add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,6 +326,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         limit_share=limit_share,
         digest_algorithms=algorithms,
         gc_full_interval=gc_full_interval,
+        cdr_ship=(text("cdr_ship") or "1").lower() not in ("0", "false", "no", "off"),
     )
 
 
@@ -409,8 +422,12 @@ class EdgeRuntime:
         *,
         core_factory: Callable[[CoreParams], EdgeCore] = default_core,
         events: EventSink | None = None,
+        cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
     ) -> None:
         self.options = options
+        # Without Redis, the embedded platform's CDRs go to this (billing's ingest) in-process.
+        self._cdr_ingest = cdr_ingest
+        self.shipper: ShipperThread | None = None
         self._core_factory = core_factory
         self.events: EventSink = events or NullSink()
         self.core: EdgeCore | None = None
@@ -460,6 +477,7 @@ class EdgeRuntime:
         except (OSError, ValueError) as error:
             raise StartupError(f"CDR journal in {options.journal_dir}: {error}") from None
         self.flusher = JournalFlusher(journal, loop=loop)
+        self.shipper = self._cdr_shipper()
 
         server_ssl = client_ssl = None
         try:
@@ -568,6 +586,23 @@ class EdgeRuntime:
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
 
+    def _cdr_shipper(self) -> ShipperThread | None:
+        """The journal's shipper: to the Redis stream, else in-process, else none (load_cdrs)."""
+        options = self.options
+        transport: RedisShipTransport | InProcessTransport
+        if options.redis_url and options.cdr_ship:
+            transport = RedisShipTransport(options.redis_url, node=options.node)
+        elif self._cdr_ingest is not None and options.cdr_ship:
+            transport = InProcessTransport(self._cdr_ingest)
+        else:
+            logger.info("CDRs stay in the journal (no Redis to ship to): load them with load_cdrs")
+            return None
+        shipper = ShipperThread(
+            JournalShipper(options.journal_dir, node=options.node, transport=transport)
+        )
+        shipper.start()
+        return shipper
+
     def _limit_decided(self, call_id: str, granted: bool, reason: str | None) -> None:
         """The cluster counters answered an admission the core left waiting."""
         core, dispatcher = self.core, self.dispatcher
@@ -675,6 +710,8 @@ class EdgeRuntime:
             self.streams.close()
         if self.flusher is not None:
             await self.flusher.aclose()
+        if self.shipper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.shipper.stop)
 
     # --- config and gateway names ----------------------------------------------------------
 
@@ -756,6 +793,8 @@ class EdgeRuntime:
                 "CDRs buffered, not yet written to the journal",
                 value=flusher.journal.pending,
             )
+        if self.shipper is not None:
+            yield from self.shipper.shipper.metrics()
         if self.gc_policy is not None:
             yield from self.gc_policy.metrics()
         if isinstance(self.events, BatchingSink):
@@ -816,6 +855,8 @@ class EdgeRuntime:
             await self.flusher.aclose()
         except OSError as error:
             logger.error("CDR journal could not be flushed at shutdown: %s", error)
+        if self.shipper is not None:
+            await loop.run_in_executor(None, self.shipper.stop)
         closer = getattr(self.events, "aclose", None)
         if closer is not None:
             try:
@@ -839,9 +880,10 @@ async def serve(
     core_factory: Callable[[CoreParams], EdgeCore] = default_core,
     events: EventSink | None = None,
     ready: Callable[[str], None] | None = None,
+    cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
 ) -> int:
     """Run one edge until SIGTERM/SIGINT; the exit code."""
-    runtime = EdgeRuntime(options, core_factory=core_factory, events=events)
+    runtime = EdgeRuntime(options, core_factory=core_factory, events=events, cdr_ingest=cdr_ingest)
     try:
         await runtime.start()
     except StartupError as error:
