@@ -69,7 +69,10 @@ def _create_month(month: date) -> bool:
         cursor.execute("SELECT to_regclass(%s)", [name])
         if cursor.fetchone()[0] is not None:
             return False
-        cursor.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)")
+        # CHECK constraints too: a partition must have every one of its parent's to attach.
+        cursor.execute(
+            f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+        )
         cursor.execute(
             f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION}"
             f" WHERE setup_at >= %s AND setup_at < %s RETURNING *)"
