@@ -36,6 +36,8 @@ from .filtersets import CdrFilterSet, filter_cdrs
 from .models import (
     Balance,
     Cdr,
+    CdrIngestProgress,
+    CdrQuarantine,
     ExportJob,
     Invoice,
     InvoiceLine,
@@ -590,3 +592,54 @@ class InvoiceAdmin(admin.ModelAdmin):
             services.invoice_issue(actor=actor, invoice=invoice)
             issued += 1
         self.message_user(request, f"Issued {issued} invoice(s).")
+
+
+# --- the CDR pipeline: what could not be stored, and how far each edge has got ----------------
+
+
+@admin.register(CdrQuarantine)
+class CdrQuarantineAdmin(admin.ModelAdmin):
+    """What the CDR pipeline could not store as a plain CDR, and why; read-only but retryable."""
+
+    list_display = ["received_at", "edge", "reason", "stored", "source", "call_id", "short_detail"]
+    list_filter = ["reason", "stored", "edge"]
+    search_fields = ["=call_id", "=edge", "detail"]
+    date_hierarchy = "received_at"
+    readonly_fields = [
+        "edge", "source", "reason", "detail", "call_id", "line", "stored", "received_at",
+        "resolved_at",
+    ]  # fmt: skip
+    actions = ["retry_ingest"]
+
+    @admin.display(description="detail")
+    def short_detail(self, entry: CdrQuarantine) -> str:
+        return entry.detail[:100]
+
+    @admin.action(description="Retry ingest (once the cause is fixed)")
+    def retry_ingest(self, request: HttpRequest, queryset: QuerySet[CdrQuarantine]) -> None:
+        actor = admin_caller(request)
+        stored = services.cdr_quarantine_retry(entries=queryset, actor=actor)
+        self.message_user(
+            request, f"{stored} record(s) stored; those still refused stay with their reason."
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CdrIngestProgress)
+class CdrIngestProgressAdmin(admin.ModelAdmin):
+    list_display = [
+        "edge", "committed", "duplicates", "quarantined", "last_committed_at",
+        "last_call_end_at", "last_lag_seconds",
+    ]  # fmt: skip
+    search_fields = ["=edge"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,5 +1,6 @@
-"""Billing's records: the call detail records the edges journal (rated on ingest), export jobs,
-rate decks and their assignments, the balance ledger, invoices."""
+"""Billing's records: the call detail records the edges journal (rated on ingest), the lines
+that could not be stored as one, each edge's ingest progress, export jobs, rate decks and their
+assignments, the balance ledger, invoices."""
 
 from decimal import Decimal
 
@@ -21,7 +22,7 @@ from edge.cdr import (
 )
 from trunking.models import Trunk
 
-from .choices import ExportFormat, ExportStatus
+from .choices import ExportFormat, ExportStatus, QuarantineReason
 
 
 class Cdr(models.Model):
@@ -34,10 +35,13 @@ class Cdr(models.Model):
     an object deleted since must still load. A value the record does not have (no B leg, a number
     that is not E.164, no answer) is stored as "".
 
-    Partitioning by month (DESIGN, Scale-out) comes with the billing issue. PostgreSQL requires
-    the partition key in every unique constraint of a partitioned table, so the idempotency key
-    will then be (edge, call_id, setup_at) — equally unique, since a record's setup time never
-    changes.
+    On PostgreSQL the table is partitioned by month of ``setup_at`` (migration 0002, partitions
+    made ahead by `tasks.cdr_partitions_ensure`, a default partition for anything else; see
+    docs/cdr-pipeline.md). PostgreSQL requires the partition key in every unique constraint of
+    a partitioned table, so the idempotency key is (edge, call_id, setup_at): as unique as
+    (edge, call_id), since a record's setup time is written once, in its journal line, and a
+    re-sent line carries the same one. The primary key there is (id, setup_at); ``id`` alone
+    still comes from one sequence, so it stays unique.
     """
 
     edge = models.CharField(max_length=EDGE_MAX, help_text="The edge node that handled the call.")
@@ -95,6 +99,7 @@ class Cdr(models.Model):
         "billing.Rate",
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,  # nothing looks CDRs up by rate; an index would only slow ingest
         null=True,
         blank=True,
         related_name="+",
@@ -111,7 +116,9 @@ class Cdr(models.Model):
         verbose_name = "CDR"
         ordering = ["-setup_at"]
         constraints = [
-            models.UniqueConstraint(fields=["edge", "call_id"], name="cdr_unique_call_per_edge"),
+            models.UniqueConstraint(
+                fields=["edge", "call_id", "setup_at"], name="cdr_unique_call_per_edge"
+            ),
         ]
         indexes = [
             models.Index(fields=["customer", "setup_at"], name="cdr_customer_setup_idx"),
@@ -440,3 +447,65 @@ class InvoiceSequence(models.Model):
 
     def __str__(self) -> str:
         return f"last invoice number {self.last}"
+
+
+class CdrQuarantine(models.Model):
+    """A journal line or record the pipeline could not store as a plain CDR, and why.
+
+    Nothing shipped is dropped: a line that does not decode, a torn last line, or a record from
+    an edge that is not registered is held here (``stored`` false) with its text, so an
+    operator can read it and, once the cause is fixed, retry it (admin action). A record whose
+    customer or trunk has been deleted since is stored in `Cdr` all the same (call history
+    outlives what it names) and noted here (``stored`` true) for the operator to see. Either
+    way the records shipped behind it go on. ``key`` makes a redelivered batch note nothing
+    twice: the line's place in its journal (edge, file, byte offset), or the record's id.
+    """
+
+    key = models.CharField(max_length=255, unique=True, editable=False)
+    edge = models.CharField(max_length=EDGE_MAX, help_text="The edge that shipped it.")
+    source = models.CharField(
+        max_length=255, blank=True, help_text="Journal file sequence and byte offset of the line."
+    )
+    reason = models.CharField(max_length=32, choices=QuarantineReason.choices)
+    detail = models.TextField(help_text="What is wrong, in words.")
+    call_id = models.CharField(max_length=CALL_ID_MAX, blank=True)
+    line = models.TextField(
+        blank=True, help_text="The journal line as shipped (bytes that are not UTF-8 escaped)."
+    )
+    stored = models.BooleanField(default=False, help_text="The record is also in the CDR table.")
+    received_at = models.DateTimeField(db_default=Now(), editable=False)
+    resolved_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "CDR quarantine entry"
+        verbose_name_plural = "CDR quarantine"
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["edge", "received_at"], name="cdrq_edge_received_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.edge} {self.source or self.call_id}: {self.reason}"
+
+
+class CdrIngestProgress(models.Model):
+    """How far each edge's CDRs have got into the database, updated in the ingest transaction."""
+
+    edge = models.CharField(max_length=EDGE_MAX, unique=True)
+    committed = models.PositiveBigIntegerField(default=0, help_text="Records newly stored.")
+    duplicates = models.PositiveBigIntegerField(
+        default=0, help_text="Records shipped again that were already stored (re-sends)."
+    )
+    quarantined = models.PositiveBigIntegerField(default=0)
+    last_committed_at = models.DateTimeField(null=True, blank=True)
+    last_call_end_at = models.DateTimeField(
+        null=True, blank=True, help_text="End of the newest call committed."
+    )
+    last_lag_seconds = models.FloatField(
+        null=True, blank=True, help_text="Commit time minus call end, worst of the last batch."
+    )
+
+    class Meta:
+        verbose_name_plural = "CDR ingest progress"
+        ordering = ["edge"]
+
+    def __str__(self) -> str:
+        return f"{self.edge}: {self.committed} committed"

@@ -1,29 +1,41 @@
-"""Writes of the billing app: loading (and rating) the edges' call detail records, the balance
-ledger, rate decks and their import, recurring charges."""
+"""Writes of the billing app: storing (and rating) the edges' call detail records, the balance
+ledger, rate decks and their import, recurring charges, invoices, re-rating.
 
-from collections.abc import Iterable, Iterator
+`cdr_batches_ingest` is the one way shipped journal lines become rows, for the Redis consumer
+(`billing.cdr_stream`) and the embedded in-process shipper alike; `cdrs_ingest` is its bulk
+insert, also used by ``load_cdrs``, and rates every record and debits what it inserted.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import islice
 from typing import Any
 
+import orjson
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
-from django.db.models import Count, Sum
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Count, F, Sum
 from django.utils import timezone
+from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 
 from accounts import audit
 from accounts.choices import AuditAction
 from accounts.models import Customer
 from core.tenancy import SYSTEM, Caller
-from edge.cdr import CallDetailRecord, parse_iso_utc
-from trunking.models import PhoneNumber, Trunk
+from edge.cdr import CallDetailRecord, CdrDecodeError, parse_iso_utc
+from edge.runtime.cdr_shipper import ShipBatch
+from trunking.models import EdgeNode, PhoneNumber, Trunk
 from trunking.push import request_config_push
 
+from .choices import QuarantineReason
 from .models import (
     Balance,
     Cdr,
+    CdrIngestProgress,
+    CdrQuarantine,
     Invoice,
     InvoiceLine,
     InvoiceSequence,
@@ -41,8 +53,6 @@ CDR_COLUMNS = tuple(
     for field in Cdr._meta.concrete_fields
     if not field.primary_key and field.name != "ingested_at"
 )
-# What ingest hands the ledger for each new row: (customer id, cost, answer time).
-Charge = tuple[int | None, Decimal | None, datetime | None]
 # Without COPY, rows go in statements of this many (well under SQLite's variable limit).
 BULK_BATCH_SIZE = 500
 
@@ -50,27 +60,74 @@ BULK_BATCH_SIZE = 500
 def cdrs_ingest(*, records: Iterable[CallDetailRecord]) -> int:
     """Store and rate ``records`` in one transaction; the number that were new.
 
-    Idempotent on (edge, call_id): a record already stored is skipped, so a journal can be
-    loaded again after a crash or by mistake. Each new record is rated as it goes in
-    (`billing.rating`, through a `RatingBook` read once per call) and the cost of the rows that
-    were really inserted is debited from their customers' balances in the same transaction, so
-    a record is charged exactly once. PostgreSQL gets the rows through COPY into a temporary
-    table and one INSERT ... ON CONFLICT DO NOTHING, as DESIGN requires (row-by-row inserts
-    cannot keep up with the edges); other databases (SQLite, the embedded default) through bulk
-    inserts. ``records`` is consumed once, as it comes: on PostgreSQL the COPY streams it, so the
-    caller chooses how much to hold in memory.
+    Idempotent on (edge, call_id, setup_at) (as unique as (edge, call_id): a record's setup
+    time never changes): a record already stored is skipped, so a journal can be
+    loaded again after a crash or by mistake. Each record is rated as it goes in
+    (`billing.rating`, through a `RatingBook` read once per call, before any COPY starts) and
+    the cost of the rows really inserted is debited from their customers' balances in the same
+    transaction, so a record is charged exactly once. PostgreSQL gets the rows through COPY, as
+    DESIGN requires (row-by-row inserts cannot keep up with the edges): a list straight into
+    the table (in a savepoint; if any row is already stored, undone and redone the next way),
+    an iterator into a temporary table and then one INSERT ... ON CONFLICT DO NOTHING. Other
+    databases (SQLite, the embedded default) get bulk inserts. An iterator is consumed once,
+    as it comes: on PostgreSQL the COPY streams it, so the caller chooses how much to hold in
+    memory.
     """
     book = RatingBook()
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            charged = _ingest_by_copy(records, book)
-        else:
+        if connection.vendor != "postgresql":
             charged = _ingest_by_bulk_insert(records, book)
+        elif isinstance(records, Sequence):
+            # Shipped batches are nearly always all new: COPY straight into the table, in a
+            # savepoint; only if a row is already there (a re-sent batch) is it undone and the
+            # batch goes the ON CONFLICT way. Half the database work of the common case.
+            rows = [_copy_row(record, book) for record in records]
+            try:
+                with transaction.atomic():
+                    _copy_into(Cdr._meta.db_table, rows)
+                charged = [_charge_of(row) for row in rows]
+            except UniqueViolation:
+                charged = _ingest_by_copy(rows)
+        else:
+            charged = _ingest_by_copy(_copy_row(record, book) for record in records)
         usage_debit(charges=charged)
     return len(charged)
 
 
-def _ingest_by_copy(records: Iterable[CallDetailRecord], book: RatingBook) -> list[Charge]:
+# What ingest hands the ledger for each new row: (customer id, cost, answer time).
+Charge = tuple[int | None, Decimal | None, datetime | None]
+_CHARGE_COLUMNS = tuple(CDR_COLUMNS.index(name) for name in ("customer_id", "cost", "answer_at"))
+
+
+def _charge_of(row: list[Any]) -> Charge:
+    customer, cost, answer = _CHARGE_COLUMNS
+    return (row[customer], row[cost], row[answer])
+
+
+def _copy_row(record: CallDetailRecord, book: RatingBook) -> list[Any]:
+    values = _column_values(record, book)
+    values["routes"] = Jsonb(values["routes"], dumps=_json_text)
+    values["codecs"] = Jsonb(values["codecs"], dumps=_json_text)
+    return [values[column] for column in CDR_COLUMNS]
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _copy_into(table: str, rows: Iterable[list[Any]]) -> int:
+    count = 0
+    with (
+        connection.connection.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(CDR_COLUMNS)}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def _ingest_by_copy(rows: Iterable[list[Any]]) -> list[Charge]:
     columns = ", ".join(CDR_COLUMNS)
     table = Cdr._meta.db_table
     with connection.connection.cursor() as cursor:
@@ -80,15 +137,11 @@ def _ingest_by_copy(records: Iterable[CallDetailRecord], book: RatingBook) -> li
             f"CREATE TEMPORARY TABLE cdr_incoming ON COMMIT DROP AS "
             f"SELECT {columns} FROM {table} WITH NO DATA"
         )
-        with cursor.copy(f"COPY cdr_incoming ({columns}) FROM STDIN") as copy:
-            for record in records:
-                values = _column_values(record, book)
-                values["routes"] = Jsonb(values["routes"])
-                values["codecs"] = Jsonb(values["codecs"])
-                copy.write_row([values[column] for column in CDR_COLUMNS])
+        _copy_into("cdr_incoming", rows)
         cursor.execute(
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM cdr_incoming "
-            f"ON CONFLICT (edge, call_id) DO NOTHING RETURNING customer_id, cost, answer_at"
+            f"ON CONFLICT (edge, call_id, setup_at) DO NOTHING "
+            f"RETURNING customer_id, cost, answer_at"
         )
         inserted = cursor.fetchall()
         cursor.execute("DROP TABLE cdr_incoming")
@@ -172,6 +225,190 @@ def _chunks(records: Iterable[CallDetailRecord], size: int) -> Iterator[list[Cal
     iterator = iter(records)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+# --- shipped batches -----------------------------------------------------------------------
+
+
+@dataclass
+class IngestReport:
+    """What one `cdr_batches_ingest` did."""
+
+    records: int = 0  # lines that decoded to records from known edges
+    inserted: int = 0  # of those, new rows
+    quarantined: int = 0  # lines held in quarantine (not stored)
+    noted: int = 0  # records stored and noted in quarantine (customer or trunk deleted)
+
+
+def _line_text(line: bytes) -> str:
+    """The line as text PostgreSQL takes (no NUL, valid UTF-8): other bytes escaped as \\xNN."""
+    return line.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+@transaction.atomic
+def cdr_batches_ingest(*, batches: Sequence[ShipBatch]) -> IngestReport:
+    """Store the CDR lines an edge shipped, in one transaction; what was done.
+
+    Every line ends somewhere an operator can see it: a record from a registered edge is stored
+    (idempotently, `cdrs_ingest`); a line that does not decode, a torn last line, a record from
+    an unregistered edge, or one that names another edge than the one that shipped it is held
+    in `CdrQuarantine` with its reason and text; a record whose customer or trunk no longer
+    exists is stored and noted there. None of these stops the lines after it. Shipping the same
+    batch again changes nothing (quarantine entries are keyed by their place in the journal).
+    """
+    report = IngestReport()
+    records: list[tuple[ShipBatch, int, bytes, CallDetailRecord]] = []
+    held: list[CdrQuarantine] = []
+    for batch in batches:
+        for offset, line in batch.lines():
+            source = f"{batch.seq}@{offset}"
+            key = f"{batch.edge}:{source}"
+            try:
+                record = CallDetailRecord.from_json(line)
+            except CdrDecodeError as error:
+                torn = batch.torn and not line.endswith(b"\n")
+                held.append(
+                    CdrQuarantine(
+                        key=key,
+                        edge=batch.edge,
+                        source=source,
+                        reason=QuarantineReason.TORN_LINE if torn else QuarantineReason.UNDECODABLE,
+                        detail=str(error),
+                        line=_line_text(line),
+                    )
+                )
+                continue
+            if record.edge != batch.edge:
+                held.append(
+                    CdrQuarantine(
+                        key=key,
+                        edge=batch.edge,
+                        source=source,
+                        reason=QuarantineReason.EDGE_MISMATCH,
+                        detail=f"shipped by {batch.edge!r}, recorded by {record.edge!r}",
+                        call_id=record.call_id,
+                        line=_line_text(line),
+                    )
+                )
+                continue
+            records.append((batch, offset, line, record))
+
+    known_edges = set(
+        EdgeNode.objects.filter(name__in={b.edge for b in batches}).values_list("name", flat=True)
+    )
+    stored: list[CallDetailRecord] = []
+    for batch, offset, line, record in records:
+        if record.edge in known_edges:
+            stored.append(record)
+            continue
+        held.append(
+            CdrQuarantine(
+                key=f"{batch.edge}:{batch.seq}@{offset}",
+                edge=batch.edge,
+                source=f"{batch.seq}@{offset}",
+                reason=QuarantineReason.UNKNOWN_EDGE,
+                detail=f"no edge node named {record.edge!r} is registered; retry once it is",
+                call_id=record.call_id,
+                line=_line_text(line),
+            )
+        )
+    held.extend(_orphan_notes(stored))
+    per_edge: dict[str, list[CallDetailRecord]] = {batch.edge: [] for batch in batches}
+    for record in stored:
+        per_edge[record.edge].append(record)
+    now = datetime.now(UTC)
+    for edge, edge_records in per_edge.items():
+        inserted = cdrs_ingest(records=edge_records)
+        edge_held = sum(1 for entry in held if entry.edge == edge and not entry.stored)
+        _record_progress(edge, edge_records, inserted, edge_held, now)
+        report.records += len(edge_records)
+        report.inserted += inserted
+        report.quarantined += edge_held
+    report.noted = sum(1 for entry in held if entry.stored)
+    CdrQuarantine.objects.bulk_create(held, ignore_conflicts=True)
+    return report
+
+
+def _orphan_notes(stored: list[CallDetailRecord]) -> list[CdrQuarantine]:
+    """Notes for the records naming a customer or trunk that no longer exists."""
+    customer_ids = {r.customer_id for r in stored if r.customer_id is not None}
+    trunk_ids = {r.trunk_id for r in stored if r.trunk_id is not None}
+    if customer_ids:
+        customer_ids -= set(
+            Customer.objects.filter(pk__in=customer_ids).values_list("pk", flat=True)
+        )
+    if trunk_ids:
+        trunk_ids -= set(Trunk.objects.filter(pk__in=trunk_ids).values_list("pk", flat=True))
+    notes = []
+    for record in stored:
+        for missing, reason, what, value in (
+            (customer_ids, QuarantineReason.CUSTOMER_DELETED, "customer", record.customer_id),
+            (trunk_ids, QuarantineReason.TRUNK_DELETED, "trunk", record.trunk_id),
+        ):
+            if value in missing:
+                notes.append(
+                    CdrQuarantine(
+                        key=f"{record.edge}:{record.call_id}:{reason}",
+                        edge=record.edge,
+                        reason=reason,
+                        detail=f"{what} {value} no longer exists; the CDR is stored all the same",
+                        call_id=record.call_id,
+                        stored=True,
+                    )
+                )
+    return notes
+
+
+def _record_progress(
+    edge: str, records: list[CallDetailRecord], inserted: int, held: int, now: datetime
+) -> None:
+    # Two workers may meet an edge's first batch at once: insert-or-nothing, then update.
+    CdrIngestProgress.objects.bulk_create([CdrIngestProgress(edge=edge)], ignore_conflicts=True)
+    changes: dict[str, Any] = {
+        "last_committed_at": now,
+        "committed": F("committed") + inserted,
+        "duplicates": F("duplicates") + (len(records) - inserted),
+        "quarantined": F("quarantined") + held,
+    }
+    if records:
+        ends = [parse_iso_utc(r.end_at) for r in records]
+        changes["last_call_end_at"] = max(ends)
+        changes["last_lag_seconds"] = (now - min(ends)).total_seconds()
+    CdrIngestProgress.objects.filter(edge=edge).update(**changes)
+
+
+def cdr_batches_ingest_in_process(batches: Sequence[ShipBatch]) -> IngestReport:
+    """The embedded default's shipper calls this on its own thread (no Redis, no worker)."""
+    close_old_connections()
+    return cdr_batches_ingest(batches=batches)
+
+
+@transaction.atomic
+def cdr_quarantine_retry(*, entries: Iterable[CdrQuarantine], actor: Caller = SYSTEM) -> int:
+    """Ingest held quarantine entries again (their cause fixed, e.g. the edge now registered);
+    the number that are now stored. Entries still refused stay, with their reason refreshed.
+    Each retried entry is deleted with an audit row ("retry ingest") naming who asked."""
+    resolved = 0
+    for entry in entries:
+        if entry.stored or entry.resolved_at is not None:
+            continue
+        seq, _, offset = entry.source.partition("@")
+        line = entry.line.encode()
+        if not seq.isdigit() or not offset.isdigit():
+            continue
+        batch = ShipBatch(entry.edge, int(seq), int(offset), int(offset) + len(line), line)
+        audit.record(
+            actor=actor,
+            obj=entry,
+            action=AuditAction.DELETE,
+            before=audit.snapshot(entry),
+            note=f"retry ingest ({entry.reason})",
+        )
+        entry.delete()  # frees its key: a refusal below records it again
+        report = cdr_batches_ingest(batches=[batch])
+        if report.records:
+            resolved += 1
+    return resolved
 
 
 # --- the balance ledger -----------------------------------------------------------------------

@@ -156,7 +156,29 @@ CELERY_BEAT_SCHEDULE = {
     "recurring-charges": {"task": "billing.tasks.post_recurring_charges", "schedule": 3600.0},
     # Balances checked against the sum of their ledgers; a mismatch is logged as an error.
     "ledger-verify": {"task": "billing.tasks.verify_ledger", "schedule": 3600.0},
+    # CDR stream -> PostgreSQL (billing/cdr_stream.py). A round that finds the previous one
+    # still running on every worker expires unstarted rather than queueing up.
+    "cdr-consume": {
+        "task": "billing.tasks.cdr_consume",
+        "schedule": env.float("CDR_CONSUME_INTERVAL", default=1.0),
+        "options": {"expires": env.float("CDR_CONSUME_INTERVAL", default=1.0)},
+    },
+    "cdr-partitions": {
+        "task": "billing.tasks.cdr_partitions_ensure",
+        "schedule": 3600.0,
+    },
 }
+# --- CDR pipeline (README "CDR pipeline", docs/cdr-pipeline.md) ---------------------------
+# The Redis holding the CDR stream and the committed marks; by default the broker's.
+CDR_STREAM_REDIS_URL = env.str("CDR_STREAM_REDIS_URL", default="") or REDIS_URL
+# A consume round reads for up to this many seconds (it stops early once the stream is dry),
+# CDR_CONSUME_ENTRIES stream entries (edge batches) per transaction.
+CDR_CONSUME_BUDGET = env.float("CDR_CONSUME_BUDGET", default=5.0)
+CDR_CONSUME_ENTRIES = env.int("CDR_CONSUME_ENTRIES", default=50)
+# Entries a consumer took and has not acknowledged for this long are claimed by another
+# (a worker killed mid-batch).
+CDR_CLAIM_IDLE_SECONDS = env.float("CDR_CLAIM_IDLE_SECONDS", default=30.0)
+CDR_PARTITION_MONTHS_AHEAD = env.int("CDR_PARTITION_MONTHS_AHEAD", default=3)
 # Changes within this window after the first one travel in the same push.
 CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.05)
 # A queued push that never started (worker down) stops blocking new ones after this.

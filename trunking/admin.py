@@ -263,7 +263,7 @@ class EdgeNodeAdmin(AuditedModelAdmin):
     search_fields = ["name"]
     readonly_fields = [
         "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
-        "config_refusals",
+        "config_refusals", "cdr_pipeline",
     ]  # fmt: skip
     actions = ["push_now", "rotate_token"]
 
@@ -306,6 +306,38 @@ class EdgeNodeAdmin(AuditedModelAdmin):
             body = f"{url} did not answer: {exc}"
             return HttpResponse(body, content_type="text/plain; charset=utf-8", status=502)
         return HttpResponse(body, content_type="text/plain; charset=utf-8")
+
+    @admin.display(description="CDR pipeline")
+    def cdr_pipeline(self, node: EdgeNode) -> str:
+        """The edge's CDR shipping (asked of its /metrics, change page only) and what the
+        consumer committed for it."""
+        from billing.models import CdrIngestProgress
+        from billing.selectors import edge_cdr_metrics
+
+        live = ""
+        figures = edge_cdr_metrics(node=node) if node.pk is not None else None
+        if figures is not None:
+            live = (
+                f"Edge: {figures.get('journalled', 0):.0f} journalled, "
+                f"{figures.get('shipped', 0):.0f} shipped, {figures.get('committed', 0):.0f} "
+                f"confirmed committed, lag {figures.get('lag_records', 0):.0f} records / "
+                f"{figures.get('lag_seconds', 0):.1f} s. "
+            )
+        elif node.pk is not None:
+            live = "Edge: not answering. "
+        progress = CdrIngestProgress.objects.filter(edge=node.name).first()
+        if progress is None:
+            return live + "Database: no CDR committed yet."
+        lag = "—" if progress.last_lag_seconds is None else f"{progress.last_lag_seconds:.1f} s"
+        return (
+            live
+            + "Database: "
+            + (
+                f"{progress.committed} committed, {progress.duplicates} re-sent duplicates, "
+                f"{progress.quarantined} quarantined; last commit {progress.last_committed_at}, "
+                f"newest call end {progress.last_call_end_at or '—'}, lag of the last batch {lag}"
+            )
+        )
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         latest = ConfigRevision.objects.order_by("-id").first()

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0001_initial'),
-        ('billing', '0001_initial'),
+        ('billing', '0002_cdr_partitions_quarantine'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -59,6 +59,13 @@ from edge.limits import (
     SlotRefused,
     decide,
 )
+from edge.runtime.cdr_shipper import (
+    InProcessTransport,
+    JournalShipper,
+    RedisShipTransport,
+    ShipBatch,
+    ShipperThread,
+)
 from edge.runtime.checkpoint import RESTART_REASON, AnsweredCalls, CallCheckpoint, recover
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
@@ -130,6 +137,7 @@ ENVIRONMENT = {
     "limit_share": "EDGE_LIMIT_SHARE",
     "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
     "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
+    "cdr_ship": "EDGE_CDR_SHIP",
 }
 
 
@@ -175,6 +183,9 @@ class EdgeOptions:
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
     gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
+    cdr_ship: bool = (
+        True  # ship the journal to --redis-url's CDR stream (edge/runtime/cdr_shipper.py)
+    )
 
 
 def add_arguments(
@@ -224,6 +235,7 @@ def add_arguments(
         "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
         str(int(DEFAULT_FULL_INTERVAL)),
     )  # fmt: skip
+    add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +334,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         limit_share=limit_share,
         digest_algorithms=algorithms,
         gc_full_interval=gc_full_interval,
+        cdr_ship=(text("cdr_ship") or "1").lower() not in ("0", "false", "no", "off"),
     )
 
 
@@ -415,8 +428,12 @@ class EdgeRuntime:
         *,
         core_factory: Callable[[CoreParams], EdgeCore] = default_core,
         events: EventSink | None = None,
+        cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
     ) -> None:
         self.options = options
+        # Without Redis, the embedded platform's CDRs go to this (billing's ingest) in-process.
+        self._cdr_ingest = cdr_ingest
+        self.shipper: ShipperThread | None = None
         self._core_factory = core_factory
         self.events: EventSink = events or NullSink()
         self.core: EdgeCore | None = None
@@ -478,6 +495,7 @@ class EdgeRuntime:
                 len(recovered),
                 RESTART_REASON,
             )
+        self.shipper = self._cdr_shipper()
 
         server_ssl = client_ssl = None
         try:
@@ -598,6 +616,23 @@ class EdgeRuntime:
         if decision is not None:
             dispatcher.dispatch(core.slot_decided(decision, now, time.time()))
 
+    def _cdr_shipper(self) -> ShipperThread | None:
+        """The journal's shipper: to the Redis stream, else in-process, else none (load_cdrs)."""
+        options = self.options
+        transport: RedisShipTransport | InProcessTransport
+        if options.redis_url and options.cdr_ship:
+            transport = RedisShipTransport(options.redis_url, node=options.node)
+        elif self._cdr_ingest is not None and options.cdr_ship:
+            transport = InProcessTransport(self._cdr_ingest)
+        else:
+            logger.info("CDRs stay in the journal (no Redis to ship to): load them with load_cdrs")
+            return None
+        shipper = ShipperThread(
+            JournalShipper(options.journal_dir, node=options.node, transport=transport)
+        )
+        shipper.start()
+        return shipper
+
     def _limit_decided(self, call_id: str, granted: bool, reason: str | None) -> None:
         """The cluster counters answered an admission the core left waiting."""
         core, dispatcher = self.core, self.dispatcher
@@ -701,6 +736,8 @@ class EdgeRuntime:
             self.streams.close()
         if self.flusher is not None:
             await self.flusher.aclose()
+        if self.shipper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.shipper.stop)
 
     # --- config and gateway names ----------------------------------------------------------
 
@@ -782,6 +819,8 @@ class EdgeRuntime:
                 "CDRs buffered, not yet written to the journal",
                 value=flusher.journal.pending,
             )
+        if self.shipper is not None:
+            yield from self.shipper.shipper.metrics()
         if self.gc_policy is not None:
             yield from self.gc_policy.metrics()
         if isinstance(self.events, BatchingSink):
@@ -845,6 +884,8 @@ class EdgeRuntime:
         else:
             if self.checkpoint is not None:  # every call has its CDR: nothing to recover
                 await self.checkpoint.aclose()
+        if self.shipper is not None:
+            await loop.run_in_executor(None, self.shipper.stop)
         closer = getattr(self.events, "aclose", None)
         if closer is not None:
             try:
@@ -868,9 +909,10 @@ async def serve(
     core_factory: Callable[[CoreParams], EdgeCore] = default_core,
     events: EventSink | None = None,
     ready: Callable[[str], None] | None = None,
+    cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
 ) -> int:
     """Run one edge until SIGTERM/SIGINT; the exit code."""
-    runtime = EdgeRuntime(options, core_factory=core_factory, events=events)
+    runtime = EdgeRuntime(options, core_factory=core_factory, events=events, cdr_ingest=cdr_ingest)
     try:
         await runtime.start()
     except StartupError as error:

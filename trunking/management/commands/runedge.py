@@ -10,8 +10,10 @@ command line > EDGE_* environment variables > the settings below > built-in defa
 - ``--token``: the registered edge node's own token (derived from SECRET_KEY, read from the
   database), else ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
 - ``--journal-dir``: ``EDGE_JOURNAL_DIR`` (``VAR_DIR/cdr``); ``--state-dir``: ``VAR_DIR/edge``;
-- ``--redis-url``: ``REDIS_URL`` (limits counted across edges). Set ``EDGE_LIMIT_SHARE`` to
-  the number of edges, the share of each limit an edge keeps to while Redis is unreachable.
+- ``--redis-url``: ``REDIS_URL`` (limits counted across edges, and the CDR stream the journal
+  is shipped to; without it the journal is shipped in-process into the database). Set
+  ``EDGE_LIMIT_SHARE`` to the number of edges, the share of each limit an edge keeps to while
+  Redis is unreachable.
 
 The edge itself never touches the ORM: this command only computes defaults, then hands over.
 """
@@ -26,6 +28,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from billing.services import cdr_batches_ingest_in_process
 from edge.runtime.main import ENVIRONMENT, UsageError, add_arguments, options_from_namespace, run
 from trunking.models import EdgeNode
 from trunking.tokens import edge_node_token
@@ -90,6 +93,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         # Django's LOGGING already configured the handlers; only the edge's level is ours.
         logging.getLogger("edge").setLevel(edge_options.log_level)
-        code = run(edge_options, configure_logging=False)
+        # Without Redis the journal is shipped in-process into this database (billing).
+        code = run(edge_options, configure_logging=False, cdr_ingest=cdr_batches_ingest_in_process)
         if code:
             raise CommandError(f"the edge stopped with exit code {code}", returncode=code)
