@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.runtime.gc_policy import DEFAULT_FULL_INTERVAL
+from edge.sip.digest import DEFAULT_CHALLENGE_ORDER
 
 __all__ = [
     "DEFAULT_DIGEST_ALGORITHMS",
@@ -57,6 +58,7 @@ ENVIRONMENT = {
     "limit_share": "EDGE_LIMIT_SHARE",
     "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
     "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
+    "cdr_ship": "EDGE_CDR_SHIP",
 }
 # Names earlier versions read: refused with the name to use, rather than silently ignored.
 RETIRED = {
@@ -67,11 +69,8 @@ RETIRED = {
     "EDGE_REDIS_URL": "REDIS_URL",
     "EDGE_CDR_JOURNAL_DIR": "EDGE_JOURNAL_DIR",
 }
-# The challenge order: MD5 first. Most deployed PBXs and tools (SIPp, sipvicious, Asterisk's
-# chan_sip, older phones) answer only the first WWW-Authenticate and know only MD5; offered
-# SHA-256 first, they fail to authenticate. RFC 8760 clients that prefer SHA-256 find it in the
-# second challenge. Deployments of newer PBXs only can put SHA-256 first.
-DEFAULT_DIGEST_ALGORITHMS = ("MD5", "SHA-256")
+# The challenge order: edge.sip.digest says why MD5 comes first.
+DEFAULT_DIGEST_ALGORITHMS = DEFAULT_CHALLENGE_ORDER
 
 
 class UsageError(ValueError):
@@ -109,6 +108,9 @@ class EdgeOptions:
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS  # challenge order
     gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
+    # Ship the journal to --redis-url's CDR stream (edge/runtime/cdr_shipper.py), or in-process
+    # where the runtime is given an ingest function (runedge, runplatform without Redis).
+    cdr_ship: bool = True
 
 
 def add_arguments(
@@ -159,6 +161,7 @@ def add_arguments(
         "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
         str(int(DEFAULT_FULL_INTERVAL)),
     )  # fmt: skip
+    add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +263,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         limit_share=limit_share,
         digest_algorithms=algorithms,
         gc_full_interval=gc_full_interval,
+        cdr_ship=(text("cdr_ship") or "1").lower() not in ("0", "false", "no", "off"),
     )
 
 

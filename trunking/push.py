@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from edge import snapshot_wire
@@ -101,7 +102,8 @@ def record_push(*, node: EdgeNode, outcome: int | EdgePushError) -> int:
         EdgeNode.objects.filter(pk=node.pk).update(
             last_push_at=now,
             last_push_error=str(outcome)[:2000],
-            health=EdgeHealth.OK if outcome.reachable else EdgeHealth.UNREACHABLE,
+            # It answered but did not apply: failing, with the reason in last_push_error.
+            health=EdgeHealth.FAILING if outcome.reachable else EdgeHealth.UNREACHABLE,
             **({"last_seen": now} if outcome.reachable else {}),
         )
         raise outcome
@@ -126,7 +128,13 @@ def edge_probe(*, node: EdgeNode) -> dict[str, Any] | None:
         return None
     status = EdgeHealth.DRAINING if health.get("status") == "draining" else EdgeHealth.OK
     EdgeNode.objects.filter(pk=node.pk).update(
-        health=status, last_seen=timezone.now(), applied_version=health.get("config_version")
+        # Answering is not enough: an edge that refused the last push stays failing until
+        # a push succeeds.
+        health=Case(
+            When(health=EdgeHealth.FAILING, then=Value(EdgeHealth.FAILING)), default=Value(status)
+        ),
+        last_seen=timezone.now(),
+        applied_version=health.get("config_version"),
     )
     return health
 

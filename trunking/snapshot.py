@@ -10,6 +10,7 @@ builds of the same configuration hash the same. The schema is documented in
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from django.utils import timezone
 
 from accounts.choices import CustomerStatus
 from accounts.models import Customer
+from billing.selectors import ZERO, balances_by_customer, out_of_credit
 from edge import snapshot_wire
+from edge.config import ConfigError, EdgeConfig
 
 from .choices import NumberStatus, TrunkStatus
 from .models import (
@@ -37,6 +40,8 @@ from .models import (
     SipCredential,
     Trunk,
 )
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = 1
 TRUNK_FIELDS = (
@@ -56,15 +61,22 @@ def _grouped(rows: Any, key: str) -> dict[int, list[dict[str, Any]]]:
 
 
 def _customers() -> list[dict[str, Any]]:
+    """Every customer's object; out of credit by the billing app's one rule and balance."""
+    balances = balances_by_customer()
     return [
         {
             "id": c["id"],
             "name": c["name"],
             "active": c["status"] == CustomerStatus.ACTIVE,
-            # Balances arrive with the billing app; until then no customer is out of credit.
-            "out_of_credit": False,
+            "out_of_credit": out_of_credit(
+                billing_mode=c["billing_mode"],
+                credit_limit=c["credit_limit"],
+                balance=balances.get(c["id"], ZERO),
+            ),
         }
-        for c in Customer.objects.order_by("id").values("id", "name", "status")
+        for c in Customer.objects.order_by("id").values(
+            "id", "name", "status", "billing_mode", "credit_limit"
+        )
     ]
 
 
@@ -362,3 +374,46 @@ def encode(snapshot: Snapshot) -> bytes:
     """The snapshot as it travels to edges: lines, which they decode without stalling calls
     (edge/snapshot_wire.py)."""
     return snapshot_wire.encode_lines(snapshot)
+
+
+# --- what the edges will leave out ------------------------------------------------------------
+
+# The last snapshot compiled here, so the next check recompiles only what changed (as an edge
+# does): 10,000 trunks and 100,000 numbers take about 0.5 s in full, under 0.1 s after one change.
+_last_checked: EdgeConfig | None = None
+
+
+def check_snapshot(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """What an edge leaves out of ``snapshot``, and why: the edge's own compiler decides.
+
+    Rows the write-time rules refuse should never be stored; these are the ones that were
+    anyway (stored before a rule existed, or by raw SQL). An edge applies everything else.
+    A snapshot an edge would refuse whole gives one refusal of kind "snapshot".
+    """
+    global _last_checked
+    try:
+        config = EdgeConfig.compile(snapshot, _last_checked)
+    except ConfigError as error:
+        return [{"kind": "snapshot", "id": None, "field": "", "reason": str(error)}]
+    _last_checked = config
+    return [refusal.as_dict() for refusal in config.refusals]
+
+
+def record_refusals(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Check ``snapshot``'s version once and keep what it leaves out on its ConfigRevision
+    (the admin and ``GET /api/v1/edge-nodes/`` show it). Returns the refusals."""
+    revision = ConfigRevision.objects.filter(pk=snapshot["version"]).first()
+    if revision is not None and revision.refusal_count is not None:
+        return list(revision.refusals)
+    refusals = check_snapshot(snapshot)
+    ConfigRevision.objects.filter(pk=snapshot["version"]).update(
+        refusals=refusals[: ConfigRevision.REFUSALS_KEPT], refusal_count=len(refusals)
+    )
+    if refusals:
+        logger.warning(
+            "config version %s leaves out %d object(s); first: %s",
+            snapshot["version"],
+            len(refusals),
+            refusals[0]["reason"],
+        )
+    return refusals

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from celery import shared_task
 
-from .models import EdgeNode
+from .models import ConfigRevision, EdgeNode
 from .push import (
     EdgePushError,
     clear_push_request,
@@ -21,6 +21,7 @@ from .push import (
     send_config,
     take_changes,
 )
+from .snapshot import build_snapshot, record_refusals
 from .snapshot_cache import Release, latest_release, publish
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ def reconcile_edges() -> dict[str, list[str]]:
     rebuild. Changes reach that version through the push their commit queued; once every
     `FULL_CHECK_SECONDS` (per worker process) it reads everything instead, which catches what
     no commit announced (a write behind the signals, changes lost with a restarted Redis).
+    Each version is also checked once with the edge's compiler, off the push path, and what it
+    leaves out is recorded (`record_refusals`).
     """
     global _last_full_check
     if time.monotonic() - _last_full_check >= FULL_CHECK_SECONDS:
@@ -136,6 +139,8 @@ def reconcile_edges() -> dict[str, list[str]]:
         _last_full_check = time.monotonic()
     else:
         release = latest_release()
+    if ConfigRevision.objects.filter(pk=release.version, refusal_count__isnull=True).exists():
+        record_refusals(build_snapshot())
     drifted, unreachable = [], []
     for node in EdgeNode.objects.filter(enabled=True):
         health = edge_probe(node=node)

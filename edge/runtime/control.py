@@ -251,6 +251,16 @@ class EdgeCollector:
             "Failed digest authentications",
             value=stats.auth_failures_total,
         )
+        ends = getattr(stats, "ends_total", None)
+        if isinstance(ends, dict):
+            family = CounterMetricFamily(
+                "trunkline_edge_call_ends",
+                "Admitted calls ended, by reason (edge.calls.ENDINGS)",
+                labels=["reason"],
+            )
+            for reason, count in sorted(ends.items()):
+                family.add_metric([reason], count)
+            yield family
         malformed = getattr(stats, "malformed_total", None)
         if isinstance(malformed, int):
             yield CounterMetricFamily(

@@ -48,7 +48,16 @@ from prometheus_client.metrics_core import Metric
 
 from edge import native
 from edge.config import ConfigError, EdgeConfig
-from edge.limits import Limits, LocalLimits
+from edge.limits import (
+    AcquireSlot,
+    Limits,
+    LocalLimits,
+    ReleaseSlot,
+    SlotDecision,
+    SlotGranted,
+    SlotRefused,
+    decide,
+)
 from edge.options import (
     DEFAULT_DIGEST_ALGORITHMS,
     ENVIRONMENT,
@@ -58,6 +67,14 @@ from edge.options import (
     build_parser,
     options_from_namespace,
 )
+from edge.runtime.cdr_shipper import (
+    InProcessTransport,
+    JournalShipper,
+    RedisShipTransport,
+    ShipBatch,
+    ShipperThread,
+)
+from edge.runtime.checkpoint import RESTART_REASON, AnsweredCalls, CallCheckpoint, recover
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -76,9 +93,9 @@ from edge.runtime.transports import (
     Dispatcher,
     HostResolver,
     SipCore,
-    StreamConnection,
     StreamTransports,
     UdpTransport,
+    open_udp,
 )
 
 if TYPE_CHECKING:
@@ -115,9 +132,7 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
 
     def close(self, now: float, wall: float) -> Sequence[Output]: ...
 
-    def limit_decided(
-        self, call_id: str, granted: bool, reason: str | None, now: float, wall: float
-    ) -> Sequence[Output]: ...
+    def slot_decided(self, decision: SlotDecision, now: float, wall: float) -> Sequence[Output]: ...
 
 
 # --- the runtime ------------------------------------------------------------------------------
@@ -131,7 +146,6 @@ class CoreParams:
     config: EdgeConfig
     local: dict[str, Address]
     digest_secret: bytes
-    limits: Limits
     digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS
 
 
@@ -141,7 +155,6 @@ def default_core(params: CoreParams) -> EdgeCore:
     return B2bua(
         node=params.node,
         config=params.config,
-        limits=params.limits,
         settings=B2buaSettings(challenge_algorithms=params.digest_algorithms),
         local=params.local,
         digest_secret=params.digest_secret,
@@ -212,8 +225,12 @@ class EdgeRuntime:
         *,
         core_factory: Callable[[CoreParams], EdgeCore] = default_core,
         events: EventSink | None = None,
+        cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
     ) -> None:
         self.options = options
+        # Without Redis, the embedded platform's CDRs go to this (billing's ingest) in-process.
+        self._cdr_ingest = cdr_ingest
+        self.shipper: ShipperThread | None = None
         self._core_factory = core_factory
         self.events: EventSink = events or NullSink()
         self.core: EdgeCore | None = None
@@ -236,6 +253,8 @@ class EdgeRuntime:
         self.gc_policy: GcPolicy | None = None
         self._sockets: list[socket.socket] = []
         self.cluster_limits: ClusterLimits | None = None
+        self.checkpoint: CallCheckpoint | None = None
+        self.limits: Limits = LocalLimits()  # what the core's AcquireSlot / ReleaseSlot ask
 
     # --- start ---------------------------------------------------------------------------
 
@@ -263,6 +282,17 @@ class EdgeRuntime:
         except (OSError, ValueError) as error:
             raise StartupError(f"CDR journal in {options.journal_dir}: {error}") from None
         self.flusher = JournalFlusher(journal, loop=loop)
+        try:
+            recovered = await loop.run_in_executor(None, recover, journal)
+        except (OSError, ValueError) as error:
+            raise StartupError(f"calls left by the last run: {error}") from None
+        if recovered:
+            logger.warning(
+                "%d answered calls were left unfinished by the last run: CDRs written (%s)",
+                len(recovered),
+                RESTART_REASON,
+            )
+        self.shipper = self._cdr_shipper()
 
         server_ssl = client_ssl = None
         try:
@@ -324,13 +354,13 @@ class EdgeRuntime:
             )
             await self.cluster_limits.start()  # an outage only means local counting for now
             limits = self.cluster_limits
+        self.limits = limits
         core = self.core = self._core_factory(
             CoreParams(
                 node=options.node,
                 config=self._with_known_gateways(config),
                 local=local,
                 digest_secret=self._digest_secret(),
-                limits=limits,
                 digest_algorithms=options.digest_algorithms,
             )
         )
@@ -340,24 +370,19 @@ class EdgeRuntime:
             except OSError as error:
                 logger.error("snapshot not saved to %s: %s", options.state_dir, error)
 
+        events = self.events
+        if isinstance(core, AnsweredCalls):  # a core that can say which calls are up
+            self.checkpoint = CallCheckpoint(core, journal, loop=loop)
+            events = self.checkpoint.sink(events)
         dispatcher = self.dispatcher = Dispatcher(
-            core, loop=loop, journal=self.flusher, events=self.events, resolver=HostResolver(loop)
+            core, loop=loop, journal=self.flusher, events=events, resolver=HostResolver(loop)
         )
-        dispatcher.resolver.family = udp_sock.family
-        _, self.udp = await loop.create_datagram_endpoint(
-            lambda: UdpTransport(dispatcher), sock=udp_sock
-        )
-        dispatcher.udp = self.udp
+        dispatcher.slots = self._slot
+        self.udp = await open_udp(dispatcher, udp_sock)
         self.streams = StreamTransports(dispatcher, client_ssl=client_ssl)
-        self.streams.servers.append(
-            await loop.create_server(lambda: self._stream_protocol("tcp"), sock=tcp_sock)
-        )
+        await self.streams.listen(tcp_sock, transport="tcp")
         if tls_sock is not None:
-            self.streams.servers.append(
-                await loop.create_server(
-                    lambda: self._stream_protocol("tls"), sock=tls_sock, ssl=server_ssl
-                )
-            )
+            await self.streams.listen(tls_sock, transport="tls", ssl=server_ssl)
         self._refresh_gateways()
 
         app = ControlApp(
@@ -368,21 +393,51 @@ class EdgeRuntime:
             state_dir=options.state_dir,
             runtime_metrics=self._runtime_metrics,
         )
+        if self.checkpoint is not None:
+            self.checkpoint.start()
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
+
+    def _slot(self, out: AcquireSlot | ReleaseSlot) -> None:
+        """The core asks for a call's slot or gives one back. Counters that answer at once
+        (this edge's, or the cluster's while Redis is away) answer through the same input as
+        the cluster's later answer: `core.slot_decided`."""
+        if type(out) is ReleaseSlot:
+            self.limits.release(out.trunk_id, out.call_id)
+            return
+        core, dispatcher = self.core, self.dispatcher
+        if core is None or dispatcher is None or type(out) is not AcquireSlot:
+            return
+        now = dispatcher.loop.time()
+        decision = decide(self.limits, out, now)
+        if decision is not None:
+            dispatcher.dispatch(core.slot_decided(decision, now, time.time()))
+
+    def _cdr_shipper(self) -> ShipperThread | None:
+        """The journal's shipper: to the Redis stream, else in-process, else none (load_cdrs)."""
+        options = self.options
+        transport: RedisShipTransport | InProcessTransport
+        if options.redis_url and options.cdr_ship:
+            transport = RedisShipTransport(options.redis_url, node=options.node)
+        elif self._cdr_ingest is not None and options.cdr_ship:
+            transport = InProcessTransport(self._cdr_ingest)
+        else:
+            logger.info("CDRs stay in the journal (no Redis to ship to): load them with load_cdrs")
+            return None
+        shipper = ShipperThread(
+            JournalShipper(options.journal_dir, node=options.node, transport=transport)
+        )
+        shipper.start()
+        return shipper
 
     def _limit_decided(self, call_id: str, granted: bool, reason: str | None) -> None:
         """The cluster counters answered an admission the core left waiting."""
         core, dispatcher = self.core, self.dispatcher
         if core is not None and dispatcher is not None:
-            loop = asyncio.get_running_loop()
-            dispatcher.dispatch(
-                core.limit_decided(call_id, granted, reason, loop.time(), time.time())
+            decision: SlotDecision = (
+                SlotGranted(call_id) if granted else SlotRefused(call_id, reason or "channel_limit")
             )
-
-    def _stream_protocol(self, transport: str) -> asyncio.Protocol:
-        assert self.streams is not None
-        return StreamConnection(self.streams, transport, None)
+            dispatcher.dispatch(core.slot_decided(decision, dispatcher.loop.time(), time.time()))
 
     def ready_line(self) -> str:
         assert self.core is not None and self.sip_address and self.control_address
@@ -478,6 +533,8 @@ class EdgeRuntime:
             self.streams.close()
         if self.flusher is not None:
             await self.flusher.aclose()
+        if self.shipper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.shipper.stop)
 
     # --- config and gateway names ----------------------------------------------------------
 
@@ -559,6 +616,8 @@ class EdgeRuntime:
                 "CDRs buffered, not yet written to the journal",
                 value=flusher.journal.pending,
             )
+        if self.shipper is not None:
+            yield from self.shipper.shipper.metrics()
         if self.gc_policy is not None:
             yield from self.gc_policy.metrics()
         if isinstance(self.events, BatchingSink):
@@ -619,6 +678,11 @@ class EdgeRuntime:
             await self.flusher.aclose()
         except OSError as error:
             logger.error("CDR journal could not be flushed at shutdown: %s", error)
+        else:
+            if self.checkpoint is not None:  # every call has its CDR: nothing to recover
+                await self.checkpoint.aclose()
+        if self.shipper is not None:
+            await loop.run_in_executor(None, self.shipper.stop)
         closer = getattr(self.events, "aclose", None)
         if closer is not None:
             try:
@@ -642,9 +706,10 @@ async def serve(
     core_factory: Callable[[CoreParams], EdgeCore] = default_core,
     events: EventSink | None = None,
     ready: Callable[[str], None] | None = None,
+    cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
 ) -> int:
     """Run one edge until SIGTERM/SIGINT; the exit code."""
-    runtime = EdgeRuntime(options, core_factory=core_factory, events=events)
+    runtime = EdgeRuntime(options, core_factory=core_factory, events=events, cdr_ingest=cdr_ingest)
     try:
         await runtime.start()
     except StartupError as error:

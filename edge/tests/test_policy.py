@@ -241,7 +241,9 @@ def test_admit_outbound(
     usage: Usage,
     expected: str | None,
 ) -> None:
-    decision = admit_outbound(call_, trunk_, customer_, usage, NUMBERS)
+    decision = admit_outbound(call_, trunk_, customer_, NUMBERS)
+    if decision is ADMIT:  # limits come last: the slot edge.limits decides after admission
+        decision = limit_refusal(trunk_, usage) or ADMIT
     if expected is None:
         assert decision is ADMIT
     else:
@@ -314,7 +316,9 @@ def test_admit_inbound(
     usage: Usage,
     expected: str | None,
 ) -> None:
-    decision = admit_inbound(number, trunk_, customer_, usage)
+    decision = admit_inbound(number, trunk_, customer_)
+    if decision is ADMIT and trunk_ is not None:
+        decision = limit_refusal(trunk_, usage, count_cps=False) or ADMIT
     assert decision == (ADMIT if expected is None else reject(expected))
 
 

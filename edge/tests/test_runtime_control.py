@@ -20,7 +20,7 @@ from edge.runtime.control import (
     save_snapshot,
     start_control_server,
 )
-from edge.tests.factories import compiled, snapshot_doc, trunk_doc
+from edge.tests.factories import compiled, customer_doc, snapshot_doc, trunk_doc
 
 TOKEN = "s3cret-token"
 
@@ -41,6 +41,7 @@ class FakeCore:
         self.stats = Stats(attempts_total=12, answers_total=9, auth_failures_total=2)
         self.stats.responses_total.update({200: 9, 486: 1, 503: 2})
         self.stats.refusals_total.update({"channel_limit": 2})
+        self.stats.ends_total.update({"normal_clearing": 7, "no_answer": 1})
         self.stats.active.update({1: 2})  # the two calls below
         self._calls = {
             "abc": {"call_id": "abc", "trunk_id": 1, "state": "answered"},
@@ -150,6 +151,7 @@ async def test_metrics_read_the_core_counters():
         "trunkline_edge_answers_total 9.0",
         'trunkline_edge_responses_total{code="486"} 1.0',
         'trunkline_edge_refusals_total{reason="channel_limit"} 2.0',
+        'trunkline_edge_call_ends_total{reason="no_answer"} 1.0',
         "trunkline_edge_auth_failures_total 2.0",
         "trunkline_edge_config_version 3.0",
         "trunkline_edge_draining 0.0",
@@ -184,7 +186,10 @@ async def test_a_snapshot_is_compiled_applied_and_saved(tmp_path):
         (b"{not json", "not JSON"),
         (b"[]", "expected an object"),
         (orjson.dumps({**snapshot_doc(version=9), "schema": 2}), "schema"),
-        (orjson.dumps(snapshot_doc(version=9, trunks=[trunk_doc(customer=99)])), "no customer"),
+        (
+            orjson.dumps(snapshot_doc(version=9, customers=[customer_doc(1), customer_doc(1)])),
+            "duplicate customer id",
+        ),
     ],
 )
 @run_async

@@ -87,8 +87,8 @@ def test_edge_push_records_the_version_an_edge_reports(edge_node):
     finally:
         server.shutdown()
     edge_node.refresh_from_db()
-    # It answered: reachable, but the refusal is on record.
-    assert edge_node.applied_version == 9 and edge_node.health == "ok"
+    # It answered but refused: failing, with the refusal on record.
+    assert edge_node.applied_version == 9 and edge_node.health == "failing"
     assert "HTTP 400" in edge_node.last_push_error
     edge_node.control_url = "http://127.0.0.1:9"  # nothing listens there
     with pytest.raises(EdgePushError):

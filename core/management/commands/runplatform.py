@@ -28,6 +28,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from billing.services import cdr_batches_ingest_in_process
+from billing.tasks import cdr_partitions_ensure
 from edge.options import EdgeOptions, UsageError, options_from_environment
 from edge.runtime.control import ControlServer
 from edge.runtime.main import EdgeRuntime, StartupError
@@ -108,9 +110,10 @@ class Command(BaseCommand):
         )
         runtime = None
         if edge:
+            # Without Redis, CDRs go from the journal into the database in-process.
             try:
                 options = await sync_to_async(self._edge_options)(port)
-                runtime = EdgeRuntime(options)
+                runtime = EdgeRuntime(options, cdr_ingest=cdr_batches_ingest_in_process)
                 await runtime.start()
                 self.stdout.write(runtime.ready_line())
             except (StartupError, UsageError) as error:
@@ -130,7 +133,10 @@ class Command(BaseCommand):
         await web_task
 
     async def _reconcile_forever(self) -> None:
-        """What Celery beat does in production: keep every edge on the current version."""
+        """What Celery beat does in production: keep every edge on the current version (and
+        the CDR table's monthly partitions made ahead, on PostgreSQL)."""
+        with contextlib.suppress(Exception):  # rows without a partition wait in the default one
+            await sync_to_async(cdr_partitions_ensure, thread_sensitive=False)()
         while True:
             await asyncio.sleep(settings.CELERY_BEAT_SCHEDULE["reconcile-edges"]["schedule"])
             with contextlib.suppress(Exception):  # logged by the task; try again next round

@@ -8,7 +8,8 @@ environment > the defaults below > built-in defaults:
   database), else ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
 - node name: this machine's hostname;
 - ``--journal-dir``: ``VAR_DIR/cdr``; ``--state-dir``: ``VAR_DIR/edge``;
-- ``--redis-url``: ``REDIS_URL`` as Django read it (limits counted across edges). Set
+- ``--redis-url``: ``REDIS_URL`` (limits counted across edges, and the CDR stream the journal
+  is shipped to; without it the journal is shipped in-process into the database). Set
   ``EDGE_LIMIT_SHARE`` to the number of edges, the share of each limit an edge keeps to while
   Redis is unreachable.
 
@@ -25,6 +26,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from billing.services import cdr_batches_ingest_in_process
 from edge.options import ENVIRONMENT, UsageError, add_arguments, options_from_namespace
 from edge.runtime.main import run
 from trunking.models import EdgeNode
@@ -72,6 +74,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         # Django's LOGGING already configured the handlers; only the edge's level is ours.
         logging.getLogger("edge").setLevel(edge_options.log_level)
-        code = run(edge_options, configure_logging=False)
+        # Without Redis the journal is shipped in-process into this database (billing).
+        code = run(edge_options, configure_logging=False, cdr_ingest=cdr_batches_ingest_in_process)
         if code:
             raise CommandError(f"the edge stopped with exit code {code}", returncode=code)
