@@ -118,3 +118,56 @@ def set_status(*, actor: Caller, obj: ModelT, status: str, action: str, reason: 
         obj.save(update_fields=["status", "updated_at"])
         record(actor=actor, obj=obj, action=action, before=before, note=reason)
     return obj
+
+
+def delete(*, actor: Caller, obj: models.Model, note: str = "") -> None:
+    """Delete ``obj`` and audit everything the delete touches, in the caller's transaction.
+
+    Django's own collector says what a delete reaches: each object it cascades to gets a
+    ``delete`` row ("deleted with trunk X"), each foreign key it clears (``SET_NULL``: a number
+    whose trunk goes) an ``update`` row. A ``PROTECT`` relation raises ProtectedError, which the
+    API answers with a 409 naming the holders. The audit log's own rows are not audited.
+    """
+    from django.db import router
+    from django.db.models.deletion import Collector
+
+    collector = Collector(using=router.db_for_write(type(obj)))
+    collector.collect([obj])
+    cause = f"{obj._meta.verbose_name} {obj}"[:200]
+    entries: list[AuditEntry | None] = []
+    reached: list[models.Model] = [
+        *(inst for instances in collector.data.values() for inst in instances),
+        *(inst for qs in collector.fast_deletes for inst in qs),
+    ]
+    for inst in reached:
+        if isinstance(inst, AuditEntry):
+            continue
+        entries.append(
+            build(
+                actor=actor,
+                obj=inst,
+                action="delete",
+                before=snapshot(inst),
+                note=note
+                if inst is obj or (type(inst) is type(obj) and inst.pk == obj.pk)
+                else f"deleted with {cause}",
+            )
+        )
+    for (field, value), batches in collector.field_updates.items():
+        if field.model is AuditEntry:
+            continue
+        for batch in batches:
+            for inst in batch:
+                before = snapshot(inst)
+                setattr(inst, field.attname, value)
+                entries.append(
+                    build(
+                        actor=actor,
+                        obj=inst,
+                        action="update",
+                        before=before,
+                        note=f"{field.verbose_name} cleared: {cause} deleted",
+                    )
+                )
+    AuditEntry.objects.bulk_create([e for e in entries if e is not None])
+    obj.delete()

@@ -8,6 +8,8 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from trunking.validators import validate_region
+
 from .choices import AuditAction, BillingMode, CustomerStatus, Role
 
 currency_validator = RegexValidator(r"^[A-Z]{3}$", "Use an ISO 4217 code such as USD or EUR.")
@@ -31,6 +33,12 @@ class Customer(models.Model):
         help_text="Postpaid customers may spend up to this amount; ignored for prepaid.",
     )
     currency = models.CharField(max_length=3, default="USD", validators=[currency_validator])
+    default_country = models.CharField(
+        max_length=2,
+        blank=True,
+        validators=[validate_region],
+        help_text="ISO country of numbers written without +country code (when no trunk says).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

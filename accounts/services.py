@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from core.exceptions import InUse, describe_holders
 from core.tenancy import Caller
 
 from . import audit, keys
@@ -71,6 +72,34 @@ def customer_resume(*, actor: Caller, customer: Customer, reason: str = "") -> C
         action=AuditAction.RESUME,
         reason=reason,
     )
+
+
+@transaction.atomic
+def customer_delete(*, actor: Caller, customer: Customer, force: bool = False) -> None:
+    """Delete a customer. One that still has trunks, numbers or members is refused (InUse, a
+    409 naming them) unless ``force`` (staff): then its numbers, trunks (with everything under
+    them), API keys and memberships go first. Every object removed is audited."""
+    from trunking.models import PhoneNumber, Trunk
+    from trunking.services import trunk_delete
+
+    holders = [
+        *PhoneNumber.objects.filter(customer=customer),
+        *Trunk.objects.filter(customer=customer),
+        *Membership.objects.filter(customer=customer),
+    ]
+    if holders and not force:
+        held_by = describe_holders(holders)
+        raise InUse(
+            f"Customer '{customer}' still has {', '.join(held_by)}: delete them first, "
+            "or delete with ?force=true (staff).",
+            held_by,
+        )
+    for holder in holders:
+        if isinstance(holder, Trunk):
+            trunk_delete(actor=actor, trunk=holder, force=True)
+        else:
+            audit.delete(actor=actor, obj=holder, note=f"customer {customer} deleted")
+    audit.delete(actor=actor, obj=customer, note="forced" if force else "")
 
 
 @transaction.atomic

@@ -154,8 +154,9 @@ def bench_snapshot(gateway_port: int) -> dict[str, Any]:
 
 def serve_edge(argv: list[str]) -> int:
     """``python -m edge`` with a live-event sink: each batch is encoded, counted, dropped."""
+    from edge.options import build_parser, options_from_namespace
     from edge.runtime.events import BatchingSink
-    from edge.runtime.main import build_parser, options_from_namespace, run
+    from edge.runtime.main import run
 
     parser = build_parser()
     options = options_from_namespace(parser.parse_args(argv))

@@ -1,16 +1,51 @@
-"""Writes of the billing app. For now: loading the edges' call detail records into `Cdr`."""
+"""Writes of the billing app: storing (and rating) the edges' call detail records, the balance
+ledger, rate decks and their import, recurring charges, invoices, re-rating.
 
-from collections.abc import Iterable, Iterator
-from datetime import datetime
+`cdr_batches_ingest` is the one way shipped journal lines become rows, for the Redis consumer
+(`billing.cdr_stream`) and the embedded in-process shipper alike; `cdrs_ingest` is its bulk
+insert, also used by ``load_cdrs``, and rates every record and debits what it inserted.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from itertools import islice
 from typing import Any
 
-from django.db import connection, transaction
+import orjson
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Count, F, Sum
+from django.utils import timezone
+from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 
-from edge.cdr import CallDetailRecord, parse_iso_utc
+from accounts import audit
+from accounts.choices import AuditAction
+from accounts.models import Customer
+from core.tenancy import SYSTEM, Caller
+from edge.cdr import CallDetailRecord, CdrDecodeError, parse_iso_utc
+from edge.runtime.cdr_shipper import ShipBatch
+from trunking.models import EdgeNode, PhoneNumber, Trunk
+from trunking.push import request_config_push
 
-from .models import Cdr
+from .choices import QuarantineReason
+from .models import (
+    Balance,
+    Cdr,
+    CdrIngestProgress,
+    CdrQuarantine,
+    Invoice,
+    InvoiceLine,
+    InvoiceSequence,
+    LedgerEntry,
+    Rate,
+    RateAssignment,
+    RateDeck,
+)
+from .rate_import import check_overlaps, parse_rate_csv
+from .selectors import Rating, RatingBook, out_of_credit
 
 # The columns a record fills (all but ``id`` and ``ingested_at``, which the database sets).
 CDR_COLUMNS = tuple(
@@ -23,22 +58,76 @@ BULK_BATCH_SIZE = 500
 
 
 def cdrs_ingest(*, records: Iterable[CallDetailRecord]) -> int:
-    """Store ``records`` in one transaction; the number that were new.
+    """Store and rate ``records`` in one transaction; the number that were new.
 
-    Idempotent on (edge, call_id): a record already stored is skipped, so a journal can be
-    loaded again after a crash or by mistake. PostgreSQL gets the rows through COPY into a
-    temporary table and one INSERT ... ON CONFLICT DO NOTHING, as DESIGN requires (row-by-row
-    inserts cannot keep up with the edges); other databases (SQLite, the embedded default)
-    through bulk inserts. ``records`` is consumed once, as it comes: on PostgreSQL the COPY
-    streams it, so the caller chooses how much to hold in memory.
+    Idempotent on (edge, call_id, setup_at) (as unique as (edge, call_id): a record's setup
+    time never changes): a record already stored is skipped, so a journal can be
+    loaded again after a crash or by mistake. Each record is rated as it goes in
+    (`billing.rating`, through a `RatingBook` read once per call, before any COPY starts) and
+    the cost of the rows really inserted is debited from their customers' balances in the same
+    transaction, so a record is charged exactly once. PostgreSQL gets the rows through COPY, as
+    DESIGN requires (row-by-row inserts cannot keep up with the edges): a list straight into
+    the table (in a savepoint; if any row is already stored, undone and redone the next way),
+    an iterator into a temporary table and then one INSERT ... ON CONFLICT DO NOTHING. Other
+    databases (SQLite, the embedded default) get bulk inserts. An iterator is consumed once,
+    as it comes: on PostgreSQL the COPY streams it, so the caller chooses how much to hold in
+    memory.
     """
+    book = RatingBook()
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            return _ingest_by_copy(records)
-        return _ingest_by_bulk_insert(records)
+        if connection.vendor != "postgresql":
+            charged = _ingest_by_bulk_insert(records, book)
+        elif isinstance(records, Sequence):
+            # Shipped batches are nearly always all new: COPY straight into the table, in a
+            # savepoint; only if a row is already there (a re-sent batch) is it undone and the
+            # batch goes the ON CONFLICT way. Half the database work of the common case.
+            rows = [_copy_row(record, book) for record in records]
+            try:
+                with transaction.atomic():
+                    _copy_into(Cdr._meta.db_table, rows)
+                charged = [_charge_of(row) for row in rows]
+            except UniqueViolation:
+                charged = _ingest_by_copy(rows)
+        else:
+            charged = _ingest_by_copy(_copy_row(record, book) for record in records)
+        usage_debit(charges=charged)
+    return len(charged)
 
 
-def _ingest_by_copy(records: Iterable[CallDetailRecord]) -> int:
+# What ingest hands the ledger for each new row: (customer id, cost, answer time).
+Charge = tuple[int | None, Decimal | None, datetime | None]
+_CHARGE_COLUMNS = tuple(CDR_COLUMNS.index(name) for name in ("customer_id", "cost", "answer_at"))
+
+
+def _charge_of(row: list[Any]) -> Charge:
+    customer, cost, answer = _CHARGE_COLUMNS
+    return (row[customer], row[cost], row[answer])
+
+
+def _copy_row(record: CallDetailRecord, book: RatingBook) -> list[Any]:
+    values = _column_values(record, book)
+    values["routes"] = Jsonb(values["routes"], dumps=_json_text)
+    values["codecs"] = Jsonb(values["codecs"], dumps=_json_text)
+    return [values[column] for column in CDR_COLUMNS]
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _copy_into(table: str, rows: Iterable[list[Any]]) -> int:
+    count = 0
+    with (
+        connection.connection.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(CDR_COLUMNS)}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def _ingest_by_copy(rows: Iterable[list[Any]]) -> list[Charge]:
     columns = ", ".join(CDR_COLUMNS)
     table = Cdr._meta.db_table
     with connection.connection.cursor() as cursor:
@@ -48,23 +137,19 @@ def _ingest_by_copy(records: Iterable[CallDetailRecord]) -> int:
             f"CREATE TEMPORARY TABLE cdr_incoming ON COMMIT DROP AS "
             f"SELECT {columns} FROM {table} WITH NO DATA"
         )
-        with cursor.copy(f"COPY cdr_incoming ({columns}) FROM STDIN") as copy:
-            for record in records:
-                values = _column_values(record)
-                values["routes"] = Jsonb(values["routes"])
-                values["codecs"] = Jsonb(values["codecs"])
-                copy.write_row([values[column] for column in CDR_COLUMNS])
+        _copy_into("cdr_incoming", rows)
         cursor.execute(
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM cdr_incoming "
-            f"ON CONFLICT (edge, call_id) DO NOTHING"
+            f"ON CONFLICT (edge, call_id, setup_at) DO NOTHING "
+            f"RETURNING customer_id, cost, answer_at"
         )
-        inserted = cursor.rowcount
+        inserted = cursor.fetchall()
         cursor.execute("DROP TABLE cdr_incoming")
     return inserted
 
 
-def _ingest_by_bulk_insert(records: Iterable[CallDetailRecord]) -> int:
-    inserted = 0
+def _ingest_by_bulk_insert(records: Iterable[CallDetailRecord], book: RatingBook) -> list[Charge]:
+    inserted: list[Charge] = []
     for chunk in _chunks(records, BULK_BATCH_SIZE):
         # bulk_create(ignore_conflicts=True) cannot say how many rows it inserted, so the rows
         # already stored are looked up first; ignore_conflicts still guards a concurrent load.
@@ -79,14 +164,24 @@ def _ingest_by_bulk_insert(records: Iterable[CallDetailRecord]) -> int:
         for record in chunk:
             key = (record.edge, record.call_id)
             if key not in stored and key not in new:
-                new[key] = Cdr(**_column_values(record))
+                new[key] = Cdr(**_column_values(record, book))
         Cdr.objects.bulk_create(new.values(), ignore_conflicts=True)
-        inserted += len(new)
+        inserted += [(cdr.customer_id, cdr.cost, cdr.answer_at) for cdr in new.values()]
     return inserted
 
 
-def _column_values(record: CallDetailRecord) -> dict[str, Any]:
-    """The record as `Cdr` column values: "" for text it lacks, datetimes for its times."""
+def _column_values(record: CallDetailRecord, book: RatingBook) -> dict[str, Any]:
+    """The record as `Cdr` column values: "" for text it lacks, datetimes for its times, and
+    its rating."""
+    answer_at = _datetime_or_none(record.answer_at)
+    rating: Rating = book.rate(
+        customer_id=record.customer_id,
+        trunk_id=record.trunk_id,
+        direction=record.direction,
+        callee_e164=record.callee_e164 or "",
+        answer_at=answer_at,
+        duration_ms=record.duration_ms,
+    )
     return {
         "edge": record.edge,
         "call_id": record.call_id,
@@ -105,7 +200,7 @@ def _column_values(record: CallDetailRecord) -> dict[str, Any]:
         "answered_by": record.answered_by or "",
         "setup_at": parse_iso_utc(record.setup_at),
         "ringing_at": _datetime_or_none(record.ringing_at),
-        "answer_at": _datetime_or_none(record.answer_at),
+        "answer_at": answer_at,
         "end_at": parse_iso_utc(record.end_at),
         "duration_ms": record.duration_ms,
         "billable_seconds": record.billable_seconds,
@@ -114,6 +209,11 @@ def _column_values(record: CallDetailRecord) -> dict[str, Any]:
         "hangup_side": record.hangup_side or "",
         "codecs": record.codecs,
         "config_version": record.config_version,
+        "rate_id": rating.rate_id,
+        "billed_seconds": rating.billed_seconds,
+        "cost": rating.cost,
+        "currency": rating.currency,
+        "unrated_reason": rating.unrated_reason,
     }
 
 
@@ -125,3 +225,646 @@ def _chunks(records: Iterable[CallDetailRecord], size: int) -> Iterator[list[Cal
     iterator = iter(records)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+# --- shipped batches -----------------------------------------------------------------------
+
+
+@dataclass
+class IngestReport:
+    """What one `cdr_batches_ingest` did."""
+
+    records: int = 0  # lines that decoded to records from known edges
+    inserted: int = 0  # of those, new rows
+    quarantined: int = 0  # lines held in quarantine (not stored)
+    noted: int = 0  # records stored and noted in quarantine (customer or trunk deleted)
+
+
+def _line_text(line: bytes) -> str:
+    """The line as text PostgreSQL takes (no NUL, valid UTF-8): other bytes escaped as \\xNN."""
+    return line.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+@transaction.atomic
+def cdr_batches_ingest(*, batches: Sequence[ShipBatch]) -> IngestReport:
+    """Store the CDR lines an edge shipped, in one transaction; what was done.
+
+    Every line ends somewhere an operator can see it: a record from a registered edge is stored
+    (idempotently, `cdrs_ingest`); a line that does not decode, a torn last line, a record from
+    an unregistered edge, or one that names another edge than the one that shipped it is held
+    in `CdrQuarantine` with its reason and text; a record whose customer or trunk no longer
+    exists is stored and noted there. None of these stops the lines after it. Shipping the same
+    batch again changes nothing (quarantine entries are keyed by their place in the journal).
+    """
+    report = IngestReport()
+    records: list[tuple[ShipBatch, int, bytes, CallDetailRecord]] = []
+    held: list[CdrQuarantine] = []
+    for batch in batches:
+        for offset, line in batch.lines():
+            source = f"{batch.seq}@{offset}"
+            key = f"{batch.edge}:{source}"
+            try:
+                record = CallDetailRecord.from_json(line)
+            except CdrDecodeError as error:
+                torn = batch.torn and not line.endswith(b"\n")
+                held.append(
+                    CdrQuarantine(
+                        key=key,
+                        edge=batch.edge,
+                        source=source,
+                        reason=QuarantineReason.TORN_LINE if torn else QuarantineReason.UNDECODABLE,
+                        detail=str(error),
+                        line=_line_text(line),
+                    )
+                )
+                continue
+            if record.edge != batch.edge:
+                held.append(
+                    CdrQuarantine(
+                        key=key,
+                        edge=batch.edge,
+                        source=source,
+                        reason=QuarantineReason.EDGE_MISMATCH,
+                        detail=f"shipped by {batch.edge!r}, recorded by {record.edge!r}",
+                        call_id=record.call_id,
+                        line=_line_text(line),
+                    )
+                )
+                continue
+            records.append((batch, offset, line, record))
+
+    known_edges = set(
+        EdgeNode.objects.filter(name__in={b.edge for b in batches}).values_list("name", flat=True)
+    )
+    stored: list[CallDetailRecord] = []
+    for batch, offset, line, record in records:
+        if record.edge in known_edges:
+            stored.append(record)
+            continue
+        held.append(
+            CdrQuarantine(
+                key=f"{batch.edge}:{batch.seq}@{offset}",
+                edge=batch.edge,
+                source=f"{batch.seq}@{offset}",
+                reason=QuarantineReason.UNKNOWN_EDGE,
+                detail=f"no edge node named {record.edge!r} is registered; retry once it is",
+                call_id=record.call_id,
+                line=_line_text(line),
+            )
+        )
+    held.extend(_orphan_notes(stored))
+    per_edge: dict[str, list[CallDetailRecord]] = {batch.edge: [] for batch in batches}
+    for record in stored:
+        per_edge[record.edge].append(record)
+    now = datetime.now(UTC)
+    for edge, edge_records in per_edge.items():
+        inserted = cdrs_ingest(records=edge_records)
+        edge_held = sum(1 for entry in held if entry.edge == edge and not entry.stored)
+        _record_progress(edge, edge_records, inserted, edge_held, now)
+        report.records += len(edge_records)
+        report.inserted += inserted
+        report.quarantined += edge_held
+    report.noted = sum(1 for entry in held if entry.stored)
+    CdrQuarantine.objects.bulk_create(held, ignore_conflicts=True)
+    return report
+
+
+def _orphan_notes(stored: list[CallDetailRecord]) -> list[CdrQuarantine]:
+    """Notes for the records naming a customer or trunk that no longer exists."""
+    customer_ids = {r.customer_id for r in stored if r.customer_id is not None}
+    trunk_ids = {r.trunk_id for r in stored if r.trunk_id is not None}
+    if customer_ids:
+        customer_ids -= set(
+            Customer.objects.filter(pk__in=customer_ids).values_list("pk", flat=True)
+        )
+    if trunk_ids:
+        trunk_ids -= set(Trunk.objects.filter(pk__in=trunk_ids).values_list("pk", flat=True))
+    notes = []
+    for record in stored:
+        for missing, reason, what, value in (
+            (customer_ids, QuarantineReason.CUSTOMER_DELETED, "customer", record.customer_id),
+            (trunk_ids, QuarantineReason.TRUNK_DELETED, "trunk", record.trunk_id),
+        ):
+            if value in missing:
+                notes.append(
+                    CdrQuarantine(
+                        key=f"{record.edge}:{record.call_id}:{reason}",
+                        edge=record.edge,
+                        reason=reason,
+                        detail=f"{what} {value} no longer exists; the CDR is stored all the same",
+                        call_id=record.call_id,
+                        stored=True,
+                    )
+                )
+    return notes
+
+
+def _record_progress(
+    edge: str, records: list[CallDetailRecord], inserted: int, held: int, now: datetime
+) -> None:
+    # Two workers may meet an edge's first batch at once: insert-or-nothing, then update.
+    CdrIngestProgress.objects.bulk_create([CdrIngestProgress(edge=edge)], ignore_conflicts=True)
+    changes: dict[str, Any] = {
+        "last_committed_at": now,
+        "committed": F("committed") + inserted,
+        "duplicates": F("duplicates") + (len(records) - inserted),
+        "quarantined": F("quarantined") + held,
+    }
+    if records:
+        ends = [parse_iso_utc(r.end_at) for r in records]
+        changes["last_call_end_at"] = max(ends)
+        changes["last_lag_seconds"] = (now - min(ends)).total_seconds()
+    CdrIngestProgress.objects.filter(edge=edge).update(**changes)
+
+
+def cdr_batches_ingest_in_process(batches: Sequence[ShipBatch]) -> IngestReport:
+    """The embedded default's shipper calls this on its own thread (no Redis, no worker)."""
+    close_old_connections()
+    return cdr_batches_ingest(batches=batches)
+
+
+@transaction.atomic
+def cdr_quarantine_retry(*, entries: Iterable[CdrQuarantine], actor: Caller = SYSTEM) -> int:
+    """Ingest held quarantine entries again (their cause fixed, e.g. the edge now registered);
+    the number that are now stored. Entries still refused stay, with their reason refreshed.
+    Each retried entry is deleted with an audit row ("retry ingest") naming who asked."""
+    resolved = 0
+    for entry in entries:
+        if entry.stored or entry.resolved_at is not None:
+            continue
+        seq, _, offset = entry.source.partition("@")
+        line = entry.line.encode()
+        if not seq.isdigit() or not offset.isdigit():
+            continue
+        batch = ShipBatch(entry.edge, int(seq), int(offset), int(offset) + len(line), line)
+        audit.record(
+            actor=actor,
+            obj=entry,
+            action=AuditAction.DELETE,
+            before=audit.snapshot(entry),
+            note=f"retry ingest ({entry.reason})",
+        )
+        entry.delete()  # frees its key: a refusal below records it again
+        report = cdr_batches_ingest(batches=[batch])
+        if report.records:
+            resolved += 1
+    return resolved
+
+
+# --- the balance ledger -----------------------------------------------------------------------
+
+
+def _actor_label(actor: Caller | str) -> str:
+    if isinstance(actor, str):
+        return actor
+    if actor.api_key is not None:
+        return f"api-key:{actor.api_key.prefix}"
+    if actor.user is not None:
+        return f"user:{actor.user.username}"
+    return "system"
+
+
+@transaction.atomic
+def ledger_post(
+    *,
+    actor: Caller | str,
+    customer: Customer,
+    kind: str,
+    amount: Decimal,
+    note: str = "",
+    reference: str = "",
+    period: date | None = None,
+    audited: bool = True,
+) -> LedgerEntry | None:
+    """Add one entry to ``customer``'s ledger and move its balance; None if ``reference`` was
+    posted already (so periodic jobs can run again safely).
+
+    Credits are positive, debits negative. When the entry moves the customer into or out of
+    credit (`selectors.out_of_credit`), a config push is queued after commit so every edge
+    refuses (or again admits) its calls within seconds; crossing the low-balance threshold
+    writes an audit row (the event)."""
+    if (
+        reference
+        and LedgerEntry.objects.filter(customer=customer, kind=kind, reference=reference).exists()
+    ):
+        return None
+    entry = LedgerEntry(
+        customer=customer,
+        kind=kind,
+        amount=amount,
+        currency=customer.currency,
+        actor=_actor_label(actor)[:200],
+        note=note[:500],
+        reference=reference,
+        period=month_of(period or timezone.now()),
+    )
+    entry.full_clean()
+    entry.save()
+    balance, _ = Balance.objects.select_for_update().get_or_create(customer=customer)
+    before = balance.amount
+    balance.amount = before + amount
+    threshold = balance.low_balance_threshold
+    below = threshold is not None and balance.amount < threshold
+    fields = ["amount", "updated_at"]
+    if below != balance.below_threshold:
+        balance.below_threshold = below
+        fields.append("below_threshold")
+    balance.save(update_fields=fields)
+    if audited:
+        audit.record(actor=_audit_actor(actor), obj=entry, action=AuditAction.CREATE, note=note)
+    if "below_threshold" in fields and below:
+        audit.record(
+            actor=SYSTEM,
+            obj=balance,
+            action=AuditAction.UPDATE,
+            note=f"low balance: {balance.amount} {customer.currency} is below {threshold}",
+        )
+    was_blocked = out_of_credit(
+        billing_mode=customer.billing_mode, credit_limit=customer.credit_limit, balance=before
+    )
+    is_blocked = out_of_credit(
+        billing_mode=customer.billing_mode,
+        credit_limit=customer.credit_limit,
+        balance=balance.amount,
+    )
+    if was_blocked != is_blocked:
+        request_config_push()
+    return entry
+
+
+def _audit_actor(actor: Caller | str) -> Caller:
+    return SYSTEM if isinstance(actor, str) else actor
+
+
+def usage_debit(*, charges: Iterable[Charge]) -> None:
+    """Debit the rated cost of newly stored CDRs: one ledger entry per customer and answer
+    month per batch (the month puts the usage on the right invoice)."""
+    totals: dict[tuple[int, date], tuple[Decimal, int]] = {}
+    for customer_id, cost, answer_at in charges:
+        if customer_id is None or not cost or answer_at is None:
+            continue
+        key = (customer_id, month_of(answer_at))
+        total, calls = totals.get(key, (Decimal("0"), 0))
+        totals[key] = (total + cost, calls + 1)
+    if not totals:
+        return
+    customers = Customer.objects.in_bulk({customer_id for customer_id, _ in totals})
+    for (customer_id, period), (total, calls) in sorted(totals.items()):
+        ledger_post(
+            actor="system:cdr-ingest",
+            customer=customers[customer_id],
+            kind=LedgerEntry.Kind.USAGE,
+            amount=-total,
+            period=period,
+            note=f"{calls} rated call{'s' if calls != 1 else ''}",
+            audited=False,  # the ledger row is the record; one audit row per batch is noise
+        )
+
+
+def month_of(moment: datetime | date) -> date:
+    """The first day of the UTC month of ``moment``."""
+    if isinstance(moment, datetime):
+        moment = moment.astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
+def ledger_verify() -> dict[int, tuple[Decimal, Decimal]]:
+    """Customers whose stored balance differs from the sum of their ledger: {id: (stored,
+    summed)}. Empty when all is well (a periodic check)."""
+    sums = dict(
+        LedgerEntry.objects.order_by()
+        .values("customer_id")
+        .annotate(total=Sum("amount"))
+        .values_list("customer_id", "total")
+    )
+    wrong = {}
+    for customer_id, stored in Balance.objects.values_list("customer_id", "amount"):
+        summed = sums.pop(customer_id, Decimal("0"))
+        if summed != stored:
+            wrong[customer_id] = (stored, summed)
+    for customer_id, summed in sums.items():
+        wrong[customer_id] = (Decimal("0"), summed)
+    return wrong
+
+
+# --- rate decks -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def rate_deck_import(*, actor: Caller, deck: RateDeck, text: str, replace: bool = False) -> int:
+    """Load a CSV of rates into ``deck``, all or nothing; the number of rows added.
+
+    Raises `billing.rate_import.RateImportError` listing every bad line (number, column,
+    reason) and writes nothing then. ``replace`` deletes the deck's rows first (rated CDRs
+    keep the cost they were charged; `Cdr.rate` has no database constraint). The rows are
+    checked against each other and against the rows kept, for overlapping effective periods
+    of one prefix."""
+    rows = parse_rate_csv(text)
+    existing = (
+        []
+        if replace
+        else list(
+            Rate.objects.filter(deck=deck).values_list(
+                "id", "prefix", "effective_from", "effective_to"
+            )
+        )
+    )
+    check_overlaps(rows, existing)
+    if replace:
+        Rate.objects.filter(deck=deck).delete()
+    Rate.objects.bulk_create([Rate(deck=deck, **row.fields) for row in rows], batch_size=5_000)
+    deck.save(update_fields=["updated_at"])  # the rating cache keys on it
+    audit.record(
+        actor=actor,
+        obj=deck,
+        action=AuditAction.IMPORT,
+        note=f"{len(rows)} rates{' (replacing the deck)' if replace else ''}",
+    )
+    return len(rows)
+
+
+@transaction.atomic
+def rate_assignment_create(
+    *,
+    actor: Caller,
+    customer: Customer,
+    deck: RateDeck,
+    valid_from: datetime,
+    direction: str = "outbound",
+    trunk: Trunk | None = None,
+) -> RateAssignment:
+    """Price ``customer``'s calls with ``deck`` from ``valid_from``. The deck's currency must
+    be the customer's, and a trunk must be the customer's own."""
+    errors: dict[str, str] = {}
+    if deck.currency != customer.currency:
+        errors["deck"] = (
+            f"The deck is in {deck.currency}; the customer is billed in {customer.currency}."
+        )
+    if trunk is not None and trunk.customer_id != customer.pk:
+        errors["trunk"] = "The trunk does not belong to this customer."
+    if errors:
+        raise ValidationError(errors)
+    assignment = RateAssignment(
+        customer=customer, deck=deck, valid_from=valid_from, direction=direction, trunk=trunk
+    )
+    assignment.full_clean()
+    assignment.save()
+    audit.record(actor=actor, obj=assignment, action=AuditAction.CREATE)
+    return assignment
+
+
+# --- recurring charges ------------------------------------------------------------------------
+
+
+def recurring_charges_post(*, month: date) -> int:
+    """Charge every assigned number's monthly price for ``month`` (its first day); the number
+    of charges posted. Idempotent per number and month (the ledger reference), so the daily
+    task posts a number assigned mid-month on the day it first sees it: a first, partial month
+    is charged in full, as DID providers commonly do."""
+    label = f"{month:%Y-%m}"
+    posted = 0
+    numbers = (
+        PhoneNumber.objects.filter(monthly_price__gt=0)
+        .select_related("customer")
+        .order_by("customer_id", "id")
+    )
+    for number in numbers.iterator(chunk_size=2_000):
+        with transaction.atomic():
+            entry = ledger_post(
+                actor="system:recurring-charges",
+                customer=number.customer,
+                kind=LedgerEntry.Kind.RECURRING,
+                amount=-number.monthly_price,
+                note=f"{number.number} for {label}",
+                reference=f"number:{number.pk}:{label}",
+                period=month,
+                audited=False,
+            )
+        posted += entry is not None
+    return posted
+
+
+# --- invoices ---------------------------------------------------------------------------------
+
+
+class InvoiceError(Exception):
+    """A request the invoice rules forbid (editing an issued invoice, ...)."""
+
+
+def _next_month(period: date) -> date:
+    return date(period.year + period.month // 12, period.month % 12 + 1, 1)
+
+
+@transaction.atomic
+def invoice_draft(*, actor: Caller, customer: Customer, period: date) -> Invoice:
+    """Build (or rebuild) ``customer``'s draft invoice for the month of ``period``.
+
+    Lines: usage by destination from the month's rated calls (by answer time), the month's
+    number charges, and each adjustment or refund of the month. Its total is the sum of its
+    lines, which is the sum of the month's ledger entries other than top-ups (as a positive
+    amount due). An issued invoice is never rebuilt."""
+    period = month_of(period)
+    invoice, _ = Invoice.objects.select_for_update().get_or_create(
+        customer=customer,
+        period=period,
+        kind=Invoice.Kind.INVOICE,
+        defaults={"currency": customer.currency},
+    )
+    if invoice.status != Invoice.Status.DRAFT:
+        raise InvoiceError(f"Invoice #{invoice.number} is issued; correct it with a credit note.")
+    invoice.lines.all().delete()
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    end_date = _next_month(period)
+    end = datetime(end_date.year, end_date.month, 1, tzinfo=UTC)
+    lines: list[InvoiceLine] = []
+    usage = (
+        Cdr.objects.filter(customer=customer, answer_at__gte=start, answer_at__lt=end, cost__gt=0)
+        .order_by()
+        .values("rate__destination", "rate__prefix")
+        .annotate(calls=Count("id"), seconds=Sum("billed_seconds"), amount=Sum("cost"))
+        .order_by("rate__destination", "rate__prefix")
+    )
+    for row in usage:
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.USAGE,
+                description=f"{row['rate__destination'] or 'Calls'} (+{row['rate__prefix']})",
+                quantity=Decimal(row["calls"]),
+                minutes=(Decimal(row["seconds"]) / 60).quantize(Decimal("0.01")),
+                amount=row["amount"],
+            )
+        )
+    entries = LedgerEntry.objects.filter(customer=customer, period=period)
+    recurring = entries.filter(kind=LedgerEntry.Kind.RECURRING).aggregate(
+        count=Count("id"), total=Sum("amount")
+    )
+    if recurring["count"]:
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.NUMBERS,
+                description=f"Phone numbers, {period:%B %Y}",
+                quantity=Decimal(recurring["count"]),
+                amount=-recurring["total"],
+            )
+        )
+    for entry in entries.filter(
+        kind__in=[LedgerEntry.Kind.ADJUSTMENT, LedgerEntry.Kind.REFUND]
+    ).order_by("created_at", "id"):
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.ADJUSTMENT,
+                description=f"{entry.get_kind_display()}: {entry.note}"[:200],
+                quantity=Decimal(1),
+                amount=-entry.amount,
+            )
+        )
+    InvoiceLine.objects.bulk_create(lines)
+    invoice.total = sum((line.amount for line in lines), Decimal("0"))
+    invoice.currency = customer.currency
+    invoice.save(update_fields=["total", "currency"])
+    return invoice
+
+
+def period_ledger_due(*, customer: Customer, period: date) -> Decimal:
+    """What the month's ledger says is due: minus the sum of its entries other than top-ups
+    (a check that an invoice's total is right)."""
+    total = (
+        LedgerEntry.objects.filter(customer=customer, period=month_of(period))
+        .exclude(kind=LedgerEntry.Kind.TOPUP)
+        .aggregate(total=Sum("amount"))["total"]
+    )
+    return -(total or Decimal("0"))
+
+
+@transaction.atomic
+def invoice_issue(*, actor: Caller, invoice: Invoice) -> Invoice:
+    """Give ``invoice`` the next number (no gaps: the sequence row is locked meanwhile) and
+    freeze it."""
+    invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if invoice.status != Invoice.Status.DRAFT:
+        raise InvoiceError(f"Invoice #{invoice.number} is already issued.")
+    sequence, _ = InvoiceSequence.objects.select_for_update().get_or_create(pk=1)
+    sequence.last += 1
+    sequence.save(update_fields=["last"])
+    invoice.number = sequence.last
+    invoice.status = Invoice.Status.ISSUED
+    invoice.issued_at = timezone.now()
+    invoice.save(update_fields=["number", "status", "issued_at"])
+    audit.record(actor=actor, obj=invoice, action=AuditAction.UPDATE, note="issued")
+    return invoice
+
+
+@transaction.atomic
+def invoice_credit_note(
+    *, actor: Caller, invoice: Invoice, amount: Decimal | None = None, note: str
+) -> Invoice:
+    """Correct an issued invoice: a credit note (numbered at once) for ``amount`` (default:
+    the whole invoice), with a matching ledger credit so the balance follows."""
+    if invoice.status != Invoice.Status.ISSUED or invoice.kind != Invoice.Kind.INVOICE:
+        raise InvoiceError("Only an issued invoice can be credited.")
+    amount = invoice.total if amount is None else amount
+    if not Decimal("0") < amount <= invoice.total:
+        raise InvoiceError(f"A credit note is for more than 0 and at most {invoice.total}.")
+    credit = Invoice.objects.create(
+        customer=invoice.customer,
+        kind=Invoice.Kind.CREDIT_NOTE,
+        period=invoice.period,
+        currency=invoice.currency,
+        total=-amount,
+        corrects=invoice,
+    )
+    InvoiceLine.objects.create(
+        invoice=credit,
+        kind=InvoiceLine.Kind.ADJUSTMENT,
+        description=f"Credit for invoice #{invoice.number}: {note}"[:200],
+        quantity=Decimal(1),
+        amount=-amount,
+    )
+    ledger_post(
+        actor=actor,
+        customer=invoice.customer,
+        kind=LedgerEntry.Kind.REFUND,
+        amount=amount,
+        note=f"credit note for invoice #{invoice.number}: {note}",
+        reference=f"credit-note:{credit.pk}",
+        # The month after the one invoiced: the issued invoice's own month stays as it was.
+        period=_next_month(invoice.period),
+    )
+    return invoice_issue(actor=actor, invoice=credit)
+
+
+# --- re-rating --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def rerate(*, actor: Caller, customer: Customer, period: date) -> dict[str, Any]:
+    """Rate ``customer``'s calls answered in the month of ``period`` again (after a deck was
+    fixed or assigned): each CDR gets its new rate and cost, and the ledger gets one usage entry
+    with the difference, for that month, so drafts and balances follow. A month whose invoice is
+    issued is not re-rated (correct it with a credit note)."""
+    period = month_of(period)
+    if Invoice.objects.filter(
+        customer=customer, period=period, kind=Invoice.Kind.INVOICE, status="issued"
+    ).exists():
+        raise InvoiceError(f"{period:%Y-%m} is invoiced; correct it with a credit note.")
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    next_month = _next_month(period)
+    end = datetime(next_month.year, next_month.month, 1, tzinfo=UTC)
+    book = RatingBook()
+    changed: list[Cdr] = []
+    difference = Decimal("0")
+    rows = Cdr.objects.filter(customer=customer, answer_at__gte=start, answer_at__lt=end)
+    for cdr in rows.iterator(chunk_size=5_000):
+        rating = book.rate(
+            customer_id=cdr.customer_id,
+            trunk_id=cdr.trunk_id,
+            direction=cdr.direction,
+            callee_e164=cdr.callee_e164,
+            answer_at=cdr.answer_at,
+            duration_ms=cdr.duration_ms,
+        )
+        new = (rating.rate_id, rating.billed_seconds, rating.cost, rating.currency,
+               rating.unrated_reason)  # fmt: skip
+        old = (cdr.rate_id, cdr.billed_seconds, cdr.cost, cdr.currency, cdr.unrated_reason)
+        if new != old:
+            difference += (rating.cost or 0) - (cdr.cost or 0)
+            (cdr.rate_id, cdr.billed_seconds, cdr.cost, cdr.currency, cdr.unrated_reason) = new
+            changed.append(cdr)
+    Cdr.objects.bulk_update(
+        changed,
+        ["rate", "billed_seconds", "cost", "currency", "unrated_reason"],
+        batch_size=2_000,
+    )
+    if difference:
+        ledger_post(
+            actor=actor,
+            customer=customer,
+            kind=LedgerEntry.Kind.USAGE,
+            amount=-difference,
+            period=period,
+            note=f"re-rating {period:%Y-%m}: {len(changed)} calls changed",
+        )
+    audit.record(
+        actor=actor,
+        obj=customer,
+        action=AuditAction.UPDATE,
+        note=f"re-rated {period:%Y-%m}: {len(changed)} calls, difference {difference}",
+    )
+    return {"changed": len(changed), "difference": difference}
+
+
+@transaction.atomic
+def balance_set_threshold(
+    *, actor: Caller, customer: Customer, threshold: Decimal | None
+) -> Balance:
+    """Set the balance below which a low-balance event is raised (None: no threshold)."""
+    balance, _ = Balance.objects.select_for_update().get_or_create(customer=customer)
+    before = audit.snapshot(balance)
+    balance.low_balance_threshold = threshold
+    balance.below_threshold = threshold is not None and balance.amount < threshold
+    balance.save(update_fields=["low_balance_threshold", "below_threshold", "updated_at"])
+    audit.record(actor=actor, obj=balance, action=AuditAction.UPDATE, before=before)
+    return balance

@@ -52,6 +52,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.RequestIdMiddleware",
+    "core.middleware.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -61,6 +62,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+CSRF_FAILURE_VIEW = "core.exceptions.csrf_failure"  # JSON under /api/
 ASGI_APPLICATION = "config.asgi.application"
 WSGI_APPLICATION = "config.wsgi.application"
 
@@ -74,6 +76,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "trunking.context_processors.edge_alerts",  # the admin's failing-edge banner
             ],
         },
     },
@@ -149,9 +152,37 @@ CELERY_BEAT_SCHEDULE = {
         "task": "trunking.tasks.reconcile_edges",
         "schedule": env.float("EDGE_RECONCILE_SECONDS", default=10.0),
     },
+    # Numbers' monthly prices, posted once per number and month (idempotent: runs hourly).
+    "recurring-charges": {"task": "billing.tasks.post_recurring_charges", "schedule": 3600.0},
+    # Balances checked against the sum of their ledgers; a mismatch is logged as an error.
+    "ledger-verify": {"task": "billing.tasks.verify_ledger", "schedule": 3600.0},
+    # CDR stream -> PostgreSQL (billing/cdr_stream.py). A round that finds the previous one
+    # still running on every worker expires unstarted rather than queueing up.
+    "cdr-consume": {
+        "task": "billing.tasks.cdr_consume",
+        "schedule": env.float("CDR_CONSUME_INTERVAL", default=1.0),
+        "options": {"expires": env.float("CDR_CONSUME_INTERVAL", default=1.0)},
+    },
+    "cdr-partitions": {
+        "task": "billing.tasks.cdr_partitions_ensure",
+        "schedule": 3600.0,
+    },
 }
-# Changes within this window after the first one travel in the same push.
-CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.05)
+# --- CDR pipeline (README "CDR pipeline", docs/cdr-pipeline.md) ---------------------------
+# The Redis holding the CDR stream and the committed marks; by default the broker's.
+CDR_STREAM_REDIS_URL = env.str("CDR_STREAM_REDIS_URL", default="") or REDIS_URL
+# A consume round reads for up to this many seconds (it stops early once the stream is dry),
+# CDR_CONSUME_ENTRIES stream entries (edge batches) per transaction.
+CDR_CONSUME_BUDGET = env.float("CDR_CONSUME_BUDGET", default=5.0)
+CDR_CONSUME_ENTRIES = env.int("CDR_CONSUME_ENTRIES", default=50)
+# Entries a consumer took and has not acknowledged for this long are claimed by another
+# (a worker killed mid-batch).
+CDR_CLAIM_IDLE_SECONDS = env.float("CDR_CLAIM_IDLE_SECONDS", default=30.0)
+CDR_PARTITION_MONTHS_AHEAD = env.int("CDR_PARTITION_MONTHS_AHEAD", default=3)
+# Changes within this window after the first one travel in the same push. 0 queues the push at
+# once; changes committed before it starts still travel with it. A push reads only what changed
+# (trunking/snapshot.py), so waiting saves little and costs every change that much latency.
+CONFIG_PUSH_COALESCE_SECONDS = env.float("CONFIG_PUSH_COALESCE_SECONDS", default=0.0)
 # A queued push that never started (worker down) stops blocking new ones after this.
 CONFIG_PUSH_PENDING_TTL_MS = 5000
 
@@ -163,10 +194,14 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.TenantPermission"],
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.OrderingFilter",
+        # django-filter, strict about parameters, relation choices scoped to the tenant.
+        "core.filters.StrictFilterBackend",
+        "core.filters.StrictOrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttling.ApiCallerThrottle"],
+    # Requests per caller (API key, person, or address when anonymous): N/s, N/m, N/h or N/d.
+    "DEFAULT_THROTTLE_RATES": {"api": env.str("API_THROTTLE_RATE", default="100/s")},
     "DEFAULT_PAGINATION_CLASS": "core.pagination.StandardPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -186,6 +221,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents its error responses, all in the one Error shape.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.schema.document_errors",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "CustomerStatusEnum": "accounts.choices.CustomerStatus",
         "TrunkStatusEnum": "trunking.choices.TrunkStatus",
@@ -197,14 +237,6 @@ SPECTACULAR_SETTINGS = {
 # Token the edge presents to fetch its snapshot, and the token the control plane presents to
 # the edge's control API. Both must be set in production.
 EDGE_CONTROL_TOKEN = env.str("EDGE_CONTROL_TOKEN", default="dev-edge-token" if DEBUG else "")
-# The CDR journal (edge/runtime/journal.py, in EDGE_JOURNAL_DIR) is fsynced in batches: a crash
-# loses at most the unflushed batch, fewer than EDGE_CDR_BATCH_SIZE records or
-# EDGE_CDR_FLUSH_INTERVAL seconds' worth. Smaller values lose less and cost more fsyncs.
-EDGE_CDR_BATCH_SIZE = env.int("EDGE_CDR_BATCH_SIZE", default=64)
-EDGE_CDR_FLUSH_INTERVAL = env.float("EDGE_CDR_FLUSH_INTERVAL", default=0.05)
-# A standalone edge runs no automatic full garbage collection, one every this many seconds
-# instead (0: never); see edge/runtime/gc_policy.py for why.
-EDGE_GC_FULL_INTERVAL = env.float("EDGE_GC_FULL_INTERVAL", default=3600.0)
 
 LOGGING = {
     "version": 1,
@@ -216,16 +248,31 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 
+# The broadest source network a customer may give a trunk's IP ACL (staff may give broader
+# ones): a /8 on a trunk lets anyone in that range call on the customer's account.
+ACL_MIN_PREFIX_V4 = env.int("ACL_MIN_PREFIX_V4", default=24)
+ACL_MIN_PREFIX_V6 = env.int("ACL_MIN_PREFIX_V6", default=48)
+
 # Digest realm of trunk credentials (HA1 values depend on it: changing it invalidates them).
 SIP_REALM = env.str("SIP_REALM", default="trunkline")
 
 # --- Edge node (`manage.py runedge`) ------------------------------------------------------------
-# Defaults of the runedge command; its EDGE_* options and environment variables (EDGE_SIP,
-# EDGE_CONTROL, EDGE_TLS_CERT, ... see edge/runtime/main.py) override them.
-EDGE_NODE_NAME = env.str("EDGE_NODE_NAME", default="")  # empty: the machine's hostname
-EDGE_SIP_ADDRESS = env.str("EDGE_SIP_ADDRESS", default="127.0.0.1:5060")  # UDP and TCP
-EDGE_TLS_ADDRESS = env.str("EDGE_TLS_ADDRESS", default="")  # empty: SIP host, port 5061
-EDGE_TLS_CERT = env.str("EDGE_TLS_CERT", default="")  # TLS is on when cert and key are set
-EDGE_TLS_KEY = env.str("EDGE_TLS_KEY", default="")
-EDGE_CONTROL_ADDRESS = env.str("EDGE_CONTROL_ADDRESS", default="127.0.0.1:8081")
-EDGE_JOURNAL_DIR = Path(env.str("EDGE_JOURNAL_DIR", default=str(VAR_DIR / "cdr")))
+# The edge's own settings (EDGE_SIP_ADDRESS, EDGE_CONTROL_ADDRESS, EDGE_NODE_NAME, EDGE_TLS_*,
+# EDGE_DIGEST_ALGORITHMS, ...) are read by edge/options.py alone, for runedge, runplatform and
+# `python -m edge` alike; the web app needs none of them.
+
+# --- Call history and CDR exports (billing/api, billing/exports.py) ------------------------------
+# The longest period one CDR list, summary or export may span (a required since/until range).
+CDR_QUERY_MAX_DAYS = env.int("CDR_QUERY_MAX_DAYS", default=93)
+# An export of more rows than this is refused by GET .../cdrs/export/ (and the admin's export)
+# and runs as a job instead (POST /api/v1/cdr-exports/), whose file is downloaded when ready.
+CDR_EXPORT_JOB_THRESHOLD_ROWS = env.int("CDR_EXPORT_JOB_THRESHOLD_ROWS", default=1_000_000)
+# Where export jobs write their files, and how long a finished file is kept.
+CDR_EXPORT_DIR = Path(env.str("CDR_EXPORT_DIR", default=str(VAR_DIR / "exports")))
+CDR_EXPORT_FILE_TTL_HOURS = env.float("CDR_EXPORT_FILE_TTL_HOURS", default=24.0)
+# A running export job records its progress (what its page's bar shows) at most this often.
+CDR_EXPORT_PROGRESS_SECONDS = env.float("CDR_EXPORT_PROGRESS_SECONDS", default=0.5)
+CELERY_BEAT_SCHEDULE["expire-cdr-exports"] = {
+    "task": "billing.tasks.expire_cdr_exports",
+    "schedule": 600.0,
+}

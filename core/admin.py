@@ -30,12 +30,9 @@ class AuditedModelAdmin(admin.ModelAdmin):
             )
 
     def delete_model(self, request: HttpRequest, obj: models.Model) -> None:
+        # Audits what the delete cascades to and the foreign keys it clears, like the API.
         with transaction.atomic():
-            before = audit.snapshot(obj)
-            audit.record(
-                actor=admin_caller(request), obj=obj, action=AuditAction.DELETE, before=before
-            )
-            super().delete_model(request, obj)
+            audit.delete(actor=admin_caller(request), obj=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: models.QuerySet[Any]) -> None:
         with transaction.atomic():
@@ -53,10 +50,7 @@ class AuditedModelAdmin(admin.ModelAdmin):
             }
             instances = formset.save(commit=False)
             for obj in formset.deleted_objects:
-                audit.record(
-                    actor=caller, obj=obj, action=AuditAction.DELETE, before=audit.snapshot(obj)
-                )
-                obj.delete()
+                audit.delete(actor=caller, obj=obj)
             for obj in instances:
                 is_new = obj.pk is None
                 obj.save()

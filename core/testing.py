@@ -4,7 +4,9 @@ A pytest plugin, loaded by the root conftest.py when pytest-django is active (th
 also run without Django: `pytest -p no:django edge`)."""
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -32,6 +34,14 @@ CALLERS = ("owner", "other_customer", "read_only", "staff", "anonymous")
 def _fast_password_hashing(settings) -> None:
     # The production hasher is slow on purpose; tests create many users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_api_throttle() -> None:
+    # The API's rate limit counts in the (in-process) cache: each test starts with a clean slate.
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 @pytest.fixture
@@ -87,6 +97,27 @@ def trunk(customer) -> Trunk:
 @pytest.fixture
 def other_trunk(other_customer) -> Trunk:
     return Trunk.objects.create(customer=other_customer, name="globex-pbx")
+
+
+def _assigned_deck(customer: Customer, name: str) -> Any:
+    from billing.models import RateAssignment, RateDeck
+
+    deck = RateDeck.objects.create(name=name, currency=customer.currency)
+    RateAssignment.objects.create(
+        customer=customer, deck=deck, valid_from=datetime(2020, 1, 1, tzinfo=UTC)
+    )
+    return deck
+
+
+@pytest.fixture
+def rate_deck(customer) -> Any:
+    """A rate deck assigned to the customer (customers read the decks that price them)."""
+    return _assigned_deck(customer, "acme-rates")
+
+
+@pytest.fixture
+def other_rate_deck(other_customer) -> Any:
+    return _assigned_deck(other_customer, "globex-rates")
 
 
 @pytest.fixture

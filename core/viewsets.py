@@ -9,6 +9,7 @@ from typing import Any
 
 from django.db import models, transaction
 from rest_framework import viewsets
+from rest_framework.exceptions import PermissionDenied, ValidationError
 
 from accounts import audit
 from accounts.choices import AuditAction
@@ -52,10 +53,18 @@ class TenantScopedViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance: models.Model) -> None:
         with transaction.atomic():
-            before = audit.snapshot(instance)
-            audit.record(actor=self.caller, obj=instance, action=AuditAction.DELETE, before=before)
-            instance.delete()
+            audit.delete(actor=self.caller, obj=instance)  # and what it cascades to
             self.after_write(instance)
+
+    def force_requested(self) -> bool:
+        """``?force=true`` on a DELETE: staff only (403 for others)."""
+        value = self.request.query_params.get("force", "false").lower()
+        if value not in ("true", "false", "1", "0"):
+            raise ValidationError({"force": ["Give true or false."]})
+        force = value in ("true", "1")
+        if force and not self.caller.is_staff:
+            raise PermissionDenied("Only operators may force a delete.")
+        return force
 
 
 class TenantScopedReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):

@@ -2,13 +2,20 @@
 
 This is the edge's transaction user. It sits on one `TransactionLayer` (edge/sip), identifies
 who is calling (trunk ACL, digest credentials, or a carrier gateway), asks `edge.policy` whether
-the call may proceed, picks routes with `edge.routing`, and relays between an A leg (the caller)
-and a B leg (the callee) that share nothing on the wire: each leg has its own Call-ID, tags, Via
-and Contact, and only a short list of end-to-end headers crosses over. SDP passes through.
+the call may proceed, asks for a slot of the trunk's limits, picks routes with `edge.routing`,
+and relays between an A leg (the caller) and a B leg (the callee) that share nothing on the
+wire: each leg has its own Call-ID, tags, Via and Contact, and only a short list of end-to-end
+headers crosses over. SDP passes through.
+
+Each admitted call is a state machine (edge/calls.py): `_step` is the only place a call changes
+state, through the table `CALL` at the end of this module; `_end` is the one way into
+`CallState.ENDED` and emits the call's one `CdrReady` and its `ReleaseSlot`.
 
 Sans-IO like the SIP core: bytes and (monotonic `now`, wall-clock `wall`) in; `Transmit`,
-`CdrReady` and `CallEvent` out. It never touches sockets, the clock, asyncio or Django; the
-runtime (edge/runtime) carries its outputs out and calls `on_timer` at `next_timer()`.
+`CdrReady`, `CallEvent`, `SecurityEvent`, `AcquireSlot` and `ReleaseSlot` out; the answer to an
+`AcquireSlot` comes back through `slot_decided`. It never touches sockets, the clock, asyncio,
+counters kept elsewhere or Django; the runtime (edge/runtime) carries its outputs out and calls
+`on_timer` at `next_timer()`.
 """
 
 from __future__ import annotations
@@ -19,36 +26,59 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from edge import cdr, numbering, routing
-from edge.cdr import CallDetailRecord, RouteAttempt, iso_utc
+from edge import cdr, numbering, routing, salvage
+from edge.call_events import CallEvent, call_event
+from edge.calls import (
+    ENDINGS,
+    Address,
+    Call,
+    CallInput,
+    CallState,
+    Incoming,
+    Leg,
+    Retransmitter,
+    callee_user,
+    caller_user,
+    peer_text,
+)
+from edge.cdr import CallDetailRecord
+from edge.challenges import Challenges, PendingChallenge
 from edge.config import Credential, EdgeConfig, TrunkPolicy
-from edge.limits import Limits
+from edge.limits import AcquireSlot, ReleaseSlot, SlotDecision, SlotGranted
 from edge.policy import (
     Admit,
     OutboundCall,
     Reject,
-    Usage,
     admit_inbound,
     admit_outbound,
     admit_register,
+    reason_header,
     reject,
 )
-from edge.registrar import MIN_EXPIRES, Registrar, granted_expires
+from edge.registrar import MIN_EXPIRES, PURGE_INTERVAL, Registrar, granted_expires
 from edge.security import AbuseGuard, SecurityEvent, Verdict
 from edge.sip.dialog import AnswerRetransmitter, Dialog, DialogState
-from edge.sip.digest import DigestOutcome, DigestServer, parse_authorization
+from edge.sip.digest import (
+    DEFAULT_CHALLENGE_ORDER,
+    DigestOutcome,
+    DigestServer,
+    parse_authorization,
+)
 from edge.sip.errors import RemoteProtocolError
 from edge.sip.message import (
     Request,
     Response,
+    crossing_headers,
     make_request,
     make_response,
     new_branch,
     new_call_id,
     new_tag,
+    to_tag_or_none,
+    unsupported_extensions,
     validate_for_proxy,
 )
-from edge.sip.parser import parse_message
+from edge.sip.parser import FramingError, parse_message
 from edge.sip.sdp import SessionDescription
 from edge.sip.timers import TimerConfig, TimerQueue
 from edge.sip.transaction import (
@@ -61,12 +91,14 @@ from edge.sip.transaction import (
     Timeout,
     TransactionEvent,
     TransactionLayer,
+    TransactionState,
     TransportError,
     make_cancel,
 )
-from edge.sip.uri import parse_name_addr
+from edge.sip.uri import bracket_host
 
 __all__ = [
+    "CALL",
     "Address",
     "B2bua",
     "B2buaSettings",
@@ -76,8 +108,6 @@ __all__ = [
     "Stats",
     "Transmit",
 ]
-
-Address: TypeAlias = tuple[str, int, str]  # (host, port, transport: "udp" | "tcp" | "tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,39 +125,7 @@ class CdrReady:
     record: CallDetailRecord
 
 
-@dataclass(frozen=True, slots=True)
-class CallEvent:
-    """A change of a call's state, for the live board."""
-
-    kind: str  # "started" | "ringing" | "answered" | "ended"
-    call_id: str
-    trunk_id: int | None
-    customer_id: int | None
-    direction: str
-    caller: str | None
-    callee: str | None
-    at: float
-    reason: str | None = None
-    final_code: int | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        """The fields, for JSON. Not orjson's own dataclass support: it reads the instance's
-        memory layout directly and crashes on a class compiled by mypyc (edge/native.py)."""
-        return {
-            "kind": self.kind,
-            "call_id": self.call_id,
-            "trunk_id": self.trunk_id,
-            "customer_id": self.customer_id,
-            "direction": self.direction,
-            "caller": self.caller,
-            "callee": self.callee,
-            "at": self.at,
-            "reason": self.reason,
-            "final_code": self.final_code,
-        }
-
-
-Output: TypeAlias = Transmit | CdrReady | CallEvent | SecurityEvent
+Output: TypeAlias = Transmit | CdrReady | CallEvent | SecurityEvent | AcquireSlot | ReleaseSlot
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 # Headers that cross from one leg to the other; everything else (Via, Route, Record-Route,
@@ -135,13 +133,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 END_TO_END_HEADERS = ("Allow", "Supported", "Accept", "Privacy", "Reason", "Info-Package")
 # Extensions we implement (Require / Proxy-Require of anything else is refused with 420).
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
-# The headers a response copies from its request (RFC 3261 8.2.6), by full and compact name.
-_TRANSACTION_HEADERS = {
-    "via": "via", "v": "via", "from": "from", "f": "from", "to": "to", "t": "to",
-    "call-id": "call-id", "i": "call-id", "cseq": "cseq",
-}  # fmt: skip
 LOOP_DETECTED = Reject(482, "loop_detected", "Loop Detected")  # not a policy decision
-_NO_USAGE = Usage(active_calls=0, cps_available=True)  # for a refusal decided before limits
 
 
 @dataclass(slots=True)
@@ -149,11 +141,15 @@ class B2buaSettings:
     timers: TimerConfig = field(default_factory=TimerConfig)
     # An INVITE answered 407 whose authenticated retry never comes ends (as one CDR) then.
     challenge_timeout: float = 32.0
+    # A call no target has answered this long after it started ends (`no_answer`, 408): RFC
+    # 3261's Timer C (more than 3 minutes); without it a callee that rings forever holds the
+    # call, its slot and its memory forever.
+    ring_timeout: float = 180.0
     # Region assumed for a carrier's national-format called numbers.
     inbound_default_region: str = "US"
     # Digest challenges offered, most preferred first (RFC 8760: SHA-256). Some deployed
     # clients read only the first challenge and know only MD5: for them, put MD5 first.
-    challenge_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    challenge_algorithms: tuple[str, ...] = DEFAULT_CHALLENGE_ORDER
 
 
 @dataclass(slots=True)
@@ -167,6 +163,7 @@ class Stats:
     refusals_total: dict[str, int] = field(default_factory=dict)
     malformed_total: int = 0
     dropped_total: int = 0  # requests not answered: scanners, banned or flooding sources
+    ends_total: dict[str, int] = field(default_factory=dict)  # admitted calls, by end reason
     active: dict[int, int] = field(default_factory=dict)  # calls in progress, by trunk id
 
     def active_by_trunk(self) -> dict[int, int]:
@@ -182,136 +179,48 @@ class _Auth(enum.Enum):
     FAILED = "failed"  # wrong password or unknown user (indistinguishable to the caller)
 
 
-class _Leg:
-    """One side of a call: its dialog and where its messages go."""
-
-    __slots__ = ("addr", "call_id", "dialog", "local_tag")
-
-    def __init__(self, call_id: str, local_tag: str, addr: Address) -> None:
-        self.call_id = call_id
-        self.local_tag = local_tag
-        self.addr = addr
-        self.dialog: Dialog | None = None
-
-
-class _Call:
-    """A call attempt from INVITE to its CDR."""
-
-    __slots__ = (
-        "a",
-        "a_invite",
-        "a_retransmitter",
-        "a_txn",
-        "answer_at",
-        "answered_by",
-        "b",
-        "b_ack",
-        "b_cancel_sent",
-        "b_cseq",
-        "b_invite",
-        "b_txn",
-        "callee_e164",
-        "caller_e164",
-        "cancel_wanted",
-        "codecs",
-        "customer_id",
-        "deadline",
-        "direction",
-        "ended",
-        "id",
-        "ringing_at",
-        "routes",
-        "setup_at",
-        "source",
-        "targets",
-        "trunk",
-    )
-
-    def __init__(
-        self,
-        *,
-        a_invite: Request,
-        a_txn: ServerInviteTransaction,
-        source: Address,
-        direction: str,
-        trunk: TrunkPolicy,
-        caller_e164: str | None,
-        callee_e164: str,
-        wall: float,
-    ) -> None:
-        self.id = cdr.new_call_id()
-        self.a_invite = a_invite
-        self.a_txn = a_txn
-        self.source = source
-        self.direction = direction
-        self.trunk = trunk
-        self.customer_id = trunk.customer_id
-        self.caller_e164 = caller_e164
-        self.callee_e164 = callee_e164
-        self.setup_at = wall
-        self.ringing_at: float | None = None
-        self.answer_at: float | None = None
-        self.a = _Leg(a_invite.call_id, new_tag(), source)
-        self.b: _Leg | None = None
-        self.b_invite: Request | None = None
-        self.b_txn: ClientTransaction | None = None
-        self.b_ack: Request | None = None
-        self.b_cseq = 0
-        self.targets: list[routing.Target] = []
-        self.routes: list[RouteAttempt] = []
-        self.answered_by: str | None = None
-        self.a_retransmitter: _Retransmitter | None = None
-        # The caller cancelled: CANCEL the B leg once it has had a provisional (RFC 3261 9.1).
-        self.cancel_wanted = False
-        self.b_cancel_sent = False
-        self.codecs: list[str] = []
-        self.deadline: float | None = None  # monotonic time the call is cut (max duration)
-        self.ended = False
-
-    def next_timer(self) -> float | None:
-        return None if self.ended else self.deadline
-
-
-class _PendingChallenge:
-    """An INVITE we answered 407: the same Call-ID coming back with credentials continues it."""
-
-    __slots__ = ("deadline", "request", "source", "wall")
-
-    def __init__(self, request: Request, source: Address, deadline: float, wall: float) -> None:
-        self.request = request
-        self.source = source
-        self.deadline: float | None = deadline
-        self.wall = wall
-
-    def next_timer(self) -> float | None:
-        return self.deadline
-
-
 class _Relay:
     """An in-dialog request relayed to the other leg, awaiting the answer to send back."""
 
     __slots__ = ("call", "server_txn", "to_leg")
 
-    def __init__(self, call: _Call, server_txn: ServerTransaction, to_leg: _Leg) -> None:
+    def __init__(self, call: Call, server_txn: ServerTransaction, to_leg: Leg) -> None:
         self.call = call
         self.server_txn = server_txn
         self.to_leg = to_leg
 
 
-class _Retransmitter:
-    """The 2xx we sent on a leg, resent until that leg's ACK arrives."""
+class _RegistrarSweep:
+    """When to next drop expired registrations; idle (no deadline) while nothing is registered."""
 
-    __slots__ = ("call", "inner")
+    __slots__ = ("deadline",)
 
-    def __init__(self, call: _Call, inner: AnswerRetransmitter) -> None:
-        self.call = call
-        self.inner = inner
+    def __init__(self) -> None:
+        self.deadline: float | None = None
 
     def next_timer(self) -> float | None:
-        return self.inner.next_timer()
+        return self.deadline
 
 
-_Scheduled: TypeAlias = _Call | _PendingChallenge | _Retransmitter
+_Scheduled: TypeAlias = Call | PendingChallenge | Retransmitter | _RegistrarSweep
+# What a call's transition gets besides the call: the message that moved it, or the reason a
+# slot was refused.
+_Payload: TypeAlias = Request | Response | str | None
+# How a transition into ENDED ended the call: (reason, final SIP code, hangup side).
+_Ended: TypeAlias = tuple[str, int, str | None]
+_Action: TypeAlias = Callable[["B2bua", Call, CallInput, _Payload, float, float], "_Ended | None"]
+# A server transaction that may still send a final response.
+_AWAITING_FINAL = frozenset({TransactionState.TRYING, TransactionState.PROCEEDING})
+# A client INVITE transaction with no final answer yet.
+_UNANSWERED_CLIENT = frozenset({TransactionState.CALLING, TransactionState.PROCEEDING})
+# What a call's deadline means in each state.
+_DEADLINE_INPUT = {
+    CallState.ADMITTING: CallInput.NO_ANSWER,  # not armed while admitting
+    CallState.CALLING: CallInput.NO_ANSWER,
+    CallState.EARLY: CallInput.NO_ANSWER,
+    CallState.ANSWERED: CallInput.MAX_DURATION,
+    CallState.ENDED: CallInput.B_ABANDONED,
+}
 
 
 class B2bua:
@@ -322,7 +231,6 @@ class B2bua:
         *,
         node: str,
         config: EdgeConfig,
-        limits: Limits,
         local: dict[str, Address],
         digest_secret: bytes,
         rng: random.Random | None = None,
@@ -332,7 +240,6 @@ class B2bua:
     ) -> None:
         self.node = node
         self.config = config
-        self.limits = limits
         self.local = local
         self.settings = settings or B2buaSettings()
         self.rng = rng or random.Random()
@@ -345,16 +252,17 @@ class B2bua:
         self.stats = Stats()
         self.draining = False
         self._timers: TimerQueue[_Scheduled] = TimerQueue()
-        self._calls: dict[str, _Call] = {}
+        self._calls: dict[str, Call] = {}  # in progress: granted a slot, not ended
+        self._admitting: dict[str, Call] = {}  # waiting for their slot (AcquireSlot sent)
         # Where requests of an established call arrive: the A leg by (Call-ID, our tag), the
         # B leg by its Call-ID, which we made and which is unique.
-        self._by_a_dialog: dict[tuple[str, str], _Call] = {}
-        self._by_b_call_id: dict[str, _Call] = {}
-        self._by_a_txn: dict[ServerInviteTransaction, _Call] = {}
+        self._by_a_dialog: dict[tuple[str, str], Call] = {}
+        self._by_b_call_id: dict[str, Call] = {}
+        self._by_a_txn: dict[ServerInviteTransaction, Call] = {}
         self._relays: dict[ClientTransaction, _Relay] = {}
-        self._b_invites: dict[ClientTransaction, _Call] = {}
-        self._challenges: dict[str, _PendingChallenge] = {}
-        self._admitting: dict[str, _Call] = {}  # waiting for the cluster counters' answer
+        self._b_invites: dict[ClientTransaction, Call] = {}
+        self._challenges = Challenges(self.settings.challenge_timeout)
+        self._sweep = _RegistrarSweep()
         self._out: list[Output] = []
 
     # --- the runtime's interface ------------------------------------------------------------
@@ -364,10 +272,15 @@ class B2bua:
         return len(self._calls)
 
     def apply_config(self, config: EdgeConfig) -> None:
-        """Use `config` for new calls; calls in progress keep the trunk they started with."""
+        """Use `config` for new calls; calls in progress keep the trunk they started with.
+
+        Registrations of trunks that may no longer register (deleted, suspended, registration
+        no longer allowed, customer suspended) go at once: no call is routed to them again.
+        """
         if config.realm != self.config.realm:
             self.digest = DigestServer(self._digest_secret, config.realm)
         self.config = config
+        self.registrar.retain(lambda trunk_id: _may_register(config, trunk_id))
 
     def drain(self) -> None:
         """Refuse new calls (503, reason `draining`); calls in progress carry on."""
@@ -393,13 +306,16 @@ class B2bua:
         out = self._out = []
         if (
             type(message) is Request
-            and message.to_tag is None
+            and to_tag_or_none(message) is None
             and message.method != "ACK"
             and not self._screened(message, addr[0], now)
         ):
             return out
         try:
             validate_for_proxy(message)
+            if message.body and message.headers.get("Content-Type") is None:
+                # RFC 3261 20.15: a body needs its type; nothing could relay it.
+                raise RemoteProtocolError("Missing Content-Type", status_hint=400)
             if isinstance(message, Request) and addr[2] == "udp":
                 self._note_rport(message, addr)
             events = self.layer.receive(message, addr, now)
@@ -409,6 +325,19 @@ class B2bua:
                 self._send_stateless(message, error.status_hint, error.reason, addr)
             return out
         self._handle_events(events, now, wall)
+        return out
+
+    def slot_decided(self, decision: SlotDecision, now: float, wall: float) -> list[Output]:
+        """The answer to an `AcquireSlot`: at once from this edge's counters, or later from
+        the cluster's. For a call that ended meanwhile it changes nothing: its `ReleaseSlot`
+        went out when it ended, and gives back a slot granted after it."""
+        out = self._out = []
+        call = self._admitting.get(decision.call_id)
+        if call is not None:
+            if isinstance(decision, SlotGranted):
+                self._step(call, CallInput.SLOT_GRANTED, None, now, wall)
+            else:
+                self._step(call, CallInput.SLOT_REFUSED, decision.reason, now, wall)
         return out
 
     def _screened(self, request: Request, ip: str, now: float) -> bool:
@@ -432,8 +361,11 @@ class B2bua:
     def stream_error(
         self, addr: Address, error: RemoteProtocolError, now: float, wall: float
     ) -> list[Output]:
-        """A stream could not be framed; the runtime closes it. Nothing can be answered."""
+        """A message on a stream could not be read: answered like a datagram (edge/salvage.py)
+        when its header block came with the error; the runtime closes a stream it lost."""
         self.stats.malformed_total += 1
+        if isinstance(error, FramingError):
+            return self._answer_unparsable(error.head, error, addr)
         return []
 
     def next_timer(self) -> float | None:
@@ -447,16 +379,22 @@ class B2bua:
         out = self._out = []
         self._handle_events(self.layer.on_timer(now), now, wall)
         for item in self._timers.pop_due(now):
-            if isinstance(item, _Retransmitter):
+            if isinstance(item, Retransmitter):
                 for send in item.inner.on_timer(now):
                     self._transmit(send.message, send.addr)
-                if item.inner.timed_out and not item.call.ended:
-                    self._hang_up(item.call, now, wall, reason="ack_timeout", side="edge")
+                if item.inner.timed_out:
+                    self._step(item.call, CallInput.ACK_TIMEOUT, None, now, wall)
                 self._timers.update(item)
-            elif isinstance(item, _PendingChallenge):
+            elif isinstance(item, PendingChallenge):
                 self._challenge_expired(item)
+            elif isinstance(item, _RegistrarSweep):
+                self.registrar.purge(now)
+                item.deadline = now + PURGE_INTERVAL if len(self.registrar) else None
+                self._timers.update(item)
             elif item.deadline is not None and now >= item.deadline:
-                self._hang_up(item, now, wall, reason="max_duration", side="edge")
+                item.deadline = None
+                self._step(item, _DEADLINE_INPUT[item.state], None, now, wall)
+                self._timers.update(item)
         return out
 
     def calls(self) -> list[dict[str, object]]:
@@ -469,8 +407,8 @@ class B2bua:
                 "caller": c.caller_e164,
                 "callee": c.callee_e164,
                 "state": "answered" if c.answer_at else "ringing" if c.ringing_at else "setup",
-                "setup_at": iso_utc(c.setup_at),
-                "answer_at": iso_utc(c.answer_at),
+                "setup_at": cdr.iso_utc(c.setup_at),
+                "answer_at": cdr.iso_utc(c.answer_at),
             }
             for c in self._calls.values()
         ]
@@ -481,25 +419,15 @@ class B2bua:
         if call is None:
             return None
         out = self._out = []
-        if call.answer_at is None:
-            self._fail_a(call, 480, "Temporarily Unavailable", now)
-            self._cancel_b(call, now)
-            self._finish(call, wall, final_code=480, reason="operator_hangup", side="edge")
-        else:
-            self._hang_up(call, now, wall, reason="operator_hangup", side="edge")
+        self._step(call, CallInput.OPERATOR_HANGUP, None, now, wall)
         return out
 
     def close(self, now: float, wall: float) -> list[Output]:
         """At shutdown: end what is still open, so every attempt has its CDR."""
         out = self._out = []
-        for call in list(self._calls.values()):
-            if call.answer_at is None:
-                self._fail_a(call, 503, "Service Unavailable", now)
-                self._cancel_b(call, now)
-                self._finish(call, wall, final_code=503, reason="shutdown", side="edge")
-            else:
-                self._hang_up(call, now, wall, reason="shutdown", side="edge")
-        for pending in list(self._challenges.values()):
+        for call in [*self._admitting.values(), *self._calls.values()]:
+            self._step(call, CallInput.SHUTDOWN, None, now, wall)
+        for pending in self._challenges.waiting():
             self._challenge_expired(pending)
         return out
 
@@ -541,7 +469,7 @@ class B2bua:
         if (
             isinstance(request, Request)
             and isinstance(txn, ServerTransaction)
-            and txn.state.value in ("trying", "proceeding")
+            and txn.state in _AWAITING_FINAL
         ):
             self._respond(txn, request, error.status_hint, error.reason, now, to_tag=new_tag())
 
@@ -549,7 +477,12 @@ class B2bua:
         if isinstance(transaction, ClientTransaction):
             self._relays.pop(transaction, None)
             call = self._b_invites.pop(transaction, None)
-            if call is not None and call.ended and call.b is not None and call.b_txn is transaction:
+            if (
+                call is not None
+                and call.state is CallState.ENDED
+                and call.b is not None
+                and call.b_txn is transaction
+            ):
                 # Nothing of this call's B leg can arrive any more.
                 self._by_b_call_id.pop(call.b.call_id, None)
         elif isinstance(transaction, ServerInviteTransaction):
@@ -583,26 +516,13 @@ class B2bua:
     def _answer_unparsable(
         self, data: bytes, error: RemoteProtocolError, addr: Address
     ) -> list[Output]:
-        """A request we could not parse whole still gets a 400 if its transaction headers
-        (Via, From, To, Call-ID, CSeq) can be found, as a robust proxy does; else silence."""
-        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
-        start = head[0].split(" ")
-        if len(start) != 3 or start[2] != "SIP/2.0" or start[0] == "ACK":
+        """A request we could not parse whole still gets its 4xx/505 (edge/salvage.py)."""
+        answer = salvage.answer_unparsable(data, error)
+        if answer is None:
             return []
-        copied, found = [], set()
-        for line in head[1:]:
-            name = _TRANSACTION_HEADERS.get(line.split(":", 1)[0].strip().lower())
-            if name is not None:
-                copied.append(line)
-                found.add(name)
-        if len(found) < len(set(_TRANSACTION_HEADERS.values())):
-            return []
-        phrase = "".join(ch for ch in error.reason if ch.isprintable() and ch not in "\r\n")
-        lines = [f"SIP/2.0 {error.status_hint} {phrase}", *copied, "Content-Length: 0", "", ""]
-        self.stats.responses_total[error.status_hint] = (
-            self.stats.responses_total.get(error.status_hint, 0) + 1
-        )
-        return [Transmit("\r\n".join(lines).encode(), addr)]
+        codes = self.stats.responses_total
+        codes[answer.status] = codes.get(answer.status, 0) + 1
+        return [Transmit(answer.data, addr)]
 
     @staticmethod
     def _note_rport(request: Request, addr: Address) -> None:
@@ -634,6 +554,8 @@ class B2bua:
             self._on_ack(request, now)
             return
         assert isinstance(txn, ServerTransaction)
+        if method != "CANCEL" and self._refused_extensions(request, txn, now):
+            return
         if method == "CANCEL":
             self._on_cancel(request, txn, event.cancelled, now, wall)
         elif request.to_tag is not None:
@@ -654,11 +576,13 @@ class B2bua:
                 txn, request, 405, None, now, to_tag=new_tag(), headers=[("Allow", ALLOW)]
             )
 
-    def _unsupported(self, request: Request) -> list[str]:
-        wanted: list[str] = []
-        for name in ("Proxy-Require", "Require"):
-            wanted += [v.strip() for v in request.headers.get_all(name)]
-        return [option for option in wanted if option and option not in SUPPORTED_EXTENSIONS]
+    def _refused_extensions(self, request: Request, txn: ServerTransaction, now: float) -> bool:
+        """Answer 420 to a request that requires an extension we lack; whether it was."""
+        unsupported = unsupported_extensions(request, SUPPORTED_EXTENSIONS)
+        if unsupported:
+            headers = [("Unsupported", ", ".join(unsupported))]
+            self._respond(txn, request, 420, None, now, to_tag=new_tag(), headers=headers)
+        return bool(unsupported)
 
     def _on_invite(
         self,
@@ -668,66 +592,53 @@ class B2bua:
         now: float,
         wall: float,
     ) -> None:
-        unsupported = self._unsupported(request)
-        if unsupported:
-            self._respond(
-                txn,
-                request,
-                420,
-                None,
-                now,
-                to_tag=new_tag(),
-                headers=[("Unsupported", ", ".join(unsupported))],
-            )
-            return
         uri = request.parsed_uri
         if uri.scheme not in ("sip", "sips", "tel"):
             self._respond(txn, request, 416, None, now, to_tag=new_tag())
             return
-        if request.call_id in self._by_b_call_id:  # one of our own B legs came back to us
-            self._refuse(request, txn, source, None, now, wall, LOOP_DETECTED)
-            return
-        if (request.max_forwards if request.max_forwards is not None else 70) <= 0:
-            self._refuse(request, txn, source, None, now, wall, reject("too_many_hops"))
-            return
-        if self.draining:
-            self._refuse(request, txn, source, None, now, wall, reject("draining"))
-            return
         config = self.config
         ip = source[0]
-        if config.is_carrier_source(ip):
-            self._inbound(request, txn, source, now, wall)
+        carrier = config.is_carrier_source(ip)
+        trunk = None if carrier else config.trunk_for_source(ip)
+        incoming = Incoming(request, txn, source, carrier or trunk is not None)
+        if request.call_id in self._by_b_call_id:  # one of our own B legs came back to us
+            self._refuse(incoming, None, LOOP_DETECTED, now, wall)
             return
-        trunk = config.trunk_for_source(ip)
+        if (request.max_forwards if request.max_forwards is not None else 70) <= 0:
+            self._refuse(incoming, None, reject("too_many_hops"), now, wall)
+            return
+        if self.draining:
+            self._refuse(incoming, None, reject("draining"), now, wall)
+            return
+        if carrier:
+            self._inbound(incoming, now, wall)
+            return
         if trunk is None and not config.has_credentials:
             # No trunk authenticates by digest: a challenge could only ever fail.
-            self._refuse(request, txn, source, None, now, wall, reject("acl_denied"))
+            self._refuse(incoming, None, reject("acl_denied"), now, wall)
             return
         if trunk is None:
-            trunk = self._authenticate(request, txn, source, now, wall)
+            trunk = self._authenticate(incoming, now, wall)
             if trunk is None:
                 return
-        self._outbound(request, txn, source, trunk, now, wall)
+            incoming.identified = True
+        self._outbound(incoming, trunk, now, wall)
 
-    def _authenticate(
-        self,
-        request: Request,
-        txn: ServerInviteTransaction,
-        source: Address,
-        now: float,
-        wall: float,
-    ) -> TrunkPolicy | None:
+    def _authenticate(self, incoming: Incoming, now: float, wall: float) -> TrunkPolicy | None:
         """The trunk whose credentials the INVITE proves, or None once it has been answered
         (407 challenge, or 403 for wrong credentials: the same for unknown users)."""
-        outcome, credential = self._check_digest(request, "Proxy-Authorization", source, now, wall)
+        request = incoming.request
+        outcome, credential = self._check_digest(
+            request, "Proxy-Authorization", incoming.source, now, wall
+        )
         if outcome is _Auth.OK and credential is not None:
-            self._challenges.pop(request.call_id, None)
+            self._challenges.settle(request.call_id)
             return self.config.trunk(credential.trunk_id)
         if outcome is _Auth.FAILED:
-            self._challenges.pop(request.call_id, None)
-            self._refuse(request, txn, source, None, now, wall, reject("auth_failed"))
+            self._challenges.settle(request.call_id)
+            self._refuse(incoming, None, reject("auth_failed"), now, wall)
         else:
-            self._challenge(request, txn, source, now, wall, stale=outcome is _Auth.STALE)
+            self._challenge(incoming, now, wall, stale=outcome is _Auth.STALE)
         return None
 
     def _check_digest(
@@ -762,85 +673,38 @@ class B2bua:
         self._out.extend(self.guard.auth_failed(source[0], creds.username, now))
         return _Auth.FAILED, None
 
-    def _challenge(
-        self,
-        request: Request,
-        txn: ServerInviteTransaction,
-        source: Address,
-        now: float,
-        wall: float,
-        *,
-        stale: bool,
-    ) -> None:
+    def _challenge(self, incoming: Incoming, now: float, wall: float, *, stale: bool) -> None:
         headers = [
             ("Proxy-Authenticate", value)
             for value in self.digest.challenge(
                 wall, algorithms=self.settings.challenge_algorithms, stale=stale
             )
         ]
-        self._respond(txn, request, 407, None, now, to_tag=new_tag(), headers=headers)
-        call_id = request.call_id
-        pending = self._challenges.get(call_id)
-        if pending is None:
-            pending = _PendingChallenge(
-                request, source, now + self.settings.challenge_timeout, wall
-            )
-            self._challenges[call_id] = pending
-        else:
-            pending.deadline = now + self.settings.challenge_timeout
-        self._timers.update(pending)
+        request = incoming.request
+        self._respond(incoming.txn, request, 407, None, now, to_tag=new_tag(), headers=headers)
+        self._timers.update(self._challenges.challenged(request, incoming.source, now, wall))
 
-    def _challenge_expired(self, pending: _PendingChallenge) -> None:
+    def _challenge_expired(self, pending: PendingChallenge) -> None:
         """No authenticated retry came: the attempt ends as refused for lack of credentials."""
-        pending.deadline = None
-        request = pending.request
-        if self._challenges.pop(request.call_id, None) is None:
+        if not self._challenges.expire(pending):
             return
         self.stats.attempts_total += 1
         self._bump_refusal("auth_required")
         self._out.append(
             CdrReady(
-                self._cdr_of_refusal(
-                    request,
-                    pending.source,
-                    None,
-                    pending.wall,
-                    407,
-                    "auth_required",
+                self._refusal_record(
+                    pending.request, pending.source, None, pending.wall, 407, "auth_required",
                     direction="outbound",
                 )
             )
-        )
+        )  # fmt: skip
 
-    def _callee_user(self, request: Request) -> str:
-        user = request.parsed_uri.unescaped_user
-        if user:
-            return user
-        return request.to.sip_uri.unescaped_user or ""
-
-    def _caller_user(self, request: Request) -> str:
-        identity = request.headers.get("P-Asserted-Identity")
-        if identity is not None:
-            try:
-                user = parse_name_addr(identity).sip_uri.unescaped_user
-                if user:
-                    return user
-            except RemoteProtocolError:
-                pass
-        return request.from_.sip_uri.unescaped_user or ""
-
-    def _outbound(
-        self,
-        request: Request,
-        txn: ServerInviteTransaction,
-        source: Address,
-        trunk: TrunkPolicy,
-        now: float,
-        wall: float,
-    ) -> None:
-        callee_raw = self._callee_user(request)
+    def _outbound(self, incoming: Incoming, trunk: TrunkPolicy, now: float, wall: float) -> None:
+        request = incoming.request
+        callee_raw = callee_user(request)
+        caller_raw = caller_user(request)
         callee = numbering.to_e164(callee_raw, trunk.default_country)
-        caller = numbering.to_e164(self._caller_user(request), trunk.default_country)
+        caller = numbering.to_e164(caller_raw, trunk.default_country)
         decision = admit_outbound(
             OutboundCall(
                 callee_e164=callee,
@@ -851,91 +715,80 @@ class B2bua:
             ),
             trunk,
             self.config.customer_of(trunk),
-            self.limits.usage(trunk, now),
             self.config.customer_numbers(trunk.customer_id),
         )
         if not isinstance(decision, Admit):
-            self._refuse(
-                request,
-                txn,
-                source,
-                trunk,
-                now,
-                wall,
-                decision,
-            )
+            self._refuse(incoming, trunk, decision, now, wall)
             return
         assert callee is not None
         targets = routing.outbound_targets(self.config.gateways_for(callee), callee, self.rng)
-        self._start(request, txn, source, trunk, "outbound", caller, callee, targets, now, wall)
+        self._start(
+            incoming, trunk, "outbound", caller, callee, caller_raw, callee_raw, targets, now, wall
+        )
 
-    def _inbound(
-        self,
-        request: Request,
-        txn: ServerInviteTransaction,
-        source: Address,
-        now: float,
-        wall: float,
-    ) -> None:
+    def _inbound(self, incoming: Incoming, now: float, wall: float) -> None:
+        request = incoming.request
         region = self.settings.inbound_default_region
-        callee_raw = self._callee_user(request)
+        callee_raw = callee_user(request)
+        caller_raw = caller_user(request)
         callee = numbering.to_e164(callee_raw, region)
         if callee is None and callee_raw.isdigit():
             callee = numbering.to_e164("+" + callee_raw, region)  # international without "+"
-        caller = numbering.to_e164(self._caller_user(request), region)
+        caller = numbering.to_e164(caller_raw, region)
         number = self.config.number(callee) if callee else None
         trunk = self.config.trunk(number.trunk_id) if number and number.trunk_id else None
         customer = self.config.customer(number.customer_id) if number else None
-        usage = self.limits.usage(trunk, now) if trunk else _NO_USAGE
-        decision = admit_inbound(number, trunk, customer, usage)
+        decision = admit_inbound(number, trunk, customer)
         if not isinstance(decision, Admit):
-            self._refuse(
-                request,
-                txn,
-                source,
-                trunk,
-                now,
-                wall,
-                decision,
-                direction="inbound",
-            )
+            self._refuse(incoming, trunk, decision, now, wall, direction="inbound")
             return
         assert trunk is not None and callee is not None
         contacts = self.registrar.contacts(trunk.id, now)
         targets = routing.inbound_targets(trunk, callee, contacts, self.rng)
-        self._start(request, txn, source, trunk, "inbound", caller, callee, targets, now, wall)
+        self._start(
+            incoming, trunk, "inbound", caller, callee, caller_raw, callee_raw, targets, now, wall
+        )
 
     def _refuse(
         self,
-        request: Request,
-        txn: ServerInviteTransaction,
-        source: Address,
+        incoming: Incoming,
         trunk: TrunkPolicy | None,
+        refusal: Reject,
         now: float,
         wall: float,
-        refusal: Reject,
         *,
         direction: str = "outbound",
     ) -> None:
         """Answer a call attempt we will not carry, and write its one CDR."""
-        code, reason = refusal.code, refusal.reason
-        self.stats.attempts_total += 1
-        self._bump_refusal(reason)
-        headers = [("Retry-After", "1")] if code == 503 else None
-        self._respond(txn, request, code, refusal.phrase, now, to_tag=new_tag(), headers=headers)
+        self._answer_refusal(incoming, refusal, now)
         self._out.append(
             CdrReady(
-                self._cdr_of_refusal(
-                    request, source, trunk, wall, code, reason, direction=direction
+                self._refusal_record(
+                    incoming.request, incoming.source, trunk, wall, refusal.code, refusal.reason,
+                    direction=direction,
                 )
             )
-        )
+        )  # fmt: skip
+
+    def _answer_refusal(self, incoming: Incoming, refusal: Reject, now: float) -> None:
+        """The final answer of a refused attempt: identified callers learn the reason (RFC 3326
+        `Reason`); unidentified sources only the status."""
+        self.stats.attempts_total += 1
+        self._bump_refusal(refusal.reason)
+        headers = [("Retry-After", "1")] if refusal.code == 503 else []
+        if incoming.identified:
+            headers.append(reason_header(refusal))
+        txn, request = incoming.txn, incoming.request
+        if txn.state in _AWAITING_FINAL:
+            self._respond(
+                txn, request, refusal.code, refusal.phrase, now, to_tag=new_tag(), headers=headers
+            )
 
     def _bump_refusal(self, reason: str) -> None:
         refusals = self.stats.refusals_total
         refusals[reason] = refusals.get(reason, 0) + 1
 
-    def _cdr_of_refusal(
+    def _refusal_record(
         self,
         request: Request,
         source: Address,
@@ -947,134 +800,66 @@ class B2bua:
         direction: str,
     ) -> CallDetailRecord:
         region = trunk.default_country if trunk else self.settings.inbound_default_region
-        callee_raw = self._safe(lambda: self._callee_user(request))
-        caller_raw = self._safe(lambda: self._caller_user(request))
-        return CallDetailRecord(
+        callee_raw = peer_text(request, callee=True)
+        caller_raw = peer_text(request, callee=False)
+        return cdr.refusal_record(
             edge=self.node,
-            call_id=cdr.new_call_id(),
             a_call_id=request.call_id,
-            b_call_id=None,
-            customer_id=trunk.customer_id if trunk else None,
+            source=source,
             trunk_id=trunk.id if trunk else None,
+            customer_id=trunk.customer_id if trunk else None,
             direction=direction,
             caller_e164=numbering.to_e164(caller_raw, region) if caller_raw else None,
             callee_e164=numbering.to_e164(callee_raw, region) if callee_raw else None,
             caller_raw=caller_raw,
             callee_raw=callee_raw,
-            source_ip=source[0],
-            source_port=source[1],
-            routes=[],
-            answered_by=None,
-            setup_at=iso_utc(wall),
-            ringing_at=None,
-            answer_at=None,
-            end_at=iso_utc(wall),
-            duration_ms=0,
-            billable_seconds=0,
+            wall=wall,
             final_code=code,
             reason=reason,
-            hangup_side=None,
-            codecs=[],
             config_version=self.config.version,
         )
-
-    @staticmethod
-    def _safe(read: Callable[[], str]) -> str:
-        """A header-derived value for the CDR; a malformed header must not cost the record."""
-        try:
-            return read()
-        except RemoteProtocolError:
-            return ""
 
     # --- call set-up --------------------------------------------------------------------------
 
     def _start(
         self,
-        request: Request,
-        txn: ServerInviteTransaction,
-        source: Address,
+        incoming: Incoming,
         trunk: TrunkPolicy,
         direction: str,
         caller: str | None,
         callee: str,
+        caller_raw: str,
+        callee_raw: str,
         targets: list[routing.Target],
         now: float,
         wall: float,
     ) -> None:
-        call = _Call(
-            a_invite=request,
-            a_txn=txn,
-            source=source,
+        """An admitted attempt with somewhere to go becomes a call and asks for its slot."""
+        if not targets:
+            reason = "no_route" if direction == "inbound" else "no_gateway"
+            self._refuse(incoming, trunk, reject(reason), now, wall, direction=direction)
+            return
+        call = Call(
+            incoming=incoming,
             direction=direction,
             trunk=trunk,
             caller_e164=caller,
             callee_e164=callee,
+            caller_raw=caller_raw,
+            callee_raw=callee_raw,
+            targets=targets,
             wall=wall,
         )
-        if not targets:
-            reason = "no_route" if direction == "inbound" else "no_gateway"
-            self._refuse(
-                request,
-                txn,
-                source,
-                trunk,
-                now,
-                wall,
-                reject(reason),
-                direction=direction,
-            )
-            return
-        call.targets = targets
+        self._admitting[call.id] = call
+        self._by_a_txn[incoming.txn] = call
+        self._respond(incoming.txn, incoming.request, 100, None, now)
         # Inbound calls take a channel but no CPS token (see edge.policy.admit_inbound).
-        granted = self.limits.acquire(trunk, call.id, now, count_cps=direction == "outbound")
-        if granted is None:  # the cluster counters answer later, through limit_decided
-            self._admitting[call.id] = call
-            self._by_a_txn[txn] = call
-            self._respond(txn, request, 100, None, now)
-        elif granted:
-            self._proceed(call, now, wall, say_trying=True)
-        else:
-            # usage() admitted it a moment ago; the last slot went meanwhile.
-            self._refuse_call(call, "channel_limit", now, wall)
-
-    def limit_decided(
-        self, call_id: str, granted: bool, reason: str | None, now: float, wall: float
-    ) -> list[Output]:
-        """The cluster counters' answer for a call `acquire` left pending. `reason` says which
-        limit refused it (`channel_limit` or `cps_limit`)."""
-        out = self._out = []
-        call = self._admitting.pop(call_id, None)
-        if call is None:
-            return out  # cancelled meanwhile: _on_cancel already released the slot
-        if granted:
-            self._proceed(call, now, wall, say_trying=False)  # said while it waited
-        else:
-            self._by_a_txn.pop(call.a_txn, None)
-            self._refuse_call(call, reason or "channel_limit", now, wall)
-        return out
-
-    def _refuse_call(self, call: _Call, reason: str, now: float, wall: float) -> None:
-        self._refuse(
-            call.a_invite, call.a_txn, call.source, call.trunk, now, wall, reject(reason),
-            direction=call.direction,
-        )  # fmt: skip
-
-    def _proceed(self, call: _Call, now: float, wall: float, *, say_trying: bool) -> None:
-        """The call holds its slot: say 100 Trying and try the first target."""
-        request, txn = call.a_invite, call.a_txn
-        self.stats.attempts_total += 1
-        if say_trying:
-            self._respond(txn, request, 100, None, now)
-        call.codecs = _codecs(request)
-        self._calls[call.id] = call
-        active = self.stats.active
-        active[call.trunk.id] = active.get(call.trunk.id, 0) + 1
-        self._by_a_txn[txn] = call
-        self._emit(call, "started", wall)
-        self._try_next_target(call, now, wall)
+        self._out.append(AcquireSlot(call.id, trunk, direction == "outbound"))
 
     def _local(self, transport: str) -> Address:
-        return self.local.get(transport) or self.local["udp"]
+        """Our address as written in Via, Contact, From and Call-ID (IPv6 in brackets)."""
+        host, port, name = self.local.get(transport) or self.local["udp"]
+        return (bracket_host(host), port, name)
 
     def _via(self, transport: str) -> str:
         host, port, _ = self._local(transport)
@@ -1085,28 +870,24 @@ class B2bua:
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{host}:{port}{suffix}>"
 
-    def _try_next_target(self, call: _Call, now: float, wall: float) -> None:
+    def _try_next_target(self, call: Call, now: float, wall: float) -> None:
         """Send the B-leg INVITE to the next target; the caller's leg stays as it is."""
         target = call.targets.pop(0)
         host = self._local(target.transport)[0]
         a_invite = call.a_invite
         if call.b is None:
-            call.b = _Leg(
-                new_call_id(host), new_tag(), (target.host, target.port, target.transport)
-            )
+            call.b = Leg(new_call_id(host), new_tag(), (target.host, target.port, target.transport))
         else:
             call.b.addr = (target.host, target.port, target.transport)
             call.b.dialog = None  # the previous target's early dialog, if any, is over
         call.b_cseq += 1
-        caller_user = call.caller_e164 or self._caller_user(a_invite) or "anonymous"
-        headers = [
-            (name, value) for name in END_TO_END_HEADERS for value in a_invite.headers.get_all(name)
-        ]
+        from_user = call.caller_e164 or call.caller_raw or "anonymous"
+        headers = crossing_headers(a_invite, END_TO_END_HEADERS)
         content_type = a_invite.headers.get("Content-Type")
         invite = make_request(
             "INVITE",
             target.request_uri,
-            from_=f"<sip:{caller_user}@{host}>;tag={call.b.local_tag}",
+            from_=f"<sip:{from_user}@{host}>;tag={call.b.local_tag}",
             to=f"<{target.request_uri}>",
             call_id=call.b.call_id,
             cseq=call.b_cseq,
@@ -1131,73 +912,65 @@ class B2bua:
 
     def _on_response(self, event: DeliverToTU, response: Response, now: float, wall: float) -> None:
         txn = event.transaction
-        call = self._b_invites.get(txn) if isinstance(txn, ClientTransaction) else None
-        if call is not None:
-            self._on_b_invite_response(call, response, now, wall)
+        if not isinstance(txn, ClientTransaction):
             return
-        relay = self._relays.get(txn) if isinstance(txn, ClientTransaction) else None
+        call = self._b_invites.get(txn)
+        if call is not None:
+            status = response.status
+            if status < 200:
+                step = CallInput.B_PROVISIONAL
+            elif status < 300:
+                step = CallInput.B_ANSWER
+            elif call.targets and routing.should_fail_over(status, call.trunk.failover_stop_codes):
+                step = CallInput.B_FAILOVER
+            else:
+                step = CallInput.B_REJECTED
+            self._step(call, step, response, now, wall)
+            return
+        relay = self._relays.get(txn)
         if relay is not None:
             self._on_relay_response(relay, response, now)
         # Responses to our BYEs and CANCELs need nothing more.
 
-    def _on_b_invite_response(
-        self, call: _Call, response: Response, now: float, wall: float
-    ) -> None:
-        status = response.status
-        b = call.b
-        assert b is not None and call.b_invite is not None
-        if status == 100:
-            if call.cancel_wanted:
-                self._cancel_b(call, now)
-            return
-        if call.ended:
-            if status < 200:
-                if call.cancel_wanted:
-                    self._cancel_b(call, now)
-            elif status < 300:  # answered after the caller gave up, or a retransmitted 2xx
-                self._ack_and_bye_stray(call, response, now)
-            return
-        if status < 200:
-            if response.to_tag is not None:
-                self._ensure_b_dialog(call, response)
-            if status in (180, 183) and call.ringing_at is None:
-                call.ringing_at = wall
-                self._emit(call, "ringing", wall)
-            self._relay_to_a(call, response, now)
-            return
-        route = call.routes[-1]
-        route["status"] = status
-        if status < 300:
-            self._on_answer(call, response, now, wall)
-            return
-        route["reason"] = "rejected"
-        if call.targets and routing.should_fail_over(status, call.trunk.failover_stop_codes):
-            route["reason"] = "failover"
-            self._try_next_target(call, now, wall)
-            return
-        self._fail_a(call, status, response.reason, now)
-        self._finish(call, wall, final_code=status, reason="callee_rejected", side="callee")
-
     def _on_client_failure(self, txn: object, now: float, wall: float) -> None:
         """Timer B/F fired or the transport failed: a timed-out route (or a relay that dies)."""
-        call = self._b_invites.get(txn) if isinstance(txn, ClientTransaction) else None
-        if call is not None and not call.ended and call.answer_at is None:
-            route = call.routes[-1]
-            route["status"] = None
-            route["reason"] = "timeout"
-            if call.targets:
-                route["reason"] = "failover"
-                self._try_next_target(call, now, wall)
-            else:
-                self._fail_a(call, 408, "Request Timeout", now)
-                self._finish(call, wall, final_code=408, reason="timeout", side="edge")
+        if not isinstance(txn, ClientTransaction):
             return
-        relay = self._relays.pop(txn, None) if isinstance(txn, ClientTransaction) else None
+        call = self._b_invites.get(txn)
+        if call is not None:
+            if call.b_txn is txn:  # not the INVITE of a target already given up
+                step = CallInput.B_FAILOVER if call.targets else CallInput.B_TIMED_OUT
+                self._step(call, step, None, now, wall)
+            return
+        relay = self._relays.pop(txn, None)
         if relay is not None:
             request = relay.server_txn.request
             self._respond(relay.server_txn, request, 408, None, now)
 
-    def _ensure_b_dialog(self, call: _Call, response: Response) -> None:
+    # --- acknowledgements ---------------------------------------------------------------------
+
+    def _on_ack(self, ack: Request, now: float) -> None:
+        """An ACK for a 2xx we sent: stop resending that 2xx, and acknowledge the other leg."""
+        call = self._call_of_request(ack)
+        if call is None or call.state is not CallState.ANSWERED:
+            return
+        leg, other = self._legs(call, ack)
+        if leg.dialog is not None and not leg.dialog.matches(ack):
+            return  # same Call-ID, tags of no dialog: an ACK is never answered
+        if leg is call.a and ack.cseq[0] == call.a_invite.cseq[0]:
+            if call.a_retransmitter is not None:
+                call.a_retransmitter.inner.acknowledged()
+                self._timers.update(call.a_retransmitter)
+            if call.b_ack is None:  # a retransmitted ACK is absorbed here
+                self._ack_b(call, ack.body, ack.headers.get("Content-Type"))
+        elif other.dialog is not None and other.dialog.can_acknowledge:  # relayed re-INVITE
+            content_type = ack.headers.get("Content-Type") if ack.body else None
+            relayed = other.dialog.create_request(
+                "ACK", via=self._via(other.addr[2]), body=ack.body, content_type=content_type
+            )
+            self._transmit(relayed, other.addr)
+
+    def _ensure_b_dialog(self, call: Call, response: Response) -> None:
         b = call.b
         assert b is not None and call.b_invite is not None
         if b.dialog is None or b.dialog.remote_tag != response.to_tag:
@@ -1205,17 +978,15 @@ class B2bua:
         else:
             b.dialog.update_from_response(response)
 
-    def _a_headers(self, call: _Call, response: Response) -> list[tuple[str, str]]:
+    def _a_headers(self, call: Call, response: Response) -> list[tuple[str, str]]:
         headers = [("Contact", self._contact(call.source[2]))]
-        headers += [
-            (name, value) for name in END_TO_END_HEADERS for value in response.headers.get_all(name)
-        ]
+        headers += crossing_headers(response, END_TO_END_HEADERS)
         content_type = response.headers.get("Content-Type")
         if content_type and response.body:
             headers.append(("Content-Type", content_type))
         return headers
 
-    def _relay_to_a(self, call: _Call, response: Response, now: float) -> Response:
+    def _relay_to_a(self, call: Call, response: Response, now: float) -> Response:
         a_response = make_response(
             call.a_invite,
             response.status,
@@ -1228,30 +999,7 @@ class B2bua:
         self._send_events(self.layer.send_response(call.a_txn, a_response, now))
         return a_response
 
-    def _on_answer(self, call: _Call, response: Response, now: float, wall: float) -> None:
-        self._ensure_b_dialog(call, response)
-        call.answer_at = wall
-        call.routes[-1]["reason"] = "answered"
-        call.answered_by = call.routes[-1]["target"]
-        if response.body:
-            call.codecs = call.codecs or _codecs(response)
-        a_response = self._relay_to_a(call, response, now)
-        call.a.dialog = Dialog.as_uas(call.a_invite, a_response)
-        self._by_a_dialog[(call.a.call_id, call.a.local_tag)] = call
-        retransmitter = _Retransmitter(
-            call, AnswerRetransmitter(a_response, call.source, now, self.settings.timers)
-        )
-        if call.a_txn.reliable:
-            retransmitter.inner.acknowledged()
-        else:
-            self._timers.update(retransmitter)
-        call.a_retransmitter = retransmitter
-        call.deadline = now + call.trunk.max_call_duration
-        self._timers.update(call)
-        self.stats.answers_total += 1
-        self._emit(call, "answered", wall)
-
-    def _ack_b(self, call: _Call, body: bytes = b"", content_type: str | None = None) -> None:
+    def _ack_b(self, call: Call, body: bytes = b"", content_type: str | None = None) -> None:
         b = call.b
         assert b is not None and b.dialog is not None
         if call.b_ack is None:
@@ -1260,7 +1008,7 @@ class B2bua:
             )
         self._transmit(call.b_ack, b.addr)
 
-    def _ack_and_bye_stray(self, call: _Call, response: Response, now: float) -> None:
+    def _ack_and_bye_stray(self, call: Call, response: Response, now: float) -> None:
         """A 2xx for a call already over (a retransmission, or a late answer): ACK it again,
         and if it opened a dialog we never used, close that dialog."""
         b = call.b
@@ -1275,33 +1023,14 @@ class B2bua:
         _, events = self.layer.send_request(bye, b.addr, now)
         self._send_events(events)
 
-    def _on_ack(self, ack: Request, now: float) -> None:
-        """An ACK for a 2xx we sent: stop resending that 2xx, and acknowledge the other leg."""
-        call = self._call_of_request(ack)
-        if call is None or call.ended:
-            return
-        leg, other = self._legs(call, ack)
-        if leg is call.a and ack.cseq[0] == call.a_invite.cseq[0]:
-            if call.a_retransmitter is not None:
-                call.a_retransmitter.inner.acknowledged()
-                self._timers.update(call.a_retransmitter)
-            if call.b_ack is None:  # a retransmitted ACK is absorbed here
-                self._ack_b(call, ack.body, ack.headers.get("Content-Type"))
-        elif other.dialog is not None:  # the ACK of a relayed re-INVITE
-            content_type = ack.headers.get("Content-Type") if ack.body else None
-            relayed = other.dialog.create_request(
-                "ACK", via=self._via(other.addr[2]), body=ack.body, content_type=content_type
-            )
-            self._transmit(relayed, other.addr)
-
-    def _call_of_request(self, request: Request) -> _Call | None:
+    def _call_of_request(self, request: Request) -> Call | None:
         call = self._by_b_call_id.get(request.call_id)
         if call is not None:
             return call
         to_tag = request.to_tag
         return self._by_a_dialog.get((request.call_id, to_tag)) if to_tag else None
 
-    def _legs(self, call: _Call, request: Request) -> tuple[_Leg, _Leg]:
+    def _legs(self, call: Call, request: Request) -> tuple[Leg, Leg]:
         """(the leg `request` came on, the other leg) of an answered call."""
         b = call.b
         assert b is not None
@@ -1322,45 +1051,36 @@ class B2bua:
             self._respond(txn, cancel, 481, None, now)
             return
         self._respond(txn, cancel, 200, None, now)
-        if self._admitting.pop(call.id, None) is not None:
-            # Cancelled before the counters answered: _finish gives back any slot they grant.
-            self._fail_a(call, 487, "Request Terminated", now)
-            self.stats.attempts_total += 1
-            self._finish(call, wall, final_code=487, reason="cancelled", side="caller")
-            return
-        if call.answer_at is not None or call.ended:
-            return  # too late: the caller will get the 2xx and must BYE
-        self._fail_a(call, 487, "Request Terminated", now)
-        call.routes[-1]["reason"] = "cancelled"
-        self._cancel_b(call, now)
-        # The B leg's 487 (or a 2xx crossing the CANCEL, which we then ACK and BYE) may
-        # still come; for the caller the attempt is over now.
-        self._finish(call, wall, final_code=487, reason="cancelled", side="caller")
+        # Once answered it is too late (the table has no such transition): the caller gets the
+        # 2xx and must BYE.
+        self._step(call, CallInput.CALLER_CANCEL, None, now, wall)
 
-    def _cancel_b(self, call: _Call, now: float) -> None:
-        """CANCEL the pending B-leg INVITE, once it has had a provisional (RFC 3261 9.1)."""
+    def _cancel_b(self, call: Call, now: float) -> None:
+        """CANCEL the pending B-leg INVITE if it has had a provisional (RFC 3261 9.1); before
+        that, the first provisional to arrive brings the call here again (ENDED, B_PROVISIONAL)."""
         txn = call.b_txn
         b = call.b
-        if txn is None or b is None or call.b_invite is None or call.b_cancel_sent:
+        if (
+            txn is None
+            or b is None
+            or call.b_invite is None
+            or call.b_cancel is not None
+            or txn.state is not TransactionState.PROCEEDING
+        ):
             return
-        state = txn.state.value
-        if state == "calling":
-            call.cancel_wanted = True  # sent when the first provisional arrives
-        elif state == "proceeding":
-            call.b_cancel_sent = True
-            _, events = self.layer.send_request(make_cancel(call.b_invite), b.addr, now)
-            self._send_events(events)
+        call.b_cancel, events = self.layer.send_request(make_cancel(call.b_invite), b.addr, now)
+        self._send_events(events)
 
-    def _fail_a(self, call: _Call, status: int, reason: str | None, now: float) -> None:
+    def _fail_a(self, call: Call, status: int, reason: str | None, now: float) -> None:
         """Answer the caller's INVITE with a final error, if it is still unanswered."""
-        if call.a_txn.state.value in ("trying", "proceeding"):
+        if call.a_txn.state in _AWAITING_FINAL:
             self._respond(call.a_txn, call.a_invite, status, reason, now, to_tag=call.a.local_tag)
 
     def _on_in_dialog(
         self, request: Request, txn: ServerTransaction, now: float, wall: float
     ) -> None:
         call = self._call_of_request(request)
-        if call is None or call.ended or call.b is None:
+        if call is None or call.state is not CallState.ANSWERED or call.b is None:
             self._respond(txn, request, 481, None, now)
             return
         leg, other = self._legs(call, request)
@@ -1370,14 +1090,11 @@ class B2bua:
         leg.dialog.receive_request(request)
         if request.method == "BYE":
             self._respond(txn, request, 200, None, now)
-            self._bye(call, other, now)
-            side = "caller" if leg is call.a else "callee"
-            self._finish(call, wall, final_code=200, reason="normal_clearing", side=side)
+            bye = CallInput.CALLER_BYE if leg is call.a else CallInput.CALLEE_BYE
+            self._step(call, bye, request, now, wall)
             return
         content_type = request.headers.get("Content-Type")
-        headers = [
-            (name, value) for name in END_TO_END_HEADERS for value in request.headers.get_all(name)
-        ]
+        headers = crossing_headers(request, END_TO_END_HEADERS)
         relayed = other.dialog.create_request(
             request.method,
             via=self._via(other.addr[2]),
@@ -1409,7 +1126,7 @@ class B2bua:
         self._count_response(request, response.status)
         self._send_events(self.layer.send_response(relay.server_txn, answer, now))
 
-    def _bye(self, call: _Call, leg: _Leg | None, now: float) -> None:
+    def _bye(self, call: Call, leg: Leg | None, now: float) -> None:
         if leg is None or leg.dialog is None or leg.dialog.state is DialogState.TERMINATED:
             return
         if leg.dialog.state is DialogState.EARLY:
@@ -1417,12 +1134,6 @@ class B2bua:
         bye = leg.dialog.create_request("BYE", via=self._via(leg.addr[2]))
         _, events = self.layer.send_request(bye, leg.addr, now)
         self._send_events(events)
-
-    def _hang_up(self, call: _Call, now: float, wall: float, *, reason: str, side: str) -> None:
-        """End an answered call from the edge: BYE on both legs."""
-        self._bye(call, call.a, now)
-        self._bye(call, call.b, now)
-        self._finish(call, wall, final_code=200, reason=reason, side=side)
 
     # --- registration -------------------------------------------------------------------------
 
@@ -1448,7 +1159,15 @@ class B2bua:
         decision = admit_register(trunk, self.config.customer_of(trunk))
         if not isinstance(decision, Admit):
             self._bump_refusal(decision.reason)
-            self._respond(txn, request, decision.code, decision.phrase, now, to_tag=new_tag())
+            self._respond(
+                txn,
+                request,
+                decision.code,
+                decision.phrase,
+                now,
+                to_tag=new_tag(),
+                headers=[reason_header(decision)],  # authenticated: the trunk is known
+            )
             return
         default_expires = _int_or(request.headers.get("Expires"))
         granted: list[tuple[str, int]] = []
@@ -1463,7 +1182,10 @@ class B2bua:
                     None,
                     now,
                     to_tag=new_tag(),
-                    headers=[("Min-Expires", str(MIN_EXPIRES))],
+                    headers=[
+                        ("Min-Expires", str(MIN_EXPIRES)),
+                        reason_header(reject("interval_too_brief")),
+                    ],
                 )
                 return
             granted.append((str(contact.uri), expires))
@@ -1471,6 +1193,9 @@ class B2bua:
             self.registrar.register(
                 trunk.id, uri, expires, now, source=(source[0], source[1]), transport=source[2]
             )
+        if self._sweep.deadline is None and len(self.registrar):
+            self._sweep.deadline = now + PURGE_INTERVAL
+            self._timers.update(self._sweep)
         headers = [("Contact", f"<{uri}>;expires={expires}") for uri, expires in granted if expires]
         self._respond(txn, request, 200, None, now, to_tag=new_tag(), headers=headers)
 
@@ -1478,76 +1203,81 @@ class B2bua:
 
     def _emit(
         self,
-        call: _Call,
+        call: Call,
         kind: str,
         wall: float,
         *,
         reason: str | None = None,
         final_code: int | None = None,
     ) -> None:
-        self._out.append(
-            CallEvent(
-                kind=kind,
-                call_id=call.id,
-                trunk_id=call.trunk.id,
-                customer_id=call.customer_id,
-                direction=call.direction,
-                caller=call.caller_e164,
-                callee=call.callee_e164,
-                at=wall,
-                reason=reason,
-                final_code=final_code,
-            )
+        self._out.append(call_event(call, kind, wall, reason=reason, final_code=final_code))
+
+    # --- the call machine -----------------------------------------------------------------------
+
+    def _step(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> None:
+        """Feed one input to a call: the only place a call changes state (table `CALL`)."""
+        transition = CALL.get((call.state, event))
+        if transition is None:
+            return  # nothing to do in this state: a retransmission, too late, or over already
+        action, next_state = transition
+        ended = action(self, call, event, payload, now, wall)
+        if next_state is not CallState.ENDED:
+            call.state = next_state
+        elif call.state is not CallState.ENDED:
+            assert ended is not None, (call.state, event)
+            call.state = CallState.ENDED
+            self._end(call, ended, now, wall)
+
+    def record_so_far(self, call_id: str, wall: float) -> CallDetailRecord | None:
+        """The CDR so far of an answered call still up, as if the edge died at `wall` (reason
+        `edge_restart`), for edge/runtime/checkpoint.py; None for any other call."""
+        call = self._calls.get(call_id)
+        if call is None or call.state is not CallState.ANSWERED:
+            return None
+        return cdr.call_record(
+            call,
+            edge=self.node,
+            end_wall=wall,
+            final_code=ENDINGS["edge_restart"].code or 200,
+            reason="edge_restart",
+            side=ENDINGS["edge_restart"].side,
+            config_version=self.config.version,
         )
 
-    def _finish(
-        self, call: _Call, wall: float, *, final_code: int, reason: str, side: str | None
-    ) -> None:
-        """The call attempt is over: free its slot, forget it, and write its one CDR."""
-        if call.ended:
-            return
-        call.ended = True
-        if self._calls.pop(call.id, None) is not None:
+    def _end(self, call: Call, ended: _Ended, now: float, wall: float) -> None:
+        """The way into ENDED: give back the slot, forget the call, write its one CDR."""
+        reason, final_code, side = ended
+        b_txn = call.b_txn
+        # A B-leg INVITE still unanswered (a CANCEL may be on its way) gets 64*T1 to end.
+        pending = b_txn is not None and b_txn.state in _UNANSWERED_CLIENT
+        call.deadline = now + 64 * self.settings.timers.t1 if pending else None
+        started = self._calls.pop(call.id, None) is not None
+        if started:
             self.stats.active[call.trunk.id] -= 1
+        self._admitting.pop(call.id, None)
         self._by_a_dialog.pop((call.a.call_id, call.a.local_tag), None)
-        self.limits.release(call.trunk.id, call.id)
         self._timers.update(call)
-        answered = call.answer_at is not None
-        # Clamped: a wall clock stepping back mid-call must not make the record unstorable.
-        duration_ms = max(0, round((wall - call.answer_at) * 1000)) if call.answer_at else 0
-        self._out.append(
+        ends = self.stats.ends_total
+        ends[reason] = ends.get(reason, 0) + 1
+        out = self._out
+        out.append(ReleaseSlot(call.id, call.trunk.id))
+        out.append(
             CdrReady(
-                CallDetailRecord(
+                cdr.call_record(
+                    call,
                     edge=self.node,
-                    call_id=call.id,
-                    a_call_id=call.a.call_id,
-                    b_call_id=call.b.call_id if call.b else None,
-                    customer_id=call.customer_id,
-                    trunk_id=call.trunk.id,
-                    direction=call.direction,
-                    caller_e164=call.caller_e164,
-                    callee_e164=call.callee_e164,
-                    caller_raw=self._safe(lambda: self._caller_user(call.a_invite)),
-                    callee_raw=self._safe(lambda: self._callee_user(call.a_invite)),
-                    source_ip=call.source[0],
-                    source_port=call.source[1],
-                    routes=list(call.routes),
-                    answered_by=call.answered_by,
-                    setup_at=iso_utc(call.setup_at),
-                    ringing_at=iso_utc(call.ringing_at),
-                    answer_at=iso_utc(call.answer_at),
-                    end_at=iso_utc(wall),
-                    duration_ms=duration_ms,
-                    billable_seconds=-(-duration_ms // 1000) if answered else 0,
+                    end_wall=wall,
                     final_code=final_code,
                     reason=reason,
-                    hangup_side=side,
-                    codecs=call.codecs,
+                    side=side,
                     config_version=self.config.version,
                 )
             )
         )
-        self._emit(call, "ended", wall, reason=reason, final_code=final_code)
+        if started:
+            self._emit(call, "ended", wall, reason=reason, final_code=final_code)
         # The call stays reachable while its transactions linger (up to 32 s), only to absorb
         # strays: a resend needs a message's bytes, not its parse.
         call.a_invite.forget_parsed()
@@ -1562,8 +1292,224 @@ class B2bua:
             call.a_retransmitter = None
         # The B leg's Call-ID stays known while its transactions may still answer; it is
         # dropped with them (see _forget) — but a finished call need not be found again.
-        if call.b is not None and (call.b_txn is None or call.b_txn.state.value == "terminated"):
+        if call.b is not None and (b_txn is None or b_txn.state is TransactionState.TERMINATED):
             self._by_b_call_id.pop(call.b.call_id, None)
+
+    # The actions of the table. Each gets (call, input, payload, now, wall); one that leads to
+    # ENDED returns how the call ended, (reason, final code, hangup side).
+
+    def _proceed(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The call holds its slot: try the first target."""
+        self._admitting.pop(call.id, None)
+        self.stats.attempts_total += 1
+        call.codecs = _codecs(call.a_invite)
+        self._calls[call.id] = call
+        active = self.stats.active
+        active[call.trunk.id] = active.get(call.trunk.id, 0) + 1
+        self._emit(call, "started", wall)
+        call.deadline = now + self.settings.ring_timeout
+        self._timers.update(call)
+        self._try_next_target(call, now, wall)
+        return None
+
+    def _refuse_slot(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """No slot: the attempt is refused for the limit it broke."""
+        refusal = reject(payload if isinstance(payload, str) else "channel_limit")
+        self._by_a_txn.pop(call.a_txn, None)
+        self._answer_refusal(call.incoming, refusal, now)
+        return refusal.reason, refusal.code, None
+
+    def _relay_provisional(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        response = payload
+        assert isinstance(response, Response)
+        if response.status == 100:
+            return None  # hop by hop: we said our own
+        if response.to_tag is not None:
+            self._ensure_b_dialog(call, response)
+        if response.status in (180, 183) and call.ringing_at is None:
+            call.ringing_at = wall
+            self._emit(call, "ringing", wall)
+        self._relay_to_a(call, response, now)
+        return None
+
+    def _answer(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        response = payload
+        assert isinstance(response, Response)
+        self._ensure_b_dialog(call, response)
+        call.answer_at = wall
+        route = call.routes[-1]
+        route["status"] = response.status
+        route["reason"] = "answered"
+        call.answered_by = route["target"]
+        if response.body:
+            call.codecs = call.codecs or _codecs(response)
+        a_response = self._relay_to_a(call, response, now)
+        call.a.dialog = Dialog.as_uas(call.a_invite, a_response)
+        self._by_a_dialog[(call.a.call_id, call.a.local_tag)] = call
+        retransmitter = Retransmitter(
+            call, AnswerRetransmitter(a_response, call.source, now, self.settings.timers)
+        )
+        if call.a_txn.reliable:
+            retransmitter.inner.acknowledged()
+        else:
+            self._timers.update(retransmitter)
+        call.a_retransmitter = retransmitter
+        call.deadline = now + call.trunk.max_call_duration
+        self._timers.update(call)
+        self.stats.answers_total += 1
+        self._emit(call, "answered", wall)
+        return None
+
+    def _fail_over(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The target failed (an error answer, or none) and another is left: try it."""
+        route = call.routes[-1]
+        route["status"] = payload.status if isinstance(payload, Response) else None
+        route["reason"] = "failover"
+        self._try_next_target(call, now, wall)
+        return None
+
+    def _relay_rejection(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        response = payload
+        assert isinstance(response, Response)
+        route = call.routes[-1]
+        route["status"] = response.status
+        route["reason"] = "rejected"
+        self._fail_a(call, response.status, response.reason, now)
+        return "callee_rejected", response.status, ENDINGS["callee_rejected"].side
+
+    def _time_out(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        route = call.routes[-1]
+        route["status"] = None
+        route["reason"] = "timeout"
+        return self._give_up(call, "timeout", now)
+
+    def _cancel(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The caller cancelled before the answer: 487 now, and CANCEL the B leg if placed. The
+        B leg's 487 (or a 2xx crossing the CANCEL, which is then ACKed and BYEd) may still
+        come; for the caller the attempt is over."""
+        if call.routes:
+            call.routes[-1]["reason"] = "cancelled"
+        return self._give_up(call, "cancelled", now)
+
+    def _abandon(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The edge ends an unanswered call (operator, shutdown)."""
+        return self._give_up(call, event.value, now)
+
+    def _give_up(self, call: Call, reason: str, now: float) -> _Ended:
+        if call.state is CallState.ADMITTING:
+            self.stats.attempts_total += 1  # counted here: it never got to _proceed
+        ending = ENDINGS[reason]
+        assert ending.code is not None
+        self._fail_a(call, ending.code, ending.phrase, now)
+        self._cancel_b(call, now)
+        return reason, ending.code, ending.side
+
+    def _bye_other(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """One side sent BYE (already answered 200): BYE the other."""
+        by_caller = event is CallInput.CALLER_BYE
+        self._bye(call, call.b if by_caller else call.a, now)
+        return "normal_clearing", 200, "caller" if by_caller else "callee"
+
+    def _bye_both(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The edge ends an answered call: BYE on both legs."""
+        self._bye(call, call.a, now)
+        self._bye(call, call.b, now)
+        return event.value, 200, ENDINGS[event.value].side
+
+    def _cancel_late(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """A provisional for a call over before its B leg had one: the CANCEL can go now."""
+        self._cancel_b(call, now)
+        return None
+
+    def _drop_b_invite(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """RFC 3261 9.1: no final answer 64*T1 after the CANCEL: consider the INVITE
+        transaction destroyed. The transaction layer has no input for a TU giving up; a
+        transport error ends a transaction the same way, and no other part of the call
+        listens any more."""
+        b_txn = call.b_txn
+        if b_txn is not None and b_txn.state in _UNANSWERED_CLIENT:
+            self._handle_events(self.layer.transport_error(b_txn, now), now, wall)
+        return None
+
+    def _take_down_stray(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        assert isinstance(payload, Response)
+        self._ack_and_bye_stray(call, payload, now)
+        return None
+
+
+_S = CallState
+_I = CallInput
+# (state, input) -> (action, next state): the only place a call changes state (`B2bua._step`).
+# A pair missing here changes nothing: a provisional after the answer, a CANCEL crossing the
+# 2xx, a BYE or timer for a call already over. docs/edge-policy.md draws it.
+CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
+    (_S.ADMITTING, _I.SLOT_GRANTED): (B2bua._proceed, _S.CALLING),
+    (_S.ADMITTING, _I.SLOT_REFUSED): (B2bua._refuse_slot, _S.ENDED),
+    (_S.ADMITTING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
+    (_S.ADMITTING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
+    (_S.CALLING, _I.B_PROVISIONAL): (B2bua._relay_provisional, _S.EARLY),
+    (_S.CALLING, _I.B_ANSWER): (B2bua._answer, _S.ANSWERED),
+    (_S.CALLING, _I.B_FAILOVER): (B2bua._fail_over, _S.CALLING),
+    (_S.CALLING, _I.B_REJECTED): (B2bua._relay_rejection, _S.ENDED),
+    (_S.CALLING, _I.B_TIMED_OUT): (B2bua._time_out, _S.ENDED),
+    (_S.CALLING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
+    (_S.CALLING, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
+    (_S.CALLING, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.CALLING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
+    (_S.EARLY, _I.B_PROVISIONAL): (B2bua._relay_provisional, _S.EARLY),
+    (_S.EARLY, _I.B_ANSWER): (B2bua._answer, _S.ANSWERED),
+    (_S.EARLY, _I.B_FAILOVER): (B2bua._fail_over, _S.CALLING),
+    (_S.EARLY, _I.B_REJECTED): (B2bua._relay_rejection, _S.ENDED),
+    (_S.EARLY, _I.B_TIMED_OUT): (B2bua._time_out, _S.ENDED),
+    (_S.EARLY, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
+    (_S.EARLY, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
+    (_S.EARLY, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.EARLY, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
+    (_S.ANSWERED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ANSWERED),
+    (_S.ANSWERED, _I.CALLER_BYE): (B2bua._bye_other, _S.ENDED),
+    (_S.ANSWERED, _I.CALLEE_BYE): (B2bua._bye_other, _S.ENDED),
+    (_S.ANSWERED, _I.ACK_TIMEOUT): (B2bua._bye_both, _S.ENDED),
+    (_S.ANSWERED, _I.MAX_DURATION): (B2bua._bye_both, _S.ENDED),
+    (_S.ANSWERED, _I.OPERATOR_HANGUP): (B2bua._bye_both, _S.ENDED),
+    (_S.ANSWERED, _I.SHUTDOWN): (B2bua._bye_both, _S.ENDED),
+    (_S.ENDED, _I.B_PROVISIONAL): (B2bua._cancel_late, _S.ENDED),
+    (_S.ENDED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ENDED),
+    (_S.ENDED, _I.B_ABANDONED): (B2bua._drop_b_invite, _S.ENDED),
+}
+
+
+def _may_register(config: EdgeConfig, trunk_id: int) -> bool:
+    """Whether `config` still lets the trunk register (the same rule a REGISTER meets)."""
+    trunk = config.trunk(trunk_id)
+    return trunk is not None and isinstance(admit_register(trunk, config.customer_of(trunk)), Admit)
 
 
 def _codecs(message: Request | Response) -> list[str]:

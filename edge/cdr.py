@@ -29,11 +29,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypedDict, overload
+from typing import TYPE_CHECKING, Any, TypedDict, overload
 
 import orjson
 
 from edge.sip.message import random_hex
+
+if TYPE_CHECKING:
+    from edge.calls import Call
 
 __all__ = [
     "DIRECTIONS",
@@ -41,9 +44,11 @@ __all__ = [
     "CallDetailRecord",
     "CdrDecodeError",
     "RouteAttempt",
+    "call_record",
     "iso_utc",
     "new_call_id",
     "parse_iso_utc",
+    "refusal_record",
 ]
 
 DIRECTIONS = ("inbound", "outbound")
@@ -114,6 +119,91 @@ def iso_utc(wall: float | None) -> str | None:
 
 
 _iso_second: tuple[int | None, str] = (None, "")
+
+
+def call_record(
+    call: Call,
+    *,
+    edge: str,
+    end_wall: float,
+    final_code: int,
+    reason: str,
+    side: str | None,
+    config_version: int,
+) -> CallDetailRecord:
+    """The record of an admitted call (edge.calls.Call) that ended at `end_wall`."""
+    answer_at = call.answer_at
+    # Clamped: a wall clock stepping back mid-call must not make the record unstorable.
+    duration_ms = max(0, round((end_wall - answer_at) * 1000)) if answer_at is not None else 0
+    b = call.b
+    return CallDetailRecord(
+        edge=edge,
+        call_id=call.id,
+        a_call_id=call.a.call_id,
+        b_call_id=b.call_id if b is not None else None,
+        customer_id=call.customer_id,
+        trunk_id=call.trunk.id,
+        direction=call.direction,
+        caller_e164=call.caller_e164,
+        callee_e164=call.callee_e164,
+        caller_raw=call.caller_raw,
+        callee_raw=call.callee_raw,
+        source_ip=call.source[0],
+        source_port=call.source[1],
+        routes=list(call.routes),
+        answered_by=call.answered_by,
+        setup_at=iso_utc(call.setup_at),
+        ringing_at=iso_utc(call.ringing_at),
+        answer_at=iso_utc(answer_at),
+        end_at=iso_utc(end_wall),
+        duration_ms=duration_ms,
+        billable_seconds=-(-duration_ms // 1000) if answer_at is not None else 0,
+        final_code=final_code,
+        reason=reason,
+        hangup_side=side,
+        codecs=call.codecs,
+        config_version=config_version,
+    )
+
+
+def refusal_record(
+    *,
+    edge: str,
+    a_call_id: str,
+    source: tuple[str, int, str],
+    trunk_id: int | None,
+    customer_id: int | None,
+    direction: str,
+    caller_e164: str | None,
+    callee_e164: str | None,
+    caller_raw: str,
+    callee_raw: str,
+    wall: float,
+    final_code: int,
+    reason: str,
+    config_version: int,
+) -> CallDetailRecord:
+    """The record of an attempt refused before it became a call (no leg placed)."""
+    at = iso_utc(wall)
+    return CallDetailRecord(
+        edge=edge,
+        call_id=new_call_id(),
+        a_call_id=a_call_id,
+        customer_id=customer_id,
+        trunk_id=trunk_id,
+        direction=direction,
+        caller_e164=caller_e164,
+        callee_e164=callee_e164,
+        caller_raw=caller_raw,
+        callee_raw=callee_raw,
+        source_ip=source[0],
+        source_port=source[1],
+        setup_at=at,
+        end_at=at,
+        final_code=final_code,
+        reason=reason,
+        config_version=config_version,
+    )
 
 
 def parse_iso_utc(text: str) -> datetime:

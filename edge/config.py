@@ -3,10 +3,14 @@
 `EdgeConfig.compile(doc)` validates a schema-1 snapshot (`docs/snapshot.md`) and precomputes
 every table a call needs, so that deciding a call is a handful of dict lookups: trunk by source
 address (longest-prefix match over the populated prefix lengths only), credential by username,
-number by E.164, gateways by the longest configured prefix of the number. A malformed document
-is refused whole with a `ConfigError` that says what is wrong and where; a compiled config is
-never modified (`with_resolved_hosts` returns a new one), so the runtime swaps configs by
-replacing one reference.
+number by E.164, gateways by the longest configured prefix of the number. Every value is
+checked with `edge/validators.py`, the rules Django also applies on write. A document whose
+structure is wrong is refused whole with a `ConfigError` that says what is wrong and where; an
+object with a refused value (a trunk, an ACL entry, an origination URI, a credential, a number,
+a gateway) is left out with what depends on it, and listed in `refusals`, so one bad row never
+stops the rest of the configuration. A compiled config is never modified
+(`with_resolved_hosts` returns a new one), so the runtime swaps configs by replacing one
+reference.
 
 Nothing here does I/O, reads a clock, resolves names or imports Django: the document comes in
 as a decoded dict, tables come out.
@@ -14,15 +18,13 @@ as a decoded dict, tables come out.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from edge.sip.errors import RemoteProtocolError
-from edge.sip.uri import parse_uri
+from edge import validators
+from edge.validators import CALLER_ID_POLICIES, TRANSPORTS, address_key
 
 __all__ = [
     "CALLER_ID_POLICIES",
@@ -35,24 +37,43 @@ __all__ = [
     "Gateway",
     "NumberRoute",
     "OriginationTarget",
+    "Refusal",
     "TrunkPolicy",
     "address_key",
 ]
 
 SCHEMA = 1
-# Distinct CIDRs and origination URIs remembered across snapshots (a few MB at most).
-_PARSE_CACHE_SIZE = 1 << 17
-TRANSPORTS = frozenset({"udp", "tcp", "tls"})
-CALLER_ID_POLICIES = frozenset({"customer_numbers", "pass_through"})
 _MAX_PORT = 65535
 _MAX_PRIORITY = 65535
-_DIGITS = frozenset("0123456789")
-_REGION_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_TECH_PREFIX_MARKS = "-_.!~*'()+#%"
+_T = TypeVar("_T")
 
 
 class ConfigError(ValueError):
-    """The snapshot is malformed; it is refused whole and the previous config stays in force."""
+    """The snapshot, or one object of it, is malformed. Raised out of `EdgeConfig.compile`
+    only for the document's structure (schema, version, customers, duplicate ids): then it is
+    refused whole and the previous config stays in force. `field` names the refused field."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One object of a snapshot that the edge left out, and why; the rest was applied.
+
+    `kind` is "trunk", "acl", "origination_uri", "credential", "number" or "gateway"; `id`
+    is the trunk's id for a trunk and what hangs under it, the gateway's id, or the number;
+    `field` is the refused field; `reason` says what and where in the document.
+    """
+
+    kind: str
+    id: int | str | None
+    field: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "field": self.field, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,26 +160,6 @@ class Gateway:
     strip_plus: bool
 
 
-@lru_cache(maxsize=8192)
-def address_key(ip: str) -> tuple[int, int] | None:
-    """(bits, integer) of an IP literal, or None if `ip` is not one.
-
-    IPv4-mapped IPv6 addresses count as IPv4 and brackets are accepted, so every spelling of
-    one address gives one key. Cached: sources repeat, and parsing costs a few microseconds.
-    """
-    text = ip[1:-1] if ip.startswith("[") and ip.endswith("]") else ip
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped
-        if mapped is None:
-            return 128, int(address)
-        address = mapped
-    return 32, int(address)
-
-
 # --- validation helpers: each names the place of the problem -------------------------------
 
 
@@ -166,7 +167,7 @@ def _field(obj: Mapping[str, Any], key: str, where: str) -> Any:
     try:
         return obj[key]
     except KeyError:
-        raise ConfigError(f"{where}: missing {key!r}") from None
+        raise ConfigError(f"{where}: missing {key!r}", field=key) from None
 
 
 def _object(value: Any, where: str) -> Mapping[str, Any]:
@@ -178,7 +179,7 @@ def _object(value: Any, where: str) -> Mapping[str, Any]:
 def _list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
     value = _field(obj, key, where)
     if not isinstance(value, list):
-        raise ConfigError(f"{where}.{key}: expected a list, got {type(value).__name__}")
+        raise ConfigError(f"{where}.{key}: expected a list, got {type(value).__name__}", field=key)
     return value
 
 
@@ -189,96 +190,44 @@ def _int(
     # bool is an int subclass; `true` is not a number of channels.
     if type(value) is not int or value < low or (high is not None and value > high):
         bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{where}.{key}: expected an integer {bounds}, got {value!r}")
+        raise ConfigError(f"{where}.{key}: expected an integer {bounds}, got {value!r}", field=key)
     return value
 
 
 def _bool(obj: Mapping[str, Any], key: str, where: str) -> bool:
     value = _field(obj, key, where)
     if type(value) is not bool:
-        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}", field=key)
     return value
 
 
 def _str(obj: Mapping[str, Any], key: str, where: str, *, empty: bool = False) -> str:
     value = _field(obj, key, where)
     if not isinstance(value, str) or (not empty and not value):
-        raise ConfigError(f"{where}.{key}: expected a non-empty string, got {value!r}")
+        raise ConfigError(f"{where}.{key}: expected a non-empty string, got {value!r}", field=key)
     return value
 
 
-def _is_prefix(value: Any) -> bool:
-    """'+' and 1 to 15 ASCII digits: an E.164 prefix (a whole number is a prefix too)."""
-    return (
-        isinstance(value, str)
-        and 2 <= len(value) <= 16
-        and value[0] == "+"
-        and _DIGITS.issuperset(value[1:])
-    )
-
-
-def _is_region(value: Any) -> bool:
-    # Any two capital letters: a code this edge's phonenumbers does not know never matches,
-    # which is better than refusing the whole snapshot over a newer region list.
-    return isinstance(value, str) and len(value) == 2 and _REGION_LETTERS.issuperset(value)
+def _valid(check: Callable[[Any], _T], value: Any, where: str, field: str) -> _T:
+    """`check(value)` (one of edge.validators), its InvalidValue turned into a ConfigError
+    about `where`.`field` (formatted only then: this runs for every value of a snapshot)."""
+    try:
+        return check(value)
+    except validators.InvalidValue as error:
+        raise ConfigError(f"{where}.{field}: {error.message}", field=field) from None
 
 
 def _prefixes(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     items = _list(obj, key, where)
     for item in items:
-        if not _is_prefix(item):
-            raise ConfigError(f"{where}.{key}: {item!r} is not an E.164 prefix like '+44'")
+        _valid(validators.e164_prefix, item, where, key)
     return tuple(dict.fromkeys(items))
-
-
-def _host(value: Any, where: str) -> str:
-    """A gateway host: an IP literal (brackets removed from IPv6) or a hostname."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a host, got {value!r}")
-    if value.startswith("["):
-        if address_key(value) is None:
-            raise ConfigError(f"{where}: {value!r} is not an IPv6 reference")
-        return value[1:-1]
-    if ":" in value:
-        if address_key(value) is None:
-            raise ConfigError(f"{where}: {value!r} is not a host (give the port separately)")
-        return value
-    if not all(ch.isascii() and (ch.isalnum() or ch in "-._") for ch in value):
-        raise ConfigError(f"{where}: {value!r} is not a host")
-    return value
-
-
-@lru_cache(maxsize=_PARSE_CACHE_SIZE)
-def _origination_address(text: str) -> tuple[str, int, str, str | None] | str:
-    """(host, port, transport, user) of an origination URI, or why it is not one.
-
-    Cached: consecutive snapshots repeat almost every URI, and parsing is most of the cost of
-    compiling a trunk.
-    """
-    try:
-        uri = parse_uri(text)
-    except RemoteProtocolError as error:
-        return f"{text!r} is not a SIP URI ({error.reason})"
-    if uri.scheme not in ("sip", "sips"):
-        return f"{text!r} is not a sip: or sips: URI"
-    param = uri.params.get("transport")
-    transport = (param or ("tls" if uri.scheme == "sips" else "udp")).lower()
-    if transport not in TRANSPORTS or (uri.scheme == "sips" and transport == "udp"):
-        return f"{text!r} has an unsupported transport {param!r}"
-    if uri.scheme == "sips":
-        transport = "tls"
-    host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
-    port = uri.port if uri.port is not None else (5061 if transport == "tls" else 5060)
-    return host, port, transport, uri.user
 
 
 def _origination(item: Any, where: str) -> OriginationTarget:
     obj = _object(item, where)
     text = _str(obj, "uri", where)
-    address = _origination_address(text)
-    if isinstance(address, str):
-        raise ConfigError(f"{where}.uri: {address}")
-    host, port, transport, user = address
+    host, port, transport, user = _valid(validators.origination_uri, text, where, "uri")
     return OriginationTarget(
         uri=text,
         host=host,
@@ -300,40 +249,40 @@ def _customer(item: Any, where: str) -> CustomerState:
     )
 
 
-def _trunk(obj: Mapping[str, Any], where: str) -> TrunkPolicy:
-    destinations = _list(obj, "allowed_destinations", where)
+def _trunk(obj: Mapping[str, Any], where: str, refusals: list[Refusal]) -> TrunkPolicy:
+    """The trunk's policy; an origination URI the edge refuses is left out (in `refusals`),
+    any other refused value refuses the trunk (ConfigError)."""
+    trunk_id = _int(obj, "id", where, low=1)
     allowed_prefixes: list[str] = []
     allowed_countries: set[str] = set()
-    for entry in destinations:
-        if _is_prefix(entry):
-            allowed_prefixes.append(entry)
-        elif _is_region(entry):
-            allowed_countries.add(entry)
-        else:
-            raise ConfigError(
-                f"{where}.allowed_destinations: {entry!r} is neither an E.164 prefix ('+44') "
-                "nor an ISO country code ('GB')"
-            )
-    caller_id_policy = _str(obj, "caller_id_policy", where)
-    if caller_id_policy not in CALLER_ID_POLICIES:
-        raise ConfigError(
-            f"{where}.caller_id_policy: {caller_id_policy!r} is not one of "
-            f"{sorted(CALLER_ID_POLICIES)}"
-        )
-    stop_codes = _list(obj, "failover_stop_codes", where)
-    for code in stop_codes:
-        if type(code) is not int or not 300 <= code <= 699:
-            raise ConfigError(f"{where}.failover_stop_codes: {code!r} is not a SIP code 300-699")
-    default_country = _str(obj, "default_country", where)
-    if not _is_region(default_country):
-        raise ConfigError(f"{where}.default_country: {default_country!r} is not an ISO code")
-    origination = [
-        _origination(item, f"{where}.origination_uris[{index}]")
-        for index, item in enumerate(_list(obj, "origination_uris", where))
+    for entry in _list(obj, "allowed_destinations", where):
+        is_prefix, value = _valid(validators.destination, entry, where, "allowed_destinations")
+        (allowed_prefixes.append if is_prefix else allowed_countries.add)(value)
+    caller_id_policy = _valid(
+        validators.caller_id_policy,
+        _str(obj, "caller_id_policy", where),
+        where,
+        "caller_id_policy",
+    )
+    stop_codes = [
+        _valid(validators.failover_code, code, where, "failover_stop_codes")
+        for code in _list(obj, "failover_stop_codes", where)
     ]
+    default_country = _valid(
+        validators.region,
+        _str(obj, "default_country", where),
+        where,
+        "default_country",
+    )
+    origination = []
+    for index, item in enumerate(_list(obj, "origination_uris", where)):
+        try:
+            origination.append(_origination(item, f"{where}.origination_uris[{index}]"))
+        except ConfigError as error:
+            refusals.append(Refusal("origination_uri", trunk_id, "origination_uris", str(error)))
     origination.sort(key=lambda target: (target.priority, -target.weight))
     return TrunkPolicy(
-        id=_int(obj, "id", where, low=1),
+        id=trunk_id,
         customer_id=_int(obj, "customer", where, low=1),
         name=_str(obj, "name", where, empty=True),
         active=_bool(obj, "active", where),
@@ -351,80 +300,24 @@ def _trunk(obj: Mapping[str, Any], where: str) -> TrunkPolicy:
     )
 
 
-def _gateway(item: Any, carrier_id: int, where: str) -> Gateway:
-    obj = _object(item, where)
-    transport = _str(obj, "transport", where)
-    if transport not in TRANSPORTS:
-        raise ConfigError(f"{where}.transport: {transport!r} is not one of {sorted(TRANSPORTS)}")
-    tech_prefix = _str(obj, "tech_prefix", where, empty=True)
-    # It goes in front of the number in the Request-URI user: nothing that would end the user
-    # part or start a parameter (":", "@", ";", "?").
-    if not all(ch.isascii() and (ch.isalnum() or ch in _TECH_PREFIX_MARKS) for ch in tech_prefix):
-        raise ConfigError(
-            f"{where}.tech_prefix: {tech_prefix!r} may hold letters, digits "
-            f"and {_TECH_PREFIX_MARKS}"
-        )
+def _gateway(obj: Mapping[str, Any], carrier_id: int, where: str) -> Gateway:
     return Gateway(
         id=_int(obj, "id", where, low=1),
         carrier_id=carrier_id,
-        host=_host(_field(obj, "host", where), f"{where}.host"),
+        host=_valid(validators.gateway_host, _field(obj, "host", where), where, "host"),
         port=_int(obj, "port", where, low=1, high=_MAX_PORT),
-        transport=transport,
+        transport=_valid(validators.transport, _str(obj, "transport", where), where, "transport"),
         priority=_int(obj, "priority", where, high=_MAX_PRIORITY),
         weight=_int(obj, "weight", where, high=_MAX_PRIORITY),
         prefixes=_prefixes(obj, "prefixes", where),
-        tech_prefix=tech_prefix,
+        tech_prefix=_valid(
+            validators.tech_prefix,
+            _str(obj, "tech_prefix", where, empty=True),
+            where,
+            "tech_prefix",
+        ),
         strip_plus=_bool(obj, "strip_plus", where),
     )
-
-
-def _ipv4_network(text: str) -> tuple[int, int, int] | None:
-    """`_network` for plain "a.b.c.d[/n]", five times faster than ipaddress; else None."""
-    address, slash, length_text = text.partition("/")
-    parts = address.split(".")
-    if len(parts) != 4:
-        return None
-    value = 0
-    for part in parts:
-        if not (0 < len(part) <= 3 and _DIGITS.issuperset(part)):
-            return None
-        if len(part) > 1 and part[0] == "0":  # ipaddress refuses leading zeros: so do we
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        value = value << 8 | octet
-    if not slash:
-        return 32, 32, value
-    if not (0 < len(length_text) <= 2 and _DIGITS.issuperset(length_text)):
-        return None
-    length = int(length_text)
-    if length > 32:
-        return None
-    return 32, length, value >> (32 - length) << (32 - length)
-
-
-@lru_cache(maxsize=_PARSE_CACHE_SIZE)
-def _parse_network(entry: str) -> tuple[int, int, int] | None:
-    """(bits, prefix length, network integer) of a CIDR, or None; cached like origination URIs."""
-    fast = _ipv4_network(entry)
-    if fast is not None:
-        return fast
-    try:
-        network = ipaddress.ip_network(entry.strip(), strict=False)
-    except ValueError:
-        return None
-    return network.max_prefixlen, network.prefixlen, int(network.network_address)
-
-
-def _network(entry: Any, where: str) -> tuple[int, int, int]:
-    """(bits, prefix length, network integer) of a CIDR; host bits are ignored."""
-    if not isinstance(entry, str):
-        raise ConfigError(f"{where}: expected a CIDR string, got {entry!r}")
-    parsed = _parse_network(entry)
-    if parsed is None:
-        raise ConfigError(f"{where}: {entry!r} is not an IP network in CIDR notation")
-    return parsed
 
 
 # One family's ACL: (shift, {network >> shift: trunk}) from the longest prefix to the shortest.
@@ -447,6 +340,8 @@ class EdgeConfig:
         "_customer_numbers",
         "_gateway_lengths",
         "_gateways_by_prefix",
+        "_left_out_trunks",
+        "_number_refusals",
         "_number_routes",
         "_numbers",
         "_numbers_source",
@@ -456,6 +351,8 @@ class EdgeConfig:
         "gateways",
         "generated_at",
         "realm",
+        "refusals",
+        "source",
         "trunks",
         "unresolved_gateway_hosts",
         "version",
@@ -465,15 +362,19 @@ class EdgeConfig:
     content_hash: str
     generated_at: str | None
     realm: str
+    source: Mapping[str, Any]  # the document compiled: the base a delta applies to
     trunks: Mapping[int, TrunkPolicy]
     customers: Mapping[int, CustomerState]
     gateways: tuple[Gateway, ...]  # every gateway, by priority, weight descending, id
     unresolved_gateway_hosts: frozenset[str]  # gateway hostnames that are not IP literals
+    refusals: tuple[Refusal, ...]  # what was left out, and why
     _acl4: _AclLevels
     _acl6: _AclLevels
     _numbers_source: list[Any]  # the snapshot's numbers, to tell an unchanged list
-    _trunk_sources: dict[int, Any]  # each trunk's object in the snapshot, likewise
+    _trunk_sources: dict[int, Any]  # each cleanly compiled trunk's object, likewise
+    _left_out_trunks: frozenset[int]  # trunks refused whole: their numbers route nowhere
     _number_routes: dict[tuple[int, int | None], NumberRoute]
+    _number_refusals: tuple[Refusal, ...]
     _credentials: dict[str, Credential]
     _numbers: dict[str, NumberRoute]
     _customer_numbers: dict[int, frozenset[str]]
@@ -489,18 +390,19 @@ class EdgeConfig:
         return (
             f"<EdgeConfig v{self.version} {len(self.customers)} customers, "
             f"{len(self.trunks)} trunks, {len(self._numbers)} numbers, "
-            f"{len(self.gateways)} gateways>"
+            f"{len(self.gateways)} gateways, {len(self.refusals)} refused>"
         )
 
     # --- compiling ------------------------------------------------------------------------
 
     @classmethod
     def compile(cls, doc: Mapping[str, Any], previous: EdgeConfig | None = None) -> EdgeConfig:
-        """Validate a decoded snapshot and build its lookup tables, or raise ConfigError.
+        """Validate a decoded snapshot and build its lookup tables.
 
-        With `previous` (the config in use), tables whose source did not change are reused:
-        most changes touch a trunk, not the 100,000 numbers, so a push compiles in half the
-        time and allocates far less.
+        Raises ConfigError if the document's structure is wrong; an object with a refused
+        value is left out and listed in `refusals`. With `previous` (the config in use),
+        tables whose source did not change are reused: most changes touch a trunk, not the
+        100,000 numbers, so a push compiles in half the time and allocates far less.
         """
         if not isinstance(doc, Mapping):
             raise ConfigError(f"snapshot: expected an object, got {type(doc).__name__}")
@@ -508,6 +410,7 @@ class EdgeConfig:
         if schema != SCHEMA or type(schema) is not int:
             raise ConfigError(f"snapshot.schema: this edge reads schema {SCHEMA}, got {schema!r}")
         config: EdgeConfig = object.__new__(cls)
+        config.source = doc
         config.version = _int(doc, "version", "snapshot")
         config.content_hash = _str(doc, "content_hash", "snapshot")
         generated_at = doc.get("generated_at")
@@ -524,9 +427,12 @@ class EdgeConfig:
             customers[customer.id] = customer
         config.customers = MappingProxyType(customers)
 
-        config._compile_trunks(_list(doc, "trunks", "snapshot"), customers, previous)
+        refusals: list[Refusal] = []
+        # Gateways first: a trunk's ACL may not hold a carrier's address.
+        config._compile_gateways(_list(doc, "carriers", "snapshot"), refusals)
+        config._compile_trunks(_list(doc, "trunks", "snapshot"), customers, previous, refusals)
         config._compile_numbers(_list(doc, "numbers", "snapshot"), previous)
-        config._compile_gateways(_list(doc, "carriers", "snapshot"))
+        config.refusals = (*refusals, *config._number_refusals)
         return config
 
     def _compile_trunks(
@@ -534,42 +440,121 @@ class EdgeConfig:
         items: list[Any],
         customers: Mapping[int, CustomerState],
         previous: EdgeConfig | None,
+        refusals: list[Refusal],
     ) -> None:
         before: Mapping[Any, Any] = previous._trunk_sources if previous is not None else {}
         sources: dict[int, Any] = {}
         trunks: dict[int, TrunkPolicy] = {}
+        left_out: set[int] = set()
         credentials: dict[str, Credential] = {}
-        acl: dict[int, dict[int, dict[int, TrunkPolicy]]] = {32: {}, 128: {}}
+        # Source networks by family and prefix length, as the lookups read them; a network two
+        # trunks hold goes in `shared` (both are left out, below).
+        tables: dict[int, dict[int, dict[int, TrunkPolicy]]] = {32: {}, 128: {}}
+        shared: dict[validators.Network, set[int]] = {}
+        parse_network = validators.network
         for index, item in enumerate(items):
             obj = _object(item, f"trunks[{index}]")
-            where = f"trunks[{index}] (id {obj.get('id')!r})"
+            trunk_id = _int(obj, "id", f"trunks[{index}]", low=1)
+            where = f"trunks[{index}] (id {trunk_id})"
+            if trunk_id in trunks or trunk_id in left_out:
+                raise ConfigError(f"{where}: duplicate trunk id {trunk_id}")
             # A trunk whose object is unchanged keeps its compiled policy (and identity).
-            unchanged = previous is not None and before.get(obj.get("id"), None) == obj
-            trunk = previous.trunks[obj["id"]] if previous and unchanged else _trunk(obj, where)
-            sources[trunk.id] = obj
-            if trunk.id in trunks:
-                raise ConfigError(f"{where}: duplicate trunk id {trunk.id}")
-            if trunk.customer_id not in customers:
-                raise ConfigError(f"{where}.customer: no customer {trunk.customer_id}")
-            trunks[trunk.id] = trunk
-            for position, entry in enumerate(_list(obj, "acl", where)):
-                bits, length, network = _network(entry, f"{where}.acl[{position}]")
-                level = acl[bits].setdefault(length, {})
-                key = network >> (bits - length)
-                holder = level.get(key)
-                if holder is not None and holder is not trunk:
-                    raise ConfigError(
-                        f"{where}.acl[{position}]: {entry!r} is also trunk {holder.id}'s network; "
-                        "a source address must identify one trunk"
-                    )
-                level[key] = trunk
-            for position, cred in enumerate(_list(obj, "credentials", where)):
-                self._add_credential(credentials, trunk, cred, f"{where}.credentials[{position}]")
+            if (
+                previous is not None
+                and before.get(trunk_id) == obj
+                and previous.trunks[trunk_id].customer_id in customers
+            ):
+                trunk = previous.trunks[trunk_id]
+                acl, credential_items = obj["acl"], obj["credentials"]
+                clean = True
+            else:
+                own: list[Refusal] = []
+                try:
+                    trunk = _trunk(obj, where, own)
+                    acl = _list(obj, "acl", where)
+                    credential_items = _list(obj, "credentials", where)
+                    if trunk.customer_id not in customers:
+                        raise ConfigError(
+                            f"{where}.customer: no customer {trunk.customer_id}", field="customer"
+                        )
+                except ConfigError as error:
+                    refusals.append(Refusal("trunk", trunk_id, error.field, str(error)))
+                    left_out.add(trunk_id)
+                    continue
+                refusals.extend(own)
+                clean = not own
+            trunks[trunk_id] = trunk
+            if clean:
+                sources[trunk_id] = obj
+            for position, entry in enumerate(acl):
+                try:
+                    net = parse_network(entry)
+                except validators.InvalidValue as error:
+                    reason = f"{where}.acl[{position}]: {error.message}"
+                    refusals.append(Refusal("acl", trunk_id, "acl", reason))
+                    continue
+                bits, length, value = net
+                level = tables[bits].get(length)
+                if level is None:
+                    level = tables[bits][length] = {}
+                holder = level.setdefault(value >> (bits - length), trunk)
+                if holder is not trunk:
+                    shared.setdefault(net, {holder.id}).add(trunk_id)
+            for position, cred in enumerate(credential_items):
+                at = f"{where}.credentials[{position}]"
+                try:
+                    self._add_credential(credentials, trunk, cred, at)
+                except ConfigError as error:
+                    refusals.append(Refusal("credential", trunk_id, error.field, str(error)))
         self.trunks = MappingProxyType(trunks)
         self._trunk_sources = sources
+        self._left_out_trunks = frozenset(left_out)
         self._credentials = credentials
-        self._acl4 = _acl_levels(acl[32], 32)
-        self._acl6 = _acl_levels(acl[128], 128)
+        self._finish_acl(items, tables, shared, refusals)
+
+    def _finish_acl(
+        self,
+        items: list[Any],
+        acl: dict[int, dict[int, dict[int, TrunkPolicy]]],
+        shared: dict[validators.Network, set[int]],
+        refusals: list[Refusal],
+    ) -> None:
+        """The source-address tables, without the networks the edge refuses: one held by two
+        trunks is left out of both (the edge cannot tell whose a call is), and so is one that
+        holds a carrier gateway's address (a carrier's calls are never a trunk's). Nested
+        networks of different trunks stay: the most specific one wins (Django refuses them on
+        write)."""
+        why: dict[validators.Network, str] = {}
+        for net in shared:
+            bits, length, value = net
+            del acl[bits][length][value >> (bits - length)]
+            why[net] = "is also trunk {other}'s network; a source address must identify one trunk"
+        for bits, address in self._carrier_addresses:
+            for length, level in acl[bits].items():
+                key = address >> (bits - length)
+                if key in level:
+                    del level[key]
+                    net = validators.Network(bits, length, key << (bits - length))
+                    why[net] = "holds a carrier gateway's address"
+        if why:
+            # Rare: find the refused entries again to say where they are.
+            for index, item in enumerate(items):
+                trunk = self.trunks.get(item.get("id"))
+                if trunk is None:
+                    continue
+                for position, entry in enumerate(item["acl"]):
+                    try:
+                        net = validators.network(entry)
+                    except validators.InvalidValue:
+                        continue
+                    if net not in why:
+                        continue
+                    holders = shared.get(net, {trunk.id, 0})
+                    text = why[net].format(other=min(holders - {trunk.id}))
+                    reason = f"trunks[{index}] (id {trunk.id}).acl[{position}]: {entry!r} {text}"
+                    refusals.append(Refusal("acl", trunk.id, "acl", reason))
+        self._acl4 = _acl_levels({k: v for k, v in acl[32].items() if v}, 32)
+        self._acl6 = _acl_levels({k: v for k, v in acl[128].items() if v}, 128)
 
     def _add_credential(
         self, credentials: dict[str, Credential], trunk: TrunkPolicy, item: Any, where: str
@@ -590,57 +575,81 @@ class EdgeConfig:
             if (existing.realm == self.realm) == (credential.realm == self.realm):
                 raise ConfigError(
                     f"{where}: username {credential.username!r} is also a credential of trunk "
-                    f"{existing.trunk_id}"
+                    f"{existing.trunk_id}",
+                    field="username",
                 )
             if existing.realm == self.realm:
                 return
         credentials[credential.username] = credential
 
     def _compile_numbers(self, items: list[Any], previous: EdgeConfig | None) -> None:
-        if previous is not None and previous._numbers_source == items:
+        if (
+            previous is not None
+            and previous._numbers_source == items
+            and previous._left_out_trunks == self._left_out_trunks
             # The same numbers: their tables stand if every (customer, trunk) pair they use
             # is still valid under the new trunks and customers.
-            for customer_id, trunk_id in previous._number_routes:
-                self._check_route(customer_id, trunk_id, "numbers")
+            and all(
+                self._route_problem(customer_id, trunk_id) is None
+                for customer_id, trunk_id in previous._number_routes
+            )
+        ):
             self._numbers_source = previous._numbers_source
             self._number_routes = previous._number_routes
+            self._number_refusals = previous._number_refusals
             self._numbers = previous._numbers
             self._customer_numbers = previous._customer_numbers
             return
-        # The hot loop of compilation (100,000 numbers): checks are inlined and each distinct
-        # (customer, trunk) pair is validated once and shared as one NumberRoute.
+        # The hot loop of compilation (100,000 numbers): each distinct (customer, trunk) pair
+        # is validated once and shared as one NumberRoute.
         routes: dict[tuple[int, int | None], NumberRoute] = {}
+        bad_routes: dict[tuple[int, int | None], str] = {}
         numbers: dict[str, NumberRoute] = {}
         by_customer: dict[int, list[str]] = {}
-        digits = _DIGITS
+        refusals: list[Refusal] = []
+        left_out = self._left_out_trunks
+        e164_match = validators.E164_NUMBER.fullmatch  # validators.is_e164_number, inlined
         for index, item in enumerate(items):
             try:
                 e164, customer_id, trunk_id = item
             except (TypeError, ValueError):
-                raise ConfigError(
+                reason = (
                     f"numbers[{index}]: expected [E.164, customer id, trunk id or null], "
                     f"got {item!r}"
-                ) from None
-            if not (
-                type(e164) is str
-                and 3 <= len(e164) <= 16
-                and e164[0] == "+"
-                and e164[1] != "0"
-                and digits.issuperset(e164[1:])
-            ):
-                raise ConfigError(f"numbers[{index}]: {e164!r} is not an E.164 number")
+                )
+                refusals.append(Refusal("number", None, "number", reason))
+                continue
+            if type(e164) is not str or e164_match(e164) is None:
+                reason = f"numbers[{index}]: {e164!r} is not an E.164 number"
+                refusals.append(Refusal("number", str(e164), "number", reason))
+                continue
             if type(customer_id) is not int or (trunk_id is not None and type(trunk_id) is not int):
-                raise ConfigError(
+                reason = (
                     f"numbers[{index}] ({e164}): customer and trunk must be integer ids, "
                     f"got {customer_id!r}, {trunk_id!r}"
                 )
+                refusals.append(Refusal("number", e164, "trunk", reason))
+                continue
+            if trunk_id in left_out:
+                trunk_id = None  # the trunk was refused: the number is owned, routed nowhere
             key = (customer_id, trunk_id)
             route = routes.get(key)
             if route is None:
-                self._check_route(customer_id, trunk_id, f"numbers[{index}] ({e164})")
+                problem = bad_routes.get(key)
+                if problem is None:
+                    problem = self._route_problem(customer_id, trunk_id)
+                if problem is not None:
+                    bad_routes[key] = problem
+                    field = "trunk" if "trunk" in problem else "customer"
+                    refusals.append(
+                        Refusal("number", e164, field, f"numbers[{index}] ({e164}): {problem}")
+                    )
+                    continue
                 route = routes[key] = NumberRoute(customer_id, trunk_id)
             if e164 in numbers:
-                raise ConfigError(f"numbers[{index}]: duplicate number {e164}")
+                reason = f"numbers[{index}]: duplicate number {e164}"
+                refusals.append(Refusal("number", e164, "number", reason))
+                continue
             numbers[e164] = route
             owned = by_customer.get(customer_id)
             if owned is None:
@@ -649,23 +658,26 @@ class EdgeConfig:
                 owned.append(e164)
         self._numbers_source = items
         self._number_routes = routes
+        self._number_refusals = tuple(refusals)
         self._numbers = numbers
         self._customer_numbers = {cid: frozenset(owned) for cid, owned in by_customer.items()}
 
-    def _check_route(self, customer_id: int, trunk_id: int | None, where: str) -> None:
+    def _route_problem(self, customer_id: int, trunk_id: int | None) -> str | None:
+        """Why a number of `customer_id` cannot route to `trunk_id`, or None if it can."""
         if customer_id not in self.customers:
-            raise ConfigError(f"{where}: no customer {customer_id}")
+            return f"no customer {customer_id}"
         if trunk_id is not None:
             trunk = self.trunks.get(trunk_id)
             if trunk is None:
-                raise ConfigError(f"{where}: no trunk {trunk_id}")
+                return f"no trunk {trunk_id}"
             if trunk.customer_id != customer_id:
-                raise ConfigError(
-                    f"{where}: trunk {trunk_id} belongs to customer {trunk.customer_id}, "
+                return (
+                    f"trunk {trunk_id} belongs to customer {trunk.customer_id}, "
                     f"not to the number's customer {customer_id}"
                 )
+        return None
 
-    def _compile_gateways(self, carriers: list[Any]) -> None:
+    def _compile_gateways(self, carriers: list[Any], refusals: list[Refusal]) -> None:
         gateways: list[Gateway] = []
         carrier_ids: set[int] = set()
         gateway_ids: set[int] = set()
@@ -677,11 +689,16 @@ class EdgeConfig:
                 raise ConfigError(f"{where}: duplicate carrier id {carrier_id}")
             carrier_ids.add(carrier_id)
             for position, entry in enumerate(_list(obj, "gateways", where)):
-                gateway = _gateway(entry, carrier_id, f"{where}.gateways[{position}]")
-                if gateway.id in gateway_ids:
-                    raise ConfigError(f"{where}.gateways[{position}]: duplicate id {gateway.id}")
-                gateway_ids.add(gateway.id)
-                gateways.append(gateway)
+                at = f"{where}.gateways[{position}]"
+                gateway_obj = _object(entry, at)
+                gateway_id = _int(gateway_obj, "id", at, low=1)
+                if gateway_id in gateway_ids:
+                    raise ConfigError(f"{at}: duplicate id {gateway_id}")
+                gateway_ids.add(gateway_id)
+                try:
+                    gateways.append(_gateway(gateway_obj, carrier_id, at))
+                except ConfigError as error:
+                    refusals.append(Refusal("gateway", gateway_id, error.field, str(error)))
         gateways.sort(key=lambda gw: (gw.priority, -gw.weight, gw.id))
         self.gateways = tuple(gateways)
 

@@ -1,23 +1,73 @@
 """Per-trunk counters: concurrent calls (channels) and new calls per second (token bucket).
 
-`LocalLimits` counts on this edge only; the cluster-wide version (Redis) implements the same
-`Limits` interface, and falls back to local counting when Redis is unreachable. The b2bua
-reads `usage()` for the policy decision and `acquire()`s a slot only for admitted calls, then
-`release()`s it exactly once per acquired call (a second release is harmless).
+The b2bua's core never calls them: once policy has admitted a call it emits `AcquireSlot` and
+waits; the runtime asks its `Limits` (`decide`) and feeds the answer back as `SlotGranted` or
+`SlotRefused(reason)` (`B2bua.slot_decided`). `LocalLimits` counts on this edge only and answers
+at once; the cluster-wide version (edge/runtime/cluster_limits.py, Redis) answers later through
+its callback, falling back to local counting when Redis is unreachable. Each call is decided
+once. When a call that asked for a slot ends, the core emits `ReleaseSlot` exactly once (a
+release of a slot never granted, or still being decided, is harmless).
 
 No I/O and no clock: time is the `now` argument (monotonic seconds).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
 
 from mypy_extensions import mypyc_attr
 
 from edge.config import TrunkPolicy
-from edge.policy import Usage
+from edge.policy import Usage, limit_refusal
 
-__all__ = ["Limits", "LocalLimits", "TokenBucket"]
+__all__ = [
+    "AcquireSlot",
+    "Limits",
+    "LocalLimits",
+    "ReleaseSlot",
+    "SlotDecision",
+    "SlotGranted",
+    "SlotRefused",
+    "TokenBucket",
+    "decide",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireSlot:
+    """Core output: take one of `trunk`'s channels (and a CPS token if `count_cps`: outbound
+    calls) for `call_id`, then answer `B2bua.slot_decided`."""
+
+    call_id: str
+    trunk: TrunkPolicy
+    count_cps: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """Core output: the call that asked for a slot is over; give the slot back."""
+
+    call_id: str
+    trunk_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGranted:
+    """Core input: the call holds its slot."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRefused:
+    """Core input: no slot; `reason` is the limit it broke (`channel_limit` or `cps_limit`)."""
+
+    call_id: str
+    reason: str
+
+
+SlotDecision: TypeAlias = SlotGranted | SlotRefused
 
 
 class TokenBucket:
@@ -64,7 +114,8 @@ class Limits(Protocol):
     """What the b2bua needs from counters, local or cluster-wide.
 
     `acquire` answers at once (True or False) or, for counters that live elsewhere (Redis),
-    returns None: the decision comes later through `B2bua.limit_decided`.
+    returns None: the decision comes later through the counters' own callback. `usage` only
+    says which limit a refusal broke; it decides nothing.
     """
 
     def usage(self, trunk: TrunkPolicy, now: float) -> Usage: ...
@@ -137,3 +188,15 @@ class LocalLimits:
     def active_calls(self, trunk_id: int) -> int:
         counters = self._trunks.get(trunk_id)
         return 0 if counters is None else len(counters.calls)
+
+
+def decide(limits: Limits, slot: AcquireSlot, now: float) -> SlotDecision | None:
+    """Ask `limits` for the slot; the answer for the core, or None when it comes later."""
+    granted = limits.acquire(slot.trunk, slot.call_id, now, count_cps=slot.count_cps)
+    if granted is None:
+        return None
+    if granted:
+        return SlotGranted(slot.call_id)
+    refusal = limit_refusal(slot.trunk, limits.usage(slot.trunk, now), count_cps=slot.count_cps)
+    # A refused acquire whose usage shows room (a CPS token taken meanwhile): the bucket.
+    return SlotRefused(slot.call_id, refusal.reason if refusal is not None else "cps_limit")

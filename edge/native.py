@@ -66,6 +66,9 @@ COMPILED = (
     "edge/limits.py",
     "edge/registrar.py",
     "edge/security.py",
+    "edge/calls.py",
+    "edge/call_events.py",
+    "edge/challenges.py",
     "edge/b2bua.py",
 )
 # The package directories that hold compiled modules.

@@ -6,8 +6,9 @@
 answer; the reason lands on the CDR and in the metrics. `docs/edge-policy.md` is its prose form,
 with the order of the checks.
 
-Nothing here does I/O, reads a clock or counts anything: usage comes in as an argument, and
-taking a channel or a CPS token is `edge.limits`' job once a call has been admitted.
+Nothing here does I/O, reads a clock or counts anything. Limits are not part of admission:
+once a call is admitted here, the b2bua asks for a slot (`edge.limits.AcquireSlot`) and the
+counters decide, once; `limit_refusal` names the limit a refused slot broke.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.config import CustomerState, NumberRoute, TrunkPolicy
-from edge.numbering import region_of, to_e164
 
 __all__ = [
     "ADMIT",
@@ -29,6 +29,7 @@ __all__ = [
     "admit_outbound",
     "admit_register",
     "limit_refusal",
+    "reason_header",
     "reject",
 ]
 
@@ -87,6 +88,13 @@ def reject(reason: str) -> Reject:
     return _REJECTS[reason]
 
 
+def reason_header(refusal: Reject) -> tuple[str, str]:
+    """The RFC 3326 `Reason` header that tells an identified caller's PBX why it was refused,
+    e.g. `Reason: SIP ;cause=403 ;text="destination_blocked"`. Only for callers the edge has
+    identified (a trunk by ACL or digest, a carrier gateway): others learn nothing more."""
+    return ("Reason", f'SIP ;cause={refusal.code} ;text="{refusal.reason}"')
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """A trunk's counters at decision time, from `edge.limits`."""
@@ -108,26 +116,6 @@ class OutboundCall:
     caller_e164: str | None
     callee_region: str | None = None
 
-    @classmethod
-    def from_users(
-        cls, callee_user: str | None, caller_user: str | None, trunk: TrunkPolicy
-    ) -> OutboundCall:
-        """Normalise the Request-URI and caller users with the trunk's default country.
-
-        Looks up the callee's region only when the trunk's policy may need it.
-        """
-        region = trunk.default_country
-        callee = to_e164(callee_user, region)
-        caller = to_e164(caller_user, region)
-        callee_region = None
-        if (
-            callee is not None
-            and trunk.allowed_countries
-            and not callee.startswith(trunk.allowed_prefixes)
-        ):
-            callee_region = region_of(callee)
-        return cls(callee, caller, callee_region)
-
 
 def limit_refusal(trunk: TrunkPolicy, usage: Usage, *, count_cps: bool = True) -> Reject | None:
     """The limit `usage` breaks, channels first; None if the call fits."""
@@ -142,13 +130,12 @@ def admit_outbound(
     call: OutboundCall,
     trunk: TrunkPolicy,
     customer: CustomerState,
-    usage: Usage,
     customer_numbers: frozenset[str],
 ) -> Decision:
     """Admit a call from `trunk` or say why not; checks in the documented order.
 
-    Limits come last so that a call refused for another reason is not counted as one that
-    hit a limit, and the caller takes a channel and a token only for admitted calls.
+    Limits come after (`edge.limits`), so that a call refused for another reason is not
+    counted as one that hit a limit, and only admitted calls take a channel and a token.
     """
     if not customer.active:
         return _REJECTS["customer_suspended"]
@@ -168,20 +155,19 @@ def admit_outbound(
         return _REJECTS["destination_not_allowed"]
     if trunk.caller_id_policy == "customer_numbers" and call.caller_e164 not in customer_numbers:
         return _REJECTS["caller_id_denied"]
-    return limit_refusal(trunk, usage) or ADMIT
+    return ADMIT
 
 
 def admit_inbound(
     number: NumberRoute | None,
     trunk: TrunkPolicy | None,
     customer: CustomerState | None,
-    usage: Usage,
 ) -> Decision:
     """Admit a carrier's call to a DID or say why not.
 
-    Inbound calls take one of the trunk's channels, but no CPS token: the rate is the callers'
-    doing, not the customer's, and the channel limit already protects the PBX. A customer
-    out of credit still receives calls (numbers are charged monthly).
+    Then (`edge.limits`) inbound calls take one of the trunk's channels, but no CPS token: the
+    rate is the callers' doing, not the customer's, and the channel limit already protects the
+    PBX. A customer out of credit still receives calls (numbers are charged monthly).
     """
     if number is None or customer is None:
         return _REJECTS["unknown_number"]
@@ -191,7 +177,7 @@ def admit_inbound(
         return _REJECTS["no_route"]
     if not trunk.active:
         return _REJECTS["trunk_suspended"]
-    return limit_refusal(trunk, usage, count_cps=False) or ADMIT
+    return ADMIT
 
 
 def admit_register(trunk: TrunkPolicy, customer: CustomerState) -> Decision:

@@ -1,16 +1,20 @@
 """Registrations of trunks that REGISTER: where each trunk's PBX can be reached right now.
 
 In memory, on this edge: a trunk's contacts expire unless refreshed, and expired ones are
-dropped lazily when read (or by `purge`, which the runtime may call now and then to bound
-memory). Contacts are identified by their URI text as registered. The caller authenticates
-the REGISTER, checks `edge.policy.admit_register`, and answers 423 (with
-`Min-Expires: MIN_EXPIRES`) when `granted_expires` says the interval is too brief.
+dropped lazily when read and by `purge`, which the b2bua runs every `PURGE_INTERVAL` seconds
+while anything is registered. When a new config is applied, the b2bua `retain`s only the trunks
+that may still register (`edge.policy.admit_register`): a trunk deleted, suspended or no
+longer allowed to register loses its contacts at once. Contacts are identified by their URI
+text as registered. The caller authenticates the REGISTER, checks
+`edge.policy.admit_register`, and answers 423 (with `Min-Expires: MIN_EXPIRES`) when
+`granted_expires` says the interval is too brief.
 
 No I/O and no clock: time is the `now` argument (monotonic seconds).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -18,6 +22,7 @@ __all__ = [
     "MAX_CONTACTS_PER_TRUNK",
     "MAX_EXPIRES",
     "MIN_EXPIRES",
+    "PURGE_INTERVAL",
     "Contact",
     "Registrar",
     "granted_expires",
@@ -27,6 +32,7 @@ MIN_EXPIRES = 60  # below: 423 Interval Too Brief, Min-Expires: 60 (RFC 3261 10.
 MAX_EXPIRES = 3600  # longer requests are granted this
 DEFAULT_EXPIRES = 3600  # no Expires header nor contact parameter
 MAX_CONTACTS_PER_TRUNK = 10  # a further contact pushes out the least recently refreshed
+PURGE_INTERVAL = 60.0  # seconds between sweeps of expired contacts (bounds memory, not truth)
 
 
 def granted_expires(requested: int | None) -> int | None:
@@ -122,6 +128,13 @@ class Registrar:
     def remove_trunk(self, trunk_id: int) -> int:
         """Forget every contact of a trunk (deleted, suspended, no longer allowed to register)."""
         return len(self._by_trunk.pop(trunk_id, {}))
+
+    def retain(self, may_register: Callable[[int], bool]) -> int:
+        """Forget the contacts of every trunk `may_register` refuses; how many were dropped."""
+        dropped = 0
+        for trunk_id in [t for t in self._by_trunk if not may_register(t)]:
+            dropped += self.remove_trunk(trunk_id)
+        return dropped
 
     def purge(self, now: float) -> int:
         """Drop every expired contact; how many were dropped."""

@@ -2,17 +2,22 @@
 edge nodes."""
 
 import secrets
+import urllib.request
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from core.admin import AuditedModelAdmin, admin_caller
 from edge.sip.digest import ha1
 
-from . import services, validators
+from . import selectors, services, validators
 from .models import (
     Carrier,
     CarrierGateway,
@@ -28,9 +33,32 @@ from .push import EdgePushError
 from .tasks import push_config_to_edge
 from .tokens import edge_node_token
 
+# Refusal kinds whose id is a trunk's (edge.config.Refusal).
+TRUNK_REFUSALS = frozenset({"trunk", "acl", "origination_uri", "credential"})
+
+
+class IpAclEntryForm(forms.ModelForm):
+    """Staff may give networks broader than the customers' minimum, never another trunk's."""
+
+    class Meta:
+        model = IpAclEntry
+        fields = ["cidr", "description"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("cidr") and "cidr" not in self.errors:
+            try:
+                data["cidr"] = selectors.acl_source_check(
+                    cidr=data["cidr"], trunk_id=self.instance.trunk_id, staff=True
+                )
+            except forms.ValidationError as exc:
+                self.add_error(None, exc)
+        return data
+
 
 class IpAclEntryInline(admin.TabularInline):
     model = IpAclEntry
+    form = IpAclEntryForm
     extra = 0
 
 
@@ -96,6 +124,34 @@ class TrunkAdmin(AuditedModelAdmin):
     autocomplete_fields = ["customer"]
     inlines = [IpAclEntryInline, SipCredentialInline, OriginationUriInline]
     actions = ["suspend", "resume"]
+    readonly_fields = ["where_to_send_calls"]
+
+    @admin.display(description="Where the PBX sends calls")
+    def where_to_send_calls(self, trunk: Trunk) -> str:
+        endpoints = selectors.edge_sip_endpoints()
+        sources = selectors.carrier_source_addresses()
+        if not endpoints:
+            return "No enabled edge node has a SIP address yet."
+        return format_html(
+            "{}<br>Calls to carriers come from: {}",
+            format_html_join(
+                mark_safe("<br>"),
+                "<code>{}</code> ({} {}:{}, edge {})",
+                ((e.uri, e.transport.upper(), e.host, e.port, e.edge) for e in endpoints),
+            ),
+            ", ".join(sources) or "—",
+        )
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        # The edges leave out what they refuse of this trunk: say so where it is fixed.
+        latest = ConfigRevision.objects.order_by("-id").first()
+        if latest is not None and latest.refusal_count and request.method == "GET":
+            for item in latest.refusals:
+                if item["kind"] in TRUNK_REFUSALS and str(item["id"]) == object_id:
+                    messages.warning(request, f"The edges leave this out: {_refusal_line(item)}")
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         super().save_formset(request, form, formset, change)
@@ -147,8 +203,27 @@ class PhoneNumberAdmin(AuditedModelAdmin):
     show_full_result_count = False
 
 
+class CarrierGatewayForm(forms.ModelForm):
+    class Meta:
+        model = CarrierGateway
+        fields = [
+            "host", "port", "transport", "priority", "weight", "enabled", "prefixes",
+            "tech_prefix", "strip_plus",
+        ]  # fmt: skip
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("host") and "host" not in self.errors:
+            try:
+                selectors.gateway_source_check(host=data["host"])
+            except forms.ValidationError as exc:
+                self.add_error(None, exc)
+        return data
+
+
 class CarrierGatewayInline(admin.TabularInline):
     model = CarrierGateway
+    form = CarrierGatewayForm
     extra = 0
 
 
@@ -164,6 +239,20 @@ class CarrierAdmin(AuditedModelAdmin):
         return carrier.gateways.count()
 
 
+def _refusal_line(item: dict[str, Any]) -> str:
+    return f"{item['kind']} {item['id']}, field {item['field'] or '—'}: {item['reason']}"
+
+
+def _warn_refusals(request: HttpRequest, revision: ConfigRevision) -> None:
+    """A visible warning: edges run this version without some stored rows."""
+    first = _refusal_line(revision.refusals[0]) if revision.refusals else ""
+    messages.warning(
+        request,
+        f"Config version {revision.pk} leaves out {revision.refusal_count} object(s) the edges "
+        f"refuse; fix or delete them. First: {first}",
+    )
+
+
 @admin.register(EdgeNode)
 class EdgeNodeAdmin(AuditedModelAdmin):
     list_display = [
@@ -174,14 +263,113 @@ class EdgeNodeAdmin(AuditedModelAdmin):
     search_fields = ["name"]
     readonly_fields = [
         "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
+        "config_refusals", "cdr_pipeline",
     ]  # fmt: skip
     actions = ["push_now", "rotate_token"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), "control_api"]
+
+    @admin.display(description="Control API")
+    def control_api(self, node: EdgeNode) -> str:
+        if node.pk is None:
+            return "—"
+        return format_html(
+            '<a href="{}">health</a> · <a href="{}">metrics</a> (fetched from {} with the '
+            "node's token)",
+            reverse("admin:trunking_edgenode_control", args=[node.pk, "health"]),
+            reverse("admin:trunking_edgenode_control", args=[node.pk, "metrics"]),
+            node.control_url,
+        )
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(self.control_view)
+        return [
+            path("<int:pk>/control/<str:what>/", view, name="trunking_edgenode_control"),
+            *super().get_urls(),
+        ]
+
+    def control_view(self, request: HttpRequest, pk: int, what: str) -> HttpResponse:
+        """What the edge's control API says (GET /health or /metrics), fetched with the node's
+        token: the browser cannot present the token, and the API may listen on loopback."""
+        node = get_object_or_404(EdgeNode, pk=pk)
+        if not self.has_view_permission(request, node) or what not in ("health", "metrics"):
+            raise Http404
+        url = f"{node.control_url.rstrip('/')}/{what}"
+        req = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {edge_node_token(node)}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=3) as answer:
+                body = answer.read(2_000_000).decode("utf-8", "replace")
+        except (OSError, ValueError) as exc:
+            body = f"{url} did not answer: {exc}"
+            return HttpResponse(body, content_type="text/plain; charset=utf-8", status=502)
+        return HttpResponse(body, content_type="text/plain; charset=utf-8")
+
+    @admin.display(description="CDR pipeline")
+    def cdr_pipeline(self, node: EdgeNode) -> str:
+        """The edge's CDR shipping (asked of its /metrics, change page only) and what the
+        consumer committed for it."""
+        from billing.models import CdrIngestProgress
+        from billing.selectors import edge_cdr_metrics
+
+        live = ""
+        figures = edge_cdr_metrics(node=node) if node.pk is not None else None
+        if figures is not None:
+            live = (
+                f"Edge: {figures.get('journalled', 0):.0f} journalled, "
+                f"{figures.get('shipped', 0):.0f} shipped, {figures.get('committed', 0):.0f} "
+                f"confirmed committed, lag {figures.get('lag_records', 0):.0f} records / "
+                f"{figures.get('lag_seconds', 0):.1f} s. "
+            )
+        elif node.pk is not None:
+            live = "Edge: not answering. "
+        progress = CdrIngestProgress.objects.filter(edge=node.name).first()
+        if progress is None:
+            return live + "Database: no CDR committed yet."
+        lag = "—" if progress.last_lag_seconds is None else f"{progress.last_lag_seconds:.1f} s"
+        return (
+            live
+            + "Database: "
+            + (
+                f"{progress.committed} committed, {progress.duplicates} re-sent duplicates, "
+                f"{progress.quarantined} quarantined; last commit {progress.last_committed_at}, "
+                f"newest call end {progress.last_call_end_at or '—'}, lag of the last batch {lag}"
+            )
+        )
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         latest = ConfigRevision.objects.order_by("-id").first()
         self._current_version = latest.pk if latest else None
+        if latest is not None and latest.refusal_count:
+            _warn_refusals(request, latest)
         extra = {"title": f"Edge nodes — current config version {self._current_version or '—'}"}
         return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        node = self.get_object(request, object_id)
+        if node is not None and node.applied_version is not None:
+            revision = ConfigRevision.objects.filter(pk=node.applied_version).first()
+            if revision is not None and revision.refusal_count:
+                _warn_refusals(request, revision)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="left out of its config version")
+    def config_refusals(self, node: EdgeNode) -> str:
+        revision = ConfigRevision.objects.filter(pk=node.applied_version).first()
+        if revision is None or revision.refusal_count is None:
+            return "not checked yet"
+        if not revision.refusal_count:
+            return "nothing"
+        lines = [_refusal_line(item) for item in revision.refusals]
+        more = revision.refusal_count - len(lines)
+        lines += [f"... and {more} more"] if more > 0 else []
+        return format_html(
+            "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((ln,) for ln in lines))
+        )
 
     @admin.display(description="lag")
     def lag(self, node: EdgeNode) -> str:

@@ -30,6 +30,8 @@ class EdgeHealth(models.TextChoices):
     UNKNOWN = "unknown", "Unknown"
     OK = "ok", "OK"
     DRAINING = "draining", "Draining"
+    # It answers, but refused the last push: it runs an older version.
+    FAILING = "failing", "Failing"
     UNREACHABLE = "unreachable", "Unreachable"
 
 

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET
 from edge import snapshot_wire
 
 from .models import EdgeNode
-from .snapshot import build_snapshot, encode
+from .snapshot_cache import publish
 from .tokens import edge_node_token
 
 
@@ -37,4 +37,5 @@ def edge_snapshot(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"error": "invalid edge token"}, status=401)
     if node is not None:
         EdgeNode.objects.filter(pk=node.pk).update(last_seen=timezone.now())
-    return HttpResponse(encode(build_snapshot()), content_type=snapshot_wire.MEDIA_TYPE)
+    # An edge starting: read everything (a change may await its push), encode once per version.
+    return HttpResponse(publish().full, content_type=snapshot_wire.MEDIA_TYPE)

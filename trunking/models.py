@@ -236,7 +236,11 @@ class CarrierGateway(models.Model):
     """One signalling address of a carrier, with the destinations it takes."""
 
     carrier = models.ForeignKey(Carrier, on_delete=models.CASCADE, related_name="gateways")
-    host = models.CharField(max_length=255)
+    host = models.CharField(
+        max_length=255,
+        validators=[validators.validate_gateway_host],
+        help_text="An IP address or a hostname; the port is given separately.",
+    )
     port = models.PositiveIntegerField(
         default=5060, validators=[MinValueValidator(1), MaxValueValidator(65535)]
     )
@@ -251,7 +255,10 @@ class CarrierGateway(models.Model):
         help_text="E.164 prefixes this gateway takes; empty takes every destination.",
     )
     tech_prefix = models.CharField(
-        max_length=16, blank=True, help_text="Digits the carrier wants before the number."
+        max_length=16,
+        blank=True,
+        validators=[validators.validate_tech_prefix],
+        help_text="Digits the carrier wants before the number.",
     )
     strip_plus = models.BooleanField(
         default=False, help_text="Send 4415... instead of +4415... in the Request-URI."
@@ -278,6 +285,36 @@ class EdgeNode(models.Model):
         max_length=200,
         validators=[validators.validate_control_url],
         help_text="Base URL of the edge's control API, e.g. http://edge-1:8081.",
+    )
+    # Where customers' PBXs send calls (shown on every trunk) and where carriers see calls
+    # come from (customers and carriers put these in their firewalls).
+    public_host = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Public SIP address or name for PBXs; empty: the host of the first SIP address.",
+    )
+    udp_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="Empty: the port of the first SIP address.",
+    )
+    tcp_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="Empty: the port of the first SIP address.",
+    )
+    tls_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text="Empty: no TLS offered.",
+    )
+    carrier_source_ips = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Where calls to carriers come from, ["203.0.113.10"]; empty: the public host.',
     )
     enabled = models.BooleanField(default=True)
     token_generation = models.PositiveIntegerField(default=1, editable=False)
@@ -314,7 +351,14 @@ class ConfigRevision(models.Model):
     """
 
     content_hash = models.CharField(max_length=64)
+    # What the edges' compiler leaves out of this version, and why (edge.config.Refusal
+    # dicts, the first REFUSALS_KEPT of them): rows stored before a rule existed, or behind
+    # the API's back. refusal_count is None until the version has been checked.
+    refusals = models.JSONField(default=list, blank=True, editable=False)
+    refusal_count = models.PositiveIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    REFUSALS_KEPT = 200
 
     class Meta:
         ordering = ["-id"]

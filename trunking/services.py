@@ -13,6 +13,7 @@ from django.db import transaction
 from accounts import audit
 from accounts.choices import AuditAction
 from accounts.models import AuditEntry, Customer
+from core.exceptions import InUse
 from core.tenancy import Caller
 from edge.sip.digest import ha1
 
@@ -49,6 +50,24 @@ def trunk_resume(*, actor: Caller, trunk: Trunk, reason: str = "") -> Trunk:
         action=AuditAction.RESUME,
         reason=reason,
     )
+
+
+@transaction.atomic
+def trunk_delete(*, actor: Caller, trunk: Trunk, force: bool = False) -> None:
+    """Delete a trunk with its ACL entries, credentials and origination URIs (each audited).
+
+    A trunk that still routes numbers is refused (InUse, a 409) unless ``force``: then its
+    numbers stay with the customer, unassigned, and each unassignment is audited.
+    """
+    count = trunk.numbers.count()
+    if count and not force:
+        held_by = [f"{count} phone number{'s' if count != 1 else ''}"]
+        raise InUse(
+            f"Trunk '{trunk.name}' still routes {held_by[0]}: release or reassign them "
+            "(POST /api/v1/numbers/release/) first, or delete with ?force=true (staff).",
+            held_by,
+        )
+    audit.delete(actor=actor, obj=trunk, note="forced" if force else "")
 
 
 # --- credentials ----------------------------------------------------------------------------
@@ -101,6 +120,15 @@ def credential_set_password(
 # --- numbers --------------------------------------------------------------------------------
 
 
+def normalize_number(text: str, *, trunk: Trunk | None, customer: Customer | None) -> str:
+    """A number as a user wrote it, in E.164: a national number is read in the trunk's default
+    country, else the customer's (ValidationError in the user's words otherwise)."""
+    region = trunk.default_country if trunk is not None else None
+    if not region and customer is not None:
+        region = customer.default_country or None
+    return validators.normalize_e164(text, region)
+
+
 class NumberImportError(Exception):
     """Rows that failed validation: ``errors`` is a list of {index, field, message}."""
 
@@ -120,16 +148,18 @@ def _number_from_row(
         (name, "Unknown field.") for name in sorted(set(row) - NUMBER_IMPORT_FIELDS)
     ]
     number = PhoneNumber(customer=customer)
-    try:
-        number.number = validators.normalize_e164(str(row.get("number", "")))
-    except ValidationError as exc:
-        problems.append(("number", exc.messages[0]))
     trunk_id = row.get("trunk")
     if trunk_id not in (None, ""):
         trunk = trunks.get(trunk_id) if isinstance(trunk_id, int) else None
         if trunk is None:
             problems.append(("trunk", f"No trunk {trunk_id!r} for this customer."))
         number.trunk = trunk
+    try:
+        number.number = normalize_number(
+            str(row.get("number", "")), trunk=number.trunk, customer=customer
+        )
+    except ValidationError as exc:
+        problems.append(("number", exc.messages[0]))
     try:
         number.monthly_price = Decimal(str(row.get("monthly_price", "0")))
         if number.monthly_price < 0 or not number.monthly_price.is_finite():
@@ -178,11 +208,78 @@ def numbers_import(
     if errors:
         raise NumberImportError(sorted(errors, key=lambda e: (e["index"], e["field"] or "")))
     created = PhoneNumber.objects.bulk_create(numbers)
-    request_config_push()  # bulk_create sends no signals
+    request_config_push(keys=["numbers"])  # bulk_create sends no signals
     AuditEntry.objects.bulk_create(
         audit.build(actor=actor, obj=number, action=AuditAction.IMPORT) for number in created
     )
     return created
+
+
+def _numbers_by_spelling(
+    texts: Iterable[Any], *, customer: Customer | None, trunk: Trunk | None
+) -> list[PhoneNumber]:
+    """The numbers the user listed (any spelling), locked; all of them, or NumberImportError
+    naming each one that is unreadable, unknown (to ``customer``, when given) or repeated."""
+    errors: list[dict[str, Any]] = []
+    wanted: dict[str, int] = {}
+    for index, text in enumerate(texts):
+        try:
+            number = normalize_number(str(text), trunk=trunk, customer=customer)
+        except ValidationError as exc:
+            errors.append({"index": index, "field": "numbers", "message": exc.messages[0]})
+            continue
+        if number in wanted:
+            message = f"{number} is listed twice (row {wanted[number]})."
+            errors.append({"index": index, "field": "numbers", "message": message})
+        wanted.setdefault(number, index)
+    found = PhoneNumber.objects.select_for_update().filter(number__in=list(wanted))
+    if customer is not None:
+        found = found.filter(customer=customer)
+    by_number = {n.number: n for n in found}
+    errors.extend(
+        {"index": index, "field": "numbers", "message": f"No number {number} here."}
+        for number, index in wanted.items()
+        if number not in by_number
+    )
+    if errors:
+        raise NumberImportError(sorted(errors, key=lambda e: e["index"]))
+    return [by_number[n] for n in wanted]
+
+
+def _set_trunk(*, actor: Caller, numbers: list[PhoneNumber], trunk: Trunk | None) -> None:
+    for number in numbers:
+        previous = number.trunk
+        if number.trunk_id == (trunk.pk if trunk is not None else None):
+            continue
+        before = audit.snapshot(number)
+        number.trunk = trunk
+        number.save(update_fields=["trunk", "updated_at"])
+        note = (
+            f"assigned to trunk {trunk.name}"
+            if trunk is not None
+            else f"released from trunk {previous.name if previous else ''}"
+        )
+        audit.record(actor=actor, obj=number, action=AuditAction.UPDATE, before=before, note=note)
+
+
+@transaction.atomic
+def numbers_assign(*, actor: Caller, trunk: Trunk, numbers: Iterable[Any]) -> list[PhoneNumber]:
+    """Route every listed number (the trunk's customer's, any spelling) to ``trunk``, or none:
+    NumberImportError names each bad entry. Each change is audited."""
+    found = _numbers_by_spelling(numbers, customer=trunk.customer, trunk=trunk)
+    _set_trunk(actor=actor, numbers=found, trunk=trunk)
+    return found
+
+
+@transaction.atomic
+def numbers_release(
+    *, actor: Caller, customer: Customer | None, numbers: Iterable[Any]
+) -> list[PhoneNumber]:
+    """Unassign every listed number from its trunk (it stays the customer's), or none.
+    ``customer`` None: any customer's numbers (staff)."""
+    found = _numbers_by_spelling(numbers, customer=customer, trunk=None)
+    _set_trunk(actor=actor, numbers=found, trunk=None)
+    return found
 
 
 # --- edge nodes -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from core.serializers import TenantOwnedSerializer
+from core.serializers import StrictModelSerializer, StrictSerializer, TenantOwnedSerializer
 from core.tenancy import get_caller
 
 from ..choices import Role
@@ -21,7 +21,7 @@ def validate_grantable_role(serializer: serializers.Serializer, role: str) -> st
     return role
 
 
-class CustomerSerializer(serializers.ModelSerializer):
+class CustomerSerializer(StrictModelSerializer):
     class Meta:
         model = Customer
         fields = [
@@ -31,17 +31,18 @@ class CustomerSerializer(serializers.ModelSerializer):
             "billing_mode",
             "credit_limit",
             "currency",
+            "default_country",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["status", "created_at", "updated_at"]
 
 
-class ReasonSerializer(serializers.Serializer):
+class ReasonSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
 
-class UserSerializer(serializers.ModelSerializer):
+class UserSerializer(StrictModelSerializer):
     customer = serializers.PrimaryKeyRelatedField(
         source="membership.customer", queryset=Customer.objects.all(), required=False
     )
@@ -126,10 +127,10 @@ class IssuedApiKeySerializer(ApiKeySerializer):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
 
 
-class AuditEntrySerializer(serializers.ModelSerializer):
+class AuditEntrySerializer(StrictModelSerializer):
     object_type = serializers.CharField(source="content_type.model", read_only=True)
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    api_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True)
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    api_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True, allow_null=True)
 
     class Meta:
         model = AuditEntry

@@ -9,6 +9,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.schema import FORCE_PARAMETER
 from core.viewsets import TenantScopedReadOnlyViewSet, TenantScopedViewSet
 
 from .. import services
@@ -37,6 +38,15 @@ class CustomerViewSet(TenantScopedViewSet):
         super().check_permissions(request)
         if request.method not in ("GET", "HEAD", "OPTIONS") and not self.caller.is_staff:
             raise PermissionDenied("Only operators change customers.")
+
+    @extend_schema(parameters=[FORCE_PARAMETER])
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Delete the customer. One with numbers, trunks or members answers 409 naming them
+        unless ``?force=true``, which deletes those first (each audited)."""
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance: Customer) -> None:
+        services.customer_delete(actor=self.caller, customer=instance, force=self.force_requested())
 
     def _set_status(self, request: Request, service: Any) -> Response:
         reason = ReasonSerializer(data=request.data)

@@ -256,3 +256,63 @@ def test_audit_log_access(api_as, trunk, other_trunk):
     assert api_as("staff").get(f"/api/v1/audit-log/{theirs.pk}/").status_code == 200
     assert api_as("owner").post("/api/v1/audit-log/", {}).status_code == 405
     assert api_as("read_only").delete(f"/api/v1/audit-log/{mine.pk}/").status_code == 403
+
+
+# --- filters: another tenant's id answers like a missing id -----------------------------------
+
+# For each model a list can be filtered by: (the owner's object, another tenant's object).
+# A relation filter on a model missing here fails the test below: add the model.
+FILTER_OBJECTS = {
+    "customer": ("customer", "other_customer"),
+    "trunk": ("trunk", "other_trunk"),
+    "carrier": ("carrier", "carrier"),  # not a tenant's: staff-only lists
+    "ratedeck": ("rate_deck", "other_rate_deck"),
+}
+# Lists that answer only with some parameters (call history needs a period).
+LIST_PARAMS = {"cdrs": {"since": "2026-11-01T00:00:00Z", "until": "2026-12-01T00:00:00Z"}}
+
+
+def _id_filters() -> list[Any]:
+    """Every filter of every registered list that takes an object's id: relation filters,
+    and number filters named after a model of FILTER_OBJECTS (``users/?customer=``)."""
+    from django_filters.filters import NumberFilter, QuerySetRequestMixin
+
+    from config.api_urls import router
+
+    cases = []
+    for prefix, viewset, _ in router.registry:
+        filterset = getattr(viewset, "filterset_class", None)
+        for name, filter_ in filterset.base_filters.items() if filterset else ():
+            if isinstance(filter_, QuerySetRequestMixin):
+                model = filter_.queryset.model._meta.model_name
+            elif isinstance(filter_, NumberFilter) and name in FILTER_OBJECTS:
+                model = name
+            else:
+                continue
+            relation = isinstance(filter_, QuerySetRequestMixin)
+            cases.append(pytest.param(prefix, name, model, relation, id=f"{prefix}-{name}"))
+    return cases
+
+
+@pytest.mark.parametrize("path, name, model, relation", _id_filters())
+def test_filters_answer_another_tenants_id_like_a_missing_one(
+    path, name, model, relation, api_as, request
+):
+    mine, theirs = (request.getfixturevalue(fixture) for fixture in FILTER_OBJECTS[model])
+    missing = type(theirs).objects.order_by("-pk").values_list("pk", flat=True)[0] + 1000
+    for who, sees_theirs in (("owner", False), ("read_only", False), ("staff", True)):
+        client = api_as(who)
+        base = LIST_PARAMS.get(path, {})
+        listed = client.get(f"/api/v1/{path}/", base)
+        if listed.status_code == 403:  # a staff-only list: nothing to filter
+            continue
+        own = client.get(f"/api/v1/{path}/", {**base, name: mine.pk})
+        other = client.get(f"/api/v1/{path}/", {**base, name: theirs.pk})
+        absent = client.get(f"/api/v1/{path}/", {**base, name: missing})
+        assert own.status_code == 200, (who, own.content)
+        if relation:
+            assert absent.status_code == 400 and name in absent.json(), (who, absent.content)
+        if sees_theirs:
+            assert other.status_code == 200, (who, other.content)
+        else:
+            assert (other.status_code, other.json()) == (absent.status_code, absent.json()), who

@@ -5,7 +5,8 @@
 - **Shared counting** (Redis healthy). `acquire()` returns None and queues the admission; one
   writer task sends everything queued since its last round trip (admissions, releases, lease
   renewals) as one pipeline, and reports each admission through `on_decided(call_id, granted,
-  reason)`. The runtime turns that into `core.limit_decided(...)` and dispatches the outputs.
+  reason)`. The runtime turns that into `core.slot_decided(SlotGranted | SlotRefused)` and
+  dispatches the outputs (`edge.limits`: the core asks with `AcquireSlot`).
   Each admission is one atomic Lua script (`_ACQUIRE`), so N edges together never hold more
   than `max_channels` slots of a trunk, nor take more than `max_cps` tokens a second.
 - **Leases.** A slot is a member `"{node}:{call_id}"` of the trunk's sorted set, scored with its

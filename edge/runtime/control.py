@@ -8,10 +8,13 @@ balancer or container health check can probe it; with the token it says more.
                                    "active_calls", "core": "compiled"|"interpreted (why)"}
                                    (no token: {"status"} only)
     GET    /metrics           200 Prometheus text (private registry, read from core.stats)
-    POST   /config            body: a snapshot document (JSON, docs/snapshot.md)
+    POST   /config            body: a snapshot document (JSON, docs/snapshot.md) or a delta
+                              on the applied version (edge/snapshot_wire.py)
                               200 {"applied_version": N}; 400 {"error"} if it does not compile
                               (the old config stays); 409 {"error", "applied_version"} if it
-                              is older than the applied one; 413 if larger than the limit
+                              is older than the applied one; 412 {"error", "applied_version"}
+                              for a delta on another version (send the whole snapshot);
+                              413 if larger than the limit
     POST   /drain             202 {"status": "draining", "active_calls": N}
     GET    /calls             200 {"calls": [...]}  (core.calls())
     DELETE /calls/{call_id}   204, or 404 {"error"}
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
     from edge.b2bua import Output
 
 __all__ = [
+    "BaseVersionMismatch",
     "ControlApp",
     "ControlServer",
     "ControlledCore",
@@ -143,12 +147,24 @@ def _collector_paused() -> Generator[None, None, None]:
             gc.enable()
 
 
+class BaseVersionMismatch(Exception):
+    """A delta for a version this edge does not hold: it needs the whole snapshot."""
+
+
 def compile_snapshot(data: bytes, previous: EdgeConfig | None = None) -> EdgeConfig:
-    """Decode and compile a snapshot document (reusing what `previous` has unchanged);
-    ConfigError if it is not one."""
+    """Decode and compile a snapshot document or a delta on `previous` (reusing what
+    `previous` has unchanged); ConfigError if it is not one, BaseVersionMismatch if it is a
+    delta on another version than `previous`'s."""
     with _collector_paused():
         try:
             doc = snapshot_wire.decode(data)
+            if isinstance(doc, snapshot_wire.Delta):
+                if previous is None or previous.version != doc.base_version:
+                    held = None if previous is None else previous.version
+                    raise BaseVersionMismatch(
+                        f"delta on version {doc.base_version}; this edge holds {held}"
+                    )
+                doc = snapshot_wire.apply_delta(previous.source, doc)
         except snapshot_wire.SnapshotFormatError as error:
             raise ConfigError(f"snapshot: {error}") from None
         return EdgeConfig.compile(doc, previous)
@@ -235,6 +251,16 @@ class EdgeCollector:
             "Failed digest authentications",
             value=stats.auth_failures_total,
         )
+        ends = getattr(stats, "ends_total", None)
+        if isinstance(ends, dict):
+            family = CounterMetricFamily(
+                "trunkline_edge_call_ends",
+                "Admitted calls ended, by reason (edge.calls.ENDINGS)",
+                labels=["reason"],
+            )
+            for reason, count in sorted(ends.items()):
+                family.add_metric([reason], count)
+            yield family
         malformed = getattr(stats, "malformed_total", None)
         if isinstance(malformed, int):
             yield CounterMetricFamily(
@@ -402,6 +428,9 @@ class ControlApp:
             except ConfigError as error:
                 logger.warning("config snapshot refused: %s", error)
                 raise _HttpError(400, str(error)) from None
+            except BaseVersionMismatch as error:
+                current = self.core.config.version
+                raise _HttpError(412, str(error), applied_version=current) from None
             current = self.core.config.version
             if config.version < current:
                 raise _HttpError(
@@ -413,6 +442,10 @@ class ControlApp:
             settle_config_objects()
             logger.info("config version %d applied", config.version)
             if self.state_dir is not None:
+                if data.startswith(snapshot_wire.DELTA_MAGIC):  # a restart needs it whole
+                    data = await loop.run_in_executor(
+                        self._executor, snapshot_wire.encode_lines, config.source
+                    )
                 try:
                     await loop.run_in_executor(self._executor, save_snapshot, self.state_dir, data)
                 except OSError as error:

@@ -13,8 +13,9 @@ calls (503), the runtime waits until no call is active or ``--drain-timeout`` pa
 signal stops waiting), then dispatches the core's `close` outputs (final CDRs, BYEs), closes the
 transports, flushes and fsyncs the journal, stops the control API and exits 0.
 
-Every option also comes from the environment (`ENVIRONMENT`); command line > environment >
-the caller's defaults (runedge passes Django settings) > built-in defaults.
+The options are parsed in `edge.options` (shared with runedge and runplatform): every option
+also comes from the environment (`ENVIRONMENT`); command line > environment > the caller's
+defaults > built-in defaults.
 
 Live call events: with ``--redis-url`` (and ``--live-events on``, the default) batches go to a
 Redis stream for the web's live board, else nowhere (`edge.runtime.events.live_events_sink`);
@@ -26,7 +27,6 @@ per message.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -39,9 +39,8 @@ import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -49,7 +48,33 @@ from prometheus_client.metrics_core import Metric
 
 from edge import native
 from edge.config import ConfigError, EdgeConfig
-from edge.limits import Limits, LocalLimits
+from edge.limits import (
+    AcquireSlot,
+    Limits,
+    LocalLimits,
+    ReleaseSlot,
+    SlotDecision,
+    SlotGranted,
+    SlotRefused,
+    decide,
+)
+from edge.options import (
+    DEFAULT_DIGEST_ALGORITHMS,
+    ENVIRONMENT,
+    EdgeOptions,
+    UsageError,
+    add_arguments,
+    build_parser,
+    options_from_namespace,
+)
+from edge.runtime.cdr_shipper import (
+    InProcessTransport,
+    JournalShipper,
+    RedisShipTransport,
+    ShipBatch,
+    ShipperThread,
+)
+from edge.runtime.checkpoint import RESTART_REASON, AnsweredCalls, CallCheckpoint, recover
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -62,15 +87,15 @@ from edge.runtime.control import (
     start_control_server,
 )
 from edge.runtime.events import BatchingSink, EventSink, NodeEvent, live_events_sink
-from edge.runtime.gc_policy import DEFAULT_FULL_INTERVAL, GcPolicy
+from edge.runtime.gc_policy import GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
 from edge.runtime.transports import (
     Dispatcher,
     HostResolver,
     SipCore,
-    StreamConnection,
     StreamTransports,
     UdpTransport,
+    open_udp,
 )
 
 if TYPE_CHECKING:
@@ -97,36 +122,6 @@ DIGEST_SECRET_FILE = "digest-secret"
 SNAPSHOT_FETCH_TIMEOUT = 10.0
 GATEWAY_REFRESH_INTERVAL = 300.0
 
-# Option (argparse dest) -> environment variable.
-ENVIRONMENT = {
-    "node": "EDGE_NODE",
-    "sip": "EDGE_SIP",
-    "tls": "EDGE_TLS",
-    "cert": "EDGE_TLS_CERT",
-    "key": "EDGE_TLS_KEY",
-    "advertise": "EDGE_ADVERTISE",
-    "control": "EDGE_CONTROL",
-    "token": "EDGE_CONTROL_TOKEN",
-    "snapshot": "EDGE_SNAPSHOT",
-    "snapshot_url": "EDGE_SNAPSHOT_URL",
-    "journal_dir": "EDGE_JOURNAL_DIR",
-    "state_dir": "EDGE_STATE_DIR",
-    "drain_timeout": "EDGE_DRAIN_TIMEOUT",
-    "digest_secret_file": "EDGE_DIGEST_SECRET_FILE",
-    "cdr_batch_size": "EDGE_CDR_BATCH_SIZE",
-    "cdr_flush_interval": "EDGE_CDR_FLUSH_INTERVAL",
-    "log_level": "EDGE_LOG_LEVEL",
-    "redis_url": "EDGE_REDIS_URL",
-    "limit_share": "EDGE_LIMIT_SHARE",
-    "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
-    "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
-    "live_events": "EDGE_LIVE_EVENTS",
-}
-
-
-class UsageError(ValueError):
-    """The options are incomplete or malformed."""
-
 
 class StartupError(RuntimeError):
     """The edge cannot start (no snapshot, a port in use, an unreadable certificate...)."""
@@ -137,191 +132,7 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
 
     def close(self, now: float, wall: float) -> Sequence[Output]: ...
 
-    def limit_decided(
-        self, call_id: str, granted: bool, reason: str | None, now: float, wall: float
-    ) -> Sequence[Output]: ...
-
-
-# --- options ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EdgeOptions:
-    node: str
-    sip: tuple[str, int]
-    control: tuple[str, int]
-    token: str
-    journal_dir: Path
-    tls: tuple[str, int] | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    advertise: str | None = None
-    snapshot: Path | None = None
-    snapshot_url: str | None = None
-    state_dir: Path | None = None
-    drain_timeout: float = 30.0
-    digest_secret_file: Path | None = None
-    cdr_batch_size: int = 64
-    cdr_flush_interval: float = 0.05
-    log_level: str = "INFO"
-    redis_url: str | None = None  # cluster-wide limits; None: this edge counts alone
-    limit_share: int = 1  # edges splitting each limit while Redis is unreachable
-    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
-    gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
-    live_events: bool = True  # publish call events to --redis-url's stream (the live board)
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser, defaults: Mapping[str, object] | None = None
-) -> None:
-    """Add the edge's options to ``parser``; ``defaults`` (by dest) sit below the environment."""
-    defaults = defaults or {}
-
-    def default(dest: str, builtin: object = None) -> object:
-        value = os.environ.get(ENVIRONMENT[dest])
-        if value:
-            return value
-        given = defaults.get(dest)
-        return builtin if given in (None, "") else given
-
-    def add(flag: str, dest: str, help: str, builtin: object = None, **kw: Any) -> None:
-        env = ENVIRONMENT[dest]
-        parser.add_argument(
-            flag, dest=dest, default=default(dest, builtin), help=f"{help} [{env}]", **kw
-        )
-
-    add("--node", "node", "this edge's name (journal file names, CDRs, X-Edge-Node)")
-    add("--sip", "sip", "HOST:PORT for SIP over UDP and TCP", "127.0.0.1:5060")
-    add("--tls", "tls", "HOST:PORT for SIP over TLS (needs --cert and --key)")
-    add("--cert", "cert", "TLS certificate chain (PEM)")
-    add("--key", "key", "TLS private key (PEM)")
-    add("--advertise", "advertise", "host written in Via/Contact (default: the --sip host)")
-    add("--control", "control", "HOST:PORT of the control API", "127.0.0.1:8081")
-    add("--token", "token", "bearer token of the control API and the snapshot URL")
-    add("--snapshot", "snapshot", "start from this snapshot file (wins over --snapshot-url)")
-    add("--snapshot-url", "snapshot_url", "GET the snapshot from here at start-up")
-    add("--journal-dir", "journal_dir", "directory of the CDR journal")
-    add("--state-dir", "state_dir", "keeps the last applied snapshot (and the digest secret)")
-    add("--drain-timeout", "drain_timeout", "seconds to let calls finish on SIGTERM", "30")
-    add("--digest-secret-file", "digest_secret_file", "secret of the stateless digest nonces")
-    add("--cdr-batch-size", "cdr_batch_size", "CDRs per journal write+fsync", "64")
-    add("--cdr-flush-interval", "cdr_flush_interval", "max seconds a CDR waits", "0.05")
-    add("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR", "INFO")
-    add("--redis-url", "redis_url", "count trunk limits across edges in this Redis")
-    add("--limit-share", "limit_share", "edges sharing each limit (used if Redis is down)", "1")
-    add(
-        "--digest-algorithms", "digest_algorithms",
-        "challenge order, e.g. MD5,SHA-256 for clients that read only the first", "SHA-256,MD5",
-    )  # fmt: skip
-    add(
-        "--gc-full-interval", "gc_full_interval",
-        "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
-        str(int(DEFAULT_FULL_INTERVAL)),
-    )  # fmt: skip
-    add("--live-events", "live_events", "on: call events to --redis-url for the live board", "on")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m edge", description="Run a Trunkline SIP edge node."
-    )
-    add_arguments(parser)
-    return parser
-
-
-def _host_port(text: str, what: str) -> tuple[str, int]:
-    host, colon, port = text.strip().rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    return host or "0.0.0.0", int(port)
-
-
-def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
-    """Check the parsed options; UsageError says which one is wrong and how to give it."""
-
-    def text(dest: str) -> str | None:
-        value = getattr(ns, dest, None)
-        return None if value in (None, "") else str(value)
-
-    def required(dest: str) -> str:
-        value = text(dest)
-        if value is None:
-            flag = "--" + dest.replace("_", "-")
-            raise UsageError(f"{flag} (or {ENVIRONMENT[dest]}) is required")
-        return value
-
-    def path(dest: str) -> Path | None:
-        value = text(dest)
-        return None if value is None else Path(value)
-
-    tls = text("tls")
-    cert, key = path("cert"), path("key")
-    if tls is not None and (cert is None or key is None):
-        raise UsageError("--tls needs --cert and --key")
-    if (cert is None) != (key is None):
-        raise UsageError("--cert and --key go together")
-    try:
-        drain_timeout = float(required("drain_timeout"))
-    except ValueError:
-        raise UsageError(f"--drain-timeout: not a number: {ns.drain_timeout!r}") from None
-    if drain_timeout < 0:
-        raise UsageError("--drain-timeout must not be negative")
-    try:
-        cdr_batch_size = int(required("cdr_batch_size"))
-        cdr_flush_interval = float(required("cdr_flush_interval"))
-    except ValueError:
-        raise UsageError("--cdr-batch-size / --cdr-flush-interval: not a number") from None
-    if cdr_batch_size < 1 or cdr_flush_interval <= 0:
-        raise UsageError("--cdr-batch-size and --cdr-flush-interval must be positive")
-    snapshot, snapshot_url = path("snapshot"), text("snapshot_url")
-    if snapshot is None and snapshot_url is None:
-        raise UsageError("give --snapshot FILE or --snapshot-url URL (or EDGE_SNAPSHOT_URL)")
-    try:
-        limit_share = int(required("limit_share"))
-    except ValueError:
-        raise UsageError(f"--limit-share: not a number: {ns.limit_share!r}") from None
-    if limit_share < 1:
-        raise UsageError("--limit-share must be at least 1")
-    algorithms = tuple(a.strip() for a in required("digest_algorithms").split(",") if a.strip())
-    if not algorithms or set(algorithms) - {"MD5", "SHA-256"}:
-        raise UsageError("--digest-algorithms: give MD5 and/or SHA-256, comma-separated")
-    try:
-        gc_full_interval = float(required("gc_full_interval"))
-    except ValueError:
-        raise UsageError(f"--gc-full-interval: not a number: {ns.gc_full_interval!r}") from None
-    if not gc_full_interval >= 0:
-        raise UsageError("--gc-full-interval must not be negative")
-    live_events = (text("live_events") or "on").lower()
-    if live_events not in ("on", "off"):
-        raise UsageError(f"--live-events: on or off, not {live_events!r}")
-    log_level = (text("log_level") or "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise UsageError(f"--log-level: unknown level {log_level!r}")
-    return EdgeOptions(
-        node=required("node"),
-        sip=_host_port(required("sip"), "--sip"),
-        control=_host_port(required("control"), "--control"),
-        token=required("token"),
-        journal_dir=Path(required("journal_dir")),
-        tls=None if tls is None else _host_port(tls, "--tls"),
-        cert=cert,
-        key=key,
-        advertise=text("advertise"),
-        snapshot=snapshot,
-        snapshot_url=snapshot_url,
-        state_dir=path("state_dir"),
-        drain_timeout=drain_timeout,
-        digest_secret_file=path("digest_secret_file"),
-        cdr_batch_size=cdr_batch_size,
-        cdr_flush_interval=cdr_flush_interval,
-        log_level=log_level,
-        redis_url=text("redis_url"),
-        limit_share=limit_share,
-        digest_algorithms=algorithms,
-        gc_full_interval=gc_full_interval,
-        live_events=live_events == "on",
-    )
+    def slot_decided(self, decision: SlotDecision, now: float, wall: float) -> Sequence[Output]: ...
 
 
 # --- the runtime ------------------------------------------------------------------------------
@@ -335,8 +146,7 @@ class CoreParams:
     config: EdgeConfig
     local: dict[str, Address]
     digest_secret: bytes
-    limits: Limits
-    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS
 
 
 def default_core(params: CoreParams) -> EdgeCore:
@@ -345,7 +155,6 @@ def default_core(params: CoreParams) -> EdgeCore:
     return B2bua(
         node=params.node,
         config=params.config,
-        limits=params.limits,
         settings=B2buaSettings(challenge_algorithms=params.digest_algorithms),
         local=params.local,
         digest_secret=params.digest_secret,
@@ -416,8 +225,12 @@ class EdgeRuntime:
         *,
         core_factory: Callable[[CoreParams], EdgeCore] = default_core,
         events: EventSink | None = None,
+        cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
     ) -> None:
         self.options = options
+        # Without Redis, the embedded platform's CDRs go to this (billing's ingest) in-process.
+        self._cdr_ingest = cdr_ingest
+        self.shipper: ShipperThread | None = None
         self._core_factory = core_factory
         self.events: EventSink = events or live_events_sink(
             node=options.node, redis_url=options.redis_url, enabled=options.live_events
@@ -442,6 +255,8 @@ class EdgeRuntime:
         self.gc_policy: GcPolicy | None = None
         self._sockets: list[socket.socket] = []
         self.cluster_limits: ClusterLimits | None = None
+        self.checkpoint: CallCheckpoint | None = None
+        self.limits: Limits = LocalLimits()  # what the core's AcquireSlot / ReleaseSlot ask
 
     # --- start ---------------------------------------------------------------------------
 
@@ -469,6 +284,17 @@ class EdgeRuntime:
         except (OSError, ValueError) as error:
             raise StartupError(f"CDR journal in {options.journal_dir}: {error}") from None
         self.flusher = JournalFlusher(journal, loop=loop)
+        try:
+            recovered = await loop.run_in_executor(None, recover, journal)
+        except (OSError, ValueError) as error:
+            raise StartupError(f"calls left by the last run: {error}") from None
+        if recovered:
+            logger.warning(
+                "%d answered calls were left unfinished by the last run: CDRs written (%s)",
+                len(recovered),
+                RESTART_REASON,
+            )
+        self.shipper = self._cdr_shipper()
 
         server_ssl = client_ssl = None
         try:
@@ -530,13 +356,13 @@ class EdgeRuntime:
             )
             await self.cluster_limits.start()  # an outage only means local counting for now
             limits = self.cluster_limits
+        self.limits = limits
         core = self.core = self._core_factory(
             CoreParams(
                 node=options.node,
                 config=self._with_known_gateways(config),
                 local=local,
                 digest_secret=self._digest_secret(),
-                limits=limits,
                 digest_algorithms=options.digest_algorithms,
             )
         )
@@ -546,24 +372,19 @@ class EdgeRuntime:
             except OSError as error:
                 logger.error("snapshot not saved to %s: %s", options.state_dir, error)
 
+        events = self.events
+        if isinstance(core, AnsweredCalls):  # a core that can say which calls are up
+            self.checkpoint = CallCheckpoint(core, journal, loop=loop)
+            events = self.checkpoint.sink(events)
         dispatcher = self.dispatcher = Dispatcher(
-            core, loop=loop, journal=self.flusher, events=self.events, resolver=HostResolver(loop)
+            core, loop=loop, journal=self.flusher, events=events, resolver=HostResolver(loop)
         )
-        dispatcher.resolver.family = udp_sock.family
-        _, self.udp = await loop.create_datagram_endpoint(
-            lambda: UdpTransport(dispatcher), sock=udp_sock
-        )
-        dispatcher.udp = self.udp
+        dispatcher.slots = self._slot
+        self.udp = await open_udp(dispatcher, udp_sock)
         self.streams = StreamTransports(dispatcher, client_ssl=client_ssl)
-        self.streams.servers.append(
-            await loop.create_server(lambda: self._stream_protocol("tcp"), sock=tcp_sock)
-        )
+        await self.streams.listen(tcp_sock, transport="tcp")
         if tls_sock is not None:
-            self.streams.servers.append(
-                await loop.create_server(
-                    lambda: self._stream_protocol("tls"), sock=tls_sock, ssl=server_ssl
-                )
-            )
+            await self.streams.listen(tls_sock, transport="tls", ssl=server_ssl)
         self._refresh_gateways()
 
         app = ControlApp(
@@ -574,22 +395,52 @@ class EdgeRuntime:
             state_dir=options.state_dir,
             runtime_metrics=self._runtime_metrics,
         )
+        if self.checkpoint is not None:
+            self.checkpoint.start()
         self.control, self._control_task = await start_control_server(app, control_sock)
         self._sockets.clear()  # owned by their servers now
         self._node_event("node_started")
+
+    def _slot(self, out: AcquireSlot | ReleaseSlot) -> None:
+        """The core asks for a call's slot or gives one back. Counters that answer at once
+        (this edge's, or the cluster's while Redis is away) answer through the same input as
+        the cluster's later answer: `core.slot_decided`."""
+        if type(out) is ReleaseSlot:
+            self.limits.release(out.trunk_id, out.call_id)
+            return
+        core, dispatcher = self.core, self.dispatcher
+        if core is None or dispatcher is None or type(out) is not AcquireSlot:
+            return
+        now = dispatcher.loop.time()
+        decision = decide(self.limits, out, now)
+        if decision is not None:
+            dispatcher.dispatch(core.slot_decided(decision, now, time.time()))
+
+    def _cdr_shipper(self) -> ShipperThread | None:
+        """The journal's shipper: to the Redis stream, else in-process, else none (load_cdrs)."""
+        options = self.options
+        transport: RedisShipTransport | InProcessTransport
+        if options.redis_url and options.cdr_ship:
+            transport = RedisShipTransport(options.redis_url, node=options.node)
+        elif self._cdr_ingest is not None and options.cdr_ship:
+            transport = InProcessTransport(self._cdr_ingest)
+        else:
+            logger.info("CDRs stay in the journal (no Redis to ship to): load them with load_cdrs")
+            return None
+        shipper = ShipperThread(
+            JournalShipper(options.journal_dir, node=options.node, transport=transport)
+        )
+        shipper.start()
+        return shipper
 
     def _limit_decided(self, call_id: str, granted: bool, reason: str | None) -> None:
         """The cluster counters answered an admission the core left waiting."""
         core, dispatcher = self.core, self.dispatcher
         if core is not None and dispatcher is not None:
-            loop = asyncio.get_running_loop()
-            dispatcher.dispatch(
-                core.limit_decided(call_id, granted, reason, loop.time(), time.time())
+            decision: SlotDecision = (
+                SlotGranted(call_id) if granted else SlotRefused(call_id, reason or "channel_limit")
             )
-
-    def _stream_protocol(self, transport: str) -> asyncio.Protocol:
-        assert self.streams is not None
-        return StreamConnection(self.streams, transport, None)
+            dispatcher.dispatch(core.slot_decided(decision, dispatcher.loop.time(), time.time()))
 
     def ready_line(self) -> str:
         assert self.core is not None and self.sip_address and self.control_address
@@ -685,6 +536,8 @@ class EdgeRuntime:
             self.streams.close()
         if self.flusher is not None:
             await self.flusher.aclose()
+        if self.shipper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.shipper.stop)
 
     # --- config and gateway names ----------------------------------------------------------
 
@@ -776,6 +629,8 @@ class EdgeRuntime:
                 "CDRs buffered, not yet written to the journal",
                 value=flusher.journal.pending,
             )
+        if self.shipper is not None:
+            yield from self.shipper.shipper.metrics()
         if self.gc_policy is not None:
             yield from self.gc_policy.metrics()
         if isinstance(self.events, BatchingSink):
@@ -836,6 +691,11 @@ class EdgeRuntime:
             await self.flusher.aclose()
         except OSError as error:
             logger.error("CDR journal could not be flushed at shutdown: %s", error)
+        else:
+            if self.checkpoint is not None:  # every call has its CDR: nothing to recover
+                await self.checkpoint.aclose()
+        if self.shipper is not None:
+            await loop.run_in_executor(None, self.shipper.stop)
         closer = getattr(self.events, "aclose", None)
         if closer is not None:
             try:
@@ -859,9 +719,10 @@ async def serve(
     core_factory: Callable[[CoreParams], EdgeCore] = default_core,
     events: EventSink | None = None,
     ready: Callable[[str], None] | None = None,
+    cdr_ingest: Callable[[Sequence[ShipBatch]], object] | None = None,
 ) -> int:
     """Run one edge until SIGTERM/SIGINT; the exit code."""
-    runtime = EdgeRuntime(options, core_factory=core_factory, events=events)
+    runtime = EdgeRuntime(options, core_factory=core_factory, events=events, cdr_ingest=cdr_ingest)
     try:
         await runtime.start()
     except StartupError as error:

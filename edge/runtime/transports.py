@@ -40,9 +40,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge.b2bua import CallEvent, CdrReady, Transmit
+from edge.limits import AcquireSlot, ReleaseSlot
 from edge.security import SecurityEvent
 from edge.sip.errors import RemoteProtocolError
-from edge.sip.parser import DEFAULT_MAX_SIZE, StreamParser
+from edge.sip.parser import DEFAULT_MAX_SIZE, FramingError, StreamParser
 
 if TYPE_CHECKING:
     from edge.b2bua import Address, Output
@@ -252,6 +253,8 @@ class Dispatcher:
         self.resolver = resolver or HostResolver(loop)
         self.udp: UdpTransport | None = None
         self.streams: StreamTransports | None = None
+        # Where the core's AcquireSlot / ReleaseSlot go (the runtime's limits; edge.limits).
+        self.slots: Callable[[AcquireSlot | ReleaseSlot], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._timer_stopped = False
@@ -283,6 +286,8 @@ class Dispatcher:
                 events.append(out)  # type: ignore[arg-type]
             elif kind is SecurityEvent:
                 security_logger.warning("%s", out.log_line())  # type: ignore[union-attr]
+            elif (kind is AcquireSlot or kind is ReleaseSlot) and self.slots is not None:
+                self.slots(out)  # type: ignore[arg-type]
             else:
                 self.log_throttled("output", logging.ERROR, "unknown core output %r dropped", out)
         if records is not None:
@@ -304,6 +309,8 @@ class Dispatcher:
 
     def send(self, data: bytes, addr: Address) -> None:
         host, port, transport = addr
+        if host[:1] == "[":  # an IPv6 reference from a URI: the socket wants the bare address
+            host = host[1:-1]
         if _is_ip_literal(host):
             self._send_to(data, host, port, transport, None)
             return
@@ -466,15 +473,14 @@ class UdpTransport(asyncio.DatagramProtocol):
             self.transport.close()
 
 
-async def open_udp(dispatcher: Dispatcher, host: str, port: int) -> UdpTransport:
-    """Bind the SIP UDP socket and make it the dispatcher's UDP transport."""
+async def open_udp(dispatcher: Dispatcher, sock: socket.socket) -> UdpTransport:
+    """Serve SIP over UDP on the bound ``sock``: make it the dispatcher's UDP transport."""
     _, protocol = await dispatcher.loop.create_datagram_endpoint(
-        lambda: UdpTransport(dispatcher), local_addr=(host, port)
+        lambda: UdpTransport(dispatcher), sock=sock
     )
     dispatcher.udp = protocol
-    sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
-    if sock is not None:
-        dispatcher.resolver.family = sock.family
+    # Hostnames resolve to the family the socket can send to (IPv4 or IPv6).
+    dispatcher.resolver.family = sock.family
     return protocol
 
 
@@ -523,30 +529,28 @@ class StreamConnection(asyncio.Protocol):
         core = dispatcher.core
         now = dispatcher.loop.time()
         wall = time.time()
-        try:
-            messages = self._parser.feed(data)
-        except RemoteProtocolError as error:
-            try:
-                outputs = core.stream_error(self.key, error, now, wall)
-            except Exception:
-                dispatcher.core_failed("stream_error")
-            else:
-                dispatcher.dispatch(outputs)  # a 400, if any, is written before the close
-            self.close()
+        items = self._parser.feed(data)
+        if not items:
             return
-        if not messages:
-            return
+        lost = False
         try:
-            if len(messages) == 1:
-                outputs = core.message_received(messages[0], self.key, now, wall)
+            if len(items) == 1 and type(items[0]) is not FramingError:
+                outputs = core.message_received(items[0], self.key, now, wall)  # type: ignore[arg-type]
             else:
                 outputs = []
-                for message in messages:
-                    outputs.extend(core.message_received(message, self.key, now, wall))
+                for item in items:
+                    if isinstance(item, FramingError):
+                        # Answered if it can be (a 400 is written before any close).
+                        outputs.extend(core.stream_error(self.key, item, now, wall))
+                        lost = item.fatal
+                    else:
+                        outputs.extend(core.message_received(item, self.key, now, wall))
         except Exception:
             dispatcher.core_failed("message_received")
-            return
-        dispatcher.dispatch(outputs)
+        else:
+            dispatcher.dispatch(outputs)
+        if lost:
+            self.close()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -635,16 +639,13 @@ class StreamTransports:
         dispatcher.streams = self
 
     async def listen(
-        self, host: str, port: int, *, transport: str = "tcp", ssl: ssl.SSLContext | None = None
+        self, sock: socket.socket, *, transport: str = "tcp", ssl: ssl.SSLContext | None = None
     ) -> asyncio.Server:
+        """Accept SIP connections on the bound, listening-ready ``sock``."""
         if transport not in STREAM_TRANSPORTS:
             raise ValueError(f"not a stream transport: {transport!r}")
         server = await self.loop.create_server(
-            lambda: StreamConnection(self, transport, None),
-            host,
-            port,
-            ssl=ssl,
-            reuse_address=True,
+            lambda: StreamConnection(self, transport, None), sock=sock, ssl=ssl
         )
         self.servers.append(server)
         return server

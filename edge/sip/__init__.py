@@ -36,7 +36,7 @@ from edge.sip.message import (
     random_hex,
     validate_for_proxy,
 )
-from edge.sip.parser import DEFAULT_MAX_SIZE, StreamParser, parse_message
+from edge.sip.parser import DEFAULT_MAX_SIZE, FramingError, StreamParser, parse_message
 from edge.sip.sdp import Codec, MediaDescription, SessionDescription
 from edge.sip.timers import Timer, TimerConfig, TimerQueue
 from edge.sip.transaction import (
@@ -90,6 +90,7 @@ __all__ = [
     "DigestOutcome",
     "DigestResult",
     "DigestServer",
+    "FramingError",
     "Headers",
     "LocalProtocolError",
     "MediaDescription",

@@ -228,6 +228,24 @@ class Dialog:
             raise LocalProtocolError(f"{what.value} is not allowed in a {self.state.value} dialog")
         self.state = next_state
 
+    def matches(self, request: Request) -> bool:
+        """Whether `request`, from the peer, belongs to this dialog: its Call-ID, our tag in
+        To and the peer's in From (12.2.2). Never raises: an unreadable tag is no match."""
+        try:
+            return (
+                request.call_id == self.call_id
+                and request.to_tag == self.local_tag
+                and request.from_tag == self.remote_tag
+            )
+        except RemoteProtocolError:
+            return False
+
+    @property
+    def can_acknowledge(self) -> bool:
+        """Whether an INVITE of ours in this dialog can be acknowledged (`create_request("ACK")`
+        raises otherwise)."""
+        return self._invite_cseq is not None
+
     def create_request(
         self,
         method: str,
@@ -294,9 +312,11 @@ class Dialog:
 
     def receive_request(self, request: Request) -> None:
         """Check and apply a request the peer sent in this dialog (12.2.2). A request older
-        than the last one raises RemoteProtocolError with hint 500; a terminated dialog 481."""
+        than the last one raises RemoteProtocolError with hint 500; one whose tags are not this
+        dialog's, or that arrives in a terminated dialog, 481."""
         if DialogId.of_received_request(request) != self.id:
-            raise LocalProtocolError("request of another dialog")
+            # Same Call-ID, other tags (swapped, stale, forged): no such dialog (12.2.2).
+            raise RemoteProtocolError("Call/Transaction Does Not Exist", 481)
         method = request.method
         if self.state is DialogState.TERMINATED:
             raise RemoteProtocolError("Call/Transaction Does Not Exist", 481)

@@ -32,6 +32,7 @@ from edge.sip.errors import LocalProtocolError, RemoteProtocolError
 from edge.sip.grammar import quote_string
 
 __all__ = [
+    "DEFAULT_CHALLENGE_ORDER",
     "DigestChallenge",
     "DigestCredentials",
     "DigestOutcome",
@@ -50,6 +51,11 @@ _HASHES: dict[str, Callable[[bytes], hashlib._Hash]] = {
     "MD5": hashlib.md5,
 }
 _CANONICAL_ALGORITHM = {name.lower(): name for name in _HASHES}
+# The order the edge offers challenges in, unless configured (EDGE_DIGEST_ALGORITHMS): MD5
+# first. Most deployed PBXs and tools (SIPp, sipvicious, Asterisk's chan_sip, older phones)
+# answer only the first challenge and know only MD5; offered SHA-256 first, they fail to
+# authenticate. RFC 8760 clients that prefer SHA-256 find it in the second challenge.
+DEFAULT_CHALLENGE_ORDER = ("MD5", "SHA-256")
 
 _TIMESTAMP_BYTES = 8
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{54}")  # unpadded base64url of timestamp + 32-byte MAC

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError
-from edge.sip.grammar import TOKEN_CHARS, is_token, split_unquoted
+from edge.sip.grammar import TOKEN_CHARS, is_token, read_quoted_string, split_unquoted
 from edge.sip.uri import (
     NameAddr,
     Parameters,
@@ -37,6 +37,7 @@ __all__ = [
     "Request",
     "Response",
     "Via",
+    "crossing_headers",
     "make_request",
     "make_response",
     "new_branch",
@@ -44,6 +45,8 @@ __all__ = [
     "new_tag",
     "parse_via",
     "random_hex",
+    "to_tag_or_none",
+    "unsupported_extensions",
     "validate_for_proxy",
 ]
 
@@ -208,6 +211,15 @@ _ACCESSOR_HEADER_NAMES = {
     "to": "To",
     "via": "Via",
 }
+
+# Limits on what a message may carry and what crosses from one leg to the other (the wire
+# conformance notes in edge/sip/README.md say why these values).
+MAX_HEADER_LINE_LENGTH = 8192
+MAX_CONTENT_TYPE_LENGTH = 256
+MAX_CROSSING_VALUE_LENGTH = 1024
+MAX_CROSSING_VALUES = 32
+# Parameter values: token, host (IPv6 references too) or quoted-string (RFC 3261 gen-value).
+_PARAM_VALUE_CHARS = TOKEN_CHARS | frozenset(":[]")
 
 _MAX_CSEQ = 2**32 - 1
 _MAX_FORWARDS_LIMIT = 255
@@ -562,11 +574,71 @@ def _parse_contacts(values: list[str]) -> list[NameAddr]:
 def _parse_content_type(values: list[str]) -> str | None:
     if not values:
         return None
-    media_type = values[0].partition(";")[0].strip().lower()
-    kind, slash, subtype = media_type.partition("/")
-    if not slash or not is_token(kind) or not is_token(subtype.strip()):
+    value = values[0]
+    if len(value) > MAX_CONTENT_TYPE_LENGTH or not _well_formed_element(value, media=True):
         raise RemoteProtocolError("Malformed media type")
-    return media_type
+    return value.partition(";")[0].strip().lower()
+
+
+def _well_formed_param(param: str, *, valued: bool) -> bool:
+    name, equals, value = param.partition("=")
+    name, value = name.strip(), value.strip()
+    if not is_token(name) or (equals and not value) or (valued and not equals):
+        return False
+    if value[:1] == '"':
+        try:
+            _, end = read_quoted_string(value, 0)
+        except RemoteProtocolError:
+            return False
+        return end == len(value)
+    return _PARAM_VALUE_CHARS.issuperset(value)
+
+
+def _well_formed_element(value: str, *, media: bool = False) -> bool:
+    """`token *(;param)`, or `type/subtype *(;param)` for a media type (RFC 3261 25.1): the
+    shape of every header value that crosses between legs."""
+    try:
+        head, *params = split_unquoted(value, ";")
+    except RemoteProtocolError:
+        return False
+    head = head.strip()
+    if media:
+        kind, slash, subtype = head.partition("/")
+        ok = bool(slash) and _media_part(kind.strip()) and _media_part(subtype.strip())
+    else:
+        ok = is_token(head)
+    # A media type's parameters have values (m-parameter); others may not (generic-param).
+    return ok and all(_well_formed_param(param, valued=media) for param in params)
+
+
+def _media_part(text: str) -> bool:
+    return text == "*" or is_token(text)
+
+
+def crossing_headers(message: Message, names: Iterable[str]) -> list[tuple[str, str]]:
+    """The values of `names` (list headers such as Allow, Supported, Accept, Privacy, Reason)
+    that may be copied to the other leg of a call: each well-formed (`token *(;param)`, a
+    media range for Accept) and at most MAX_CROSSING_VALUE_LENGTH long, at most
+    MAX_CROSSING_VALUES in all. Anything else stays behind: a peer's oversized or malformed
+    value never reaches the other side."""
+    copied: list[tuple[str, str]] = []
+    headers = message.headers
+    for name in names:
+        media = name.lower() == "accept"
+        for line in headers._values(_header_key(name)):
+            try:
+                elements = split_unquoted(line, ",") if "," in line else [line]
+            except RemoteProtocolError:
+                continue  # an unterminated quote: nothing of this line crosses
+            for element in elements:
+                value = element.strip()
+                if len(copied) >= MAX_CROSSING_VALUES:
+                    return copied
+                if len(value) <= MAX_CROSSING_VALUE_LENGTH and _well_formed_element(
+                    value, media=media
+                ):
+                    copied.append((name, value))
+    return copied
 
 
 def _invalid_header(name: str, error: RemoteProtocolError) -> RemoteProtocolError:
@@ -873,7 +945,7 @@ def validate_for_proxy(message: Request | Response) -> None:
     """Check every header a proxy or B2BUA reads; raise RemoteProtocolError on the first fault.
 
     Covers the mandatory headers and their multiplicity, Via, From, To, Call-ID, CSeq (and its
-    method against the request's), Max-Forwards, Contact, Route, Record-Route and the
+    method against the request's), Max-Forwards, Content-Type, Contact, Route, Record-Route and the
     Request-URI (no embedded headers; unknown schemes raise 416). Content-Length needs no
     check here: the parser frames the message on it and rejects bad or repeated values.
     """
@@ -896,6 +968,7 @@ def validate_for_proxy(message: Request | Response) -> None:
     _ = message.call_id
     cseq = message.cseq
     _ = message.max_forwards
+    _ = message.content_type  # forwarded as received to the other leg: well-formed, short
     _check_address_uri("From", message.from_)
     _check_address_uri("To", message.to)
     for address in message.contact:
@@ -933,6 +1006,24 @@ def _check_request_uri(request: Request) -> None:
     if len(_VALID_REQUEST_URI_TEXTS) >= _VALID_REQUEST_URI_TEXTS_LIMIT:
         _VALID_REQUEST_URI_TEXTS.clear()
     _VALID_REQUEST_URI_TEXTS.add(text)
+
+
+def to_tag_or_none(message: Request | Response) -> str | None:
+    """The To tag; None when there is none or when To is missing or unreadable (a request
+    screened as new for it then gets its 400 from `validate_for_proxy`)."""
+    try:
+        return message.to.tag
+    except RemoteProtocolError:
+        return None
+
+
+def unsupported_extensions(request: Request, supported: frozenset[str]) -> list[str]:
+    """The option tags of Proxy-Require and Require that are not in `supported` (RFC 3261
+    8.2.2.3: answer 420 listing them in Unsupported; never for ACK or CANCEL)."""
+    wanted: list[str] = []
+    for name in ("Proxy-Require", "Require"):
+        wanted += request.headers.get_all(name)
+    return [option for option in wanted if option not in supported]
 
 
 def _has_tag(request: Request) -> bool:

@@ -12,9 +12,9 @@ from functools import partial
 
 from edge.sip.errors import RemoteProtocolError
 from edge.sip.grammar import is_token
-from edge.sip.message import SIP_VERSION, Headers, Request, Response
+from edge.sip.message import MAX_HEADER_LINE_LENGTH, SIP_VERSION, Headers, Request, Response
 
-__all__ = ["DEFAULT_MAX_SIZE", "StreamParser", "parse_message"]
+__all__ = ["DEFAULT_MAX_SIZE", "FramingError", "StreamItem", "StreamParser", "parse_message"]
 
 DEFAULT_MAX_SIZE = 65535
 _COMMON_METHODS = frozenset(
@@ -38,6 +38,24 @@ _COMMON_METHODS = frozenset(
 _LINE_END_BYTES = b"\r\n"
 
 _MessageFactory = partial[Request] | partial[Response]
+
+
+class FramingError(RemoteProtocolError):
+    """A message on a stream that could not be framed or parsed.
+
+    `head` is its header block as received (at most `max_size` bytes), from which the edge can
+    still answer a request (edge/salvage.py). `fatal` says the stream is lost with it: its
+    length was unknown (no usable Content-Length, or too large), so nothing after it can be
+    framed. Otherwise the message was skipped whole and the stream goes on.
+    """
+
+    def __init__(self, reason: str, status_hint: int, *, head: bytes, fatal: bool) -> None:
+        super().__init__(reason, status_hint)
+        self.head = head
+        self.fatal = fatal
+
+
+StreamItem = Request | Response | FramingError
 
 
 def _find_head_end(
@@ -93,6 +111,8 @@ def _parse_head(data: bytes | bytearray, start: int, end: int) -> tuple[_Message
     lines = head.split("\r\n")
     if head.count("\n") != len(lines) - 1:
         lines = head.replace("\r\n", "\n").rstrip("\r").split("\n")
+    if len(head) > MAX_HEADER_LINE_LENGTH and len(max(lines, key=len)) > MAX_HEADER_LINE_LENGTH:
+        raise RemoteProtocolError("Header Line Too Long")
     return _parse_start_line(lines[0]), Headers.from_lines(lines[1:])
 
 
@@ -107,6 +127,19 @@ def _content_length(headers: Headers) -> int | None:
     if not (text.isascii() and text.isdigit()):
         raise RemoteProtocolError("Malformed Content-Length")
     return int(text)
+
+
+def _raw_content_length(head: bytes | bytearray) -> int | None:
+    """The one Content-Length of a header block the parser refused, read from its raw lines
+    (to skip the message on a stream); None if it is absent, repeated or not a number."""
+    found: list[bytes] = []
+    for line in bytes(head).split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            found.append(value.strip())
+    if len(found) != 1 or not found[0].isdigit():
+        return None
+    return int(found[0])
 
 
 def _skip_line_ends(data: bytes | bytearray) -> int:
@@ -141,10 +174,12 @@ class StreamParser:
     """Cuts a TCP/TLS byte stream into messages; Content-Length is mandatory on streams.
 
     `feed` accepts any split of the stream (one byte at a time, several messages at once) and
-    returns the messages it completed. A framing error raises RemoteProtocolError; the stream
-    cannot be resynchronised after that, so every later `feed` raises it again and the
-    connection should be closed. Messages completed in the same `feed` call as the error are
-    dropped with it.
+    returns, in stream order, the messages it completed and a `FramingError` for each message
+    it could not read. A message whose header block is malformed but whose Content-Length can
+    be read is skipped whole and framing goes on (a valid request before or after it is still
+    delivered); an error that leaves the stream's framing unknown (no usable Content-Length, a
+    message too large) is `fatal`: it is the last item, and every later `feed` returns nothing.
+    The connection should then be closed, once the answer to the error (if any) is written.
     """
 
     def __init__(self, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
@@ -156,23 +191,46 @@ class StreamParser:
         # A message whose head is parsed and whose body is still arriving: how to build it,
         # its headers, where its body starts and where it ends in the buffer.
         self._pending: tuple[_MessageFactory, Headers, int, int] | None = None
-        self._error: RemoteProtocolError | None = None
+        # Bytes of a refused message still to be discarded as they arrive.
+        self._skip = 0
+        self._failed = False
 
-    def feed(self, data: bytes) -> list[Request | Response]:
-        if self._error is not None:
-            raise self._error
+    def feed(self, data: bytes) -> list[StreamItem]:
+        if self._failed:
+            return []
         self._buffer += data
-        messages: list[Request | Response] = []
-        try:
-            while (message := self._next_message()) is not None:
-                messages.append(message)
-        except RemoteProtocolError as error:
-            self._error = error
-            raise
-        return messages
+        items: list[StreamItem] = []
+        while True:
+            try:
+                message = self._next_message()
+            except FramingError as error:
+                items.append(error)
+                if error.fatal:
+                    self._failed = True
+                    self._buffer.clear()
+                    break
+                continue
+            if message is None:
+                break
+            items.append(message)
+        return items
+
+    def _fatal(self, reason: str, status_hint: int, head_end: int) -> FramingError:
+        return FramingError(
+            reason,
+            status_hint,
+            head=bytes(self._buffer[: min(head_end, self._max_size)]),
+            fatal=True,
+        )
 
     def _next_message(self) -> Request | Response | None:
         buffer = self._buffer
+        if self._skip:
+            skipped = min(self._skip, len(buffer))
+            del buffer[:skipped]
+            self._skip -= skipped
+            if self._skip:
+                return None
         if self._pending is None:
             skipped = _skip_line_ends(buffer)
             if skipped:
@@ -182,17 +240,32 @@ class StreamParser:
             if head_bounds is None:
                 self._searched = len(buffer)
                 if len(buffer) > self._max_size:
-                    raise RemoteProtocolError("Message Too Large", 513)
+                    raise self._fatal("Message Too Large", 513, len(buffer))
                 return None
             head_end, body_start = head_bounds
             if head_end > self._max_size:
-                raise RemoteProtocolError("Message Too Large", 513)
-            factory, headers = _parse_head(buffer, 0, head_end)
-            content_length = _content_length(headers)
+                raise self._fatal("Message Too Large", 513, head_end)
+            try:
+                factory, headers = _parse_head(buffer, 0, head_end)
+            except RemoteProtocolError as error:
+                length = _raw_content_length(buffer[:head_end])
+                if length is None or body_start + length > self._max_size:
+                    raise self._fatal(error.reason, error.status_hint, head_end) from None
+                head = bytes(buffer[:head_end])
+                del buffer[:body_start]
+                self._searched = 0
+                self._skip = length
+                raise FramingError(
+                    error.reason, error.status_hint, head=head, fatal=False
+                ) from None
+            try:
+                content_length = _content_length(headers)
+            except RemoteProtocolError as error:
+                raise self._fatal(error.reason, error.status_hint, head_end) from None
             if content_length is None:
-                raise RemoteProtocolError("Missing Content-Length on a stream transport")
+                raise self._fatal("Missing Content-Length on a stream transport", 400, head_end)
             if body_start + content_length > self._max_size:
-                raise RemoteProtocolError("Request Entity Too Large", 413)
+                raise self._fatal("Request Entity Too Large", 413, head_end)
             self._pending = (factory, headers, body_start, body_start + content_length)
         factory, headers, body_start, end = self._pending
         if len(buffer) < end:

@@ -8,7 +8,6 @@ offer left without any acceptable codec raises it with 488. No I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edge.sip.errors import RemoteProtocolError
@@ -189,21 +188,6 @@ class MediaDescription:
             codecs.append(Codec(payload_type, name, clock_rate, channels))
         return codecs
 
-    def keep_payload_types(self, kept: Iterable[int]) -> None:
-        """Offer only the `kept` payload types, dropping their per-format attributes too."""
-        kept_types = set(kept)
-        fields = self._media_fields()
-        # Compared as numbers: "00" and "0" are the same payload type.
-        dropped = {
-            fmt for fmt in fields[3:] if not (_is_payload_type(fmt) and int(fmt) in kept_types)
-        }
-        fields[3:] = [fmt for fmt in fields[3:] if fmt not in dropped]
-        dropped_types = {int(fmt) for fmt in dropped if _is_payload_type(fmt)}
-        self.lines[0] = _replace_text(self.lines[0], "m=" + " ".join(fields))
-        self.lines[1:] = [
-            line for line in self.lines[1:] if _attribute_payload_type(line) not in dropped_types
-        ]
-
 
 def _is_payload_type(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) <= _MAX_PAYLOAD_TYPE
@@ -267,27 +251,6 @@ class SessionDescription:
     @connection_address.setter
     def connection_address(self, address: str) -> None:
         _write_connection_address(self.session_lines, address)
-
-    def filter_codecs(self, allowed: set[str]) -> None:
-        """Keep only codecs whose encoding name is in `allowed` (case-insensitive).
-
-        A media stream left with no codec is declined with port 0 (RFC 3264 6); when every RTP
-        stream is declined the offer is answered with 488.
-        """
-        allowed_names = {name.lower() for name in allowed}
-        rtp_media = [description for description in self.media if description.is_rtp]
-        for description in rtp_media:
-            kept = [
-                codec.payload_type
-                for codec in description.codecs
-                if codec.name.lower() in allowed_names
-            ]
-            if kept:
-                description.keep_payload_types(kept)
-            else:
-                description.port = 0
-        if rtp_media and all(description.port == 0 for description in rtp_media):
-            raise RemoteProtocolError("Not Acceptable Here", 488)
 
     def to_bytes(self) -> bytes:
         lines = [*self.session_lines]

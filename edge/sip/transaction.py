@@ -651,6 +651,10 @@ def _server_key(request: Request, method: str, *, untagged: bool = False) -> Tra
     )
 
 
+# RFC 3261 18.1.1: a request larger than this, path MTU unknown, must not go over UDP.
+UDP_REQUEST_LIMIT = 1300
+
+
 class TransactionLayer:
     """Every transaction of one SIP element, matched by key, with one aggregate timer.
 
@@ -659,9 +663,16 @@ class TransactionLayer:
     wants it immediately).
     """
 
-    def __init__(self, config: TimerConfig | None = None, *, send_trying: bool = True) -> None:
+    def __init__(
+        self,
+        config: TimerConfig | None = None,
+        *,
+        send_trying: bool = True,
+        udp_request_limit: int = UDP_REQUEST_LIMIT,
+    ) -> None:
         self.config = TimerConfig() if config is None else config
         self.send_trying = send_trying
+        self.udp_request_limit = udp_request_limit
         self._servers: dict[TransactionKey, ServerTransaction] = {}
         self._clients: dict[TransactionKey, ClientTransaction] = {}
         self._timers: TimerQueue[Transaction] = TimerQueue()
@@ -723,7 +734,9 @@ class TransactionLayer:
         self, request: Request, addr: Address, now: float
     ) -> tuple[ClientTransaction, list[TransactionEvent]]:
         """Start a client transaction for `request` (its top Via carries our fresh branch).
-        An ACK has no transaction: send it with a `SendMessage` of your own."""
+        An ACK has no transaction: send it with a `SendMessage` of your own. A request for
+        UDP larger than `udp_request_limit` is not sent: its transaction times out on the
+        next `on_timer` (RFC 3261 18.1.1 would have it go over TCP; the target is UDP)."""
         method = request.method
         if method == "ACK":
             raise LocalProtocolError("an ACK is sent without a client transaction")
@@ -741,6 +754,14 @@ class TransactionLayer:
         reliable = via.transport != "UDP"
         client = kind(request, addr, now, key=key, config=self.config, reliable=reliable)
         self._clients[key] = client
+        if not reliable and len(request.to_bytes()) > self.udp_request_limit:
+            # RFC 3261 18.1.1: too large for UDP. It is not sent: the transaction times out
+            # at once (Timer B or F), as after a transport failure, and the TU fails over.
+            timers = client._timers
+            timeout = Timer.B if method == "INVITE" else Timer.F
+            timers.clear()
+            timers[timeout] = now
+            return client, self._settled(client, [])
         return client, self._settled(client, [SendMessage(request, addr, client)])
 
     def send_response(

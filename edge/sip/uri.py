@@ -30,6 +30,7 @@ __all__ = [
     "NameAddr",
     "Parameters",
     "SipUri",
+    "bracket_host",
     "parse_header_params",
     "parse_host_port",
     "parse_name_addr",
@@ -241,6 +242,12 @@ def _check_uri_part(text: str, allowed: frozenset[str], what: str) -> None:
         raise RemoteProtocolError(f"Malformed URI {what}")
     if "%" in text:
         _check_escapes(text)
+
+
+def bracket_host(host: str) -> str:
+    """`host` as SIP writes it in a URI or a Via: an IPv6 address in brackets (RFC 3261
+    19.1.1, RFC 5118); a hostname, an IPv4 address or a bracketed reference unchanged."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:

@@ -579,6 +579,9 @@ class EdgeProcess:
         self.args += list(extra_args)
         self.env = dict(os.environ)
         self.env["PYTHONUNBUFFERED"] = "1"
+        # REDIS_URL is also the edge's (shared limits): an edge under test counts alone unless
+        # the test gives it Redis (`env` or --redis-url).
+        self.env.pop("REDIS_URL", None)
         self.env.update(env or {})
         if snapshot is not None:
             self.write_snapshot(snapshot)

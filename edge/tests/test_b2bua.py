@@ -13,7 +13,16 @@ import pytest
 
 from edge.b2bua import B2bua, B2buaSettings, CallEvent, CdrReady, Transmit
 from edge.cdr import CallDetailRecord
-from edge.limits import LocalLimits
+from edge.limits import (
+    AcquireSlot,
+    Limits,
+    LocalLimits,
+    ReleaseSlot,
+    SlotGranted,
+    SlotRefused,
+    decide,
+)
+from edge.registrar import PURGE_INTERVAL
 from edge.sip.digest import answer_challenge, parse_challenge
 from edge.sip.message import Request, Response, make_request, make_response, new_branch, new_tag
 from edge.sip.parser import parse_message
@@ -24,6 +33,7 @@ from edge.tests.factories import (
     NUMBER,
     PASSWORD,
     compiled,
+    customer_doc,
     gateway_doc,
     origination_doc,
     trunk_doc,
@@ -46,10 +56,12 @@ class Edge:
     def __init__(self, **snapshot: object) -> None:
         self.now = 1000.0
         self.wall = 1_790_000_000.0
+        self.limits: Limits = LocalLimits()
+        self.acquired: list[str] = []  # AcquireSlot outputs, by call id
+        self.released: list[str] = []  # ReleaseSlot outputs
         self.core = B2bua(
             node="edge-test",
             config=compiled(**snapshot),
-            limits=LocalLimits(),
             local={"udp": EDGE},
             digest_secret=b"test-secret",
             rng=random.Random(7),
@@ -65,6 +77,15 @@ class Edge:
                 self.wire.append(out)
             elif isinstance(out, CdrReady):
                 self.cdrs.append(out.record)
+            elif isinstance(out, AcquireSlot):
+                # As the runtime does: counters that answer at once answer through the input.
+                self.acquired.append(out.call_id)
+                decision = decide(self.limits, out, self.now)
+                if decision is not None:
+                    self._keep(self.core.slot_decided(decision, self.now, self.wall))
+            elif isinstance(out, ReleaseSlot):
+                self.released.append(out.call_id)
+                self.limits.release(out.trunk_id, out.call_id)
             else:
                 self.events.append(out)
 
@@ -350,6 +371,26 @@ def test_cancel_waits_for_a_provisional_and_a_crossing_200_is_taken_down():
     assert len(edge.cdrs) == 1 and edge.cdrs[0].reason == "cancelled"
 
 
+def test_a_call_nobody_answers_ends_at_the_ring_timeout():
+    edge = Edge()
+    edge.send(invite(PBX), PBX)
+    (b_invite,) = edge.take(GATEWAY)
+    edge.send(answer(b_invite, 180, tag="gw", peer=GATEWAY), GATEWAY)
+    edge.take(PBX)
+    edge.advance(179)
+    assert edge.core.active_calls == 1 and not edge.cdrs
+    edge.advance(1)
+    assert finals(edge.take(PBX)) == [408]
+    assert [m.method for m in edge.take(GATEWAY)] == ["CANCEL"]
+    (cdr,) = edge.cdrs
+    assert (cdr.reason, cdr.final_code, cdr.hangup_side) == ("no_answer", 408, "edge")
+    assert edge.released == edge.acquired and edge.core.active_calls == 0
+    # The callee never answers the INVITE, not even 487 to the CANCEL: after 64*T1 the edge
+    # gives the transaction up (RFC 3261 9.1) and keeps nothing of the call.
+    edge.advance(33)
+    assert not edge.core._b_invites and not edge.core._by_b_call_id
+
+
 def test_max_call_duration_ends_both_legs():
     edge = Edge(trunks=[trunk_doc(max_call_duration=60)])
     connect_outbound(edge)
@@ -386,7 +427,8 @@ def test_digest_authenticated_call_and_wrong_password():
     (challenge,) = edge.take(STRANGER)
     assert challenge.status == 407 and not edge.cdrs
     values = challenge.headers.get_all("Proxy-Authenticate")
-    assert "SHA-256" in values[0] and "MD5" in values[1]
+    # MD5 first by default (edge.sip.digest.DEFAULT_CHALLENGE_ORDER); SHA-256 offered too.
+    assert "MD5" in values[0] and "SHA-256" in values[1]
 
     def retry(password: str, cseq: int) -> Request:
         request = invite(STRANGER)
@@ -411,6 +453,79 @@ def test_digest_authenticated_call_and_wrong_password():
     assert finals(edge.take(STRANGER)) == [403]
     assert edge.cdrs[-1].reason == "auth_failed"
     assert edge.core.stats.auth_failures_total == 1
+
+
+def digest_invite(edge: Edge, password: str = PASSWORD, **kwargs: str) -> Request:
+    """An INVITE from STRANGER carrying trunk 1's credentials for the edge's challenge."""
+    first = invite(STRANGER, **kwargs)
+    edge.send(first, STRANGER)
+    (challenge,) = edge.take(STRANGER)
+    request = invite(STRANGER, **kwargs)
+    request.headers.set("Call-ID", first.call_id)
+    request.headers.set("CSeq", "2 INVITE")
+    request.headers.add(
+        "Proxy-Authorization",
+        answer_challenge(
+            parse_challenge(challenge.headers.get_all("Proxy-Authenticate")[0]),
+            method="INVITE",
+            uri=request.uri,
+            username="pbx1",
+            password=password,
+            cnonce="c2",
+        ),
+    )
+    return request
+
+
+def hops_spent(request: Request) -> Request:
+    request.headers.set("Max-Forwards", "0")
+    return request
+
+
+def _reason(response: Response) -> str | None:
+    return response.headers.get("Reason")
+
+
+@pytest.mark.parametrize(
+    "name, snapshot, source, build, status, reason",
+    [
+        # Identified callers learn why (RFC 3326).
+        ("acl_trunk", {}, PBX, lambda e: invite(PBX, callee="+19005550100"), 403,
+         "destination_blocked"),
+        ("acl_trunk_limit", {"trunks": [trunk_doc(max_channels=0)]}, PBX,
+         lambda e: invite(PBX), 503, "channel_limit"),
+        ("acl_trunk_draining", {}, PBX, "drain", 503, "draining"),
+        ("digest_trunk", {}, STRANGER,
+         lambda e: digest_invite(e, callee="+19005550100"), 403, "destination_blocked"),
+        ("carrier", {}, GATEWAY, lambda e: invite(GATEWAY, callee="+14155550999"), 404,
+         "unknown_number"),
+        ("carrier_no_route", {"numbers": [[NUMBER, 1, None]]}, GATEWAY,
+         lambda e: invite(GATEWAY, callee=NUMBER), 480, "no_route"),
+        # Unidentified sources learn nothing more than the status.
+        ("stranger_no_digest", {"trunks": [trunk_doc(credentials=[])]}, STRANGER,
+         lambda e: invite(STRANGER), 403, None),
+        ("stranger_wrong_password", {}, STRANGER,
+         lambda e: digest_invite(e, password="wrong"), 403, None),
+        ("stranger_draining", {}, STRANGER, "drain", 503, None),
+        ("stranger_hops", {}, STRANGER, lambda e: hops_spent(invite(STRANGER)), 483, None),
+        ("acl_trunk_hops", {}, PBX, lambda e: hops_spent(invite(PBX)), 483, "too_many_hops"),
+    ],
+)  # fmt: skip
+def test_refusals_tell_identified_callers_why(name, snapshot, source, build, status, reason):
+    edge = Edge(**snapshot)
+    if build == "drain":
+        edge.core.drain()
+        request = invite(source)
+    else:
+        request = build(edge)
+    edge.send(request, source)
+    (final,) = [m for m in edge.take(source) if isinstance(m, Response) and m.status >= 200]
+    assert final.status == status
+    if reason is None:
+        assert _reason(final) is None
+    else:
+        assert _reason(final) == f'SIP ;cause={status} ;text="{reason}"'
+        assert edge.cdrs[-1].reason == reason
 
 
 def test_unanswered_challenge_ends_in_one_cdr():
@@ -466,8 +581,8 @@ def test_new_config_applies_to_new_calls_only():
     assert edge.cdrs[-1].config_version == 2
 
 
-def test_register_then_inbound_call_goes_to_the_contact():
-    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+def register_pbx(edge: Edge) -> None:
+    """Trunk 1's PBX (at STRANGER, by digest) registers its contact for 120 s."""
     register = make_request(
         "REGISTER",
         f"sip:{EDGE[0]}",
@@ -499,9 +614,54 @@ def test_register_then_inbound_call_goes_to_the_contact():
     (ok,) = edge.take(STRANGER)
     assert ok.status == 200 and "expires=120" in ok.headers.get("Contact")
 
+
+def test_register_then_inbound_call_goes_to_the_contact():
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
     edge.send(invite(GATEWAY, callee=NUMBER), GATEWAY)
     (b_invite,) = edge.take(STRANGER)
     assert b_invite.method == "INVITE" and b_invite.uri.startswith("sip:pbx1@127.0.0.99")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"trunks": [trunk_doc(registration_allowed=False)]},
+        {"trunks": [trunk_doc(registration_allowed=True, active=False)]},
+        {
+            "customers": [customer_doc(active=False)],
+            "trunks": [trunk_doc(registration_allowed=True)],
+        },
+        {"trunks": [trunk_doc(2, registration_allowed=True)], "numbers": [[NUMBER, 1, 2]]},
+    ],
+    ids=["registration_disallowed", "trunk_suspended", "customer_suspended", "trunk_deleted"],
+)
+def test_registrations_go_when_the_trunk_may_no_longer_register(change):
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
+    assert len(edge.core.registrar) == 1
+    edge.core.apply_config(compiled(version=2, **change))
+    assert len(edge.core.registrar) == 0
+    edge.send(invite(GATEWAY, callee=NUMBER), GATEWAY)
+    assert not edge.take(STRANGER)  # no call reaches the contact any more
+
+
+def test_registrations_stay_when_the_trunk_still_may_register():
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
+    edge.core.apply_config(compiled(version=2, trunks=[trunk_doc(registration_allowed=True)]))
+    assert len(edge.core.registrar) == 1
+
+
+def test_expired_registrations_are_purged_on_a_timer():
+    edge = Edge(trunks=[trunk_doc(registration_allowed=True)])
+    register_pbx(edge)
+    edge.advance(119)
+    assert len(edge.core.registrar) == 1
+    edge.advance(PURGE_INTERVAL)  # expired at 120 s; the next sweep drops it without a read
+    assert len(edge.core.registrar) == 0
+    edge.advance(10 * PURGE_INTERVAL)
+    assert edge.core.next_timer() is None  # nothing registered: no sweep armed
 
 
 class DeferredLimits(LocalLimits):
@@ -510,41 +670,48 @@ class DeferredLimits(LocalLimits):
     def __init__(self) -> None:
         super().__init__()
         self.asked: list[str] = []
-        self.released: list[str] = []
 
     def acquire(self, trunk, call_id, now, *, count_cps=True):
         self.asked.append(call_id)
         return None
 
-    def release(self, trunk_id, call_id):
-        self.released.append(call_id)
-
 
 def test_admission_decided_later():
     edge = Edge()
-    limits = edge.core.limits = DeferredLimits()
+    limits = edge.limits = DeferredLimits()
     edge.send(invite(PBX), PBX)
     assert [m.status for m in edge.take(PBX)] == [100] and not edge.take(GATEWAY)
-    edge._keep(edge.core.limit_decided(limits.asked[0], True, None, edge.now, edge.wall))
+    edge._keep(edge.core.slot_decided(SlotGranted(limits.asked[0]), edge.now, edge.wall))
     assert len(edge.take(GATEWAY)) == 1 and edge.core.active_calls == 1
 
     edge.send(invite(PBX), PBX)
     edge.take(PBX)
-    edge._keep(edge.core.limit_decided(limits.asked[1], False, "cps_limit", edge.now, edge.wall))
+    refused = SlotRefused(limits.asked[1], "cps_limit")
+    edge._keep(edge.core.slot_decided(refused, edge.now, edge.wall))
     assert finals(edge.take(PBX)) == [503] and edge.cdrs[-1].reason == "cps_limit"
+    assert edge.released == [limits.asked[1]]  # a refused slot is released too: harmless
 
 
 def test_cancel_while_the_counters_decide():
     edge = Edge()
-    limits = edge.core.limits = DeferredLimits()
+    limits = edge.limits = DeferredLimits()
     a_invite = invite(PBX)
     edge.send(a_invite, PBX)
     cancel = make_cancel(a_invite)
     edge.send(cancel, PBX)
     assert sorted(finals(edge.take(PBX))) == [200, 487]
-    assert edge.cdrs[-1].reason == "cancelled" and limits.released == limits.asked
-    edge._keep(edge.core.limit_decided(limits.asked[0], True, None, edge.now, edge.wall))
+    assert edge.cdrs[-1].reason == "cancelled" and edge.released == limits.asked
+    edge._keep(edge.core.slot_decided(SlotGranted(limits.asked[0]), edge.now, edge.wall))
     assert not edge.take(GATEWAY) and edge.core.active_calls == 0
+
+
+def test_shutdown_while_the_counters_decide_writes_the_cdr():
+    edge = Edge()
+    limits = edge.limits = DeferredLimits()
+    edge.send(invite(PBX), PBX)
+    edge._keep(edge.core.close(edge.now, edge.wall))
+    assert finals(edge.take(PBX)) == [503]
+    assert [c.reason for c in edge.cdrs] == ["shutdown"] and edge.released == limits.asked
 
 
 def test_unknown_source_is_refused_when_no_trunk_uses_digest():
@@ -644,3 +811,35 @@ def test_an_unparsable_request_is_answered_only_with_its_transaction_headers():
     without_cseq = [line for line in unparsable if not line.startswith(b"CSeq")]
     edge._keep(edge.core.datagram_received(b"\r\n".join(without_cseq), PBX, edge.now, edge.wall))
     assert not edge.take(PBX)  # a response it could not match is not worth sending
+
+
+def test_endings_are_documented():
+    from pathlib import Path
+
+    from edge.calls import ENDINGS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "edge-policy.md").read_text()
+    for reason, ending in ENDINGS.items():
+        code = "the callee's" if ending.code is None else str(ending.code)
+        row = (
+            f"| `{reason}` | {code} | {ending.phrase or '—'} | {ending.side or 'caller / callee'} |"
+        )
+        assert row in doc, reason
+
+
+def test_ends_are_counted_by_reason():
+    edge = Edge()
+    connect_outbound(edge)
+    edge.send(make_cancel(invite(PBX)), PBX)  # no such call: not counted
+    edge._keep(edge.core.close(edge.now, edge.wall))
+    assert edge.core.stats.ends_total == {"shutdown": 1}
+
+
+def test_a_body_without_content_type_is_refused_not_relayed():
+    edge = Edge()
+    request = invite(PBX)
+    request.headers.remove("Content-Type")
+    edge.send(request, PBX)
+    (refusal,) = edge.take(PBX)
+    assert (refusal.status, refusal.reason) == (400, "Missing Content-Type")
+    assert not edge.take(GATEWAY) and edge.core.active_calls == 0

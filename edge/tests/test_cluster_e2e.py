@@ -8,9 +8,9 @@ and the reason ``channel_limit`` on their CDRs, whichever edge they reached.
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,26 +18,22 @@ import pytest
 from edge.sip.message import Response, make_request, new_branch, new_tag
 from edge.sip.parser import parse_message
 from edge.tests.factories import gateway_doc, snapshot_doc, trunk_doc
+from edge.tests.redis_server import redis_server
 from edge.tests.sipp_harness import CARRIER_IP, PBX_IP, EdgeProcess, RawSipClient
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 ATTEMPTS = 30
 LIMIT = 10
+REDIS_URL = ""  # this module's own server, set by `own_redis`
+
+pytestmark = [pytest.mark.slow, pytest.mark.needs("redis")]
 
 
-def _redis_reachable() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not _redis_reachable(), reason=f"no Redis at {REDIS_URL}"),
-]
+@pytest.fixture(scope="module", autouse=True)
+def own_redis() -> Iterator[str]:
+    global REDIS_URL
+    with redis_server() as url:
+        REDIS_URL = url
+        yield url
 
 
 def _invite(edge: tuple[str, int], pbx_port: int, n: int) -> bytes:

@@ -1,4 +1,5 @@
-"""ClusterLimits against a real Redis (REDIS_URL, else 127.0.0.1:6379 DB 15).
+"""ClusterLimits against a real Redis: a redis-server of this module's own (edge/tests/
+redis_server.py), not the machine's.
 
 Each test uses its own key prefix and deletes its keys afterwards. Outages are real: a closed
 port, or a small TCP proxy in front of Redis that the test stops and restarts.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -22,25 +22,19 @@ import redis.asyncio as aioredis
 from edge.config import TrunkPolicy
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.tests.factories import compiled, trunk_doc
+from edge.tests.redis_server import redis_server
 
-# The server of REDIS_URL (default 127.0.0.1:6379), database 15 whatever the URL says.
-REDIS_URL = (
-    urlsplit(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379")._replace(path="/15").geturl()
-)
-
-
-def _redis_up() -> bool:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError):
-        return False
+REDIS_URL = ""  # this module's own server, set by `own_redis`
+pytestmark = pytest.mark.needs("redis")
 
 
-pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"no Redis reachable at {REDIS_URL}")
+@pytest.fixture(scope="module", autouse=True)
+def own_redis() -> Iterator[str]:
+    global REDIS_URL
+    with redis_server() as url:
+        REDIS_URL = url
+        yield url
+
 
 LOGGER = "edge.runtime.cluster_limits"
 

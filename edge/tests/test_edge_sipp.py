@@ -18,6 +18,7 @@ Needs the ``sipp`` binary (Debian package sip-tester; .ci/run installs it); skip
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -259,16 +260,29 @@ def test_outbound_call_from_an_acl_trunk_reaches_the_carrier(lab: Lab) -> None:
     assert [(r["target"], r["status"]) for r in record["routes"]] == [(str(GATEWAY_ID), 200)]
 
 
-MD5_FIRST = ["--digest-algorithms", "MD5,SHA-256"]
+# `manage.py runedge` in place of `python -m edge`: its defaults come from edge/options.py too.
+RUNEDGE = [sys.executable, "manage.py", "runedge"]
 
 
-def test_digest_authenticated_outbound_call(lab: Lab) -> None:
+@pytest.mark.parametrize("launcher", [None, RUNEDGE], ids=["python-m-edge", "runedge"])
+def test_digest_authenticated_outbound_call(lab: Lab, tmp_path: Path, launcher) -> None:
     """A caller outside every ACL proves trunk 1's credential (407, then INVITE with
     Proxy-Authorization). SIPp 3.6 answers MD5 only and reads only the first
-    Proxy-Authenticate, so this edge offers MD5 first (--digest-algorithms), as an operator
-    would for such clients; the default order is SHA-256 first (RFC 8760)."""
+    Proxy-Authenticate, as many deployed PBXs do: the default challenge order
+    (EDGE_DIGEST_ALGORITHMS, edge/options.py) offers MD5 first, so it authenticates against an
+    edge started with no digest option at all, by `python -m edge` or by `manage.py runedge`."""
     gateway = lab.uas("uas_basic.xml", "gateway", h.CARRIER_IP)
-    edge = lab.edge(lab_snapshot(gateway_port=gateway.local_port), extra_args=MD5_FIRST)
+    env = {  # runedge: no database to find a node in, no Redis: the edge's own defaults
+        "DEBUG": "1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'none.sqlite3'}",
+        "REDIS_URL": "",
+        "TRUNKLINE_VAR_DIR": str(tmp_path / "var"),
+    }
+    edge = lab.edge(
+        lab_snapshot(gateway_port=gateway.local_port),
+        launcher=launcher,
+        env=env if launcher else None,
+    )
     gateway.start().wait_listening()
 
     caller = lab.uac(
@@ -570,7 +584,7 @@ def test_unknown_source_is_challenged_and_wrong_credentials_refused(lab: Lab) ->
     attempt that never retries ends in one CDR (reason auth_required, final code 407) at the
     edge's challenge timeout, or when the edge shuts down, which is what this test sees."""
     gateway = lab.uas("uas_basic.xml", "gateway", h.CARRIER_IP, calls=None)
-    edge = lab.edge(lab_snapshot(gateway_port=gateway.local_port), extra_args=MD5_FIRST)
+    edge = lab.edge(lab_snapshot(gateway_port=gateway.local_port))
     gateway.start().wait_listening()
 
     anonymous = lab.uac(

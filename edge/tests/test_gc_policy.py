@@ -11,13 +11,15 @@ import pytest
 from edge.runtime.gc_policy import MIDDLE_THRESHOLD, YOUNG_THRESHOLD, GcPolicy
 from edge.sip.message import make_response
 from edge.tests.test_b2bua import GATEWAY, PBX, Edge, connect_outbound, in_dialog
+from edge.tests.virtual_time import VirtualTimeLoop
 
 
 @pytest.fixture
 def policy():
-    """A policy installed on a fresh loop; the process's collector is restored afterwards."""
+    """A policy installed on a fresh loop on a fake clock (its interval timer fires exactly
+    on time, taking no real time); the process's collector is restored afterwards."""
     threshold, was_enabled = gc.get_threshold(), gc.isenabled()
-    loop = asyncio.new_event_loop()
+    loop = VirtualTimeLoop()
     made: list[GcPolicy] = []
 
     def install(**kwargs: float) -> tuple[GcPolicy, asyncio.AbstractEventLoop]:
@@ -73,16 +75,17 @@ def test_allocation_runs_young_and_middle_collections_but_never_a_full_one(polic
 
 
 def test_full_collections_run_on_the_interval(policy):
-    gc_policy, loop = policy(full_interval=0.05)
-    loop.run_until_complete(asyncio.sleep(0.5))
-    # At most one per interval (10), and they do come (a loaded machine may delay some).
-    assert 2 <= gc_policy.collections[2] <= 10
+    gc_policy, loop = policy(full_interval=60)
+    loop.run_until_complete(asyncio.sleep(59))
+    assert gc_policy.collections[2] == 0
+    loop.run_until_complete(asyncio.sleep(600))  # 60, 120, ... 600, 660 s on the fake clock
+    assert gc_policy.collections[2] == 10
     assert gc_policy.last_full > 0
 
 
 def test_no_interval_means_no_full_collection(policy):
     gc_policy, loop = policy(full_interval=0)
-    loop.run_until_complete(asyncio.sleep(0.1))
+    loop.run_until_complete(asyncio.sleep(86_400))
     assert gc_policy.collections[2] == 0
 
 

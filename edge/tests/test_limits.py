@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from edge.limits import Limits, LocalLimits, TokenBucket
+from edge.limits import (
+    AcquireSlot,
+    Limits,
+    LocalLimits,
+    SlotGranted,
+    SlotRefused,
+    TokenBucket,
+    decide,
+)
 from edge.policy import Usage
 from edge.tests.factories import compiled, trunk_doc
 
@@ -162,3 +170,26 @@ def test_a_new_max_cps_applies_to_the_existing_bucket(new_cps: int, allowed: int
 def test_local_limits_is_a_limits() -> None:
     limits: Limits = LocalLimits()
     assert limits.active_calls(1) == 0
+
+
+def test_decide_answers_for_the_core_naming_the_limit() -> None:
+    limits = LocalLimits()
+    # max_cps 2: two outbound calls take the burst, the third finds the bucket empty.
+    assert decide(limits, AcquireSlot("a", TRUNK, True), T0) == SlotGranted("a")
+    assert decide(limits, AcquireSlot("b", TRUNK, True), T0) == SlotGranted("b")
+    assert decide(limits, AcquireSlot("c", TRUNK, True), T0) == SlotRefused("c", "cps_limit")
+    # Inbound takes no token; max_channels 3: the fourth call finds them all taken.
+    assert decide(limits, AcquireSlot("d", TRUNK, False), T0) == SlotGranted("d")
+    assert decide(limits, AcquireSlot("e", TRUNK, False), T0) == SlotRefused("e", "channel_limit")
+    assert decide(limits, AcquireSlot("f", TRUNK, True), T0 + 5) == SlotRefused(
+        "f", "channel_limit"
+    )
+    assert limits.active_calls(TRUNK.id) == 3
+
+
+def test_decide_leaves_a_later_answer_to_the_counters() -> None:
+    class Later(LocalLimits):
+        def acquire(self, trunk, call_id, now, *, count_cps=True):  # type: ignore[no-untyped-def]
+            return None
+
+    assert decide(Later(), AcquireSlot("a", TRUNK, True), T0) is None

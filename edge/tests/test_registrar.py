@@ -120,3 +120,13 @@ def test_purge_drops_expired_everywhere() -> None:
     assert registrar.purge(T0 + 61) == 2
     assert len(registrar) == 1
     assert registrar.purge(T0 + 61) == 0
+
+
+def test_retain_keeps_only_the_trunks_that_may_register() -> None:
+    registrar = Registrar()
+    for trunk_id in (1, 2, 3):
+        registrar.register(trunk_id, URI, 120, T0, source=SRC)
+    registrar.register(2, URI + ";x", 120, T0, source=SRC)
+    assert registrar.retain(lambda trunk_id: trunk_id == 1) == 3
+    assert [len(registrar.contacts(t, T0)) for t in (1, 2, 3)] == [1, 0, 0]
+    assert registrar.retain(lambda trunk_id: True) == 0 and len(registrar) == 1

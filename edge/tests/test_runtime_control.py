@@ -20,7 +20,7 @@ from edge.runtime.control import (
     save_snapshot,
     start_control_server,
 )
-from edge.tests.factories import compiled, snapshot_doc, trunk_doc
+from edge.tests.factories import compiled, customer_doc, snapshot_doc, trunk_doc
 
 TOKEN = "s3cret-token"
 
@@ -41,6 +41,7 @@ class FakeCore:
         self.stats = Stats(attempts_total=12, answers_total=9, auth_failures_total=2)
         self.stats.responses_total.update({200: 9, 486: 1, 503: 2})
         self.stats.refusals_total.update({"channel_limit": 2})
+        self.stats.ends_total.update({"normal_clearing": 7, "no_answer": 1})
         self.stats.active.update({1: 2})  # the two calls below
         self._calls = {
             "abc": {"call_id": "abc", "trunk_id": 1, "state": "answered"},
@@ -150,6 +151,7 @@ async def test_metrics_read_the_core_counters():
         "trunkline_edge_answers_total 9.0",
         'trunkline_edge_responses_total{code="486"} 1.0',
         'trunkline_edge_refusals_total{reason="channel_limit"} 2.0',
+        'trunkline_edge_call_ends_total{reason="no_answer"} 1.0',
         "trunkline_edge_auth_failures_total 2.0",
         "trunkline_edge_config_version 3.0",
         "trunkline_edge_draining 0.0",
@@ -184,7 +186,10 @@ async def test_a_snapshot_is_compiled_applied_and_saved(tmp_path):
         (b"{not json", "not JSON"),
         (b"[]", "expected an object"),
         (orjson.dumps({**snapshot_doc(version=9), "schema": 2}), "schema"),
-        (orjson.dumps(snapshot_doc(version=9, trunks=[trunk_doc(customer=99)])), "no customer"),
+        (
+            orjson.dumps(snapshot_doc(version=9, customers=[customer_doc(1), customer_doc(1)])),
+            "duplicate customer id",
+        ),
     ],
 )
 @run_async
@@ -267,3 +272,49 @@ def test_save_snapshot_replaces_atomically(tmp_path):
     save_snapshot(tmp_path, b"two")
     assert (tmp_path / SNAPSHOT_FILE).read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == [SNAPSHOT_FILE]
+
+
+def _delta(base: int, version: int, **changes) -> bytes:
+    from edge.snapshot_wire import encode_delta
+
+    return encode_delta(
+        {
+            "base_version": base,
+            "version": version,
+            "content_hash": f"hash-{version}",
+            "generated_at": None,
+            "replace": changes.pop("replace", {}),
+            "trunks": changes.pop("trunks", []),
+            "deleted_trunks": changes.pop("deleted_trunks", []),
+        }
+    )
+
+
+@run_async
+async def test_a_delta_on_the_applied_version_is_applied_and_saved_whole(tmp_path):
+    from edge.snapshot_wire import decode
+
+    control = await Control().start(state_dir=tmp_path)
+    before = control.core.config
+    data = _delta(3, 4, trunks=[trunk_doc(id=1, max_channels=7)], deleted_trunks=[2])
+    status, _, body = await control.request("POST", "/config", data)
+    assert (status, json_of(body)) == (200, {"applied_version": 4})
+    config = control.core.config
+    assert config.trunks[1].max_channels == 7 and 2 not in config.trunks
+    assert config.customers == before.customers
+    # A restart must not need the base it no longer has: what is saved is the whole document.
+    saved = decode((tmp_path / SNAPSHOT_FILE).read_bytes())
+    assert [t["id"] for t in saved["trunks"]] == [1] and saved["version"] == 4
+    assert saved["customers"] == before.source["customers"]
+    await control.stop()
+
+
+@run_async
+async def test_a_delta_on_another_version_is_412_and_changes_nothing():
+    control = await Control().start()
+    before = control.core.config
+    status, _, body = await control.request("POST", "/config", _delta(2, 4, deleted_trunks=[1]))
+    assert status == 412
+    assert json_of(body)["applied_version"] == 3
+    assert control.core.config is before and control.core.applied == []
+    await control.stop()

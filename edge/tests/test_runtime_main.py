@@ -27,19 +27,18 @@ from pathlib import Path
 import orjson
 import pytest
 
+from edge.options import (
+    ENVIRONMENT,
+    EdgeOptions,
+    UsageError,
+    build_parser,
+    host_port,
+    options_from_namespace,
+)
 from edge.runtime.control import SNAPSHOT_FILE
 from edge.runtime.events import BatchingSink
 from edge.runtime.journal import journal_files, read_journal
-from edge.runtime.main import (
-    ENVIRONMENT,
-    EdgeOptions,
-    EdgeRuntime,
-    StartupError,
-    UsageError,
-    _host_port,
-    build_parser,
-    options_from_namespace,
-)
+from edge.runtime.main import EdgeRuntime, StartupError
 from edge.sip.message import Request, Response, make_request, make_response, new_branch, new_tag
 from edge.sip.parser import parse_message
 from edge.tests.factories import NUMBER, gateway_doc, snapshot_doc
@@ -174,8 +173,8 @@ def fetch(method: str, url: str, token: str | None = TOKEN) -> tuple[int, bytes]
 
 
 def test_options_come_from_the_environment_and_the_command_line_wins(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGE_NODE", "edge-env")
-    monkeypatch.setenv("EDGE_SIP", "0.0.0.0:5070")
+    monkeypatch.setenv("EDGE_NODE_NAME", "edge-env")
+    monkeypatch.setenv("EDGE_SIP_ADDRESS", "0.0.0.0:5070")
     monkeypatch.setenv("EDGE_CONTROL_TOKEN", "from-env")
     monkeypatch.setenv("EDGE_SNAPSHOT_URL", "http://cp.test/internal/edge/snapshot")
     monkeypatch.setenv("EDGE_JOURNAL_DIR", str(tmp_path))
@@ -192,7 +191,7 @@ def test_options_come_from_the_environment_and_the_command_line_wins(monkeypatch
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--snapshot", "s.json", "--journal-dir", "j", "--token", "t"], "--node (or EDGE_NODE)"),
+        (["--snapshot", "s.json", "--journal-dir", "j", "--token", "t"], "EDGE_NODE_NAME"),
         (["--node", "n", "--snapshot", "s", "--journal-dir", "j"], "EDGE_CONTROL_TOKEN"),
         (["--node", "n", "--token", "t", "--journal-dir", "j"], "--snapshot FILE or"),
         (["--node", "n", "--token", "t", "--snapshot", "s"], "--journal-dir"),
@@ -210,10 +209,10 @@ def test_incomplete_options_say_what_is_missing(argv, message):
 
 
 def test_host_port():
-    assert _host_port("[::1]:5060", "x") == ("::1", 5060)
-    assert _host_port(":5060", "x") == ("0.0.0.0", 5060)
+    assert host_port("[::1]:5060", "x") == ("::1", 5060)
+    assert host_port(":5060", "x") == ("0.0.0.0", 5060)
     with pytest.raises(UsageError):
-        _host_port("host:99999", "x")
+        host_port("host:99999", "x")
 
 
 # --- the runtime in-process -----------------------------------------------------------------

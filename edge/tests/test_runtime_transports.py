@@ -18,6 +18,7 @@ import pytest
 
 from edge.b2bua import CallEvent, CdrReady, Transmit
 from edge.runtime.events import MemorySink
+from edge.runtime.main import _bind_sip
 from edge.runtime.transports import Dispatcher, StreamTransports, open_udp
 
 
@@ -110,10 +111,12 @@ class Harness:
         self.dispatcher = Dispatcher(
             self.core, loop=self.loop, journal=self.journal, events=self.sink
         )
-        self.udp = await open_udp(self.dispatcher, "127.0.0.1", 0)
+        # Bound as the edge binds them: UDP and TCP on one port.
+        udp_sock, tcp_sock = _bind_sip("127.0.0.1", 0)
+        self.udp = await open_udp(self.dispatcher, udp_sock)
         self.udp_port = self.udp.transport.get_extra_info("sockname")[1]
         self.streams = StreamTransports(self.dispatcher, **stream_options)
-        server = await self.streams.listen("127.0.0.1", 0)
+        server = await self.streams.listen(tcp_sock)
         self.tcp_port = server.sockets[0].getsockname()[1]
         return self
 

@@ -1,5 +1,6 @@
 """API representations of the trunking objects."""
 
+import ipaddress
 from typing import Any
 
 from django.conf import settings
@@ -7,13 +8,19 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.serializers import TenantOwnedSerializer, TenantScopedRelatedField
+from core.serializers import (
+    StrictModelSerializer,
+    StrictSerializer,
+    TenantOwnedSerializer,
+    TenantScopedRelatedField,
+)
 from core.tenancy import get_caller
 
-from .. import validators
+from .. import selectors, services, validators
 from ..models import (
     Carrier,
     CarrierGateway,
+    ConfigRevision,
     EdgeNode,
     IpAclEntry,
     OriginationUri,
@@ -30,7 +37,48 @@ def _django_to_drf(func: Any, value: Any) -> Any:
         raise serializers.ValidationError(exc.messages) from exc
 
 
+def _check(func: Any, **kwargs: Any) -> Any:
+    """A selector's check, its field errors ({field: messages}) as DRF's."""
+    try:
+        return func(**kwargs)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.message_dict) from exc
+
+
+def _is_staff(serializer: serializers.Serializer) -> bool:
+    request = serializer.context.get("request")
+    caller = get_caller(request) if request is not None else None
+    return caller is not None and caller.is_staff
+
+
+class SipEndpointSerializer(serializers.Serializer):
+    edge = serializers.CharField()
+    transport = serializers.ChoiceField(choices=["udp", "tcp", "tls"])
+    host = serializers.CharField()
+    port = serializers.IntegerField(min_value=1, max_value=65535)
+    uri = serializers.CharField(help_text="The same as a SIP URI, for a PBX's trunk settings.")
+
+
 class TrunkSerializer(TenantOwnedSerializer):
+    sip_endpoints = serializers.SerializerMethodField(
+        help_text="Where this trunk's PBX sends calls: every enabled edge, per transport."
+    )
+    carrier_source_addresses = serializers.SerializerMethodField(
+        help_text="Addresses the edges' calls come from (for firewalls)."
+    )
+
+    @extend_schema_field(SipEndpointSerializer(many=True))
+    def get_sip_endpoints(self, trunk: Trunk) -> list[dict[str, Any]]:
+        if "sip_endpoints" not in self.context:  # once per request, not per trunk
+            self.context["sip_endpoints"] = [e.as_dict() for e in selectors.edge_sip_endpoints()]
+        return list(self.context["sip_endpoints"])
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_carrier_source_addresses(self, trunk: Trunk) -> list[str]:
+        if "carrier_source_addresses" not in self.context:
+            self.context["carrier_source_addresses"] = selectors.carrier_source_addresses()
+        return list(self.context["carrier_source_addresses"])
+
     class Meta:
         model = Trunk
         fields = [
@@ -47,6 +95,8 @@ class TrunkSerializer(TenantOwnedSerializer):
             "registration_allowed",
             "default_country",
             "max_call_duration",
+            "sip_endpoints",
+            "carrier_source_addresses",
             "created_at",
             "updated_at",
         ]
@@ -54,7 +104,7 @@ class TrunkSerializer(TenantOwnedSerializer):
         read_only_fields = ["status", "created_at", "updated_at"]
 
 
-class TrunkChildSerializer(serializers.ModelSerializer):
+class TrunkChildSerializer(StrictModelSerializer):
     """Objects that hang under a trunk: the trunk must be one of the caller's."""
 
     trunk = TenantScopedRelatedField(queryset=Trunk.objects.all())
@@ -72,6 +122,18 @@ class IpAclEntrySerializer(TrunkChildSerializer):
 
     def validate_cidr(self, value: str) -> str:
         return _django_to_drf(validators.normalize_cidr, value)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Across rows: no other trunk's network, no carrier's address, not too broad.
+        if "cidr" in attrs:
+            trunk = attrs.get("trunk", getattr(self.instance, "trunk", None))
+            attrs["cidr"] = _check(
+                selectors.acl_source_check,
+                cidr=attrs["cidr"],
+                trunk_id=trunk.pk if trunk is not None else None,
+                staff=_is_staff(self),
+            )
+        return attrs
 
 
 class SipCredentialSerializer(TrunkChildSerializer):
@@ -101,7 +163,7 @@ class IssuedCredentialSerializer(SipCredentialSerializer):
     password = serializers.CharField(read_only=True, help_text="Shown once.")
 
 
-class PasswordSerializer(serializers.Serializer):
+class PasswordSerializer(StrictSerializer):
     password = serializers.CharField(required=False, min_length=12, write_only=True)
 
 
@@ -130,18 +192,12 @@ class PhoneNumberSerializer(TenantOwnedSerializer):
         ]
         read_only_fields = ["created_at", "updated_at"]
 
-    def validate_number(self, value: str) -> str:
-        number = _django_to_drf(validators.normalize_e164, value)
-        taken = PhoneNumber.objects.filter(number=number)
-        if self.instance is not None:
-            taken = taken.exclude(pk=self.instance.pk)
-        if taken.exists():
-            raise serializers.ValidationError(f"{number} already exists.")
-        return number
-
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         trunk = attrs.get("trunk", getattr(self.instance, "trunk", None))
         caller = get_caller(self.context["request"])
+        if self.instance is None and attrs.get("customer") is None and trunk is not None:
+            attrs["customer"] = trunk.customer  # staff naming only a trunk: its customer's
+        attrs = super().validate(attrs)
         customer = (
             attrs.get("customer", getattr(self.instance, "customer", None))
             if caller is None or caller.is_staff
@@ -149,10 +205,22 @@ class PhoneNumberSerializer(TenantOwnedSerializer):
         )
         if trunk is not None and customer is not None and trunk.customer_id != customer.pk:
             raise serializers.ValidationError({"trunk": "The trunk belongs to another customer."})
+        if "number" in attrs:
+            # A national number is read in the trunk's (or the customer's) default country.
+            try:
+                number = services.normalize_number(attrs["number"], trunk=trunk, customer=customer)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError({"number": exc.messages}) from exc
+            taken = PhoneNumber.objects.filter(number=number)
+            if self.instance is not None:
+                taken = taken.exclude(pk=self.instance.pk)
+            if taken.exists():
+                raise serializers.ValidationError({"number": [f"{number} already exists."]})
+            attrs["number"] = number
         return attrs
 
 
-class NumberImportRowSerializer(serializers.Serializer):
+class NumberImportRowSerializer(StrictSerializer):
     """One row of a bulk import (documentation only; rows are checked by the service)."""
 
     number = serializers.CharField()
@@ -169,26 +237,42 @@ class NumberImportRowsField(serializers.ListField):
     child = serializers.JSONField()
 
 
-class NumberImportSerializer(serializers.Serializer):
+class NumberImportSerializer(StrictSerializer):
     customer = serializers.IntegerField(required=False, help_text="Staff only: whose numbers.")
     numbers = NumberImportRowsField(allow_empty=False, max_length=100_000)
 
 
-class NumberImportErrorSerializer(serializers.Serializer):
-    index = serializers.IntegerField()
-    field = serializers.CharField(allow_null=True)
-    message = serializers.CharField()
-
-
-class NumberImportErrorsSerializer(serializers.Serializer):
-    numbers = NumberImportErrorSerializer(many=True)
-
-
 class NumberImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
+    numbers = PhoneNumberSerializer(many=True, help_text="The numbers created, with their ids.")
 
 
-class CarrierGatewaySerializer(serializers.ModelSerializer):
+class NumberListField(serializers.ListField):
+    child = serializers.CharField(max_length=40)
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "help_text",
+            "Numbers in any spelling (national ones in the trunk's "
+            "or the customer's default country).",
+        )
+        super().__init__(allow_empty=False, max_length=10_000, **kwargs)
+
+
+class NumberAssignSerializer(StrictSerializer):
+    trunk = TenantScopedRelatedField(queryset=Trunk.objects.all())
+    numbers = NumberListField()
+
+
+class NumberReleaseSerializer(StrictSerializer):
+    numbers = NumberListField()
+
+
+class NumbersSerializer(serializers.Serializer):
+    numbers = PhoneNumberSerializer(many=True)
+
+
+class CarrierGatewaySerializer(StrictModelSerializer):
     class Meta:
         model = CarrierGateway
         fields = [
@@ -205,8 +289,13 @@ class CarrierGatewaySerializer(serializers.ModelSerializer):
             "strip_plus",
         ]
 
+    def validate_host(self, value: str) -> str:
+        # Not inside any trunk's source network (the field's own rule ran first).
+        _django_to_drf(lambda host: selectors.gateway_source_check(host=host), value)
+        return value
 
-class CarrierSerializer(serializers.ModelSerializer):
+
+class CarrierSerializer(StrictModelSerializer):
     gateways = CarrierGatewaySerializer(many=True, read_only=True)
 
     class Meta:
@@ -215,21 +304,55 @@ class CarrierSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
 
-class EdgeNodeSerializer(serializers.ModelSerializer):
+class ConfigRefusalSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="trunk, acl, origination_uri, credential, number…")
+    id = serializers.JSONField(help_text="The trunk's or gateway's id, or the number.")
+    field = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class EdgeNodeSerializer(StrictModelSerializer):
     lag = serializers.SerializerMethodField(
         help_text="Config versions behind the current one (null: never applied)."
     )
+    config_refusals = serializers.SerializerMethodField(
+        help_text="What the edge left out of the version it runs (rows it refuses), the first "
+        f"{ConfigRevision.REFUSALS_KEPT}; null until that version has been checked."
+    )
+    config_refusal_count = serializers.SerializerMethodField()
 
     class Meta:
         model = EdgeNode
         fields = [
-            "id", "name", "sip_addresses", "control_url", "enabled", "applied_version", "lag",
-            "health", "last_seen", "last_push_at", "last_push_error", "created_at", "updated_at",
+            "id", "name", "sip_addresses", "public_host", "udp_port", "tcp_port", "tls_port",
+            "carrier_source_ips", "control_url", "enabled", "applied_version", "lag",
+            "health", "last_seen", "last_push_at", "last_push_error", "config_refusals",
+            "config_refusal_count", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = [
             "applied_version", "health", "last_seen", "last_push_at", "last_push_error",
             "created_at", "updated_at",
         ]  # fmt: skip
+
+    def _revision(self, node: EdgeNode) -> tuple[list[Any], int] | None:
+        return self.context.get("config_refusals", {}).get(node.applied_version)
+
+    @extend_schema_field(ConfigRefusalSerializer(many=True, allow_null=True))
+    def get_config_refusals(self, node: EdgeNode) -> list[Any] | None:
+        checked = self._revision(node)
+        return checked[0] if checked is not None else None
+
+    def get_config_refusal_count(self, node: EdgeNode) -> int | None:
+        checked = self._revision(node)
+        return checked[1] if checked is not None else None
+
+    def validate_carrier_source_ips(self, value: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise serializers.ValidationError("Give a list of IP addresses.")
+        try:
+            return [str(ipaddress.ip_address(str(a).strip())) for a in value]
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
     def get_lag(self, node: EdgeNode) -> int | None:
         current = self.context.get("config_version")

@@ -3,6 +3,7 @@
 import contextlib
 from typing import Any
 
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -12,7 +13,9 @@ from rest_framework.response import Response
 
 from accounts.api.serializers import ReasonSerializer
 from accounts.models import Customer
+from core.exceptions import error_body
 from core.permissions import TenantPermission
+from core.schema import ERROR, FORCE_PARAMETER
 from core.tenancy import get_caller
 from core.viewsets import TenantScopedViewSet
 
@@ -57,6 +60,27 @@ class TrunkViewSet(TenantScopedViewSet):
         trunk = service(actor=self.caller, trunk=self.get_object(), **reason.validated_data)
         return Response(self.get_serializer(trunk).data)
 
+    @extend_schema(parameters=[FORCE_PARAMETER])
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Delete the trunk with its ACL entries, credentials and origination URIs. A trunk that
+        still routes numbers answers 409 unless staff add ``?force=true`` (its numbers are then
+        unassigned)."""
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance: Trunk) -> None:
+        services.trunk_delete(actor=self.caller, trunk=instance, force=self.force_requested())
+
+    @extend_schema(request=None, responses=s.PhoneNumberSerializer(many=True), filters=False)
+    @action(detail=True, methods=["get"], filterset_class=None, ordering_fields=None)
+    def numbers(self, request: Request, pk: str | None = None) -> Response:
+        """The trunk's numbers (paginated): what the edge routes to this trunk."""
+        trunk = self.get_object()
+        numbers = self.caller.scope(PhoneNumber.objects.filter(trunk=trunk)).order_by("number")
+        context = self.get_serializer_context()
+        page = self.paginate_queryset(numbers)
+        data = s.PhoneNumberSerializer(page, many=True, context=context).data
+        return self.get_paginated_response(data)
+
     @extend_schema(request=ReasonSerializer, responses=s.TrunkSerializer)
     @action(detail=True, methods=["post"])
     def suspend(self, request: Request, pk: str | None = None) -> Response:
@@ -69,7 +93,20 @@ class TrunkViewSet(TenantScopedViewSet):
         return self._set_status(request, services.trunk_resume)
 
 
-class IpAclEntryViewSet(TenantScopedViewSet):
+class SourceAddressWrites:
+    """Validation and write in one transaction: the source-address check takes a lock that
+    keeps two writers from both passing it before either has written (trunking/selectors.py)."""
+
+    @transaction.atomic
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().create(request, *args, **kwargs)  # type: ignore[misc]
+
+    @transaction.atomic
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().update(request, *args, **kwargs)  # type: ignore[misc]
+
+
+class IpAclEntryViewSet(SourceAddressWrites, TenantScopedViewSet):
     queryset = IpAclEntry.objects.all()
     serializer_class = s.IpAclEntrySerializer
     filterset_class = IpAclEntryFilterSet
@@ -131,7 +168,7 @@ class PhoneNumberViewSet(TenantScopedViewSet):
         request=s.NumberImportSerializer,
         responses={
             201: s.NumberImportResultSerializer,
-            400: OpenApiResponse(s.NumberImportErrorsSerializer, "Every bad row; nothing written."),
+            400: OpenApiResponse(ERROR, "Every bad row under `rows`; nothing written."),
         },
     )
     @action(detail=False, methods=["post"], url_path="import")
@@ -150,8 +187,64 @@ class PhoneNumberViewSet(TenantScopedViewSet):
                 actor=self.caller, customer=customer, rows=body.validated_data["numbers"]
             )
         except services.NumberImportError as exc:
-            return Response({"numbers": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
-        return Response({"created": len(created)}, status=status.HTTP_201_CREATED)
+            return _rows_invalid(exc)
+        numbers = s.PhoneNumberSerializer(created, many=True, context=self.get_serializer_context())
+        return Response(
+            {"created": len(created), "numbers": numbers.data}, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(
+        request=s.NumberAssignSerializer,
+        responses={
+            200: s.NumbersSerializer,
+            400: OpenApiResponse(ERROR, "Every bad entry under `rows`; nothing changed."),
+        },
+    )
+    @action(detail=False, methods=["post"])
+    def assign(self, request: Request) -> Response:
+        """Route a list of the customer's numbers (any spelling) to one trunk, all or nothing;
+        each change is audited."""
+        body = s.NumberAssignSerializer(data=request.data, context=self.get_serializer_context())
+        body.is_valid(raise_exception=True)
+        try:
+            numbers = services.numbers_assign(actor=self.caller, **body.validated_data)
+        except services.NumberImportError as exc:
+            return _rows_invalid(exc)
+        return self._numbers(numbers)
+
+    @extend_schema(
+        request=s.NumberReleaseSerializer,
+        responses={
+            200: s.NumbersSerializer,
+            400: OpenApiResponse(ERROR, "Every bad entry under `rows`; nothing changed."),
+        },
+    )
+    @action(detail=False, methods=["post"])
+    def release(self, request: Request) -> Response:
+        """Unassign a list of numbers from their trunks, all or nothing (they stay the
+        customer's; inbound calls to them are refused until assigned again); audited."""
+        body = s.NumberReleaseSerializer(data=request.data, context=self.get_serializer_context())
+        body.is_valid(raise_exception=True)
+        try:
+            numbers = services.numbers_release(
+                actor=self.caller, customer=self.caller.customer, **body.validated_data
+            )
+        except services.NumberImportError as exc:
+            return _rows_invalid(exc)
+        return self._numbers(numbers)
+
+    def _numbers(self, numbers: list[PhoneNumber]) -> Response:
+        context = self.get_serializer_context()
+        return Response(
+            {"numbers": s.PhoneNumberSerializer(numbers, many=True, context=context).data}
+        )
+
+
+def _rows_invalid(exc: services.NumberImportError) -> Response:
+    """The one error shape, with each bad row or entry under ``rows``."""
+    count = len({e["index"] for e in exc.errors})
+    detail = f"{count} invalid entr{'y' if count == 1 else 'ies'}; nothing was written."
+    return Response(error_body(400, detail, rows=exc.errors), status=status.HTTP_400_BAD_REQUEST)
 
 
 class CarrierViewSet(TenantScopedViewSet):
@@ -163,7 +256,7 @@ class CarrierViewSet(TenantScopedViewSet):
     ordering_fields = ["name"]
 
 
-class CarrierGatewayViewSet(TenantScopedViewSet):
+class CarrierGatewayViewSet(SourceAddressWrites, TenantScopedViewSet):
     staff_only = True
     queryset = CarrierGateway.objects.select_related("carrier")
     serializer_class = s.CarrierGatewaySerializer
@@ -185,7 +278,18 @@ class EdgeNodeViewSet(TenantScopedViewSet):
 
     def get_serializer_context(self) -> dict[str, Any]:
         latest = ConfigRevision.objects.order_by("-id").values_list("id", flat=True).first()
-        return {**super().get_serializer_context(), "config_version": latest}
+        # What each applied version leaves out, for every edge on the page in one query.
+        checked = {
+            pk: (refusals, count)
+            for pk, refusals, count in ConfigRevision.objects.filter(
+                pk__in=EdgeNode.objects.values("applied_version"), refusal_count__isnull=False
+            ).values_list("id", "refusals", "refusal_count")
+        }
+        return {
+            **super().get_serializer_context(),
+            "config_version": latest,
+            "config_refusals": checked,
+        }
 
     def after_write(self, instance: EdgeNode) -> None:
         request_config_push()  # a new or re-enabled edge gets the current config

@@ -32,6 +32,7 @@ from trunking.tokens import edge_node_token
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
+    pytest.mark.needs("redis", "postgres"),
     pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (a real Celery broker)"),
 ]
 

@@ -11,8 +11,11 @@ def test_import_creates_all(api_as, trunk):
     ]
     response = api_as("owner").post("/api/v1/numbers/import/", {"numbers": rows})
     assert response.status_code == 201, response.content
-    assert response.json() == {"created": 30}
-    assert PhoneNumber.objects.filter(customer=trunk.customer, trunk=trunk).count() == 30
+    body = response.json()
+    assert body["created"] == 30
+    stored = PhoneNumber.objects.filter(customer=trunk.customer, trunk=trunk)
+    assert {(n["id"], n["number"]) for n in body["numbers"]} == {(n.pk, n.number) for n in stored}
+    assert stored.count() == 30
     assert AuditEntry.objects.filter(action="import").count() == 30
 
 
@@ -29,7 +32,8 @@ def test_import_reports_every_bad_row_and_writes_nothing(api_as, trunk, other_tr
     ]
     response = api_as("owner").post("/api/v1/numbers/import/", {"numbers": rows}, format="json")
     assert response.status_code == 400, response.content
-    errors = [(e["index"], e["field"]) for e in response.json()["numbers"]]
+    assert response.json()["code"] == "invalid"  # the API's one error shape
+    errors = [(e["index"], e["field"]) for e in response.json()["rows"]]
     assert errors == [
         (1, "number"),
         (2, "trunk"),

@@ -14,7 +14,7 @@ def pushes(monkeypatch) -> list[int]:
     """Counts the pushes that would be queued (the queueing itself is tested end to end)."""
     queued: list[int] = []
 
-    def enqueue() -> None:
+    def enqueue(keys: set[str]) -> None:
         queued.append(1)
 
     monkeypatch.setattr(push, "_enqueue_push", enqueue)
@@ -87,8 +87,8 @@ def test_edge_push_records_the_version_an_edge_reports(edge_node):
     finally:
         server.shutdown()
     edge_node.refresh_from_db()
-    # It answered: reachable, but the refusal is on record.
-    assert edge_node.applied_version == 9 and edge_node.health == "ok"
+    # It answered but refused: failing, with the refusal on record.
+    assert edge_node.applied_version == 9 and edge_node.health == "failing"
     assert "HTTP 400" in edge_node.last_push_error
     edge_node.control_url = "http://127.0.0.1:9"  # nothing listens there
     with pytest.raises(EdgePushError):

@@ -29,6 +29,16 @@ from trunking.models import (
 DEMO_CUSTOMER = "Demo Telecom"
 DEMO_NUMBERS = ["+14155550100", "+14155550101", "+14155550102", "+442079460000"]
 
+# Loopback is all of 127.0.0.0/8: one address per role, so that the edge (127.0.0.1) tells the
+# demo PBX's outbound calls from the demo carrier's inbound ones by source address, as it does
+# in production. README "Place your first call" sends SIPp calls from these addresses.
+DEMO_PBX_IP = "127.0.0.2"  # the demo trunk's ACL; its origination URI listens here too
+DEMO_PBX_PORT = 5090  # where the edge sends the demo DIDs' inbound calls
+DEMO_CARRIER_IP = "127.0.0.3"  # the demo carrier's gateway (and the source of inbound calls)
+DEMO_CARRIER_PORT = 5080
+# Addresses earlier versions seeded, which made the PBX's calls look like the carrier's.
+_OLD_DEMO_IP = "127.0.0.1"
+
 
 class Command(BaseCommand):
     help = "Create the demo data set (idempotent). Secrets are printed only when issued."
@@ -68,11 +78,13 @@ class Command(BaseCommand):
                 "blocked_prefixes": ["+1900"],
             },
         )
+        IpAclEntry.objects.filter(trunk=trunk, cidr=f"{_OLD_DEMO_IP}/32").delete()
         IpAclEntry.objects.get_or_create(
-            trunk=trunk, cidr="127.0.0.1/32", defaults={"description": "local PBX"}
+            trunk=trunk, cidr=f"{DEMO_PBX_IP}/32", defaults={"description": "demo PBX"}
         )
+        OriginationUri.objects.filter(trunk=trunk, uri=f"sip:{_OLD_DEMO_IP}:5090").delete()
         OriginationUri.objects.get_or_create(
-            trunk=trunk, uri="sip:127.0.0.1:5090", defaults={"priority": 10}
+            trunk=trunk, uri=f"sip:{DEMO_PBX_IP}:{DEMO_PBX_PORT}", defaults={"priority": 10}
         )
         if reset_secrets:
             SipCredential.objects.filter(trunk=trunk, username="demo-pbx").delete()
@@ -89,8 +101,9 @@ class Command(BaseCommand):
             )
 
         carrier, _ = Carrier.objects.get_or_create(name="Demo Carrier")
+        CarrierGateway.objects.filter(carrier=carrier, host=_OLD_DEMO_IP).delete()
         CarrierGateway.objects.get_or_create(
-            carrier=carrier, host="127.0.0.1", port=5080, transport="udp"
+            carrier=carrier, host=DEMO_CARRIER_IP, port=DEMO_CARRIER_PORT, transport="udp"
         )
 
         demo_keys = ApiKey.objects.filter(customer=customer, name="demo", revoked_at__isnull=True)
@@ -108,6 +121,12 @@ class Command(BaseCommand):
                 f"Demo data ready: customer '{customer}', trunk '{trunk.name}', "
                 f"{len(DEMO_NUMBERS)} numbers, carrier '{carrier}'."
             )
+        )
+        self.stdout.write(
+            f"Demo addresses (loopback): PBX {DEMO_PBX_IP} (trunk ACL; inbound calls to "
+            f"sip:{DEMO_PBX_IP}:{DEMO_PBX_PORT}), carrier gateway "
+            f"{DEMO_CARRIER_IP}:{DEMO_CARRIER_PORT}; demo DIDs {', '.join(DEMO_NUMBERS)}. "
+            "README: 'Place your first call'."
         )
         if issued:
             self.stdout.write(self.style.WARNING("Secrets, shown once — copy them now:"))

@@ -1,7 +1,8 @@
 """Run the whole platform on one machine: what `make run` starts.
 
 One event loop serves the web app (uvicorn: admin, API, WebSockets) and the SIP edge (the
-embedded default of DESIGN.md). The edge is the `EdgeNode` named ``EDGE_NODE_NAME`` (default
+embedded default of DESIGN.md). The edge reads the same EDGE_* variables as ``runedge`` and
+``python -m edge`` (`edge.options`); it is the `EdgeNode` named ``EDGE_NODE_NAME`` (default
 "embedded"), created on first start; it pulls its snapshot from this web app and receives
 config pushes on its control API like any other edge.
 
@@ -14,6 +15,7 @@ In production each of these is its own process (see docker-compose.yml).
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import subprocess
@@ -26,9 +28,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from billing.services import cdr_batches_ingest_in_process
+from billing.tasks import cdr_partitions_ensure
+from edge.options import EdgeOptions, UsageError, options_from_environment
 from edge.runtime.control import ControlServer
 from edge.runtime.events import BatchingSink
-from edge.runtime.main import EdgeOptions, EdgeRuntime, StartupError
+from edge.runtime.main import EdgeRuntime, StartupError
 from trunking.live import deliver_batch
 from trunking.models import EdgeNode
 from trunking.tasks import reconcile_edges
@@ -37,9 +42,9 @@ from trunking.tokens import edge_node_token
 logger = logging.getLogger(__name__)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Command(BaseCommand):
@@ -66,26 +71,27 @@ class Command(BaseCommand):
         return subprocess.Popen([*command, "--loglevel", "INFO", "--schedule", str(schedule)])
 
     def _edge_options(self, port: int) -> EdgeOptions:
-        node, _ = EdgeNode.objects.get_or_create(
-            name=settings.EDGE_NODE_NAME or "embedded",
+        """The edge's options as runedge and ``python -m edge`` read them (`edge.options`:
+        the same EDGE_* variables), over this process's defaults; the token is the node's."""
+        options = options_from_environment(
             defaults={
-                "control_url": f"http://{settings.EDGE_CONTROL_ADDRESS}",
-                "sip_addresses": [settings.EDGE_SIP_ADDRESS],
+                "node": "embedded",
+                "token": "-",  # replaced by the node's own below
+                "snapshot_url": f"http://127.0.0.1:{port}/internal/edge/snapshot",
+                "journal_dir": str(Path(settings.VAR_DIR) / "cdr"),
+                "state_dir": str(Path(settings.VAR_DIR) / "edge"),
+                "redis_url": settings.REDIS_URL,
+                "limit_share": max(EdgeNode.objects.filter(enabled=True).count(), 1),
+            }
+        )
+        node, _ = EdgeNode.objects.get_or_create(
+            name=options.node,
+            defaults={
+                "control_url": f"http://{_address(options.control)}",
+                "sip_addresses": [_address(options.sip)],
             },
         )
-        return EdgeOptions(
-            node=node.name,
-            sip=_host_port(settings.EDGE_SIP_ADDRESS),
-            control=_host_port(settings.EDGE_CONTROL_ADDRESS),
-            token=edge_node_token(node),
-            journal_dir=Path(settings.EDGE_JOURNAL_DIR),
-            snapshot_url=f"http://127.0.0.1:{port}/internal/edge/snapshot",
-            state_dir=Path(settings.VAR_DIR) / "edge",
-            cdr_batch_size=settings.EDGE_CDR_BATCH_SIZE,
-            cdr_flush_interval=settings.EDGE_CDR_FLUSH_INTERVAL,
-            redis_url=settings.REDIS_URL or None,
-            limit_share=max(EdgeNode.objects.filter(enabled=True).count(), 1),
-        )
+        return dataclasses.replace(options, token=edge_node_token(node))
 
     async def _serve(self, host: str, port: int, *, edge: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -106,13 +112,18 @@ class Command(BaseCommand):
         )
         runtime = None
         if edge:
-            options = await sync_to_async(self._edge_options)(port)
-            # Live call events straight to the channel layer on this loop (trunking/live.py).
-            runtime = EdgeRuntime(options, events=BatchingSink(deliver_batch, node=options.node))
+            # Without Redis, CDRs go from the journal into the database in-process; live call
+            # events go straight to the channel layer on this loop (trunking/live.py).
             try:
+                options = await sync_to_async(self._edge_options)(port)
+                runtime = EdgeRuntime(
+                    options,
+                    events=BatchingSink(deliver_batch, node=options.node),
+                    cdr_ingest=cdr_batches_ingest_in_process,
+                )
                 await runtime.start()
                 self.stdout.write(runtime.ready_line())
-            except StartupError as error:
+            except (StartupError, UsageError) as error:
                 self.stderr.write(f"The SIP edge did not start: {error}")
                 runtime = None
         reconcile = None
@@ -129,7 +140,10 @@ class Command(BaseCommand):
         await web_task
 
     async def _reconcile_forever(self) -> None:
-        """What Celery beat does in production: keep every edge on the current version."""
+        """What Celery beat does in production: keep every edge on the current version (and
+        the CDR table's monthly partitions made ahead, on PostgreSQL)."""
+        with contextlib.suppress(Exception):  # rows without a partition wait in the default one
+            await sync_to_async(cdr_partitions_ensure, thread_sensitive=False)()
         while True:
             await asyncio.sleep(settings.CELERY_BEAT_SCHEDULE["reconcile-edges"]["schedule"])
             with contextlib.suppress(Exception):  # logged by the task; try again next round

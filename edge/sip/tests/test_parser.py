@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from edge.sip import RemoteProtocolError, Request, Response, StreamParser, parse_message
+from edge.sip import (
+    FramingError,
+    RemoteProtocolError,
+    Request,
+    Response,
+    StreamParser,
+    parse_message,
+)
 from edge.sip.tests.samples import ALL_SAMPLES, BYE, CALL_FLOW, INVITE, OPTIONS, TRYING
 
 SAMPLES = sorted(ALL_SAMPLES)
@@ -147,36 +154,65 @@ def test_stream_skips_crlf_keep_alives_between_messages() -> None:
     assert feed_in_chunks(data, len(data)) == [OPTIONS, BYE]
 
 
+def only_error(items: list[object]) -> FramingError:
+    assert len(items) == 1 and isinstance(items[0], FramingError), items
+    return items[0]
+
+
 def test_stream_requires_content_length() -> None:
     without_length = OPTIONS.replace(b"Content-Length: 0\r\n", b"")
-    with pytest.raises(RemoteProtocolError, match="Content-Length") as raised:
-        StreamParser().feed(without_length)
-    assert raised.value.status_hint == 400
+    error = only_error(StreamParser().feed(without_length))
+    assert "Content-Length" in error.reason
+    assert (error.status_hint, error.fatal) == (400, True)
+    assert error.head == without_length[: without_length.index(b"\r\n\r\n")]
 
 
 def test_stream_bounds_the_head() -> None:
     stream = StreamParser(max_size=1000)
-    stream.feed(b"OPTIONS sip:a@b SIP/2.0\r\n")
-    with pytest.raises(RemoteProtocolError) as raised:
-        for _ in range(100):
-            stream.feed(b"X-Filler: " + b"x" * 50 + b"\r\n")
-    assert raised.value.status_hint == 513
+    assert stream.feed(b"OPTIONS sip:a@b SIP/2.0\r\n") == []
+    items: list[object] = []
+    for _ in range(100):
+        items += stream.feed(b"X-Filler: " + b"x" * 50 + b"\r\n")
+    error = only_error(items)
+    assert (error.status_hint, error.fatal) == (513, True)
+    assert len(error.head) <= 1000
 
 
 def test_stream_bounds_the_body() -> None:
     huge = OPTIONS.replace(b"Content-Length: 0", b"Content-Length: 99999999999")
-    with pytest.raises(RemoteProtocolError) as raised:
-        StreamParser().feed(huge)
-    assert raised.value.status_hint == 413
+    error = only_error(StreamParser().feed(huge))
+    assert (error.status_hint, error.fatal) == (413, True)
 
 
-def test_stream_stays_failed_after_an_error() -> None:
+def test_stream_stays_failed_after_a_fatal_error() -> None:
     stream = StreamParser()
-    with pytest.raises(RemoteProtocolError) as first:
-        stream.feed(b"NOT A SIP MESSAGE\r\n\r\n")
-    with pytest.raises(RemoteProtocolError) as second:
-        stream.feed(OPTIONS)
-    assert second.value is first.value
+    assert only_error(stream.feed(b"NOT A SIP MESSAGE\r\n\r\n")).fatal
+    assert stream.feed(OPTIONS) == []
+
+
+def test_stream_delivers_the_valid_message_before_garbage() -> None:
+    items = StreamParser().feed(OPTIONS + b"GARBAGE\r\n\r\n")
+    assert [bytes(m) for m in items[:1]] == [OPTIONS]
+    assert only_error(items[1:]).fatal
+
+
+def test_stream_skips_a_malformed_message_whose_length_is_known() -> None:
+    body = b"v=0\r\n"
+    bad = (
+        b" OPTIONS  sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    data = OPTIONS + bad + BYE
+    for chunk_size in (1, 7, len(data)):
+        stream = StreamParser()
+        chunks = [data[at : at + chunk_size] for at in range(0, len(data), chunk_size)]
+        items = [item for chunk in chunks for item in stream.feed(chunk)]
+        assert len(items) == 3
+        assert bytes(items[0]) == OPTIONS and bytes(items[2]) == BYE  # type: ignore[arg-type]
+        error = items[1]
+        assert isinstance(error, FramingError) and not error.fatal
+        assert error.status_hint == 400
+        assert error.head.startswith(b" OPTIONS  sip:a@b SIP/2.0\r\nVia:")
 
 
 def test_stream_parses_bare_lf_messages() -> None:

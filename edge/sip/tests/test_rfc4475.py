@@ -1,8 +1,9 @@
 """RFC 4475 torture messages: what the parser returns and what the edge answers, file by file.
 
 Each row states the status hint `parse_message` raises (None: it parses), the one
-`validate_for_proxy` raises on the parsed message (None: a proxy can use it), and what the
-edge puts on the wire per the RFC's section for that message. Parsed messages also get a few
+`validate_for_proxy` raises on the parsed message (None: a proxy can use it), and the final
+status a running edge puts on the wire (None: none), which edge/tests/test_wire_conformance.py
+checks against a real `python -m edge` over UDP and TCP. Parsed messages also get a few
 assertions of what was read.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from edge.sip import (
+    FramingError,
     RemoteProtocolError,
     Request,
     Response,
@@ -31,64 +33,108 @@ TORTURE_DIR = Path("/work/shared/conformance/rfc4475")
 class Expectation:
     parse_error: int | None
     validate_error: int | None
+    # The final status a running edge answers over UDP (None: silence); asserted on the wire,
+    # over UDP and TCP, by edge/tests/test_wire_conformance.py.
+    wire: int | None
     edge_answer: str
 
 
 EXPECTATIONS: dict[str, Expectation] = {
     # 3.1.1 valid messages: all parse and validate.
-    "wsinv": Expectation(None, None, "processes it (3.1.1.1)"),
-    "intmeth": Expectation(None, None, "405 for the unknown method (3.1.1.2)"),
-    "esc01": Expectation(None, None, "processes it; compares unescaped URIs (3.1.1.3)"),
-    "escnull": Expectation(None, None, "processes it; %00 stays escaped (3.1.1.4)"),
-    "esc02": Expectation(None, None, "405: RE%47IST%45R is not REGISTER (3.1.1.5)"),
-    "lwsdisp": Expectation(None, None, "processes it (3.1.1.6)"),
-    "longreq": Expectation(None, None, "processes it (3.1.1.7)"),
-    "dblreq": Expectation(None, None, "REGISTER only; trailing datagram bytes ignored (3.1.1.8)"),
-    "semiuri": Expectation(None, None, "processes it; ';' belongs to the user part (3.1.1.9)"),
-    "transports": Expectation(None, None, "processes it (3.1.1.10)"),
-    "mpart01": Expectation(None, None, "processes it; binary body kept as is (3.1.1.11)"),
-    "unreason": Expectation(None, None, "response used as a 200 (3.1.1.12)"),
-    "noreason": Expectation(None, None, "response used as a 100 (3.1.1.13)"),
+    "wsinv": Expectation(
+        None, None, 481, "481: in-dialog (To tag), no such dialog; every odd header read (3.1.1.1)"
+    ),
+    "intmeth": Expectation(None, None, 405, "405 for the unknown method (3.1.1.2)"),
+    "esc01": Expectation(
+        None, None, 484, "484: read whole, the callee is not a number the edge routes (3.1.1.3)"
+    ),
+    "escnull": Expectation(
+        None, None, 401, "401: the registrar challenges; %00 stays escaped (3.1.1.4)"
+    ),
+    "esc02": Expectation(None, None, 405, "405: RE%47IST%45R is not REGISTER (3.1.1.5)"),
+    "lwsdisp": Expectation(None, None, 200, "200 (3.1.1.6)"),
+    "longreq": Expectation(
+        None, None, 484, "484: read whole, the callee is not a number the edge routes (3.1.1.7)"
+    ),
+    "dblreq": Expectation(
+        None, None, 401, "401 to the REGISTER; trailing datagram bytes ignored (3.1.1.8)"
+    ),
+    "semiuri": Expectation(None, None, 200, "200; ';' belongs to the user part (3.1.1.9)"),
+    "transports": Expectation(None, None, 200, "200 (3.1.1.10)"),
+    "mpart01": Expectation(None, None, 405, "405 for MESSAGE; binary body kept as is (3.1.1.11)"),
+    "unreason": Expectation(
+        None, None, None, "response dropped: it matches no transaction (3.1.1.12)"
+    ),
+    "noreason": Expectation(
+        None, None, None, "response dropped: it matches no transaction (3.1.1.13)"
+    ),
     # 3.1.2 invalid messages: rejected where a proxy has to read the broken part.
-    "badinv01": Expectation(None, 400, "400: empty Via and Contact parameters (3.1.2.1)"),
-    "clerr": Expectation(400, None, "400 on UDP; on a stream it waits for more bytes (3.1.2.2)"),
-    "ncl": Expectation(400, None, "400: negative Content-Length (3.1.2.3)"),
-    "scalar02": Expectation(None, 400, "400: CSeq beyond 2**32-1 (3.1.2.4)"),
-    "scalarlg": Expectation(None, 400, "drops the response: CSeq overflow (3.1.2.5)"),
-    "quotbal": Expectation(None, 400, "400: unterminated quote in To (3.1.2.6)"),
-    "ltgtruri": Expectation(None, 400, "400: <> around the Request-URI (3.1.2.7)"),
-    "lwsruri": Expectation(400, None, "400: space inside the Request-URI (3.1.2.8)"),
-    "lwsstart": Expectation(400, None, "400: several spaces in the request line (3.1.2.9)"),
-    "trws": Expectation(400, None, "400: trailing spaces after SIP/2.0 (3.1.2.10)"),
-    "escruri": Expectation(None, 400, "400: headers in the Request-URI (3.1.2.11)"),
-    "baddate": Expectation(None, None, "processes it: the edge never reads Date (3.1.2.12)"),
-    "regbadct": Expectation(None, 400, "400: addr-spec with '?' outside <> (3.1.2.13)"),
-    "badaspec": Expectation(None, 400, "400: spaces inside <> in To (3.1.2.14)"),
-    "baddn": Expectation(None, 400, "400: unquoted ',' in the display name (3.1.2.15)"),
-    "badvers": Expectation(505, None, "505 Version Not Supported (3.1.2.16)"),
-    "mismatch01": Expectation(None, 400, "400: CSeq method is not the method (3.1.2.17)"),
-    "mismatch02": Expectation(None, 400, "400: CSeq method is not the method (3.1.2.18)"),
-    "bigcode": Expectation(400, None, "drops the response: status code not 3 digits (3.1.2.19)"),
+    "badinv01": Expectation(None, 400, 400, "400: empty Via and Contact parameters (3.1.2.1)"),
+    "clerr": Expectation(
+        400, None, 400, "400 on UDP; on a stream it waits for more bytes (3.1.2.2)"
+    ),
+    "ncl": Expectation(400, None, 400, "400: negative Content-Length (3.1.2.3)"),
+    "scalar02": Expectation(None, 400, 400, "400: CSeq beyond 2**32-1 (3.1.2.4)"),
+    "scalarlg": Expectation(None, 400, None, "response dropped: CSeq overflow (3.1.2.5)"),
+    "quotbal": Expectation(None, 400, 400, "400: unterminated quote in To (3.1.2.6)"),
+    "ltgtruri": Expectation(None, 400, 400, "400: <> around the Request-URI (3.1.2.7)"),
+    "lwsruri": Expectation(400, None, 400, "400: space inside the Request-URI (3.1.2.8)"),
+    "lwsstart": Expectation(400, None, 400, "400: several spaces in the request line (3.1.2.9)"),
+    "trws": Expectation(400, None, 400, "400: trailing spaces after SIP/2.0 (3.1.2.10)"),
+    "escruri": Expectation(None, 400, 400, "400: headers in the Request-URI (3.1.2.11)"),
+    "baddate": Expectation(
+        None, None, 484, "484: the edge never reads Date; the callee is not routable (3.1.2.12)"
+    ),
+    "regbadct": Expectation(None, 400, 400, "400: addr-spec with '?' outside <> (3.1.2.13)"),
+    "badaspec": Expectation(None, 400, 400, "400: spaces inside <> in To (3.1.2.14)"),
+    "baddn": Expectation(None, 400, 400, "400: unquoted ',' in the display name (3.1.2.15)"),
+    "badvers": Expectation(505, None, 505, "505 Version Not Supported (3.1.2.16)"),
+    "mismatch01": Expectation(None, 400, 400, "400: CSeq method is not the method (3.1.2.17)"),
+    "mismatch02": Expectation(None, 400, 400, "400: CSeq method is not the method (3.1.2.18)"),
+    "bigcode": Expectation(
+        400, None, None, "response dropped: status code not 3 digits (3.1.2.19)"
+    ),
     # 3.2 transaction layer.
-    "badbranch": Expectation(None, None, "transaction layer: 400 or RFC 2543 matching (3.2.1)"),
+    "badbranch": Expectation(None, None, 200, "200: RFC 2543 matching for the bare branch (3.2.1)"),
     # 3.3 application layer: well-formed; the edge refuses most of them itself.
-    "insuf": Expectation(None, 400, "400: missing Call-ID, From and To (3.3.1)"),
-    "unkscm": Expectation(None, 416, "416 Unsupported URI Scheme (3.3.2)"),
-    "novelsc": Expectation(None, 416, "416: soap.beep is never routable by us (3.3.3)"),
-    "unksm2": Expectation(None, None, "registrar answers 400: To is not a SIP AOR (3.3.4)"),
-    "bext01": Expectation(None, None, "420 Bad Extension with Unsupported (3.3.5)"),
-    "invut": Expectation(None, None, "415 Unsupported Media Type with Accept (3.3.6)"),
-    "regaut01": Expectation(None, None, "401 with a Digest challenge (3.3.7)"),
-    "multi01": Expectation(None, 400, "400: single-valued headers repeated (3.3.8)"),
-    "mcl01": Expectation(400, None, "400: two Content-Length values, framing unknown (3.3.9)"),
-    "bcast": Expectation(None, None, "response handled; broadcast Via never used (3.3.10)"),
-    "zeromf": Expectation(None, None, "483 Too Many Hops (3.3.11)"),
-    "cparam01": Expectation(None, None, "processes it; unknownparam is a header param (3.3.12)"),
-    "cparam02": Expectation(None, None, "processes it; unknownparam is a URI param (3.3.13)"),
-    "regescrt": Expectation(None, None, "registers the contact with its escaped header (3.3.14)"),
-    "sdp01": Expectation(None, None, "406 Not Acceptable: SDP not in Accept (3.3.15)"),
+    "insuf": Expectation(None, 400, 400, "400: missing Call-ID, From and To (3.3.1)"),
+    "unkscm": Expectation(None, 416, 416, "416 Unsupported URI Scheme (3.3.2)"),
+    "novelsc": Expectation(None, 416, 416, "416: soap.beep is never routable by us (3.3.3)"),
+    "unksm2": Expectation(
+        None, None, 401, "401: the registrar checks credentials before it reads To (3.3.4)"
+    ),
+    "bext01": Expectation(None, None, 420, "420 Bad Extension with Unsupported (3.3.5)"),
+    "invut": Expectation(
+        None, None, 484, "484: refused by routing before the body is read; 415 not reached (3.3.6)"
+    ),
+    "regaut01": Expectation(None, None, 401, "401 with a Digest challenge (3.3.7)"),
+    "multi01": Expectation(None, 400, 400, "400: single-valued headers repeated (3.3.8)"),
+    "mcl01": Expectation(400, None, 400, "400: two Content-Length values, framing unknown (3.3.9)"),
+    "bcast": Expectation(
+        None,
+        None,
+        None,
+        "response dropped: matches no transaction; broadcast Via never used (3.3.10)",
+    ),
+    "zeromf": Expectation(
+        None, None, 200, "200: an OPTIONS the edge answers itself (an endpoint, 3.3.11)"
+    ),
+    "cparam01": Expectation(
+        None, None, 401, "401: the registrar challenges; unknownparam is a header param (3.3.12)"
+    ),
+    "cparam02": Expectation(
+        None, None, 401, "401: the registrar challenges; unknownparam is a URI param (3.3.13)"
+    ),
+    "regescrt": Expectation(
+        None, None, 401, "401: the registrar challenges before it stores the contact (3.3.14)"
+    ),
+    "sdp01": Expectation(
+        None, None, 484, "484: refused by routing before Accept is read; 406 not reached (3.3.15)"
+    ),
     # 3.4 backward compatibility.
-    "inv2543": Expectation(None, None, "processes it with RFC 2543 transaction matching (3.4.1)"),
+    "inv2543": Expectation(
+        None, None, 484, "484: RFC 2543 transaction matching; the callee is not routable (3.4.1)"
+    ),
 }
 
 # Files that are whole messages on a stream too (Content-Length present and exact).
@@ -157,8 +203,8 @@ def test_dblreq_on_a_stream_is_two_requests_then_garbage() -> None:
     stream = StreamParser()
     requests = stream.feed(data[: -len(garbage)])
     assert [r.method for r in requests if isinstance(r, Request)] == ["REGISTER", "INVITE"]
-    with pytest.raises(RemoteProtocolError):
-        stream.feed(garbage)
+    (error,) = stream.feed(garbage)
+    assert isinstance(error, FramingError) and error.fatal
 
 
 def test_clerr_on_a_stream_waits_for_the_announced_body() -> None:
@@ -166,8 +212,9 @@ def test_clerr_on_a_stream_waits_for_the_announced_body() -> None:
 
 
 def test_inv2543_needs_content_length_on_a_stream() -> None:
-    with pytest.raises(RemoteProtocolError, match="Content-Length"):
-        StreamParser().feed(read("inv2543"))
+    (error,) = StreamParser().feed(read("inv2543"))
+    assert isinstance(error, FramingError) and error.fatal
+    assert "Content-Length" in error.reason and error.head.startswith(b"INVITE ")
 
 
 # (file, what is read, expected value)

@@ -1,16 +1,16 @@
-"""`manage.py runedge`: run a SIP edge node with defaults taken from Django settings.
+"""`manage.py runedge`: run a SIP edge node with the defaults only Django knows.
 
-The options are those of ``python -m edge`` (`edge.runtime.main`), parsed by the same code;
-command line > EDGE_* environment variables > the settings below > built-in defaults:
+The options, their environment variables and their checks are those of ``python -m edge``
+(`edge.options`, one parser for runedge, ``python -m edge`` and runplatform); command line >
+environment > the defaults below > built-in defaults:
 
-- node name: ``EDGE_NODE_NAME``, else this machine's hostname;
-- ``--sip`` / ``--control``: ``EDGE_SIP_ADDRESS`` / ``EDGE_CONTROL_ADDRESS``;
-- TLS: ``EDGE_TLS_CERT`` + ``EDGE_TLS_KEY`` turn it on, on ``EDGE_TLS_ADDRESS`` (default: the
-  SIP host, port 5061);
 - ``--token``: the registered edge node's own token (derived from SECRET_KEY, read from the
   database), else ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
-- ``--journal-dir``: ``EDGE_JOURNAL_DIR`` (``VAR_DIR/cdr``); ``--state-dir``: ``VAR_DIR/edge``;
-- ``--redis-url``: ``REDIS_URL`` (limits counted across edges; the live board's events). Set
+- node name: this machine's hostname;
+- ``--journal-dir``: ``VAR_DIR/cdr``; ``--state-dir``: ``VAR_DIR/edge``;
+- ``--redis-url``: ``REDIS_URL`` (limits counted across edges, the live board's events, and the
+  CDR stream the journal is shipped to; without it the journal is shipped in-process into the
+  database). Set
   ``EDGE_LIMIT_SHARE`` to the number of edges, the share of each limit an edge keeps to while
   Redis is unreachable.
 
@@ -27,7 +27,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from edge.runtime.main import ENVIRONMENT, UsageError, add_arguments, options_from_namespace, run
+from billing.services import cdr_batches_ingest_in_process
+from edge.options import ENVIRONMENT, UsageError, add_arguments, options_from_namespace
+from edge.runtime.main import run
 from trunking.models import EdgeNode
 from trunking.tokens import edge_node_token
 
@@ -46,33 +48,15 @@ def _node_token(name: str) -> str | None:
 
 
 def settings_defaults() -> dict[str, object]:
-    sip = settings.EDGE_SIP_ADDRESS
-    cert, key = settings.EDGE_TLS_CERT, settings.EDGE_TLS_KEY
-    tls = settings.EDGE_TLS_ADDRESS
-    if cert and key and not tls:
-        tls = f"{sip.rpartition(':')[0]}:5061"
-    node = os.environ.get("EDGE_NODE") or settings.EDGE_NODE_NAME or socket.gethostname()
-    defaults: dict[str, object] = {
+    node = os.environ.get(ENVIRONMENT["node"]) or socket.gethostname()
+    return {
         "node": node,
-        "sip": sip,
-        "tls": tls if cert and key else "",
-        "cert": cert,
-        "key": key,
-        "control": settings.EDGE_CONTROL_ADDRESS,
         "token": _node_token(node) or settings.EDGE_CONTROL_TOKEN,
         "snapshot_url": DEFAULT_SNAPSHOT_URL,
-        "journal_dir": str(settings.EDGE_JOURNAL_DIR),
+        "journal_dir": str(settings.VAR_DIR / "cdr"),
         "state_dir": str(settings.VAR_DIR / "edge"),
         "redis_url": settings.REDIS_URL,
     }
-    for dest, name in (
-        ("cdr_batch_size", "EDGE_CDR_BATCH_SIZE"),
-        ("cdr_flush_interval", "EDGE_CDR_FLUSH_INTERVAL"),
-        ("gc_full_interval", "EDGE_GC_FULL_INTERVAL"),
-    ):
-        if hasattr(settings, name):
-            defaults[dest] = getattr(settings, name)
-    return defaults
 
 
 class Command(BaseCommand):
@@ -91,6 +75,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         # Django's LOGGING already configured the handlers; only the edge's level is ours.
         logging.getLogger("edge").setLevel(edge_options.log_level)
-        code = run(edge_options, configure_logging=False)
+        # Without Redis the journal is shipped in-process into this database (billing).
+        code = run(edge_options, configure_logging=False, cdr_ingest=cdr_batches_ingest_in_process)
         if code:
             raise CommandError(f"the edge stopped with exit code {code}", returncode=code)
