@@ -2,6 +2,11 @@
 
 from django.db import models
 
+from edge.cdr import DIRECTIONS
+
+# A call's direction, as every model, filter and serializer offers it (one enum in the API).
+DIRECTION_CHOICES = [(d, d.capitalize()) for d in DIRECTIONS]
+
 
 class ExportFormat(models.TextChoices):
     CSV = "csv", "CSV"

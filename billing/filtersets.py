@@ -21,9 +21,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
-from edge.cdr import DIRECTIONS
 from trunking.validators import normalize_e164, validate_region
 
+from .choices import DIRECTION_CHOICES
 from .models import Cdr, Invoice, LedgerEntry, Rate, RateAssignment, RateDeck
 
 # "4xx" matches every final code of that class; "486" one code.
@@ -109,7 +109,7 @@ class CdrFilterSet(django_filters.FilterSet):
     # By id, not a choice among trunks: another tenant's trunk simply matches nothing, and
     # a trunk deleted since still finds its calls.
     trunk = django_filters.NumberFilter(field_name="trunk_id")
-    direction = django_filters.ChoiceFilter(choices=[(d, d.capitalize()) for d in DIRECTIONS])
+    direction = django_filters.ChoiceFilter(choices=DIRECTION_CHOICES)
     number = django_filters.CharFilter(
         method="filter_number",
         help_text="Caller or callee, any spelling (+1 415 555-0100, 0044...); matched as E.164.",

@@ -11,7 +11,6 @@ from django.db.models.functions import Now
 from accounts.models import Customer, currency_validator
 from edge.cdr import (
     CALL_ID_MAX,
-    DIRECTIONS,
     E164_MAX,
     EDGE_MAX,
     HANGUP_SIDES,
@@ -22,7 +21,7 @@ from edge.cdr import (
 )
 from trunking.models import Trunk
 
-from .choices import ExportFormat, ExportStatus, QuarantineReason
+from .choices import DIRECTION_CHOICES, ExportFormat, ExportStatus, QuarantineReason
 
 
 class Cdr(models.Model):
@@ -68,7 +67,7 @@ class Cdr(models.Model):
         blank=True,
         related_name="+",
     )
-    direction = models.CharField(max_length=8, choices=[(d, d.capitalize()) for d in DIRECTIONS])
+    direction = models.CharField(max_length=8, choices=DIRECTION_CHOICES)
     caller_e164 = models.CharField("caller", max_length=E164_MAX, blank=True)
     callee_e164 = models.CharField("callee", max_length=E164_MAX, blank=True)
     caller_raw = models.CharField("caller as received", max_length=NUMBER_RAW_MAX, blank=True)
@@ -277,9 +276,7 @@ class RateAssignment(models.Model):
         Trunk, on_delete=models.CASCADE, null=True, blank=True, related_name="rate_assignments"
     )
     deck = models.ForeignKey(RateDeck, on_delete=models.PROTECT, related_name="assignments")
-    direction = models.CharField(
-        max_length=8, choices=[(d, d.capitalize()) for d in DIRECTIONS], default="outbound"
-    )
+    direction = models.CharField(max_length=8, choices=DIRECTION_CHOICES, default="outbound")
     valid_from = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
 

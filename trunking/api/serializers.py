@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from billing.choices import DIRECTION_CHOICES
 from core.serializers import (
     StrictModelSerializer,
     StrictSerializer,
@@ -383,7 +384,7 @@ class ActiveCallSerializer(serializers.Serializer):
     trunk = serializers.CharField(allow_null=True)
     customer_id = serializers.IntegerField(allow_null=True)
     customer = serializers.CharField(allow_null=True)
-    direction = serializers.ChoiceField(choices=["inbound", "outbound"])
+    direction = serializers.ChoiceField(choices=DIRECTION_CHOICES)
     caller = serializers.CharField(allow_null=True, help_text="E.164")
     callee = serializers.CharField(allow_null=True, help_text="E.164")
     state = serializers.ChoiceField(choices=["setup", "ringing", "answered"])

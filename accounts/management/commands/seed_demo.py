@@ -5,6 +5,7 @@ first run). ``--reset-secrets`` issues a new staff password, API key and SIP pas
 """
 
 import secrets
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,10 @@ from django.db import transaction
 from accounts import services as account_services
 from accounts.choices import BillingMode, Role
 from accounts.models import ApiKey, Customer, User
+from billing import services as billing_services
+from billing.models import LedgerEntry, RateAssignment, RateDeck
+from billing.rate_import import COLUMNS
+from billing.selectors import customer_balance
 from core.tenancy import SYSTEM
 from trunking import services as trunking_services
 from trunking.models import (
@@ -38,6 +43,15 @@ DEMO_CARRIER_IP = "127.0.0.3"  # the demo carrier's gateway (and the source of i
 DEMO_CARRIER_PORT = 5080
 # Addresses earlier versions seeded, which made the PBX's calls look like the carrier's.
 _OLD_DEMO_IP = "127.0.0.1"
+# The demo's prices (docs/billing.md): North America per 6 s, the UK per minute.
+DEMO_DECK = "Demo retail (USD)"
+DEMO_RATES = (
+    ",".join(COLUMNS)
+    + "\n"
+    + "1,North America,0.0100,0,6,6,,\n44,United Kingdom,0.0200,0,60,60,,\n"
+)
+DEMO_RATES_FROM = datetime(2020, 1, 1, tzinfo=UTC)
+DEMO_CREDIT = Decimal("10.00")
 
 
 class Command(BaseCommand):
@@ -47,6 +61,27 @@ class Command(BaseCommand):
         parser.add_argument("--reset-secrets", action="store_true", help="Issue new secrets.")
 
     @transaction.atomic
+    def _billing(self, customer: Customer) -> None:
+        """A rate deck for the demo's calls and some prepaid credit, once: the demo customer is
+        prepaid, and at a zero balance its calls are refused (no_credit, 402)."""
+        deck, created = RateDeck.objects.get_or_create(
+            name=DEMO_DECK, defaults={"currency": customer.currency}
+        )
+        if created:
+            billing_services.rate_deck_import(actor=SYSTEM, deck=deck, text=DEMO_RATES)
+        if not RateAssignment.objects.filter(customer=customer, deck=deck).exists():
+            billing_services.rate_assignment_create(
+                actor=SYSTEM, customer=customer, deck=deck, valid_from=DEMO_RATES_FROM
+            )
+        billing_services.ledger_post(
+            actor=SYSTEM,
+            customer=customer,
+            kind=LedgerEntry.Kind.TOPUP,
+            amount=DEMO_CREDIT,
+            note="demo credit",
+            reference="seed-demo-credit",  # posted once, however often the seed runs
+        )
+
     def handle(self, *args: Any, reset_secrets: bool = False, **options: Any) -> None:
         issued: list[str] = []
 
@@ -100,6 +135,8 @@ class Command(BaseCommand):
                 defaults={"customer": customer, "trunk": trunk, "monthly_price": Decimal("1.00")},
             )
 
+        self._billing(customer)
+
         carrier, _ = Carrier.objects.get_or_create(name="Demo Carrier")
         CarrierGateway.objects.filter(carrier=carrier, host=_OLD_DEMO_IP).delete()
         CarrierGateway.objects.get_or_create(
@@ -127,6 +164,10 @@ class Command(BaseCommand):
             f"sip:{DEMO_PBX_IP}:{DEMO_PBX_PORT}), carrier gateway "
             f"{DEMO_CARRIER_IP}:{DEMO_CARRIER_PORT}; demo DIDs {', '.join(DEMO_NUMBERS)}. "
             "README: 'Place your first call'."
+        )
+        self.stdout.write(
+            f"Demo billing: prepaid, balance {customer_balance(customer.pk)} USD, calls rated "
+            f"by the deck '{DEMO_DECK}' (docs/billing.md)."
         )
         if issued:
             self.stdout.write(self.style.WARNING("Secrets, shown once — copy them now:"))
