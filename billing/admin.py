@@ -94,7 +94,7 @@ class CdrAdmin(admin.ModelAdmin):
         (None, {"fields": ["edge", "call_id", "a_call_id", "b_call_id", "config_version"]}),
         ("Who", {"fields": ["direction", "customer", "trunk", "source_ip", "source_port"]}),
         ("Numbers", {"fields": ["caller_e164", "callee_e164", "caller_raw", "callee_raw"]}),
-        ("Routing", {"fields": ["routes", "answered_by", "codecs"]}),
+        ("Routing", {"fields": ["routes", "answered_by", "codecs", "media"]}),
         ("Times", {"fields": ["setup_at", "ringing_at", "answer_at", "end_at", "ingested_at"]}),
         (
             "Outcome",

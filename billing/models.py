@@ -82,6 +82,11 @@ class Cdr(models.Model):
         max_length=8, choices=[(s, s.capitalize()) for s in HANGUP_SIDES], blank=True
     )
     codecs = models.JSONField(default=list, blank=True)
+    media = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Anchored media as rtpengine counted it: packets, bytes, loss, jitter, MOS.",
+    )
     config_version = models.PositiveBigIntegerField(help_text="Edge config the call ran under.")
     ingested_at = models.DateTimeField(db_default=Now(), editable=False)
 

@@ -53,6 +53,7 @@ def _ingest_by_copy(records: Iterable[CallDetailRecord]) -> int:
                 values = _column_values(record)
                 values["routes"] = Jsonb(values["routes"])
                 values["codecs"] = Jsonb(values["codecs"])
+                values["media"] = Jsonb(values["media"]) if values["media"] is not None else None
                 copy.write_row([values[column] for column in CDR_COLUMNS])
         cursor.execute(
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM cdr_incoming "
@@ -113,6 +114,7 @@ def _column_values(record: CallDetailRecord) -> dict[str, Any]:
         "reason": record.reason,
         "hangup_side": record.hangup_side or "",
         "codecs": record.codecs,
+        "media": record.media,
         "config_version": record.config_version,
     }
 

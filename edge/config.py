@@ -26,7 +26,9 @@ from edge.sip.uri import parse_uri
 
 __all__ = [
     "CALLER_ID_POLICIES",
+    "MEDIA_MODES",
     "SCHEMA",
+    "SRTP_MODES",
     "TRANSPORTS",
     "ConfigError",
     "Credential",
@@ -37,6 +39,7 @@ __all__ = [
     "OriginationTarget",
     "TrunkPolicy",
     "address_key",
+    "media_error",
 ]
 
 SCHEMA = 1
@@ -44,6 +47,14 @@ SCHEMA = 1
 _PARSE_CACHE_SIZE = 1 << 17
 TRANSPORTS = frozenset({"udp", "tcp", "tls"})
 CALLER_ID_POLICIES = frozenset({"customer_numbers", "pass_through"})
+# A trunk's media: "passthrough" relays SDP untouched; "anchor" puts the media through rtpengine
+# (and refuses the call, 503 media_unavailable, if none answers); "auto" anchors when the edge
+# has an rtpengine configured and passes through otherwise (the default: a PBX behind NAT gets
+# audio wherever anchoring is available, and an edge without rtpengine keeps carrying calls).
+MEDIA_MODES = frozenset({"auto", "anchor", "passthrough"})
+# SRTP (SDES, RTP/SAVP) on the customer's side of an anchored call: "required" offers only
+# SRTP, "offered" SRTP or RTP (the PBX chooses), "off" plain RTP. Needs media anchoring.
+SRTP_MODES = frozenset({"required", "offered", "off"})
 _MAX_PORT = 65535
 _MAX_PRIORITY = 65535
 _DIGITS = frozenset("0123456789")
@@ -91,6 +102,8 @@ class TrunkPolicy:
     default_country: str
     max_call_duration: int  # seconds
     origination_uris: tuple[OriginationTarget, ...]  # by priority, then weight descending
+    media_mode: str = "auto"  # one of MEDIA_MODES
+    srtp: str = "off"  # one of SRTP_MODES (customer side; needs media_mode != "passthrough")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +218,23 @@ def _str(obj: Mapping[str, Any], key: str, where: str, *, empty: bool = False) -
     if not isinstance(value, str) or (not empty and not value):
         raise ConfigError(f"{where}.{key}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _choice(
+    obj: Mapping[str, Any], key: str, where: str, choices: frozenset[str], default: str
+) -> str:
+    """An optional enumerated string: absent (an older snapshot) means `default`."""
+    value = obj.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"{where}.{key}: {value!r} is not one of {sorted(choices)}")
+    return str(value)
+
+
+def media_error(media_mode: str, srtp: str) -> str | None:
+    """Why a trunk's media settings cannot work together, or None. The model validates with it."""
+    if media_mode == "passthrough" and srtp != "off":
+        return "SRTP on the customer side needs media anchoring (media_mode anchor or auto)"
+    return None
 
 
 def _is_prefix(value: Any) -> bool:
@@ -332,6 +362,11 @@ def _trunk(obj: Mapping[str, Any], where: str) -> TrunkPolicy:
         for index, item in enumerate(_list(obj, "origination_uris", where))
     ]
     origination.sort(key=lambda target: (target.priority, -target.weight))
+    media_mode = _choice(obj, "media_mode", where, MEDIA_MODES, "auto")
+    srtp = _choice(obj, "srtp", where, SRTP_MODES, "off")
+    problem = media_error(media_mode, srtp)
+    if problem is not None:
+        raise ConfigError(f"{where}.srtp: {problem}")
     return TrunkPolicy(
         id=_int(obj, "id", where, low=1),
         customer_id=_int(obj, "customer", where, low=1),
@@ -348,6 +383,8 @@ def _trunk(obj: Mapping[str, Any], where: str) -> TrunkPolicy:
         default_country=default_country,
         max_call_duration=_int(obj, "max_call_duration", where, low=1),
         origination_uris=tuple(origination),
+        media_mode=media_mode,
+        srtp=srtp,
     )
 
 

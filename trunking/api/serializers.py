@@ -9,8 +9,10 @@ from rest_framework import serializers
 
 from core.serializers import TenantOwnedSerializer, TenantScopedRelatedField
 from core.tenancy import get_caller
+from edge.config import media_error
 
 from .. import validators
+from ..choices import MediaMode, SrtpMode
 from ..models import (
     Carrier,
     CarrierGateway,
@@ -47,11 +49,23 @@ class TrunkSerializer(TenantOwnedSerializer):
             "registration_allowed",
             "default_country",
             "max_call_duration",
+            "media_mode",
+            "srtp",
             "created_at",
             "updated_at",
         ]
         # Status changes go through the suspend/resume actions, which audit a reason.
         read_only_fields = ["status", "created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        current = self.instance
+        media_mode = attrs.get("media_mode", getattr(current, "media_mode", MediaMode.AUTO))
+        srtp = attrs.get("srtp", getattr(current, "srtp", SrtpMode.OFF))
+        problem = media_error(media_mode, srtp)
+        if problem is not None:
+            raise serializers.ValidationError({"srtp": problem})
+        return attrs
 
 
 class TrunkChildSerializer(serializers.ModelSerializer):
