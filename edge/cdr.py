@@ -162,7 +162,6 @@ def call_record(
         reason=reason,
         hangup_side=side,
         codecs=call.codecs,
-        media=dict(call.media_stats) if call.media_stats else None,
         config_version=config_version,
     )
 
