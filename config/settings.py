@@ -225,6 +225,9 @@ SIP_REALM = env.str("SIP_REALM", default="trunkline")
 EDGE_NODE_NAME = env.str("EDGE_NODE_NAME", default="")  # empty: the machine's hostname
 EDGE_SIP_ADDRESS = env.str("EDGE_SIP_ADDRESS", default="127.0.0.1:5060")  # UDP and TCP
 EDGE_TLS_ADDRESS = env.str("EDGE_TLS_ADDRESS", default="")  # empty: SIP host, port 5061
+# rtpengine ng addresses for media anchoring ("udp:127.0.0.1:22222,udp:10.0.0.2:22222"); empty:
+# none, and trunks in media mode "auto" pass SDP through (docs/media.md).
+EDGE_RTPENGINE = env.str("EDGE_RTPENGINE", default="")
 EDGE_TLS_CERT = env.str("EDGE_TLS_CERT", default="")  # TLS is on when cert and key are set
 EDGE_TLS_KEY = env.str("EDGE_TLS_KEY", default="")
 EDGE_CONTROL_ADDRESS = env.str("EDGE_CONTROL_ADDRESS", default="127.0.0.1:8081")

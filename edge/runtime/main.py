@@ -59,6 +59,7 @@ from edge.limits import (
     SlotRefused,
     decide,
 )
+from edge.media import MediaFailed, MediaReady, MediaStats
 from edge.runtime.cluster_limits import ClusterLimits
 from edge.runtime.control import (
     SNAPSHOT_FILE,
@@ -73,6 +74,7 @@ from edge.runtime.control import (
 from edge.runtime.events import BatchingSink, EventSink, NullSink
 from edge.runtime.gc_policy import DEFAULT_FULL_INTERVAL, GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
+from edge.runtime.rtpengine import Media, attach_media, parse_engines
 from edge.runtime.transports import (
     Dispatcher,
     HostResolver,
@@ -129,6 +131,7 @@ ENVIRONMENT = {
     "limit_share": "EDGE_LIMIT_SHARE",
     "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
     "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
+    "rtpengine": "EDGE_RTPENGINE",
 }
 
 
@@ -146,6 +149,12 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
     def close(self, now: float, wall: float) -> Sequence[Output]: ...
 
     def slot_decided(self, decision: SlotDecision, now: float, wall: float) -> Sequence[Output]: ...
+
+    def media_decided(
+        self, decision: MediaReady | MediaFailed, now: float, wall: float
+    ) -> Sequence[Output]: ...
+
+    def media_deleted(self, stats: MediaStats, now: float, wall: float) -> Sequence[Output]: ...
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -174,6 +183,7 @@ class EdgeOptions:
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order, preferred first
     gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
+    rtpengine: tuple[tuple[str, int], ...] = ()  # ng addresses; none: no media anchoring
 
 
 def add_arguments(
@@ -222,6 +232,10 @@ def add_arguments(
         "--gc-full-interval", "gc_full_interval",
         "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
         str(int(DEFAULT_FULL_INTERVAL)),
+    )  # fmt: skip
+    add(
+        "--rtpengine", "rtpengine",
+        "rtpengine ng addresses for media anchoring, e.g. udp:127.0.0.1:22222,udp:10.0.0.2:22222",
     )  # fmt: skip
 
 
@@ -296,6 +310,10 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         raise UsageError(f"--gc-full-interval: not a number: {ns.gc_full_interval!r}") from None
     if not gc_full_interval >= 0:
         raise UsageError("--gc-full-interval must not be negative")
+    try:
+        rtpengine = tuple(parse_engines(text("rtpengine") or ""))
+    except ValueError as error:
+        raise UsageError(f"--rtpengine: {error}") from None
     log_level = (text("log_level") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise UsageError(f"--log-level: unknown level {log_level!r}")
@@ -321,6 +339,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         limit_share=limit_share,
         digest_algorithms=algorithms,
         gc_full_interval=gc_full_interval,
+        rtpengine=rtpengine,
     )
 
 
@@ -336,6 +355,7 @@ class CoreParams:
     local: dict[str, Address]
     digest_secret: bytes
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    media_engines: bool = False  # rtpengine configured: trunks in media mode auto anchor
 
 
 def default_core(params: CoreParams) -> EdgeCore:
@@ -344,7 +364,9 @@ def default_core(params: CoreParams) -> EdgeCore:
     return B2bua(
         node=params.node,
         config=params.config,
-        settings=B2buaSettings(challenge_algorithms=params.digest_algorithms),
+        settings=B2buaSettings(
+            challenge_algorithms=params.digest_algorithms, media_engines=params.media_engines
+        ),
         local=params.local,
         digest_secret=params.digest_secret,
         rng=random.Random(secrets.randbits(64)),
@@ -437,6 +459,7 @@ class EdgeRuntime:
         # Set by `serve` in a process that is an edge (edge/runtime/gc_policy.py).
         self.gc_policy: GcPolicy | None = None
         self._sockets: list[socket.socket] = []
+        self.media: Media | None = None  # rtpengine ng client (edge/runtime/rtpengine.py)
         self.cluster_limits: ClusterLimits | None = None
         self.limits: Limits = LocalLimits()  # what the core's AcquireSlot / ReleaseSlot ask
 
@@ -535,6 +558,7 @@ class EdgeRuntime:
                 local=local,
                 digest_secret=self._digest_secret(),
                 digest_algorithms=options.digest_algorithms,
+                media_engines=bool(options.rtpengine),
             )
         )
         if options.state_dir is not None and source != str(options.state_dir / SNAPSHOT_FILE):
@@ -548,6 +572,7 @@ class EdgeRuntime:
         )
         dispatcher.resolver.family = udp_sock.family
         dispatcher.slots = self._slot
+        self.media = await attach_media(dispatcher, core, options.rtpengine)
         _, self.udp = await loop.create_datagram_endpoint(
             lambda: UdpTransport(dispatcher), sock=udp_sock
         )
@@ -780,6 +805,8 @@ class EdgeRuntime:
             )
         if self.gc_policy is not None:
             yield from self.gc_policy.metrics()
+        if self.media is not None:
+            yield from self.media.metrics()
         if isinstance(self.events, BatchingSink):
             yield CounterMetricFamily(
                 "trunkline_edge_events_dropped",
@@ -819,10 +846,14 @@ class EdgeRuntime:
         self.streams.stop_listening()
         # The core's last words (final CDRs, BYEs, 503s) go out while the sockets are still
         # open; nothing can come in between this and closing them: this is one callback.
+        if self.media is not None:
+            self.media.closing()
         try:
             dispatcher.dispatch(core.close(loop.time(), time.time()))
         except Exception:
             logger.exception("core.close raised: calls still open have no final CDR")
+        if self.media is not None:
+            self.media.close()
         dispatcher.stop_timer()
         if self.cluster_limits is not None:
             await self.cluster_limits.close()  # sends the releases of the calls just ended

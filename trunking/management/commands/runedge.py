@@ -11,7 +11,8 @@ command line > EDGE_* environment variables > the settings below > built-in defa
   database), else ``EDGE_CONTROL_TOKEN``; ``--snapshot-url``: this web app's internal endpoint;
 - ``--journal-dir``: ``EDGE_JOURNAL_DIR`` (``VAR_DIR/cdr``); ``--state-dir``: ``VAR_DIR/edge``;
 - ``--redis-url``: ``REDIS_URL`` (limits counted across edges). Set ``EDGE_LIMIT_SHARE`` to
-  the number of edges, the share of each limit an edge keeps to while Redis is unreachable.
+  the number of edges, the share of each limit an edge keeps to while Redis is unreachable;
+- ``--rtpengine``: ``EDGE_RTPENGINE`` (media anchoring, docs/media.md).
 
 The edge itself never touches the ORM: this command only computes defaults, then hands over.
 """
@@ -63,6 +64,7 @@ def settings_defaults() -> dict[str, object]:
         "journal_dir": str(settings.EDGE_JOURNAL_DIR),
         "state_dir": str(settings.VAR_DIR / "edge"),
         "redis_url": settings.REDIS_URL,
+        "rtpengine": settings.EDGE_RTPENGINE,
     }
     for dest, name in (
         ("cdr_batch_size", "EDGE_CDR_BATCH_SIZE"),
