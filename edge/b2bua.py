@@ -300,7 +300,7 @@ class B2bua:
         self._challenges = Challenges(self.settings.challenge_timeout)
         self._sweep = _RegistrarSweep()
         # Ended anchored calls whose CDR waits for their media session's statistics.
-        self._media_ending: dict[str, CallDetailRecord] = {}
+        self._media_ending: dict[str, tuple[CallDetailRecord, bool]] = {}
         self._out: list[Output] = []
 
     # --- the runtime's interface ------------------------------------------------------------
@@ -398,10 +398,13 @@ class B2bua:
         """The answer to a `MediaDelete`: the ended call's CDR goes out, with the session's
         statistics when rtpengine gave them."""
         out = self._out = []
-        record = self._media_ending.pop(stats.call_id, None)
-        if record is not None:
+        ending = self._media_ending.pop(stats.call_id, None)
+        if ending is not None:
+            record, srtp = ending
             if stats.summary is not None:
-                record.media = cdr.clean_media(stats.summary)
+                summary = dict(stats.summary)
+                summary["mode"] = "srtp" if srtp else "rtp"
+                record.media = cdr.clean_media(summary)
             out.append(CdrReady(record))
         return out
 
@@ -499,7 +502,7 @@ class B2bua:
         for pending in self._challenges.waiting():
             self._challenge_expired(pending)
         # No statistics will be waited for at shutdown: every CDR goes now.
-        for record in self._media_ending.values():
+        for record, _ in self._media_ending.values():
             out.append(CdrReady(record))
         self._media_ending.clear()
         return out
@@ -1197,10 +1200,25 @@ class B2bua:
         call.b_cancel, events = self.layer.send_request(make_cancel(call.b_invite), b.addr, now)
         self._send_events(events)
 
-    def _fail_a(self, call: Call, status: int, reason: str | None, now: float) -> None:
+    def _fail_a(
+        self,
+        call: Call,
+        status: int,
+        reason: str | None,
+        now: float,
+        headers: Iterable[tuple[str, str]] | None = None,
+    ) -> None:
         """Answer the caller's INVITE with a final error, if it is still unanswered."""
         if call.a_txn.state in _AWAITING_FINAL:
-            self._respond(call.a_txn, call.a_invite, status, reason, now, to_tag=call.a.local_tag)
+            self._respond(
+                call.a_txn,
+                call.a_invite,
+                status,
+                reason,
+                now,
+                to_tag=call.a.local_tag,
+                headers=headers,
+            )
 
     def _on_in_dialog(
         self, request: Request, txn: ServerTransaction, now: float, wall: float
@@ -1436,7 +1454,7 @@ class B2bua:
             # The call has (or may have) a media session: delete it, and write the CDR with
             # its statistics when the answer comes (`media_deleted`; the runtime answers
             # every MediaDelete, with None statistics if rtpengine does not).
-            self._media_ending[call.id] = record
+            self._media_ending[call.id] = (record, bool(call.customer_srtp))
             out.append(MediaDelete(call.id))
         else:
             out.append(CdrReady(record))
@@ -1665,7 +1683,7 @@ class B2bua:
         """No rtpengine would take the call: refused rather than connected without audio."""
         refusal = reject("media_unavailable")
         self._bump_refusal(refusal.reason)
-        self._fail_a(call, refusal.code, refusal.phrase, now)
+        self._fail_a(call, refusal.code, refusal.phrase, now, self._refusal_headers(call, refusal))
         return refusal.reason, refusal.code, "edge"
 
     def _early_media(
@@ -1711,7 +1729,7 @@ class B2bua:
         if call.state is CallState.CONNECTING:
             self._drop_b_answer(call, now)
         refusal = reject("media_unavailable")
-        self._fail_a(call, refusal.code, refusal.phrase, now)
+        self._fail_a(call, refusal.code, refusal.phrase, now, self._refusal_headers(call, refusal))
         self._cancel_b(call, now)
         return refusal.reason, refusal.code, "edge"
 
@@ -1761,6 +1779,14 @@ class B2bua:
         if txn.state in _AWAITING_FINAL:
             self._respond(txn, txn.request, 503, None, now)
         return None
+
+    @staticmethod
+    def _refusal_headers(call: Call, refusal: Reject) -> list[tuple[str, str]]:
+        """As `_answer_refusal` writes them: Retry-After on 503, the reason if identified."""
+        headers = [("Retry-After", "1")] if refusal.code == 503 else []
+        if call.incoming.identified:
+            headers.append(reason_header(refusal))
+        return headers
 
     def _note_address(self, call: Call, leg: str, sdp: bytes) -> None:
         address = media_address(sdp)

@@ -182,11 +182,11 @@ def media_address(sdp: bytes) -> str | None:
     return None
 
 
-def summary_from_query(answer: dict[bytes, Any], engine: str, srtp: bool) -> MediaSummary:
+def summary_from_query(answer: dict[bytes, Any], engine: str) -> MediaSummary:
     """A `MediaSummary` from rtpengine's statistics (the answer to `query`, or to `delete` on
     versions that include them): packets and bytes it received (`totals`) and sent (per
     stream), loss, and jitter/MOS per SSRC where it measured them."""
-    summary: MediaSummary = {"engine": engine, "mode": "srtp" if srtp else "rtp"}
+    summary: MediaSummary = {"engine": engine}  # the core adds "mode"
     totals = answer.get(b"totals")
     rtp = totals.get(b"RTP") if isinstance(totals, dict) else None
     if isinstance(rtp, dict):

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -158,8 +158,8 @@ class NgClient(asyncio.DatagramProtocol):
     # --- asyncio -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass, only alike.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         cookie, _, body = data.partition(b" ")
@@ -298,7 +298,6 @@ class MediaRelay:
         self._decided = decided
         self._deleted = deleted
         self._sessions: dict[str, Engine] = {}  # call id -> the engine holding its session
-        self._srtp: dict[str, bool] = {}
         self.failures_total = 0
         self.closing = False
 
@@ -349,8 +348,6 @@ class MediaRelay:
     ) -> None:
         def answered(answer: Answer | None, reason: str | None) -> None:
             if answer is not None and isinstance(answer.get(b"sdp"), bytes):
-                if b"RTP/SAVP" in answer[b"sdp"] or b"a=crypto:" in answer[b"sdp"]:
-                    self._srtp[out.call_id] = True
                 self._decided(MediaReady(out.call_id, out.op, answer[b"sdp"], engine.name))
                 return
             if answer is not None:
@@ -376,7 +373,6 @@ class MediaRelay:
 
     def _delete(self, call_id: str) -> None:
         engine = self._sessions.pop(call_id, None)
-        srtp = self._srtp.pop(call_id, False)
         if engine is None:
             self._deleted(MediaStats(call_id, None))
             return
@@ -384,7 +380,7 @@ class MediaRelay:
         client = self.client
 
         def queried(answer: Answer | None, reason: str | None) -> None:
-            summary = summary_from_query(answer, engine.name, srtp) if answer else None
+            summary = summary_from_query(answer, engine.name) if answer else None
 
             def deleted(result: Answer | None, why: str | None) -> None:
                 if result is None:
@@ -400,7 +396,6 @@ class MediaRelay:
     def delete_now(self, call_id: str) -> None:
         """At shutdown: delete the session without waiting for anything."""
         engine = self._sessions.pop(call_id, None)
-        self._srtp.pop(call_id, None)
         if engine is not None:
             self.client.forget_call(call_id)
             self.client.request(
