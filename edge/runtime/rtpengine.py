@@ -25,6 +25,7 @@ import collections
 import itertools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class Engine:
 
     host: str
     port: int
+    address: str = ""  # `host` resolved (NgClient.start)
     up: bool = True  # optimistic until a ping or a request says otherwise
     missed_pings: int = 0  # in a row
     requests_total: int = 0
@@ -133,10 +135,13 @@ class NgClient(asyncio.DatagramProtocol):
         self._cookies = itertools.count(1)
         self._prefix = os.urandom(4).hex()
         self._next = 0
-        self._by_address = {(e.host, e.port): e for e in self.engines}
 
     async def start(self) -> None:
-        family_host = self.engines[0].host if self.engines else "127.0.0.1"
+        # Names (a compose service, say) are resolved once, here: sendto wants addresses.
+        for engine in self.engines:
+            infos = await self.loop.getaddrinfo(engine.host, engine.port, type=socket.SOCK_DGRAM)
+            engine.address = str(infos[0][4][0])
+        family_host = self.engines[0].address if self.engines else "127.0.0.1"
         local = ("::", 0) if ":" in family_host else ("0.0.0.0", 0)
         await self.loop.create_datagram_endpoint(lambda: self, local_addr=local)
         self._check_health()
@@ -218,7 +223,7 @@ class NgClient(asyncio.DatagramProtocol):
         engine.requests_total += 1
         self._pending[cookie] = item
         self._queue.append(item)
-        self.transport.sendto(data, (engine.host, engine.port))
+        self.transport.sendto(data, (engine.address or engine.host, engine.port))
         if self._timer is None:
             self._timer = self.loop.call_at(item.deadline, self._on_timer)
 
@@ -250,7 +255,8 @@ class NgClient(asyncio.DatagramProtocol):
                 item.tries += 1
                 item.deadline = now + self.timeout
                 queue.append(item)
-                self.transport.sendto(item.data, (item.engine.host, item.engine.port))
+                engine = item.engine
+                self.transport.sendto(item.data, (engine.address or engine.host, engine.port))
                 continue
             del self._pending[item.cookie]
             item.engine.timeouts_total += 1
