@@ -28,6 +28,7 @@ from django.core.management.base import BaseCommand
 
 from edge.runtime.control import ControlServer
 from edge.runtime.main import EdgeOptions, EdgeRuntime, StartupError
+from edge.runtime.rtpengine import parse_engines
 from trunking.models import EdgeNode
 from trunking.tasks import reconcile_edges
 from trunking.tokens import edge_node_token
@@ -83,6 +84,8 @@ class Command(BaseCommand):
             cdr_flush_interval=settings.EDGE_CDR_FLUSH_INTERVAL,
             redis_url=settings.REDIS_URL or None,
             limit_share=max(EdgeNode.objects.filter(enabled=True).count(), 1),
+            # Media anchoring (docs/media.md): none unless EDGE_RTPENGINE names rtpengines.
+            rtpengine=tuple(parse_engines(settings.EDGE_RTPENGINE)),
         )
 
     async def _serve(self, host: str, port: int, *, edge: bool) -> None:
