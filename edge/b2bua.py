@@ -1661,8 +1661,14 @@ class B2bua:
         """The call holds its slot and anchors media: rtpengine rewrites the caller's offer
         before the first target gets it."""
         self._start_call(call, now, wall)
+        # Towards a carrier: SRTP if the first gateway asks for it (a failover to a gateway
+        # that differs keeps this offer; see docs/media.md).
+        first = call.targets[0] if call.targets else None
         params = offer_params(
-            call.trunk, to_customer=self._customer_leg(call) == "b", customer_srtp=None
+            call.trunk,
+            to_customer=self._customer_leg(call) == "b",
+            customer_srtp=None,
+            carrier_srtp=first is not None and first.kind == "gateway" and first.srtp,
         )
         self._ask_media(call, MediaOffer, "a", call.a_invite.body, params, call.a_invite)
         return None

@@ -150,6 +150,7 @@ class Gateway:
     prefixes: tuple[str, ...]  # E.164 prefixes it takes; empty takes every destination
     tech_prefix: str
     strip_plus: bool
+    srtp: bool = False  # SRTP (SDES) towards this gateway on anchored calls; absent: plain RTP
 
 
 @lru_cache(maxsize=8192)
@@ -412,6 +413,7 @@ def _gateway(item: Any, carrier_id: int, where: str) -> Gateway:
         prefixes=_prefixes(obj, "prefixes", where),
         tech_prefix=tech_prefix,
         strip_plus=_bool(obj, "strip_plus", where),
+        srtp=_bool(obj, "srtp", where) if "srtp" in obj else False,
     )
 
 

@@ -150,13 +150,20 @@ def _customer_protocol(trunk: TrunkPolicy, params: Params) -> Params:
     return params
 
 
-def offer_params(trunk: TrunkPolicy, *, to_customer: bool, customer_srtp: bool | None) -> Params:
+def offer_params(
+    trunk: TrunkPolicy,
+    *,
+    to_customer: bool,
+    customer_srtp: bool | None,
+    carrier_srtp: bool = False,
+) -> Params:
     """ng parameters of an offer going to the customer's side (`to_customer`) or the
-    carrier's. Carriers get plain RTP. A re-offer to the customer keeps what its first
-    answer chose (`customer_srtp`; None on the first offer)."""
+    carrier's. Carriers get plain RTP unless their gateway asks for SRTP (`carrier_srtp`). A
+    re-offer to the customer keeps what its first answer chose (`customer_srtp`; None on the
+    first offer)."""
     params: Params = {**_COMMON}
     if not to_customer:
-        params["transport-protocol"] = "RTP/AVP"
+        params["transport-protocol"] = "RTP/SAVP" if carrier_srtp else "RTP/AVP"
     elif customer_srtp is None:
         _customer_protocol(trunk, params)
     else:

@@ -278,6 +278,11 @@ class CarrierGateway(models.Model):
     strip_plus = models.BooleanField(
         default=False, help_text="Send 4415... instead of +4415... in the Request-URI."
     )
+    srtp = models.BooleanField(
+        default=False,
+        help_text="Offer SRTP (SDES) to this gateway on calls whose media is anchored; "
+        "carriers get plain RTP otherwise.",
+    )
 
     class Meta:
         ordering = ["carrier", "priority", "-weight", "id"]

@@ -134,6 +134,7 @@ def _content() -> Snapshot:
             "prefixes",
             "tech_prefix",
             "strip_plus",
+            "srtp",
         ),
         "carrier_id",
     )

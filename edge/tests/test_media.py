@@ -26,7 +26,7 @@ from edge.media import (
 )
 from edge.runtime.rtpengine import NgClient, parse_engines
 from edge.sip.message import Request, Response, make_request
-from edge.tests.factories import customer_doc, trunk_doc
+from edge.tests.factories import customer_doc, gateway_doc, trunk_doc
 from edge.tests.test_b2bua import GATEWAY, PBX, SDP, Edge, answer, in_dialog, invite
 
 ENGINE = "127.0.0.1:22222"
@@ -284,3 +284,16 @@ def test_ng_client_resends_a_lost_request_and_gives_up_on_a_silent_engine():
     assert answered == [{b"result": b"pong"}]  # the second sending was answered
     assert len(failed) == 1 and "no answer" in str(failed[0])
     assert up == 1  # the silent engine is down: new calls go elsewhere
+
+
+@pytest.mark.parametrize("gateway_srtp, protocol", [(False, "RTP/AVP"), (True, "RTP/SAVP")])
+def test_carriers_get_plain_rtp_unless_their_gateway_asks_for_srtp(gateway_srtp, protocol):
+    edge = Edge(
+        trunks=[trunk_doc(media_mode="anchor", srtp="offered")],
+        customers=[customer_doc()],
+        gateways=[gateway_doc(srtp=gateway_srtp)],
+    )
+    edge.send(invite(PBX), PBX)
+    (offer,) = [e for e in edge.events if isinstance(e, MediaOffer)]
+    assert offer.params["transport-protocol"] == protocol
+    assert "OSRTP-offer" not in offer.params["flags"]  # the customer's SRTP is its own side's

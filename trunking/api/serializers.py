@@ -217,6 +217,7 @@ class CarrierGatewaySerializer(serializers.ModelSerializer):
             "prefixes",
             "tech_prefix",
             "strip_plus",
+            "srtp",
         ]
 
 
