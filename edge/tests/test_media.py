@@ -297,3 +297,109 @@ def test_carriers_get_plain_rtp_unless_their_gateway_asks_for_srtp(gateway_srtp,
     (offer,) = [e for e in edge.events if isinstance(e, MediaOffer)]
     assert offer.params["transport-protocol"] == protocol
     assert "OSRTP-offer" not in offer.params["flags"]  # the customer's SRTP is its own side's
+
+
+# --- the call machine under random input, with media anchored -----------------------------------
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import invariant, precondition, rule  # noqa: E402
+
+from edge.tests.test_call_machine import CallMachine  # noqa: E402
+
+
+class AnchoredCallMachine(CallMachine):
+    """edge/tests/test_call_machine.py's random caller, callee, timers, operator and slots, on
+    a trunk that anchors media, with rtpengine answering each media operation at any time (or
+    never, until the end), successfully or not. On top of one CDR per attempt and no slot
+    leak: every call that asked rtpengine anything gets exactly one MediaDelete (no session
+    leaks), and never an operation after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        trunk = trunk_doc(
+            caller_id_policy="pass_through",
+            max_call_duration=600,
+            max_channels=3,
+            media_mode="anchor",
+        )
+        self.edge = Edge(trunks=[trunk])
+        self.edge.limits = self.limits
+        self.edge.core.settings.media_engines = True
+        self.ops: list[MediaOffer | MediaAnswer] = []  # unanswered
+        self.deletes: list[str] = []  # unanswered MediaDelete call ids
+        self.asked: set[str] = set()  # calls that asked rtpengine something
+        self.deleted: list[str] = []  # every MediaDelete, in order
+
+    def _pump(self) -> None:
+        edge = self.edge
+        for out in [e for e in edge.events if isinstance(e, MediaOffer | MediaAnswer)]:
+            assert out.call_id not in self.deleted, "a media operation after the delete"
+            self.asked.add(out.call_id)
+            self.ops.append(out)
+        for out in [e for e in edge.events if isinstance(e, MediaDelete)]:
+            self.deleted.append(out.call_id)
+            self.deletes.append(out.call_id)
+        edge.events = [
+            e for e in edge.events if not isinstance(e, MediaOffer | MediaAnswer | MediaDelete)
+        ]
+        super()._pump()
+
+    @precondition(lambda self: self.ops)
+    @rule(data=st.data(), ok=st.booleans())
+    def rtpengine_answers(self, data: st.DataObject, ok: bool) -> None:
+        op = data.draw(st.sampled_from(self.ops))
+        self.ops.remove(op)
+        edge = self.edge
+        decision: MediaReady | MediaFailed = (
+            MediaReady(op.call_id, op.op, OFFERED if op.leg == "a" else ANSWERED, ENGINE)
+            if ok
+            else MediaFailed(op.call_id, op.op, "rtpengine error")
+        )
+        edge._keep(edge.core.media_decided(decision, edge.now, edge.wall))
+        self._pump()
+
+    @precondition(lambda self: self.deletes)
+    @rule(data=st.data())
+    def rtpengine_deletes(self, data: st.DataObject) -> None:
+        call_id = data.draw(st.sampled_from(self.deletes))
+        self._delete(call_id)
+
+    def _delete(self, call_id: str) -> None:
+        self.deletes.remove(call_id)
+        edge = self.edge
+        edge._keep(
+            edge.core.media_deleted(MediaStats(call_id, {"packets_in": 1}), edge.now, edge.wall)
+        )
+        self._pump()
+
+    def _all_over(self) -> None:
+        while self.deletes:
+            self._delete(self.deletes[0])
+        super()._all_over()
+        assert self.asked <= set(self.deleted), "a media session never deleted"
+
+    @invariant()
+    def one_delete_per_call(self) -> None:
+        assert len(self.deleted) == len(set(self.deleted)), "a session deleted twice"
+
+    def teardown(self) -> None:
+        while self.ops:  # rtpengine answers whatever is still pending, then time runs out
+            self.rtpengine_answers_all()
+        super().teardown()
+
+    def rtpengine_answers_all(self) -> None:
+        op = self.ops.pop(0)
+        edge = self.edge
+        ready = MediaReady(op.call_id, op.op, OFFERED, ENGINE)
+        edge._keep(edge.core.media_decided(ready, edge.now, edge.wall))
+        self._pump()
+
+
+AnchoredCallMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_anchored_call_machine = AnchoredCallMachine.TestCase
