@@ -1295,6 +1295,7 @@ class B2bua:
         if (
             call.anchored
             and response.body
+            and relay.server_txn.request.body  # the answer to an offer rtpengine rewrote
             and 200 <= response.status < 300
             and call.state is CallState.ANSWERED
             and call.media_held is None
