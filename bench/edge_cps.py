@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         if h.rtpengine_binary() is None:
             print("rtpengine is not installed (apt-get install rtpengine-daemon)", file=sys.stderr)
             return 2
-        rtpengine = h.Rtpengine(workdir / "rtpengine").start()
+        # 4 ports per call in flight (RTP and RTCP on both legs): 5,000 calls at once.
+        rtpengine = h.Rtpengine(workdir / "rtpengine", ports=(10000, 29999)).start()
         os.environ["TRUNKLINE_RTPENGINE_NG"] = "{}:{}".format(*rtpengine.ng_address)
         peers_dir = REPO / "bench" / "kamailio-media"
         edge_args += ["--rtpengine", rtpengine.spec]

@@ -962,14 +962,21 @@ class Rtpengine:
     """A userspace rtpengine (``--table=-1``) on loopback: media on ``RTPENGINE_IP`` in a port
     range of its own, its ng control port on ``ng_address``; ``ng`` asks it a command."""
 
-    def __init__(self, workdir: Path, *, media_ip: str = RTPENGINE_IP) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        media_ip: str = RTPENGINE_IP,
+        ports: tuple[int, int] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.media_ip = media_ip
         self.ng_address = (EDGE_IP, free_udp_port(EDGE_IP))
-        # A block of 200 media ports per instance, spread by the ng port to keep parallel
-        # runs apart.
+        # By default a block of 200 media ports (4 per call: RTP and RTCP on both legs, so
+        # 50 calls at once), spread by the ng port to keep parallel runs apart. A benchmark
+        # needs thousands: `ports`.
         base = 20000 + (self.ng_address[1] % 45) * 200
-        self.ports = (base, base + 199)
+        self.ports = ports or (base, base + 199)
         self.log_path = workdir / f"rtpengine-{self.ng_address[1]}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
