@@ -190,8 +190,8 @@ def media_address(sdp: bytes) -> str | None:
 
 
 def summary_from_query(answer: dict[bytes, Any], engine: str) -> MediaSummary:
-    """A `MediaSummary` from rtpengine's statistics (the answer to `query`, or to `delete` on
-    versions that include them): packets and bytes it received (`totals`) and sent (per
+    """A `MediaSummary` from rtpengine's statistics (its answer to `delete` with a from-tag,
+    or to `query`): packets and bytes it received (`totals`) and sent (per
     stream), loss, and jitter/MOS per SSRC where it measured them."""
     summary: MediaSummary = {"engine": engine}  # the core adds "mode"
     totals = answer.get(b"totals")

@@ -13,9 +13,9 @@ one); the call's later operations go to the engine that holds its session.
 
 `MediaRelay` carries the core's outputs (edge.media: `MediaOffer`, `MediaAnswer`,
 `MediaDelete`) to the client and its answers back to the core (`media_decided`,
-`media_deleted`). rtpengine 10.5 answers `delete` without statistics, so a delete is a
-`query` (for the CDR's media summary) then the `delete`, with no delete delay (the session is
-gone at once, and rtpengine's `list` says so).
+`media_deleted`). A delete names the caller's tag, so that rtpengine answers with the
+session's statistics (the CDR's media summary), and asks no delete delay (the session is gone
+at once, and rtpengine's `list` says so).
 """
 
 from __future__ import annotations
@@ -383,21 +383,14 @@ class MediaRelay:
             self._deleted(MediaStats(call_id, None))
             return
         self.client.forget_call(call_id)
-        client = self.client
 
-        def queried(answer: Answer | None, reason: str | None) -> None:
+        def deleted(answer: Answer | None, reason: str | None) -> None:
+            if answer is None:
+                logger.warning("media session of call %s not deleted: %s", call_id, reason)
             summary = summary_from_query(answer, engine.name) if answer else None
+            self._deleted(MediaStats(call_id, summary))
 
-            def deleted(result: Answer | None, why: str | None) -> None:
-                if result is None:
-                    logger.warning("media session of call %s not deleted: %s", call_id, why)
-                self._deleted(MediaStats(call_id, summary))
-
-            client.request(
-                engine, {"command": "delete", "call-id": call_id, "delete-delay": 0}, deleted
-            )
-
-        client.request(engine, {"command": "query", "call-id": call_id}, queried, retries=0)
+        self.client.request(engine, _delete_command(call_id), deleted)
 
     def delete_now(self, call_id: str) -> None:
         """At shutdown: delete the session without waiting for anything."""
@@ -405,11 +398,14 @@ class MediaRelay:
         if engine is not None:
             self.client.forget_call(call_id)
             self.client.request(
-                engine,
-                {"command": "delete", "call-id": call_id, "delete-delay": 0},
-                lambda answer, reason: None,
-                retries=0,
+                engine, _delete_command(call_id), lambda answer, reason: None, retries=0
             )
+
+
+def _delete_command(call_id: str) -> dict[str, Any]:
+    """Delete the whole session at once. Naming the caller's tag makes rtpengine answer with
+    the session's statistics (by call-id alone it deletes without them)."""
+    return {"command": "delete", "call-id": call_id, "from-tag": "a", "delete-delay": 0}
 
 
 class MediaDispatcher:
