@@ -38,12 +38,21 @@ Then, for the edge:
 Output: one line per step, a summary, and last ``edge_cps_ratio_vs_kamailio=<x>`` (edge
 calls/s over Kamailio's; ``nan`` when only one peer ran).
 
+``--media``: the same search with every call's media anchored in one userspace rtpengine
+(``--table=-1`` on loopback, started for the run) that both peers drive: the edge's trunk in
+media mode ``anchor`` (``--rtpengine``), Kamailio with its ``rtpengine`` module
+(bench/kamailio-media/, a copy of shared/peers extended with offer/answer/delete and the same
+flags). SIPp's built-in scenarios carry SDP (no RTP is played: this measures signalling with
+media control). After each peer the run prints how many sessions rtpengine still holds (0: every
+call's session was deleted). Last line ``edge_media_cps_ratio_vs_kamailio=<x>``; no RSS run.
+
 Usage:
     .venv/bin/python bench/edge_cps.py                  # both peers, about 6 minutes
     .venv/bin/python bench/edge_cps.py --quick          # a 1-minute smoke run
     .venv/bin/python bench/edge_cps.py --only kamailio  # the reference alone
     .venv/bin/python bench/edge_cps.py --interpreted    # the edge without its compiled core
     .venv/bin/python bench/edge_cps.py --only edge --latency-seconds 60   # a minute at half rate
+    .venv/bin/python bench/edge_cps.py --media --quick  # media anchored in rtpengine, both peers
 Needs sipp (Debian sip-tester) and kamailio (Debian kamailio); shared/peers is looked for
 beside the repository (../shared/peers), or give --peers DIR.
 """
@@ -111,14 +120,15 @@ class EdgePeer(Peer):
     uac_ip = h.PBX_IP  # in the trunk's ACL
     uas_ip = h.CARRIER_IP  # the carrier gateway
 
-    def __init__(self, extra_args: list[str]) -> None:
+    def __init__(self, extra_args: list[str], *, media: bool = False) -> None:
         self.extra_args = extra_args
+        self.media = media
         self.core: str | None = None  # "compiled" or "interpreted (why)", from its /health
 
     def start(self, workdir: Path, uas_port: int) -> Proxy:
         edge = h.EdgeProcess(
             workdir,
-            bench_snapshot(uas_port),
+            bench_snapshot(uas_port, media=self.media),
             node="bench-edge",
             drain_timeout=1,
             launcher=[sys.executable, str(Path(__file__).resolve()), "--serve-edge"],
@@ -136,8 +146,9 @@ class EdgePeer(Peer):
         return Proxy(edge.sip_address, stop, edge)
 
 
-def bench_snapshot(gateway_port: int) -> dict[str, Any]:
+def bench_snapshot(gateway_port: int, *, media: bool = False) -> dict[str, Any]:
     trunk = trunk_doc(
+        media_mode="anchor" if media else "passthrough",
         id=1,
         customer=1,
         acl=[f"{h.PBX_IP}/32"],
@@ -451,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         "--edge-arg", action="append", default=[], help="extra option for the edge (repeatable)"
     )
     parser.add_argument(
+        "--media",
+        action="store_true",
+        help="anchor every call's media in one rtpengine driven by both peers (needs rtpengine)",
+    )
+    parser.add_argument(
         "--interpreted",
         action="store_true",
         help="run the edge's Python source even if its compiled core is built (edge/native.py)",
@@ -472,6 +488,40 @@ def main(argv: list[str] | None = None) -> int:
     if h.sipp_binary() is None:
         print("sipp is not installed (apt-get install sip-tester)", file=sys.stderr)
         return 2
+    rtpengine = None
+    edge_args = list(args.edge_arg)
+    if args.media:
+        if h.rtpengine_binary() is None:
+            print("rtpengine is not installed (apt-get install rtpengine-daemon)", file=sys.stderr)
+            return 2
+        # 4 ports per call in flight (RTP and RTCP on both legs): 5,000 calls at once.
+        rtpengine = h.Rtpengine(workdir / "rtpengine", ports=(10000, 29999)).start()
+        os.environ["TRUNKLINE_RTPENGINE_NG"] = "{}:{}".format(*rtpengine.ng_address)
+        peers_dir = REPO / "bench" / "kamailio-media"
+        edge_args += ["--rtpengine", rtpengine.spec]
+        args.no_rss = True
+    try:
+        return _run(args, peers_dir, workdir, edge_args, rtpengine, seconds=seconds,
+                    start_rate=start_rate, budget=budget, resolution=resolution,
+                    rss_calls=rss_calls)  # fmt: skip
+    finally:
+        if rtpengine is not None:
+            rtpengine.stop()
+
+
+def _run(
+    args: argparse.Namespace,
+    peers_dir: Path,
+    workdir: Path,
+    edge_args: list[str],
+    rtpengine: h.Rtpengine | None,
+    *,
+    seconds: float,
+    start_rate: int,
+    budget: float,
+    resolution: float,
+    rss_calls: int,
+) -> int:
     peers: list[Peer] = []
     if args.only in (None, "kamailio"):
         if not h.kamailio_available(peers_dir):
@@ -483,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         peers.append(KamailioPeer(peers_dir))
     if args.only in (None, "edge"):
-        peers.append(EdgePeer(args.edge_arg))
+        peers.append(EdgePeer(edge_args, media=args.media))
 
     began = time.monotonic()
     # The searches share most of the budget; latency and memory runs take the rest.
@@ -515,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         latencies[peer.name] = measure_latency(
             peer, search.best // 2, latency_seconds, workdir / f"{peer.name}-latency"
         )
+        if rtpengine is not None:
+            time.sleep(1)  # the last deletes
+            print(f"  rtpengine sessions left after {peer.name}: {len(rtpengine.sessions())}")
 
     memory = None
     edge_peer = next((p for p in peers if isinstance(p, EdgePeer)), None)
@@ -554,11 +607,12 @@ def main(argv: list[str] | None = None) -> int:
             f"(wanted {memory.wanted}){per_call}"
         )
     print(f"total {time.monotonic() - began:.0f} s")
+    name = "edge_media_cps_ratio_vs_kamailio" if args.media else "edge_cps_ratio_vs_kamailio"
     if "edge" in found and "kamailio" in found and found["kamailio"].best:
         ratio = found["edge"].best / found["kamailio"].best
-        print(f"edge_cps_ratio_vs_kamailio={ratio:.2f}")
+        print(f"{name}={ratio:.2f}")
     else:
-        print("edge_cps_ratio_vs_kamailio=nan")
+        print(f"{name}=nan")
     return 0
 
 

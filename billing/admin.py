@@ -230,7 +230,7 @@ class CdrAdmin(admin.ModelAdmin):
         ("Who", {"fields": ["direction", "customer", "trunk", "source_ip", "source_port"]}),
         ("Numbers", {"fields": ["caller_e164", "callee_e164", "caller_raw", "callee_raw"]}),
         ("Decision trace", {"fields": ["decision_trace"]}),
-        ("Routing", {"fields": ["routes", "answered_by", "codecs"]}),
+        ("Routing", {"fields": ["routes", "answered_by", "codecs", "media"]}),
         ("Times", {"fields": ["setup_at", "ringing_at", "answer_at", "end_at", "ingested_at"]}),
         (
             "Outcome",

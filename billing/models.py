@@ -90,6 +90,11 @@ class Cdr(models.Model):
         max_length=8, choices=[(s, s.capitalize()) for s in HANGUP_SIDES], blank=True
     )
     codecs = models.JSONField(default=list, blank=True)
+    media = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Anchored media as rtpengine counted it: packets, bytes, loss, jitter, MOS.",
+    )
     config_version = models.PositiveBigIntegerField(help_text="Edge config the call ran under.")
     # Rating, done as the record is ingested (billing.rating): the rate row used, the seconds
     # it charged and the cost in the deck's currency. An unanswered attempt costs 0 and needs

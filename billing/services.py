@@ -108,6 +108,8 @@ def _copy_row(record: CallDetailRecord, book: RatingBook) -> list[Any]:
     values = _column_values(record, book)
     values["routes"] = Jsonb(values["routes"], dumps=_json_text)
     values["codecs"] = Jsonb(values["codecs"], dumps=_json_text)
+    if values["media"] is not None:
+        values["media"] = Jsonb(values["media"], dumps=_json_text)
     return [values[column] for column in CDR_COLUMNS]
 
 
@@ -208,6 +210,7 @@ def _column_values(record: CallDetailRecord, book: RatingBook) -> dict[str, Any]
         "reason": record.reason,
         "hangup_side": record.hangup_side or "",
         "codecs": record.codecs,
+        "media": record.media,
         "config_version": record.config_version,
         "rate_id": rating.rate_id,
         "billed_seconds": rating.billed_seconds,

@@ -45,6 +45,19 @@ from edge.cdr import CallDetailRecord
 from edge.challenges import Challenges, PendingChallenge
 from edge.config import Credential, EdgeConfig, TrunkPolicy
 from edge.limits import AcquireSlot, ReleaseSlot, SlotDecision, SlotGranted
+from edge.media import (
+    MediaAnswer,
+    MediaDecision,
+    MediaDelete,
+    MediaOffer,
+    MediaReady,
+    MediaStats,
+    anchors,
+    answer_params,
+    media_address,
+    offer_params,
+    offers_srtp,
+)
 from edge.policy import (
     Admit,
     OutboundCall,
@@ -125,7 +138,17 @@ class CdrReady:
     record: CallDetailRecord
 
 
-Output: TypeAlias = Transmit | CdrReady | CallEvent | SecurityEvent | AcquireSlot | ReleaseSlot
+Output: TypeAlias = (
+    Transmit
+    | CdrReady
+    | CallEvent
+    | SecurityEvent
+    | AcquireSlot
+    | ReleaseSlot
+    | MediaOffer
+    | MediaAnswer
+    | MediaDelete
+)
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REGISTER"
 # Headers that cross from one leg to the other; everything else (Via, Route, Record-Route,
@@ -150,6 +173,9 @@ class B2buaSettings:
     # Digest challenges offered, most preferred first (RFC 8760: SHA-256). Some deployed
     # clients read only the first challenge and know only MD5: for them, put MD5 first.
     challenge_algorithms: tuple[str, ...] = DEFAULT_CHALLENGE_ORDER
+    # Whether the runtime has rtpengine instances configured: trunks in media mode `auto`
+    # anchor their calls then, and pass SDP through otherwise (edge.media.anchors).
+    media_engines: bool = False
 
 
 @dataclass(slots=True)
@@ -190,6 +216,18 @@ class _Relay:
         self.to_leg = to_leg
 
 
+class _Reoffer:
+    """A re-INVITE or UPDATE with SDP on an anchored call, relayed once rtpengine has
+    rewritten its offer."""
+
+    __slots__ = ("leg", "request", "txn")
+
+    def __init__(self, request: Request, txn: ServerTransaction, leg: Leg) -> None:
+        self.request = request
+        self.txn = txn
+        self.leg = leg
+
+
 class _RegistrarSweep:
     """When to next drop expired registrations; idle (no deadline) while nothing is registered."""
 
@@ -205,7 +243,7 @@ class _RegistrarSweep:
 _Scheduled: TypeAlias = Call | PendingChallenge | Retransmitter | _RegistrarSweep
 # What a call's transition gets besides the call: the message that moved it, or the reason a
 # slot was refused.
-_Payload: TypeAlias = Request | Response | str | None
+_Payload: TypeAlias = Request | Response | str | bytes | None
 # How a transition into ENDED ended the call: (reason, final SIP code, hangup side).
 _Ended: TypeAlias = tuple[str, int, str | None]
 _Action: TypeAlias = Callable[["B2bua", Call, CallInput, _Payload, float, float], "_Ended | None"]
@@ -216,8 +254,10 @@ _UNANSWERED_CLIENT = frozenset({TransactionState.CALLING, TransactionState.PROCE
 # What a call's deadline means in each state.
 _DEADLINE_INPUT = {
     CallState.ADMITTING: CallInput.NO_ANSWER,  # not armed while admitting
+    CallState.OFFERING: CallInput.NO_ANSWER,
     CallState.CALLING: CallInput.NO_ANSWER,
     CallState.EARLY: CallInput.NO_ANSWER,
+    CallState.CONNECTING: CallInput.NO_ANSWER,
     CallState.ANSWERED: CallInput.MAX_DURATION,
     CallState.ENDED: CallInput.B_ABANDONED,
 }
@@ -263,6 +303,8 @@ class B2bua:
         self._b_invites: dict[ClientTransaction, Call] = {}
         self._challenges = Challenges(self.settings.challenge_timeout)
         self._sweep = _RegistrarSweep()
+        # Ended anchored calls whose CDR waits for their media session's statistics.
+        self._media_ending: dict[str, tuple[CallDetailRecord, bool]] = {}
         self._out: list[Output] = []
 
     # --- the runtime's interface ------------------------------------------------------------
@@ -335,9 +377,39 @@ class B2bua:
         call = self._admitting.get(decision.call_id)
         if call is not None:
             if isinstance(decision, SlotGranted):
-                self._step(call, CallInput.SLOT_GRANTED, None, now, wall)
+                granted = (
+                    CallInput.SLOT_GRANTED_ANCHORED if call.anchored else CallInput.SLOT_GRANTED
+                )
+                self._step(call, granted, None, now, wall)
             else:
                 self._step(call, CallInput.SLOT_REFUSED, decision.reason, now, wall)
+        return out
+
+    def media_decided(self, decision: MediaDecision, now: float, wall: float) -> list[Output]:
+        """rtpengine's answer to a `MediaOffer` or `MediaAnswer`. One the call no longer waits
+        for (overtaken, or the call is over) changes nothing."""
+        out = self._out = []
+        call = self._calls.get(decision.call_id)
+        if call is not None and call.media_held is not None and decision.op == call.media_op:
+            if isinstance(decision, MediaReady):
+                call.media_engine = decision.engine
+                self._step(call, CallInput.MEDIA_READY, decision.sdp, now, wall)
+            else:
+                self._step(call, CallInput.MEDIA_FAILED, decision.reason, now, wall)
+        return out
+
+    def media_deleted(self, stats: MediaStats, now: float, wall: float) -> list[Output]:
+        """The answer to a `MediaDelete`: the ended call's CDR goes out, with the session's
+        statistics when rtpengine gave them."""
+        out = self._out = []
+        ending = self._media_ending.pop(stats.call_id, None)
+        if ending is not None:
+            record, srtp = ending
+            if stats.summary is not None:
+                summary = dict(stats.summary)
+                summary["mode"] = "srtp" if srtp else "rtp"
+                record.media = cdr.clean_media(summary)
+            out.append(CdrReady(record))
         return out
 
     def _screened(self, request: Request, ip: str, now: float) -> bool:
@@ -409,6 +481,13 @@ class B2bua:
                 "state": "answered" if c.answer_at else "ringing" if c.ringing_at else "setup",
                 "setup_at": cdr.iso_utc(c.setup_at),
                 "answer_at": cdr.iso_utc(c.answer_at),
+                "media": {
+                    "mode": "anchor" if c.anchored else "passthrough",
+                    "engine": c.media_engine,
+                    # leg -> the address that side was told to send its media to
+                    "addresses": dict(c.media_addresses),
+                    "srtp": c.customer_srtp,
+                },
             }
             for c in self._calls.values()
         ]
@@ -429,6 +508,10 @@ class B2bua:
             self._step(call, CallInput.SHUTDOWN, None, now, wall)
         for pending in self._challenges.waiting():
             self._challenge_expired(pending)
+        # No statistics will be waited for at shutdown: every CDR goes now.
+        for record, _ in self._media_ending.values():
+            out.append(CdrReady(record))
+        self._media_ending.clear()
         return out
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -720,6 +803,13 @@ class B2bua:
         if not isinstance(decision, Admit):
             self._refuse(incoming, trunk, decision, now, wall)
             return
+        if (
+            trunk.srtp == "required"
+            and self._anchors(trunk, request)
+            and not offers_srtp(request.body)
+        ):
+            self._refuse(incoming, trunk, reject("srtp_required"), now, wall)
+            return
         assert callee is not None
         targets = routing.outbound_targets(self.config.gateways_for(callee), callee, self.rng)
         self._start(
@@ -850,11 +940,33 @@ class B2bua:
             targets=targets,
             wall=wall,
         )
+        call.anchored = self._anchors(trunk, incoming.request)
         self._admitting[call.id] = call
         self._by_a_txn[incoming.txn] = call
         self._respond(incoming.txn, incoming.request, 100, None, now)
         # Inbound calls take a channel but no CPS token (see edge.policy.admit_inbound).
         self._out.append(AcquireSlot(call.id, trunk, direction == "outbound"))
+
+    def _anchors(self, trunk: TrunkPolicy, invite: Request) -> bool:
+        """Whether the call's media goes through rtpengine. An INVITE without SDP (a delayed
+        offer) is carried with its SDP untouched: see docs/media.md."""
+        return bool(invite.body) and anchors(trunk, self.settings.media_engines)
+
+    def _customer_leg(self, call: Call) -> str:
+        return "a" if call.direction == "outbound" else "b"
+
+    def _ask_media(
+        self,
+        call: Call,
+        kind: type[MediaOffer | MediaAnswer],
+        leg: str,
+        sdp: bytes,
+        params: dict[str, object],
+        held: object,
+    ) -> None:
+        call.media_op += 1
+        call.media_held = held
+        self._out.append(kind(call.id, call.media_op, leg, sdp, params))
 
     def _local(self, transport: str) -> Address:
         """Our address as written in Via, Contact, From and Call-ID (IPv6 in brackets)."""
@@ -895,7 +1007,7 @@ class B2bua:
             max_forwards=max((a_invite.max_forwards or 70) - 1, 0),
             contact=self._contact(target.transport),
             headers=headers,
-            body=a_invite.body,
+            body=call.media_sdp if call.anchored and call.media_sdp else a_invite.body,
             content_type=content_type,
         )
         call.b_invite = invite
@@ -920,7 +1032,8 @@ class B2bua:
             if status < 200:
                 step = CallInput.B_PROVISIONAL
             elif status < 300:
-                step = CallInput.B_ANSWER
+                anchored = call.anchored and response.body
+                step = CallInput.B_ANSWER_ANCHORED if anchored else CallInput.B_ANSWER
             elif call.targets and routing.should_fail_over(status, call.trunk.failover_stop_codes):
                 step = CallInput.B_FAILOVER
             else:
@@ -986,14 +1099,16 @@ class B2bua:
             headers.append(("Content-Type", content_type))
         return headers
 
-    def _relay_to_a(self, call: Call, response: Response, now: float) -> Response:
+    def _relay_to_a(
+        self, call: Call, response: Response, now: float, body: bytes | None = None
+    ) -> Response:
         a_response = make_response(
             call.a_invite,
             response.status,
             response.reason,
             to_tag=call.a.local_tag,
             headers=self._a_headers(call, response),
-            body=response.body,
+            body=response.body if body is None else body,
         )
         self._count_response(call.a_invite, response.status)
         self._send_events(self.layer.send_response(call.a_txn, a_response, now))
@@ -1071,10 +1186,25 @@ class B2bua:
         call.b_cancel, events = self.layer.send_request(make_cancel(call.b_invite), b.addr, now)
         self._send_events(events)
 
-    def _fail_a(self, call: Call, status: int, reason: str | None, now: float) -> None:
+    def _fail_a(
+        self,
+        call: Call,
+        status: int,
+        reason: str | None,
+        now: float,
+        headers: Iterable[tuple[str, str]] | None = None,
+    ) -> None:
         """Answer the caller's INVITE with a final error, if it is still unanswered."""
         if call.a_txn.state in _AWAITING_FINAL:
-            self._respond(call.a_txn, call.a_invite, status, reason, now, to_tag=call.a.local_tag)
+            self._respond(
+                call.a_txn,
+                call.a_invite,
+                status,
+                reason,
+                now,
+                to_tag=call.a.local_tag,
+                headers=headers,
+            )
 
     def _on_in_dialog(
         self, request: Request, txn: ServerTransaction, now: float, wall: float
@@ -1093,17 +1223,48 @@ class B2bua:
             bye = CallInput.CALLER_BYE if leg is call.a else CallInput.CALLEE_BYE
             self._step(call, bye, request, now, wall)
             return
+        if request.method == "INVITE":
+            self._respond(txn, request, 100, None, now)
+        if call.anchored and request.body and request.method in ("INVITE", "UPDATE"):
+            if call.media_held is not None:  # one offer at a time (RFC 3261 14.2 glare)
+                self._respond(txn, request, 491, None, now)
+                return
+            # Hold or resume: rtpengine rewrites the new offer before it is relayed.
+            sender = "a" if leg is call.a else "b"
+            receiver = "b" if sender == "a" else "a"
+            customer = receiver == self._customer_leg(call)
+            params = offer_params(
+                call.trunk,
+                to_customer=customer,
+                customer_srtp=call.customer_srtp if customer else None,
+            )
+            self._ask_media(
+                call, MediaOffer, sender, request.body, params, _Reoffer(request, txn, leg)
+            )
+            return
+        self._relay_in_dialog(call, request, txn, leg, request.body, now, wall)
+
+    def _relay_in_dialog(
+        self,
+        call: Call,
+        request: Request,
+        txn: ServerTransaction,
+        leg: Leg,
+        body: bytes,
+        now: float,
+        wall: float,
+    ) -> None:
+        other = call.b if leg is call.a else call.a
+        assert other is not None and other.dialog is not None
         content_type = request.headers.get("Content-Type")
         headers = crossing_headers(request, END_TO_END_HEADERS)
         relayed = other.dialog.create_request(
             request.method,
             via=self._via(other.addr[2]),
             headers=headers,
-            body=request.body,
-            content_type=content_type if request.body else None,
+            body=body,
+            content_type=content_type if body else None,
         )
-        if request.method == "INVITE":
-            self._respond(txn, request, 100, None, now)
         client, events = self.layer.send_request(relayed, other.addr, now)
         self._relays[client] = _Relay(call, txn, leg)
         self._handle_events(events, now, wall)
@@ -1115,13 +1276,30 @@ class B2bua:
             other.dialog.update_from_response(response)
         if response.status == 100:
             return
+        if (
+            call.anchored
+            and response.body
+            and relay.server_txn.request.body  # the answer to an offer rtpengine rewrote
+            and 200 <= response.status < 300
+            and call.state is CallState.ANSWERED
+            and call.media_held is None
+        ):
+            # The answer to a relayed offer: rtpengine rewrites it before it goes back.
+            answerer = "a" if relay.to_leg is call.b else "b"
+            self._ask_media(
+                call, MediaAnswer, answerer, response.body, answer_params(), (relay, response)
+            )
+            return
+        self._answer_relay(relay, response, response.body, now)
+
+    def _answer_relay(self, relay: _Relay, response: Response, body: bytes, now: float) -> None:
         request = relay.server_txn.request
         headers = [("Contact", self._contact(relay.to_leg.addr[2]))]
         content_type = response.headers.get("Content-Type")
-        if content_type and response.body:
+        if content_type and body:
             headers.append(("Content-Type", content_type))
         answer = make_response(
-            request, response.status, response.reason, headers=headers, body=response.body
+            request, response.status, response.reason, headers=headers, body=body
         )
         self._count_response(request, response.status)
         self._send_events(self.layer.send_response(relay.server_txn, answer, now))
@@ -1263,19 +1441,24 @@ class B2bua:
         ends[reason] = ends.get(reason, 0) + 1
         out = self._out
         out.append(ReleaseSlot(call.id, call.trunk.id))
-        out.append(
-            CdrReady(
-                cdr.call_record(
-                    call,
-                    edge=self.node,
-                    end_wall=wall,
-                    final_code=final_code,
-                    reason=reason,
-                    side=side,
-                    config_version=self.config.version,
-                )
-            )
+        record = cdr.call_record(
+            call,
+            edge=self.node,
+            end_wall=wall,
+            final_code=final_code,
+            reason=reason,
+            side=side,
+            config_version=self.config.version,
         )
+        call.media_held = None
+        if call.media_op:
+            # The call has (or may have) a media session: delete it, and write the CDR with
+            # its statistics when the answer comes (`media_deleted`; the runtime answers
+            # every MediaDelete, with None statistics if rtpengine does not).
+            self._media_ending[call.id] = (record, bool(call.customer_srtp))
+            out.append(MediaDelete(call.id))
+        else:
+            out.append(CdrReady(record))
         if started:
             self._emit(call, "ended", wall, reason=reason, final_code=final_code)
         # The call stays reachable while its transactions linger (up to 32 s), only to absorb
@@ -1302,6 +1485,11 @@ class B2bua:
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
     ) -> _Ended | None:
         """The call holds its slot: try the first target."""
+        self._start_call(call, now, wall)
+        self._try_next_target(call, now, wall)
+        return None
+
+    def _start_call(self, call: Call, now: float, wall: float) -> None:
         self._admitting.pop(call.id, None)
         self.stats.attempts_total += 1
         call.codecs = _codecs(call.a_invite)
@@ -1311,8 +1499,6 @@ class B2bua:
         self._emit(call, "started", wall)
         call.deadline = now + self.settings.ring_timeout
         self._timers.update(call)
-        self._try_next_target(call, now, wall)
-        return None
 
     def _refuse_slot(
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
@@ -1335,6 +1521,11 @@ class B2bua:
         if response.status in (180, 183) and call.ringing_at is None:
             call.ringing_at = wall
             self._emit(call, "ringing", wall)
+        if call.anchored and response.body and response.to_tag is not None:
+            # Early media: the caller gets this provisional once rtpengine has rewritten its
+            # SDP (MEDIA_READY in EARLY); one overtaken by the next is never relayed.
+            self._ask_media(call, MediaAnswer, "b", response.body, answer_params(), response)
+            return None
         self._relay_to_a(call, response, now)
         return None
 
@@ -1344,6 +1535,13 @@ class B2bua:
         response = payload
         assert isinstance(response, Response)
         self._ensure_b_dialog(call, response)
+        self._connect(call, response, None, now, wall)
+        return None
+
+    def _connect(
+        self, call: Call, response: Response, body: bytes | None, now: float, wall: float
+    ) -> None:
+        """Relay the 2xx (with `body` for its SDP if given) and start the answered call."""
         call.answer_at = wall
         route = call.routes[-1]
         route["status"] = response.status
@@ -1351,7 +1549,7 @@ class B2bua:
         call.answered_by = route["target"]
         if response.body:
             call.codecs = call.codecs or _codecs(response)
-        a_response = self._relay_to_a(call, response, now)
+        a_response = self._relay_to_a(call, response, now, body)
         call.a.dialog = Dialog.as_uas(call.a_invite, a_response)
         self._by_a_dialog[(call.a.call_id, call.a.local_tag)] = call
         retransmitter = Retransmitter(
@@ -1366,7 +1564,6 @@ class B2bua:
         self._timers.update(call)
         self.stats.answers_total += 1
         self._emit(call, "answered", wall)
-        return None
 
     def _fail_over(
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
@@ -1457,6 +1654,152 @@ class B2bua:
             self._handle_events(self.layer.transport_error(b_txn, now), now, wall)
         return None
 
+    # --- media anchoring (edge.media) -----------------------------------------------------------
+
+    def _offer_media(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The call holds its slot and anchors media: rtpengine rewrites the caller's offer
+        before the first target gets it."""
+        self._start_call(call, now, wall)
+        # Towards a carrier: SRTP if the first gateway asks for it (a failover to a gateway
+        # that differs keeps this offer; see docs/media.md).
+        first = call.targets[0] if call.targets else None
+        params = offer_params(
+            call.trunk,
+            to_customer=self._customer_leg(call) == "b",
+            customer_srtp=None,
+            carrier_srtp=first is not None and first.kind == "gateway" and first.srtp,
+        )
+        self._ask_media(call, MediaOffer, "a", call.a_invite.body, params, call.a_invite)
+        return None
+
+    def _send_offered(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        assert isinstance(payload, bytes)
+        call.media_held = None
+        call.media_sdp = payload
+        self._note_address(call, "b", payload)
+        self._try_next_target(call, now, wall)
+        return None
+
+    def _refuse_media(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """No rtpengine would take the call: refused rather than connected without audio."""
+        refusal = reject("media_unavailable")
+        self._bump_refusal(refusal.reason)
+        self._fail_a(call, refusal.code, refusal.phrase, now, self._refusal_headers(call, refusal))
+        return refusal.reason, refusal.code, "edge"
+
+    def _early_media(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        response = call.media_held
+        assert isinstance(response, Response) and isinstance(payload, bytes)
+        call.media_held = None
+        self._note_address(call, "a", payload)
+        self._relay_to_a(call, response, now, payload)
+        return None
+
+    def _answer_media(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The callee answered with SDP: rtpengine rewrites it before the caller gets the 2xx."""
+        response = payload
+        assert isinstance(response, Response)
+        self._ensure_b_dialog(call, response)
+        route = call.routes[-1]
+        route["status"] = response.status
+        route["reason"] = "answered"
+        self._ask_media(call, MediaAnswer, "b", response.body, answer_params(), response)
+        return None
+
+    def _connect_anchored(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        response = call.media_held
+        assert isinstance(response, Response) and isinstance(payload, bytes)
+        call.media_held = None
+        self._note_address(call, "a", payload)
+        customer_sdp = payload if self._customer_leg(call) == "a" else response.body
+        call.customer_srtp = offers_srtp(customer_sdp)
+        self._connect(call, response, payload, now, wall)
+        return None
+
+    def _media_lost(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """rtpengine failed the answer's rewrite: the call cannot have audio. The callee's
+        leg is cancelled or (answered) acknowledged and hung up; the caller gets 503."""
+        if call.state is CallState.CONNECTING:
+            self._drop_b_answer(call, now)
+        refusal = reject("media_unavailable")
+        self._fail_a(call, refusal.code, refusal.phrase, now, self._refusal_headers(call, refusal))
+        self._cancel_b(call, now)
+        return refusal.reason, refusal.code, "edge"
+
+    def _abandon_connecting(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """The call ends (cancel, ring timeout, operator, shutdown) while rtpengine rewrites
+        the callee's 2xx: the callee's leg is acknowledged and hung up."""
+        self._drop_b_answer(call, now)
+        reason = "cancelled" if event is CallInput.CALLER_CANCEL else event.value
+        return self._give_up(call, reason, now)
+
+    def _drop_b_answer(self, call: Call, now: float) -> None:
+        b = call.b
+        if b is None or b.dialog is None:
+            return
+        self._ack_b(call)
+        bye = b.dialog.create_request("BYE", via=self._via(b.addr[2]))
+        _, events = self.layer.send_request(bye, b.addr, now)
+        self._send_events(events)
+
+    def _renegotiated(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """rtpengine rewrote an in-dialog offer (hold, resume) or its answer: relay it."""
+        held = call.media_held
+        call.media_held = None
+        assert isinstance(payload, bytes)
+        if isinstance(held, _Reoffer):
+            receiver = "b" if held.leg is call.a else "a"
+            self._note_address(call, receiver, payload)
+            self._relay_in_dialog(call, held.request, held.txn, held.leg, payload, now, wall)
+        elif isinstance(held, tuple):
+            relay, response = held
+            self._note_address(call, "a" if relay.to_leg is call.a else "b", payload)
+            self._answer_relay(relay, response, payload, now)
+        return None
+
+    def _renegotiation_failed(
+        self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
+    ) -> _Ended | None:
+        """rtpengine failed an in-dialog offer or answer: the requester gets 503 and the
+        call keeps the media it had."""
+        held = call.media_held
+        call.media_held = None
+        txn = held.txn if isinstance(held, _Reoffer) else held[0].server_txn  # type: ignore[index]
+        if txn.state in _AWAITING_FINAL:
+            self._respond(txn, txn.request, 503, None, now)
+        return None
+
+    @staticmethod
+    def _refusal_headers(call: Call, refusal: Reject) -> list[tuple[str, str]]:
+        """As `_answer_refusal` writes them: Retry-After on 503, the reason if identified."""
+        headers = [("Retry-After", "1")] if refusal.code == 503 else []
+        if call.incoming.identified:
+            headers.append(reason_header(refusal))
+        return headers
+
+    def _note_address(self, call: Call, leg: str, sdp: bytes) -> None:
+        address = media_address(sdp)
+        if address is not None:
+            call.media_addresses[leg] = address
+
     def _take_down_stray(
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
     ) -> _Ended | None:
@@ -1473,10 +1816,18 @@ _I = CallInput
 CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.ADMITTING, _I.SLOT_GRANTED): (B2bua._proceed, _S.CALLING),
     (_S.ADMITTING, _I.SLOT_REFUSED): (B2bua._refuse_slot, _S.ENDED),
+    (_S.ADMITTING, _I.SLOT_GRANTED_ANCHORED): (B2bua._offer_media, _S.OFFERING),
+    (_S.OFFERING, _I.MEDIA_READY): (B2bua._send_offered, _S.CALLING),
+    (_S.OFFERING, _I.MEDIA_FAILED): (B2bua._refuse_media, _S.ENDED),
+    (_S.OFFERING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
+    (_S.OFFERING, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
+    (_S.OFFERING, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.OFFERING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.ADMITTING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
     (_S.ADMITTING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.CALLING, _I.B_PROVISIONAL): (B2bua._relay_provisional, _S.EARLY),
     (_S.CALLING, _I.B_ANSWER): (B2bua._answer, _S.ANSWERED),
+    (_S.CALLING, _I.B_ANSWER_ANCHORED): (B2bua._answer_media, _S.CONNECTING),
     (_S.CALLING, _I.B_FAILOVER): (B2bua._fail_over, _S.CALLING),
     (_S.CALLING, _I.B_REJECTED): (B2bua._relay_rejection, _S.ENDED),
     (_S.CALLING, _I.B_TIMED_OUT): (B2bua._time_out, _S.ENDED),
@@ -1486,6 +1837,15 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.CALLING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.B_PROVISIONAL): (B2bua._relay_provisional, _S.EARLY),
     (_S.EARLY, _I.B_ANSWER): (B2bua._answer, _S.ANSWERED),
+    (_S.EARLY, _I.B_ANSWER_ANCHORED): (B2bua._answer_media, _S.CONNECTING),
+    (_S.EARLY, _I.MEDIA_READY): (B2bua._early_media, _S.EARLY),
+    (_S.EARLY, _I.MEDIA_FAILED): (B2bua._media_lost, _S.ENDED),
+    (_S.CONNECTING, _I.MEDIA_READY): (B2bua._connect_anchored, _S.ANSWERED),
+    (_S.CONNECTING, _I.MEDIA_FAILED): (B2bua._media_lost, _S.ENDED),
+    (_S.CONNECTING, _I.CALLER_CANCEL): (B2bua._abandon_connecting, _S.ENDED),
+    (_S.CONNECTING, _I.NO_ANSWER): (B2bua._abandon_connecting, _S.ENDED),
+    (_S.CONNECTING, _I.OPERATOR_HANGUP): (B2bua._abandon_connecting, _S.ENDED),
+    (_S.CONNECTING, _I.SHUTDOWN): (B2bua._abandon_connecting, _S.ENDED),
     (_S.EARLY, _I.B_FAILOVER): (B2bua._fail_over, _S.CALLING),
     (_S.EARLY, _I.B_REJECTED): (B2bua._relay_rejection, _S.ENDED),
     (_S.EARLY, _I.B_TIMED_OUT): (B2bua._time_out, _S.ENDED),
@@ -1500,8 +1860,12 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.ANSWERED, _I.MAX_DURATION): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.OPERATOR_HANGUP): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.SHUTDOWN): (B2bua._bye_both, _S.ENDED),
+    (_S.ANSWERED, _I.B_ANSWER_ANCHORED): (B2bua._take_down_stray, _S.ANSWERED),
+    (_S.ANSWERED, _I.MEDIA_READY): (B2bua._renegotiated, _S.ANSWERED),
+    (_S.ANSWERED, _I.MEDIA_FAILED): (B2bua._renegotiation_failed, _S.ANSWERED),
     (_S.ENDED, _I.B_PROVISIONAL): (B2bua._cancel_late, _S.ENDED),
     (_S.ENDED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ENDED),
+    (_S.ENDED, _I.B_ANSWER_ANCHORED): (B2bua._take_down_stray, _S.ENDED),
     (_S.ENDED, _I.B_ABANDONED): (B2bua._drop_b_invite, _S.ENDED),
 }
 

@@ -48,17 +48,23 @@ Address = tuple[str, int, str]  # (host, port, transport: "udp" | "tcp" | "tls")
 
 class CallState(enum.Enum):
     ADMITTING = "admitting"  # asked for a slot (AcquireSlot), waiting for the answer
+    OFFERING = "offering"  # anchored: rtpengine is rewriting the caller's offer (MediaOffer)
     CALLING = "calling"  # B-leg INVITE sent, nothing heard yet: a CANCEL must wait (RFC 3261 9.1)
     EARLY = "early"  # the B leg answered provisionally
+    # anchored: the B leg answered 2xx; rtpengine is rewriting the answer (MediaAnswer) before
+    # the caller gets it
+    CONNECTING = "connecting"
     ANSWERED = "answered"  # a 2xx was relayed to the caller
     ENDED = "ended"  # its CDR is written; strays of its B leg are still absorbed
 
 
 class CallInput(enum.Enum):
     SLOT_GRANTED = "slot_granted"
+    SLOT_GRANTED_ANCHORED = "slot_granted_anchored"  # granted, and the call's media is anchored
     SLOT_REFUSED = "slot_refused"
     B_PROVISIONAL = "b_provisional"  # 1xx to the B-leg INVITE (100 included)
     B_ANSWER = "b_answer"  # 2xx to the B-leg INVITE (the first, a retransmission or a fork's)
+    B_ANSWER_ANCHORED = "b_answer_anchored"  # a 2xx with SDP on an anchored call
     B_FAILOVER = "b_failover"  # the target failed (error or timeout) and another one is left
     B_REJECTED = "b_rejected"  # the last target answered with an error
     B_TIMED_OUT = "b_timed_out"  # the last target never answered (timer B, transport error)
@@ -73,6 +79,10 @@ class CallInput(enum.Enum):
     # Over, but its B-leg INVITE never got a final answer, even to our CANCEL (RFC 3261 9.1:
     # after 64*T1 the transaction is considered destroyed).
     B_ABANDONED = "b_abandoned"
+    # rtpengine's answer to the call's pending media operation (edge.media): the rewritten SDP,
+    # or a failure (none reachable, a timeout, an error).
+    MEDIA_READY = "media_ready"
+    MEDIA_FAILED = "media_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +182,7 @@ class Call:
         "a_invite",
         "a_retransmitter",
         "a_txn",
+        "anchored",
         "answer_at",
         "answered_by",
         "b",
@@ -186,10 +197,16 @@ class Call:
         "caller_raw",
         "codecs",
         "customer_id",
+        "customer_srtp",
         "deadline",
         "direction",
         "id",
         "incoming",
+        "media_addresses",
+        "media_engine",
+        "media_held",
+        "media_op",
+        "media_sdp",
         "ringing_at",
         "routes",
         "setup_at",
@@ -243,6 +260,16 @@ class Call:
         # Monotonic time of the call's next timer: unanswered, the ring timeout; answered, its
         # maximum duration; ended, when to give up on its B-leg INVITE.
         self.deadline: float | None = None
+        # Media anchoring (edge.media). `media_op` numbers the operations asked (0: none, so
+        # no session to delete); `media_held` is what waits for the pending one's answer (a
+        # response or request to relay once its SDP is rewritten), None when none is pending.
+        self.anchored = False
+        self.media_op = 0
+        self.media_held: object | None = None
+        self.media_sdp: bytes | None = None  # the caller's offer as rewritten for the B leg
+        self.media_engine: str | None = None
+        self.media_addresses: dict[str, str] = {}  # leg -> the address it was told to send to
+        self.customer_srtp: bool | None = None
 
     def next_timer(self) -> float | None:
         return self.deadline

@@ -249,6 +249,9 @@ class CallDetailRecord:
     reason: str
     hangup_side: str | None = None
     codecs: list[str] = field(default_factory=list)
+    # Media anchored in rtpengine: what its delete answer said (see `clean_media`); None when
+    # the media passed through (or the call ended before a media session existed).
+    media: MediaSummary | None = None
     config_version: int
 
     def __post_init__(self) -> None:
@@ -292,6 +295,8 @@ class CallDetailRecord:
         if not isinstance(self.codecs, list):
             raise ValueError("codecs: must be a list")
         self.codecs = [_peer_text(_require_str("codecs[]", c), CODEC_MAX) for c in self.codecs]
+        if self.media is not None:
+            self.media = clean_media(self.media)
         _check_int("config_version", self.config_version, 0, MAX_INT64)
 
     def to_json(self) -> bytes:
@@ -323,6 +328,7 @@ class CallDetailRecord:
                 "reason": self.reason,
                 "hangup_side": self.hangup_side,
                 "codecs": self.codecs,
+                "media": self.media,
                 "config_version": self.config_version,
             }
         )
@@ -341,7 +347,7 @@ class CallDetailRecord:
             raise CdrDecodeError(f"not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise CdrDecodeError("not a JSON object")
-        missing = _JSON_FIELDS - data.keys()
+        missing = _JSON_FIELDS - data.keys() - _OPTIONAL_JSON_FIELDS
         unknown = data.keys() - _JSON_FIELDS
         if missing or unknown:
             parts = []
@@ -357,6 +363,47 @@ class CallDetailRecord:
 
 
 _JSON_FIELDS = frozenset(CallDetailRecord.__dataclass_fields__)
+# Added after journals were written: a line without it is an older edge's, not a broken one.
+_OPTIONAL_JSON_FIELDS = frozenset({"media"})
+# The media summary's keys: counters (integers >= 0) and quality figures (numbers >= 0).
+MEDIA_COUNTERS = frozenset({"packets_in", "packets_out", "bytes_in", "bytes_out", "packets_lost"})
+MEDIA_FIGURES = frozenset({"jitter_ms", "mos"})
+MEDIA_TEXT = frozenset({"engine", "mode"})
+
+
+class MediaSummary(TypedDict, total=False):
+    """A call's media as rtpengine counted it (edge/media.py builds it from `delete`)."""
+
+    engine: str  # the rtpengine instance, host:port
+    mode: str  # "rtp" or "srtp" on the customer side
+    packets_in: int  # received by rtpengine, both legs together
+    packets_out: int  # sent by rtpengine, both legs together
+    bytes_in: int
+    bytes_out: int
+    packets_lost: int
+    jitter_ms: float  # worst leg's average, where rtpengine reports it
+    mos: float  # lowest leg's MOS, where rtpengine reports it
+
+
+def clean_media(media: Any) -> MediaSummary:
+    """`media` checked: only known keys, counters as non-negative ints, figures as numbers."""
+    if not isinstance(media, dict):
+        raise ValueError("media: must be an object or null")
+    clean: dict[str, Any] = {}
+    for key, value in media.items():
+        if key in MEDIA_COUNTERS:
+            _check_int(f"media.{key}", value, 0, MAX_INT64)
+        elif key in MEDIA_FIGURES:
+            if type(value) not in (int, float) or not 0 <= value < 1e9:
+                raise ValueError(f"media.{key}: must be a number >= 0, not {value!r}")
+        elif key in MEDIA_TEXT:
+            _check_text(f"media.{key}", value, 100)
+        else:
+            raise ValueError(f"media: unknown key {key!r}")
+        clean[key] = value
+    return clean  # type: ignore[return-value]
+
+
 _ROUTE_KEYS = frozenset(RouteAttempt.__annotations__)
 
 

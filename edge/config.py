@@ -28,7 +28,9 @@ from edge.validators import CALLER_ID_POLICIES, TRANSPORTS, address_key
 
 __all__ = [
     "CALLER_ID_POLICIES",
+    "MEDIA_MODES",
     "SCHEMA",
+    "SRTP_MODES",
     "TRANSPORTS",
     "ConfigError",
     "Credential",
@@ -40,9 +42,18 @@ __all__ = [
     "Refusal",
     "TrunkPolicy",
     "address_key",
+    "media_error",
 ]
 
 SCHEMA = 1
+# A trunk's media: "passthrough" relays SDP untouched; "anchor" puts the media through rtpengine
+# (and refuses the call, 503 media_unavailable, if none answers); "auto" anchors when the edge
+# has an rtpengine configured and passes through otherwise (the default: a PBX behind NAT gets
+# audio wherever anchoring is available, and an edge without rtpengine keeps carrying calls).
+MEDIA_MODES = frozenset({"auto", "anchor", "passthrough"})
+# SRTP (SDES, RTP/SAVP) on the customer's side of an anchored call: "required" offers only
+# SRTP, "offered" SRTP or RTP (the PBX chooses), "off" plain RTP. Needs media anchoring.
+SRTP_MODES = frozenset({"required", "offered", "off"})
 _MAX_PORT = 65535
 _MAX_PRIORITY = 65535
 _T = TypeVar("_T")
@@ -112,6 +123,8 @@ class TrunkPolicy:
     default_country: str
     max_call_duration: int  # seconds
     origination_uris: tuple[OriginationTarget, ...]  # by priority, then weight descending
+    media_mode: str = "auto"  # one of MEDIA_MODES
+    srtp: str = "off"  # one of SRTP_MODES (customer side; needs media_mode != "passthrough")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +171,7 @@ class Gateway:
     prefixes: tuple[str, ...]  # E.164 prefixes it takes; empty takes every destination
     tech_prefix: str
     strip_plus: bool
+    srtp: bool = False  # SRTP (SDES) towards this gateway on anchored calls; absent: plain RTP
 
 
 # --- validation helpers: each names the place of the problem -------------------------------
@@ -215,6 +229,23 @@ def _valid(check: Callable[[Any], _T], value: Any, where: str, field: str) -> _T
         return check(value)
     except validators.InvalidValue as error:
         raise ConfigError(f"{where}.{field}: {error.message}", field=field) from None
+
+
+def _choice(
+    obj: Mapping[str, Any], key: str, where: str, choices: frozenset[str], default: str
+) -> str:
+    """An optional enumerated string: absent (an older snapshot) means `default`."""
+    value = obj.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"{where}.{key}: {value!r} is not one of {sorted(choices)}")
+    return str(value)
+
+
+def media_error(media_mode: str, srtp: str) -> str | None:
+    """Why a trunk's media settings cannot work together, or None. The model validates with it."""
+    if media_mode == "passthrough" and srtp != "off":
+        return "SRTP on the customer side needs media anchoring (media_mode anchor or auto)"
+    return None
 
 
 def _prefixes(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -281,6 +312,11 @@ def _trunk(obj: Mapping[str, Any], where: str, refusals: list[Refusal]) -> Trunk
         except ConfigError as error:
             refusals.append(Refusal("origination_uri", trunk_id, "origination_uris", str(error)))
     origination.sort(key=lambda target: (target.priority, -target.weight))
+    media_mode = _choice(obj, "media_mode", where, MEDIA_MODES, "auto")
+    srtp = _choice(obj, "srtp", where, SRTP_MODES, "off")
+    problem = media_error(media_mode, srtp)
+    if problem is not None:
+        raise ConfigError(f"{where}.srtp: {problem}", field="srtp")
     return TrunkPolicy(
         id=trunk_id,
         customer_id=_int(obj, "customer", where, low=1),
@@ -297,6 +333,8 @@ def _trunk(obj: Mapping[str, Any], where: str, refusals: list[Refusal]) -> Trunk
         default_country=default_country,
         max_call_duration=_int(obj, "max_call_duration", where, low=1),
         origination_uris=tuple(origination),
+        media_mode=media_mode,
+        srtp=srtp,
     )
 
 
@@ -317,6 +355,7 @@ def _gateway(obj: Mapping[str, Any], carrier_id: int, where: str) -> Gateway:
             "tech_prefix",
         ),
         strip_plus=_bool(obj, "strip_plus", where),
+        srtp=_bool(obj, "srtp", where) if "srtp" in obj else False,
     )
 
 

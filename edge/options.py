@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.runtime.gc_policy import DEFAULT_FULL_INTERVAL
+from edge.runtime.rtpengine import parse_engines
 from edge.sip.digest import DEFAULT_CHALLENGE_ORDER
 
 __all__ = [
@@ -60,6 +61,7 @@ ENVIRONMENT = {
     "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
     "cdr_ship": "EDGE_CDR_SHIP",
     "live_events": "EDGE_LIVE_EVENTS",
+    "rtpengine": "EDGE_RTPENGINE",
 }
 # Names earlier versions read: refused with the name to use, rather than silently ignored.
 RETIRED = {
@@ -113,6 +115,7 @@ class EdgeOptions:
     # where the runtime is given an ingest function (runedge, runplatform without Redis).
     cdr_ship: bool = True
     live_events: bool = True  # publish call events to --redis-url's stream (the live board)
+    rtpengine: tuple[tuple[str, int], ...] = ()  # ng addresses; none: no media anchoring
 
 
 def add_arguments(
@@ -165,6 +168,10 @@ def add_arguments(
     )  # fmt: skip
     add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")
     add("--live-events", "live_events", "on: call events to --redis-url for the live board", "on")
+    add(
+        "--rtpengine", "rtpengine",
+        "rtpengine ng addresses for media anchoring, e.g. udp:127.0.0.1:22222,udp:10.0.0.2:22222",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +248,10 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         raise UsageError(f"--gc-full-interval: not a number: {ns.gc_full_interval!r}") from None
     if not gc_full_interval >= 0:
         raise UsageError("--gc-full-interval must not be negative")
+    try:
+        rtpengine = tuple(parse_engines(text("rtpengine") or ""))
+    except ValueError as error:
+        raise UsageError(f"--rtpengine: {error}") from None
     live_events = (text("live_events") or "on").lower()
     if live_events not in ("on", "off"):
         raise UsageError(f"--live-events: on or off, not {live_events!r}")
@@ -271,6 +282,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         gc_full_interval=gc_full_interval,
         cdr_ship=(text("cdr_ship") or "1").lower() not in ("0", "false", "no", "off"),
         live_events=live_events == "on",
+        rtpengine=rtpengine,
     )
 
 

@@ -57,6 +57,11 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "draining": (503, "Service Unavailable"),
     "registration_not_allowed": (403, "Forbidden"),
     "interval_too_brief": (423, "Interval Too Brief"),
+    # The trunk anchors media and no rtpengine answered (none configured, all down, or it
+    # refused the session): refused rather than connected without audio.
+    "media_unavailable": (503, "Service Unavailable"),
+    # The trunk requires SRTP on the customer's side and the PBX's offer has none.
+    "srtp_required": (488, "Not Acceptable Here"),
 }
 
 

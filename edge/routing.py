@@ -48,6 +48,7 @@ class Target:
     request_uri: str
     gateway_id: int | None = None
     carrier_id: int | None = None
+    srtp: bool = False  # a gateway that wants SRTP (SDES) when the call's media is anchored
 
 
 class ContactLike(Protocol):
@@ -163,6 +164,7 @@ def _gateway_target(gateway: Gateway, e164: str) -> Target:
         request_uri,
         gateway.id,
         gateway.carrier_id,
+        gateway.srtp,
     )
 
 

@@ -117,8 +117,12 @@ class TrunkAdmin(AuditedModelAdmin):
         "max_cps",
         "caller_id_policy",
         "registration_allowed",
+        "media_mode",
+        "srtp",
     ]
-    list_filter = ["status", "caller_id_policy", "registration_allowed", "customer"]
+    list_filter = [
+        "status", "caller_id_policy", "registration_allowed", "media_mode", "srtp", "customer"
+    ]  # fmt: skip
     search_fields = ["name", "customer__name"]
     list_select_related = ["customer"]
     autocomplete_fields = ["customer"]

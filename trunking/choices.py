@@ -14,6 +14,20 @@ class CallerIdPolicy(models.TextChoices):
     PASS_THROUGH = "pass_through", "Pass through unchanged"
 
 
+class MediaMode(models.TextChoices):
+    # The values are edge.config.MEDIA_MODES (the edge's compiler is the rule's home).
+    AUTO = "auto", "Anchor when the edge has rtpengine, else pass through"
+    ANCHOR = "anchor", "Anchor in rtpengine (refuse calls when none is reachable)"
+    PASSTHROUGH = "passthrough", "Pass SDP through untouched"
+
+
+class SrtpMode(models.TextChoices):
+    # The values are edge.config.SRTP_MODES: SDES (RTP/SAVP) on the customer's side.
+    REQUIRED = "required", "Required"
+    OFFERED = "offered", "Offered"
+    OFF = "off", "Off"
+
+
 class Transport(models.TextChoices):
     UDP = "udp", "UDP"
     TCP = "tcp", "TCP"

@@ -2,17 +2,21 @@
 
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from accounts.models import Customer
+from edge.config import media_error
 
 from . import validators
 from .choices import (
     DEFAULT_FAILOVER_STOP_CODES,
     CallerIdPolicy,
     EdgeHealth,
+    MediaMode,
     NumberStatus,
+    SrtpMode,
     Transport,
     TrunkStatus,
 )
@@ -70,6 +74,18 @@ class Trunk(models.Model):
     max_call_duration = models.PositiveIntegerField(
         default=14400, validators=[MinValueValidator(1)], help_text="Seconds; both legs end then."
     )
+    media_mode = models.CharField(
+        max_length=16,
+        choices=MediaMode.choices,
+        default=MediaMode.AUTO,
+        help_text="Media through rtpengine (fixes NAT, hides addresses) or SDP untouched.",
+    )
+    srtp = models.CharField(
+        max_length=16,
+        choices=SrtpMode.choices,
+        default=SrtpMode.OFF,
+        help_text="SRTP (SDES) on the customer's side; needs media anchoring.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -92,6 +108,12 @@ class Trunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer} / {self.name}"
+
+    def clean(self) -> None:
+        super().clean()
+        problem = media_error(self.media_mode, self.srtp)
+        if problem is not None:
+            raise ValidationError({"srtp": problem})
 
 
 class IpAclEntry(models.Model):
@@ -262,6 +284,11 @@ class CarrierGateway(models.Model):
     )
     strip_plus = models.BooleanField(
         default=False, help_text="Send 4415... instead of +4415... in the Request-URI."
+    )
+    srtp = models.BooleanField(
+        default=False,
+        help_text="Offer SRTP (SDES) to this gateway on calls whose media is anchored; "
+        "carriers get plain RTP otherwise.",
     )
 
     class Meta:

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 SCHEMA = 1
 TRUNK_FIELDS = (
     "id", "customer_id", "name", "status", "max_channels", "max_cps", "caller_id_policy",
-    "registration_allowed", "default_country", "max_call_duration",
+    "registration_allowed", "default_country", "max_call_duration", "media_mode", "srtp",
 )  # fmt: skip
 TRUNK_JSON_FIELDS = ("allowed_destinations", "blocked_prefixes", "failover_stop_codes")
 LARGE_CHUNK = 20_000  # rows per fetch for the big tables (Django's default is 2,000... or 100)
@@ -130,6 +130,8 @@ def _trunks(ids: Collection[int] | None = None) -> list[dict[str, Any]]:
                 "registration_allowed": t["registration_allowed"],
                 "default_country": t["default_country"],
                 "max_call_duration": t["max_call_duration"],
+                "media_mode": t["media_mode"],
+                "srtp": t["srtp"],
                 "acl": [row["cidr"] for row in acl.get(t["id"], [])],
                 "credentials": credentials.get(t["id"], []),
                 "origination_uris": origination.get(t["id"], []),
@@ -163,6 +165,7 @@ def _carriers() -> list[dict[str, Any]]:
             "prefixes",
             "tech_prefix",
             "strip_plus",
+            "srtp",
         ),
         "carrier_id",
     )

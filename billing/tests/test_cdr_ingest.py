@@ -61,6 +61,7 @@ def test_ingest_stores_every_field(customer, trunk):
         "reason": "normal_clearing",
         "hangup_side": "caller",
         "codecs": ["PCMU", "PCMA"],
+        "media": answered.media,
         "config_version": 42,
         # No deck is assigned: an answered call is kept unrated, with the reason.
         "rate_id": None,
@@ -74,7 +75,7 @@ def test_ingest_stores_every_field(customer, trunk):
     stored = Cdr.objects.get(call_id=refused.call_id)
     assert (stored.customer_id, stored.trunk_id, stored.b_call_id) == (None, None, "")
     assert (stored.callee_e164, stored.answered_by, stored.hangup_side) == ("", "", "")
-    assert (stored.answer_at, stored.routes, stored.codecs) == (None, [], [])
+    assert (stored.answer_at, stored.routes, stored.codecs, stored.media) == (None, [], [], None)
 
 
 def test_ingest_is_idempotent_on_edge_and_call_id():

@@ -58,6 +58,7 @@ from edge.limits import (
     SlotRefused,
     decide,
 )
+from edge.media import MediaFailed, MediaReady, MediaStats
 from edge.options import (
     DEFAULT_DIGEST_ALGORITHMS,
     ENVIRONMENT,
@@ -89,6 +90,7 @@ from edge.runtime.control import (
 from edge.runtime.events import BatchingSink, EventSink, NodeEvent, live_events_sink
 from edge.runtime.gc_policy import GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
+from edge.runtime.rtpengine import Media, attach_media
 from edge.runtime.transports import (
     Dispatcher,
     HostResolver,
@@ -134,6 +136,12 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
 
     def slot_decided(self, decision: SlotDecision, now: float, wall: float) -> Sequence[Output]: ...
 
+    def media_decided(
+        self, decision: MediaReady | MediaFailed, now: float, wall: float
+    ) -> Sequence[Output]: ...
+
+    def media_deleted(self, stats: MediaStats, now: float, wall: float) -> Sequence[Output]: ...
+
 
 # --- the runtime ------------------------------------------------------------------------------
 
@@ -147,6 +155,7 @@ class CoreParams:
     local: dict[str, Address]
     digest_secret: bytes
     digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS
+    media_engines: bool = False  # rtpengine configured: trunks in media mode auto anchor
 
 
 def default_core(params: CoreParams) -> EdgeCore:
@@ -155,7 +164,9 @@ def default_core(params: CoreParams) -> EdgeCore:
     return B2bua(
         node=params.node,
         config=params.config,
-        settings=B2buaSettings(challenge_algorithms=params.digest_algorithms),
+        settings=B2buaSettings(
+            challenge_algorithms=params.digest_algorithms, media_engines=params.media_engines
+        ),
         local=params.local,
         digest_secret=params.digest_secret,
         rng=random.Random(secrets.randbits(64)),
@@ -254,6 +265,7 @@ class EdgeRuntime:
         # Set by `serve` in a process that is an edge (edge/runtime/gc_policy.py).
         self.gc_policy: GcPolicy | None = None
         self._sockets: list[socket.socket] = []
+        self.media: Media | None = None  # rtpengine ng client (edge/runtime/rtpengine.py)
         self.cluster_limits: ClusterLimits | None = None
         self.checkpoint: CallCheckpoint | None = None
         self.limits: Limits = LocalLimits()  # what the core's AcquireSlot / ReleaseSlot ask
@@ -364,6 +376,7 @@ class EdgeRuntime:
                 local=local,
                 digest_secret=self._digest_secret(),
                 digest_algorithms=options.digest_algorithms,
+                media_engines=bool(options.rtpengine),
             )
         )
         if options.state_dir is not None and source != str(options.state_dir / SNAPSHOT_FILE):
@@ -380,6 +393,7 @@ class EdgeRuntime:
             core, loop=loop, journal=self.flusher, events=events, resolver=HostResolver(loop)
         )
         dispatcher.slots = self._slot
+        self.media = await attach_media(dispatcher, core, options.rtpengine)
         self.udp = await open_udp(dispatcher, udp_sock)
         self.streams = StreamTransports(dispatcher, client_ssl=client_ssl)
         await self.streams.listen(tcp_sock, transport="tcp")
@@ -633,6 +647,8 @@ class EdgeRuntime:
             yield from self.shipper.shipper.metrics()
         if self.gc_policy is not None:
             yield from self.gc_policy.metrics()
+        if self.media is not None:
+            yield from self.media.metrics()
         if isinstance(self.events, BatchingSink):
             yield CounterMetricFamily(
                 "trunkline_edge_events_dropped",
@@ -672,10 +688,14 @@ class EdgeRuntime:
         self.streams.stop_listening()
         # The core's last words (final CDRs, BYEs, 503s) go out while the sockets are still
         # open; nothing can come in between this and closing them: this is one callback.
+        if self.media is not None:
+            self.media.closing()
         try:
             dispatcher.dispatch(core.close(loop.time(), time.time()))
         except Exception:
             logger.exception("core.close raised: calls still open have no final CDR")
+        if self.media is not None:
+            self.media.close()
         dispatcher.stop_timer()
         if self.cluster_limits is not None:
             await self.cluster_limits.close()  # sends the releases of the calls just ended

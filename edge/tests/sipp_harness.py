@@ -950,3 +950,111 @@ def status_line(data: bytes) -> tuple[int, str] | None:
     first = data.split(b"\r\n", 1)[0].decode("utf-8", "replace")
     match = re.match(r"SIP/2\.0 (\d{3}) (.*)$", first)
     return (int(match.group(1)), match.group(2)) if match else None
+
+
+# --- rtpengine ---------------------------------------------------------------------------------
+
+RTPENGINE_IP = "127.0.0.5"  # the media address rtpengine gives both sides in the tests
+
+
+def rtpengine_binary() -> str | None:
+    return shutil.which("rtpengine")
+
+
+class Rtpengine:
+    """A userspace rtpengine (``--table=-1``) on loopback: media on ``RTPENGINE_IP`` in a port
+    range of its own, its ng control port on ``ng_address``; ``ng`` asks it a command."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        media_ip: str = RTPENGINE_IP,
+        ports: tuple[int, int] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.media_ip = media_ip
+        self.ng_address = (EDGE_IP, free_udp_port(EDGE_IP))
+        # By default a block of 200 media ports (4 per call: RTP and RTCP on both legs, so
+        # 50 calls at once), spread by the ng port to keep parallel runs apart. A benchmark
+        # needs thousands: `ports`.
+        base = 20000 + (self.ng_address[1] % 45) * 200
+        self.ports = ports or (base, base + 199)
+        self.log_path = workdir / f"rtpengine-{self.ng_address[1]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind((EDGE_IP, 0))
+        self._cookie = 0
+
+    @property
+    def spec(self) -> str:
+        """The edge's --rtpengine value for this instance."""
+        return f"udp:{self.ng_address[0]}:{self.ng_address[1]}"
+
+    def start(self, timeout: float = 10.0) -> Rtpengine:
+        binary = rtpengine_binary() or "rtpengine"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                binary, "--foreground", "--log-stderr", "--log-level=6", "--table=-1",
+                "--no-fallback", f"--interface={self.media_ip}",
+                f"--listen-ng={self.ng_address[0]}:{self.ng_address[1]}",
+                f"--port-min={self.ports[0]}", f"--port-max={self.ports[1]}",
+                "--delete-delay=0", "--num-threads=2", "--pidfile=/dev/null",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rtpengine exited {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError, TimeoutError):
+                if self.ng({"command": "ping"}, timeout=0.3).get(b"result") == b"pong":
+                    return self
+        raise RuntimeError(f"rtpengine did not answer ping:\n{self.log()}")
+
+    def ng(self, command: Mapping[str, Any], timeout: float = 2.0) -> dict[bytes, Any]:
+        from edge import bencode
+
+        self._cookie += 1
+        cookie = f"test{self._cookie}".encode()
+        self._sock.settimeout(timeout)
+        self._sock.sendto(cookie + b" " + bencode.encode(dict(command)), self.ng_address)
+        while True:
+            data = self._sock.recv(65535)
+            got, _, body = data.partition(b" ")
+            if got == cookie:
+                answer: dict[bytes, Any] = bencode.decode(body)
+                return answer
+
+    def sessions(self) -> list[str]:
+        """rtpengine's `list`: the call ids of the sessions it holds."""
+        return [c.decode() for c in self.ng({"command": "list"}).get(b"calls", [])]
+
+    def leg_packets(self, call_id: str) -> dict[str, int]:
+        """Packets rtpengine received from each leg of a session (by tag), from `query`."""
+        answer = self.ng({"command": "query", "call-id": call_id})
+        packets: dict[str, int] = {}
+        for tag, data in (answer.get(b"tags") or {}).items():
+            total = 0
+            for medium in data.get(b"medias", []):
+                for stream in medium.get(b"streams", []):
+                    total += stream.get(b"stats", {}).get(b"packets", 0)
+            packets[tag.decode()] = total
+        return packets
+
+    def log(self) -> str:
+        return _tail(self.log_path) if self.log_path.exists() else "(no log)"
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            _terminate(self.process, 3.0)
+        self._sock.close()

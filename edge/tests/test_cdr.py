@@ -55,6 +55,15 @@ def make_cdr(**overrides: Any) -> CallDetailRecord:
         "reason": "normal_clearing",
         "hangup_side": "caller",
         "codecs": ["PCMU", "PCMA"],
+        "media": {
+            "engine": "127.0.0.1:22222",
+            "mode": "rtp",
+            "packets_in": 6100,
+            "bytes_in": 1_049_200,
+            "packets_lost": 3,
+            "jitter_ms": 4.0,
+            "mos": 4.3,
+        },
         "config_version": 42,
     }
     fields.update(overrides)
@@ -72,6 +81,7 @@ def refused_cdr(**overrides: Any) -> CallDetailRecord:
         "callee_raw": "s",
         "routes": [],
         "answered_by": None,
+        "media": None,
         "ringing_at": None,
         "answer_at": None,
         "end_at": iso_utc(SETUP),
@@ -210,6 +220,11 @@ def test_parse_iso_utc_refuses_other_forms(text):
         ({"reason": ""}, "reason"),
         ({"hangup_side": "both"}, "hangup_side"),
         ({"codecs": "PCMU"}, "codecs"),
+        ({"media": []}, "media"),
+        ({"media": {"packets_in": -1}}, "media.packets_in"),
+        ({"media": {"packets_in": 1.5}}, "media.packets_in"),
+        ({"media": {"mos": "4.1"}}, "media.mos"),
+        ({"media": {"colour": "blue"}}, "media"),
         ({"config_version": -1}, "config_version"),
     ],
 )
@@ -292,9 +307,16 @@ def _line(**changes: Any) -> bytes:
         (_line(setup_at=1_795_939_200), "setup_at"),
         (_line(billable_seconds=1), "billable_seconds"),
         (_line(routes=[["sip:x", "gateway", 200, "answered"]]), "routes[0]"),
+        (_line(media={"packets_in": "many"}), "media.packets_in"),
     ],
 )
 def test_from_json_refuses_corrupt_lines(line, message):
     with pytest.raises(CdrDecodeError) as caught:
         CallDetailRecord.from_json(line)
     assert message in str(caught.value)
+
+
+def test_a_line_from_before_media_was_recorded_still_reads():
+    record = CallDetailRecord.from_json(_line(media=...))
+    assert record.media is None
+    assert orjson.loads(record.to_json())["media"] is None

@@ -65,6 +65,8 @@ def test_refusal_table() -> None:
         "draining": (503, "Service Unavailable"),
         "registration_not_allowed": (403, "Forbidden"),
         "interval_too_brief": (423, "Interval Too Brief"),
+        "media_unavailable": (503, "Service Unavailable"),
+        "srtp_required": (488, "Not Acceptable Here"),
     }
     for reason, (code, phrase) in REFUSALS.items():
         assert reject(reason) == Reject(code, reason, phrase)

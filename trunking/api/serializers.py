@@ -16,8 +16,10 @@ from core.serializers import (
     TenantScopedRelatedField,
 )
 from core.tenancy import get_caller
+from edge.config import media_error
 
 from .. import selectors, services, validators
+from ..choices import MediaMode, SrtpMode
 from ..models import (
     Carrier,
     CarrierGateway,
@@ -96,6 +98,8 @@ class TrunkSerializer(TenantOwnedSerializer):
             "registration_allowed",
             "default_country",
             "max_call_duration",
+            "media_mode",
+            "srtp",
             "sip_endpoints",
             "carrier_source_addresses",
             "created_at",
@@ -103,6 +107,16 @@ class TrunkSerializer(TenantOwnedSerializer):
         ]
         # Status changes go through the suspend/resume actions, which audit a reason.
         read_only_fields = ["status", "created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        current = self.instance
+        media_mode = attrs.get("media_mode", getattr(current, "media_mode", MediaMode.AUTO))
+        srtp = attrs.get("srtp", getattr(current, "srtp", SrtpMode.OFF))
+        problem = media_error(media_mode, srtp)
+        if problem is not None:
+            raise serializers.ValidationError({"srtp": problem})
+        return attrs
 
 
 class TrunkChildSerializer(StrictModelSerializer):
@@ -288,6 +302,7 @@ class CarrierGatewaySerializer(StrictModelSerializer):
             "prefixes",
             "tech_prefix",
             "strip_plus",
+            "srtp",
         ]
 
     def validate_host(self, value: str) -> str:

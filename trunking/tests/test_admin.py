@@ -43,6 +43,8 @@ def test_trunk_change_page_with_inlines_is_audited(admin_client_, trunk):
         "failover_stop_codes": "[404, 486, 600, 603]",
         "default_country": "US",
         "max_call_duration": 14400,
+        "media_mode": "anchor",
+        "srtp": "offered",
         "acl_entries-TOTAL_FORMS": 1,
         "acl_entries-INITIAL_FORMS": 0,
         "acl_entries-0-cidr": "203.0.113.0/24",

@@ -168,3 +168,35 @@ def test_edge_node_control_url(api_as, url, ok):
     assert response.status_code == (201 if ok else 400), response.content
     if not ok:
         assert "control_url" in response.json()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"media_mode": "passthrough", "srtp": "required"},
+        {"media_mode": "relay"},
+        {"srtp": "maybe"},
+    ],
+)
+def test_media_settings_the_edge_would_refuse(api_as, trunk, body):
+    field = "srtp" if "srtp" in body else "media_mode"
+    before = (trunk.media_mode, trunk.srtp)
+    response = api_as("owner").patch(f"/api/v1/trunks/{trunk.pk}/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json(), response.json()
+    trunk.refresh_from_db()
+    assert (trunk.media_mode, trunk.srtp) == before
+
+
+def test_srtp_on_a_passthrough_trunk_is_refused_against_the_stored_mode(api_as, trunk):
+    trunk.media_mode = "passthrough"
+    trunk.save()
+    response = api_as("owner").patch(
+        f"/api/v1/trunks/{trunk.pk}/", {"srtp": "offered"}, format="json"
+    )
+    assert response.status_code == 400 and "srtp" in response.json()
+    ok = api_as("owner").patch(
+        f"/api/v1/trunks/{trunk.pk}/", {"media_mode": "anchor", "srtp": "offered"}, format="json"
+    )
+    assert ok.status_code == 200, ok.content
+    assert (ok.json()["media_mode"], ok.json()["srtp"]) == ("anchor", "offered")

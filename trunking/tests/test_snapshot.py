@@ -62,3 +62,15 @@ def test_add_edge_node_command_registers_and_prints_the_token(db, capsys):
     node = EdgeNode.objects.get(name="edge-7")
     assert node.control_url == "http://edge-7:8081"
     assert capsys.readouterr().out.count(edge_node_token(node)) == 2
+
+
+def test_snapshot_carries_the_trunks_media_settings_and_the_edge_compiles_them(trunk):
+    from edge.config import EdgeConfig
+
+    trunk.media_mode, trunk.srtp = "anchor", "required"
+    trunk.save()
+    snap = build_snapshot()
+    (t,) = snap["trunks"]
+    assert (t["media_mode"], t["srtp"]) == ("anchor", "required")
+    policy = EdgeConfig.compile(snap).trunk(trunk.pk)
+    assert policy is not None and (policy.media_mode, policy.srtp) == ("anchor", "required")

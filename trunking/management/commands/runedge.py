@@ -13,6 +13,7 @@ environment > the defaults below > built-in defaults:
   database). Set
   ``EDGE_LIMIT_SHARE`` to the number of edges, the share of each limit an edge keeps to while
   Redis is unreachable.
+- ``--rtpengine``: ``EDGE_RTPENGINE`` (media anchoring, docs/media.md).
 
 The edge itself never touches the ORM: this command only computes defaults, then hands over.
 """
