@@ -76,7 +76,28 @@ def scope_filter_choices(filterset: Any, caller: Caller | None) -> None:
             filter_.queryset = queryset.none()
 
 
-class StrictFilterBackend(DjangoFilterBackend):
+class FilterBackend(DjangoFilterBackend):
+    """DjangoFilterBackend whose 400 quotes each field's messages as Django renders them.
+
+    django-filter's own translation applies ``%`` formatting to every message, so a message
+    that echoes the caller's value (``'5%' is not a SIP final code``) raised a TypeError: a 500.
+    """
+
+    def filter_queryset(self, request: Any, queryset: Any, view: Any) -> Any:
+        filterset = self.get_filterset(request, queryset, view)
+        if filterset is None:
+            return queryset
+        if not filterset.is_valid():
+            raise serializers.ValidationError(
+                {
+                    name: [error["message"] for error in errors]
+                    for name, errors in filterset.errors.get_json_data().items()
+                }
+            )
+        return filterset.qs
+
+
+class StrictFilterBackend(FilterBackend):
     """django-filter for every API list: unknown parameters and out-of-range integers are 400s,
     and relation filters offer only the caller's objects."""
 

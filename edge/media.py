@@ -137,14 +137,29 @@ def offers_srtp(sdp: bytes) -> bool:
     return b"RTP/SAVP" in sdp or b"a=crypto:" in sdp
 
 
+# The SDES suites offered: AES_CM_128_HMAC_SHA1_80 and _32, which every SRTP endpoint knows.
+# rtpengine's default list (a dozen suites) makes an INVITE too large for UDP (over 1,300
+# bytes, RFC 3261 18.1.1); "no-" is understood by every rtpengine version ("only-" is not).
+SDES_SUITES = [
+    f"no-{suite}"
+    for suite in (
+        "AEAD_AES_256_GCM", "AEAD_AES_128_GCM", "AES_256_CM_HMAC_SHA1_80",
+        "AES_256_CM_HMAC_SHA1_32", "AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32",
+        "F8_128_HMAC_SHA1_80", "F8_128_HMAC_SHA1_32", "NULL_HMAC_SHA1_80", "NULL_HMAC_SHA1_32",
+    )
+]  # fmt: skip
+
+
 def _customer_protocol(trunk: TrunkPolicy, params: Params) -> Params:
     """What the customer's side gets, written into `params` (towards that side)."""
     srtp = trunk.srtp
     if srtp == "required":
         params["transport-protocol"] = "RTP/SAVP"
+        params["SDES"] = SDES_SUITES
     elif srtp == "offered":
         params["transport-protocol"] = "RTP/AVP"
         params["flags"] = [*params["flags"], "OSRTP-offer"]
+        params["SDES"] = SDES_SUITES
     else:
         params["transport-protocol"] = "RTP/AVP"
     return params

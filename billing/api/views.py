@@ -15,7 +15,6 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import DecimalField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpResponse, HttpResponseBase
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -26,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import Customer
+from core.filters import FilterBackend
 from core.permissions import TenantPermission
 from core.tenancy import Caller, get_caller
 from core.viewsets import TenantScopedReadOnlyViewSet, TenantScopedViewSet
@@ -90,7 +90,7 @@ class CdrViewSet(TenantScopedReadOnlyViewSet):
     queryset = Cdr.objects.all()
     serializer_class = CdrSerializer
     filterset_class = CdrFilterSet
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = [FilterBackend]
     pagination_class = CdrCursorPagination
 
     def get_queryset(self) -> QuerySet[Cdr]:

@@ -186,6 +186,9 @@ def test_srtp_trunk_gets_sdes_on_its_side_only(lab: Lab, rtpengine: h.Rtpengine)
     offer = sdp_of(invite)
     assert_anchored(offer, h.CARRIER_IP)
     assert "RTP/SAVP" in offer and "a=crypto:" in offer, offer  # SDES towards the customer
+    # Two suites only, so the INVITE fits in a UDP datagram (RFC 3261 18.1.1).
+    suites = {line.split()[1] for line in offer.splitlines() if line.startswith("a=crypto:")}
+    assert suites == {"AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"}, offer
     (answer,) = [m for m in carrier.received(200) if "application/sdp" in m.text]
     plain = sdp_of(answer)
     assert_anchored(plain, h.PBX_IP)

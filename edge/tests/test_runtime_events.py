@@ -40,6 +40,16 @@ def run_async(test):
     return wrapper
 
 
+def run_real_time(test):
+    """Run on a real event loop: for a test that talks to a real Redis over the network."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30))
+
+    return wrapper
+
+
 def event(kind: str, call_id: str = "c1", **fields) -> CallEvent:
     values = dict(
         trunk_id=7,
@@ -198,7 +208,7 @@ def redis_server(tmp_path):
     process.wait(5)
 
 
-@run_async
+@run_real_time
 async def test_batches_reach_the_redis_stream_and_an_outage_costs_counted_events(redis_server):
     process, url = redis_server
     sink = live_events_sink(node="edge-1", redis_url=url)

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.db import transaction
 from django.shortcuts import get_object_or_404
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
@@ -332,6 +333,14 @@ class EdgeNodeViewSet(TenantScopedViewSet):
         )
 
 
+class _ObjectListSchema(AutoSchema):
+    """The active-call list answers one object (count, results, unreachable edges), not the
+    array drf-spectacular assumes for a `list` action."""
+
+    def _is_list_view(self, serializer: Any = None) -> bool:
+        return False
+
+
 class ActiveCallViewSet(viewsets.ViewSet):
     """Calls in progress, asked of every edge now (not stored): the live board's data.
 
@@ -340,6 +349,7 @@ class ActiveCallViewSet(viewsets.ViewSet):
     """
 
     permission_classes = [TenantPermission]
+    schema = _ObjectListSchema()
     lookup_field = "call_id"
     lookup_value_regex = "[0-9A-Za-z_.:-]+"
 
@@ -370,8 +380,8 @@ class ActiveCallViewSet(viewsets.ViewSet):
         request=None,
         responses={
             204: OpenApiResponse(description="The edge ended the call (BYE/CANCEL sent)."),
-            404: OpenApiResponse(description="No such call in progress (or not yours)."),
-            502: OpenApiResponse(description="The edge carrying the call did not answer."),
+            404: OpenApiResponse(ERROR, description="No such call in progress (or not yours)."),
+            502: OpenApiResponse(ERROR, description="The edge carrying the call did not answer."),
         },
     )
     def destroy(self, request: Request, call_id: str | None = None) -> Response:
@@ -380,7 +390,8 @@ class ActiveCallViewSet(viewsets.ViewSet):
         try:
             services.call_hangup(actor=caller, call_id=str(call_id))
         except services.CallNotFound:
-            return Response({"detail": "No such call in progress."}, status=404)
+            return Response(error_body(404, "No such call in progress."), status=404)
         except services.EdgeUnavailable:
-            return Response({"detail": "The edge carrying the call did not answer."}, status=502)
+            detail = "The edge carrying the call did not answer."
+            return Response(error_body(502, detail), status=502)
         return Response(status=status.HTTP_204_NO_CONTENT)
