@@ -30,6 +30,7 @@ from edge import cdr, numbering, routing, salvage
 from edge.call_events import CallEvent, call_event
 from edge.calls import (
     ENDINGS,
+    HANGUP_REASONS,
     Address,
     Call,
     CallInput,
@@ -413,13 +414,18 @@ class B2bua:
             for c in self._calls.values()
         ]
 
-    def hangup(self, call_id: str, now: float, wall: float) -> list[Output] | None:
-        """End a call on the operator's request; None if there is no such call."""
+    def hangup(
+        self, call_id: str, now: float, wall: float, reason: str = "operator_hangup"
+    ) -> list[Output] | None:
+        """End a call on the control plane's request, for `reason` (a key of
+        `edge.calls.HANGUP_REASONS`: the operator's, or `no_credit`); None if there is no such
+        call."""
+        event = HANGUP_REASONS[reason]
         call = self._calls.get(call_id)
         if call is None:
             return None
         out = self._out = []
-        self._step(call, CallInput.OPERATOR_HANGUP, None, now, wall)
+        self._step(call, event, None, now, wall)
         return out
 
     def close(self, now: float, wall: float) -> list[Output]:
@@ -1410,7 +1416,7 @@ class B2bua:
     def _abandon(
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
     ) -> _Ended | None:
-        """The edge ends an unanswered call (operator, shutdown)."""
+        """The edge ends an unanswered call (operator, no credit, shutdown)."""
         return self._give_up(call, event.value, now)
 
     def _give_up(self, call: Call, reason: str, now: float) -> _Ended:
@@ -1483,6 +1489,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.CALLING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
     (_S.CALLING, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
     (_S.CALLING, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.CALLING, _I.NO_CREDIT): (B2bua._abandon, _S.ENDED),
     (_S.CALLING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.B_PROVISIONAL): (B2bua._relay_provisional, _S.EARLY),
     (_S.EARLY, _I.B_ANSWER): (B2bua._answer, _S.ANSWERED),
@@ -1492,6 +1499,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.EARLY, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
     (_S.EARLY, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.EARLY, _I.NO_CREDIT): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.ANSWERED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ANSWERED),
     (_S.ANSWERED, _I.CALLER_BYE): (B2bua._bye_other, _S.ENDED),
@@ -1499,6 +1507,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.ANSWERED, _I.ACK_TIMEOUT): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.MAX_DURATION): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.OPERATOR_HANGUP): (B2bua._bye_both, _S.ENDED),
+    (_S.ANSWERED, _I.NO_CREDIT): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.SHUTDOWN): (B2bua._bye_both, _S.ENDED),
     (_S.ENDED, _I.B_PROVISIONAL): (B2bua._cancel_late, _S.ENDED),
     (_S.ENDED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ENDED),
