@@ -131,3 +131,14 @@ def test_postpaid_customers_and_idle_edges_are_left_alone(priced, edge, customer
 def test_an_edge_that_does_not_answer_is_skipped_without_error(priced, customer, trunk):
     EdgeNode.objects.create(name="away", control_url="http://127.0.0.1:1")
     assert services.prepaid_calls_check(now=NOW) == []
+
+
+def test_beat_runs_the_task_every_prepaid_check_seconds(priced, edge, trunk, settings):
+    from billing.tasks import check_prepaid_calls
+
+    entry = settings.CELERY_BEAT_SCHEDULE["prepaid-calls"]
+    assert entry["task"] == check_prepaid_calls.name
+    assert entry["schedule"] == settings.PREPAID_CHECK_SECONDS == 5.0
+    edge.add_call("long", trunk, answer_at=iso_utc(datetime.now(UTC).timestamp() - 3600))
+    assert check_prepaid_calls() == 1
+    assert edge.reasons == {"long": "no_credit"}
