@@ -50,6 +50,8 @@ from .models import (
 from .rate_import import check_overlaps, parse_rate_csv
 from .selectors import Rating, RatingBook, out_of_credit, prepaid_exposures
 
+logger = logging.getLogger(__name__)
+
 # The columns a record fills (all but ``id`` and ``ingested_at``, which the database sets).
 CDR_COLUMNS = tuple(
     field.column
@@ -875,8 +877,6 @@ def balance_set_threshold(
 
 # --- prepaid calls in progress (docs/billing.md "Prepaid calls in progress") -------------------
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True, slots=True)
 class PrepaidCut:
@@ -899,9 +899,8 @@ def prepaid_calls_check(*, now: datetime | None = None) -> list[PrepaidCut]:
     exposures = [e for e in prepaid_exposures(answers=edges_calls(), now=moment) if e.out_of_credit]
     if not exposures:
         return []
-    trunks = Trunk.objects.in_bulk(
-        {call["trunk_id"] for e in exposures for _, call in e.calls if "trunk_id" in call}
-    )
+    trunk_ids = {call.get("trunk_id") for e in exposures for _, call in e.calls}
+    trunks = Trunk.objects.in_bulk([pk for pk in trunk_ids if isinstance(pk, int)])
     cut: list[PrepaidCut] = []
     for exposure in exposures:
         for node, call in exposure.calls:
@@ -913,7 +912,8 @@ def prepaid_calls_check(*, now: datetime | None = None) -> list[PrepaidCut]:
                 logger.warning("no_credit hang-up of call %s failed: %s", call_id, error)
                 continue
             cut.append(PrepaidCut(exposure.customer_id, node.name, call_id))
-            trunk = trunks.get(call.get("trunk_id"))  # type: ignore[arg-type]
+            trunk_id = call.get("trunk_id")
+            trunk = trunks.get(trunk_id) if isinstance(trunk_id, int) else None
             with transaction.atomic():
                 audit.record(
                     actor=SYSTEM,
