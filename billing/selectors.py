@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import bisect
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 
 from accounts.choices import BillingMode
+from edge.cdr import parse_iso_utc
 from trunking.models import EdgeNode, Trunk
 from trunking.tokens import edge_node_token
 
 from .models import Balance, Cdr, Rate, RateAssignment, RateDeck
 from .rating import Rate as RateRow
 from .rating import Rated, RateTable, Unrated, UnratedReason, rate_call
+
+if TYPE_CHECKING:
+    from trunking.selectors import EdgeCalls
 
 _ANSWERED = Q(answer_at__isnull=False)
 _FOUR_PLACES = Decimal("0.0001")
@@ -106,6 +111,103 @@ def balances_by_customer() -> dict[int, Decimal]:
 def customer_balance(customer_id: int) -> Decimal:
     amount = Balance.objects.filter(customer_id=customer_id).values_list("amount", flat=True)
     return next(iter(amount), ZERO)
+
+
+# --- prepaid calls in progress -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrepaidExposure:
+    """A prepaid customer with calls in progress: its balance, what those calls have cost so
+    far, and the calls (edge node, the edge's call row)."""
+
+    customer_id: int
+    balance: Decimal
+    running_cost: Decimal
+    calls: tuple[tuple[EdgeNode, dict[str, Any]], ...]
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.balance - self.running_cost
+
+    @property
+    def out_of_credit(self) -> bool:
+        """`out_of_credit`, the one rule, on the balance left after the calls in progress."""
+        return out_of_credit(
+            billing_mode=BillingMode.PREPAID, credit_limit=ZERO, balance=self.remaining
+        )
+
+
+def running_cost(book: RatingBook, call: dict[str, Any], now: datetime) -> Decimal:
+    """What ``call`` (a row of an edge's ``GET /calls``) has cost so far: rated as ingest will
+    rate its CDR (`RatingBook.rate`), from its answer time and its duration until ``now``, so
+    the connect fee and the first block count from the answer. Nothing before the answer;
+    nothing for a call ingest would leave unrated (no deck or no rate: the operator's list)."""
+    answer_at = _edge_time(call.get("answer_at"))
+    customer_id = call.get("customer_id")
+    if answer_at is None or not isinstance(customer_id, int):
+        return ZERO
+    trunk_id = call.get("trunk_id")
+    rating = book.rate(
+        customer_id=customer_id,
+        trunk_id=trunk_id if isinstance(trunk_id, int) else None,
+        direction=str(call.get("direction") or ""),
+        callee_e164=str(call.get("callee") or ""),
+        answer_at=answer_at,
+        duration_ms=max(int((now - answer_at).total_seconds() * 1000), 1),
+    )
+    return rating.cost or ZERO
+
+
+def _edge_time(text: object) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return parse_iso_utc(text)
+    except ValueError:
+        return None
+
+
+def prepaid_exposures(
+    *, answers: Iterable[EdgeCalls], now: datetime, book: RatingBook | None = None
+) -> list[PrepaidExposure]:
+    """Every prepaid customer with calls in progress on the edges that answered, with its
+    balance and the running cost of those calls. Two queries and a `RatingBook` (none while
+    no call is up)."""
+    from accounts.models import Customer
+
+    by_customer: dict[int, list[tuple[EdgeNode, dict[str, Any]]]] = {}
+    for answer in answers:
+        for call in answer.calls:
+            customer_id = call.get("customer_id")
+            if isinstance(customer_id, int):
+                by_customer.setdefault(customer_id, []).append((answer.node, call))
+    if not by_customer:
+        return []
+    prepaid = set(
+        Customer.objects.filter(pk__in=by_customer, billing_mode=BillingMode.PREPAID).values_list(
+            "pk", flat=True
+        )
+    )
+    if not prepaid:
+        return []
+    balances = dict(
+        Balance.objects.filter(customer_id__in=prepaid).values_list("customer_id", "amount")
+    )
+    book = book or RatingBook()
+    exposures = []
+    for customer_id in sorted(prepaid):
+        calls = by_customer[customer_id]
+        cost = sum((running_cost(book, call, now) for _, call in calls), ZERO)
+        exposures.append(
+            PrepaidExposure(
+                customer_id=customer_id,
+                balance=balances.get(customer_id, ZERO),
+                running_cost=cost,
+                calls=tuple(calls),
+            )
+        )
+    return exposures
 
 
 # --- rating -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ ledger, rate decks and their import, recurring charges, invoices, re-rating.
 insert, also used by ``load_cdrs``, and rates every record and debits what it inserted.
 """
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -29,6 +30,8 @@ from edge.cdr import CallDetailRecord, CdrDecodeError, parse_iso_utc
 from edge.runtime.cdr_shipper import ShipBatch
 from trunking.models import EdgeNode, PhoneNumber, Trunk
 from trunking.push import request_config_push
+from trunking.selectors import edges_calls
+from trunking.services import EdgeUnavailable, edge_call_end
 
 from .choices import QuarantineReason
 from .models import (
@@ -45,7 +48,9 @@ from .models import (
     RateDeck,
 )
 from .rate_import import check_overlaps, parse_rate_csv
-from .selectors import Rating, RatingBook, out_of_credit
+from .selectors import Rating, RatingBook, out_of_credit, prepaid_exposures
+
+logger = logging.getLogger(__name__)
 
 # The columns a record fills (all but ``id`` and ``ingested_at``, which the database sets).
 CDR_COLUMNS = tuple(
@@ -871,3 +876,57 @@ def balance_set_threshold(
     balance.save(update_fields=["low_balance_threshold", "below_threshold", "updated_at"])
     audit.record(actor=actor, obj=balance, action=AuditAction.UPDATE, before=before)
     return balance
+
+
+# --- prepaid calls in progress (docs/billing.md "Prepaid calls in progress") -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrepaidCut:
+    """A call ended for `no_credit` by `prepaid_calls_check`."""
+
+    customer_id: int
+    node: str
+    call_id: str
+
+
+def prepaid_calls_check(*, now: datetime | None = None) -> list[PrepaidCut]:
+    """End the calls of every prepaid customer whose balance minus the running cost of its
+    calls in progress (`selectors.prepaid_exposures`: rated as ingest will rate them) is at or
+    below zero: each edge carrying one is asked to hang it up with reason `no_credit` (on its
+    CDR), and an audit row names the call and the figures. Run every PREPAID_CHECK_SECONDS
+    (beat, or runplatform's loop in the embedded default). An edge that does not answer keeps
+    its calls until a later round reaches it; the ledger is not touched here: the calls' CDRs
+    debit what they cost when they are ingested."""
+    moment = now or timezone.now()
+    exposures = [e for e in prepaid_exposures(answers=edges_calls(), now=moment) if e.out_of_credit]
+    if not exposures:
+        return []
+    trunk_ids = {call.get("trunk_id") for e in exposures for _, call in e.calls}
+    trunks = Trunk.objects.in_bulk([pk for pk in trunk_ids if isinstance(pk, int)])
+    cut: list[PrepaidCut] = []
+    for exposure in exposures:
+        for node, call in exposure.calls:
+            call_id = str(call.get("call_id"))
+            try:
+                if not edge_call_end(node=node, call_id=call_id, reason="no_credit"):
+                    continue  # it ended meanwhile
+            except EdgeUnavailable as error:
+                logger.warning("no_credit hang-up of call %s failed: %s", call_id, error)
+                continue
+            cut.append(PrepaidCut(exposure.customer_id, node.name, call_id))
+            trunk_id = call.get("trunk_id")
+            trunk = trunks.get(trunk_id) if isinstance(trunk_id, int) else None
+            with transaction.atomic():
+                audit.record(
+                    actor=SYSTEM,
+                    obj=trunk or node,
+                    action=AuditAction.HANGUP,
+                    note=(
+                        f"no_credit: call {call_id} on edge {node.name} "
+                        f"({call.get('caller')} -> {call.get('callee')}) ended: balance "
+                        f"{exposure.balance} minus {exposure.running_cost} running on "
+                        f"{len(exposure.calls)} call(s) in progress"
+                    ),
+                )
+    return cut

@@ -1,5 +1,6 @@
 """Celery tasks of the billing app: CDR export jobs and the expiry of their files, consuming the
-CDR stream and keeping monthly partitions ahead, recurring charges, the ledger check.
+CDR stream and keeping monthly partitions ahead, recurring charges, the ledger check, the
+prepaid customers' calls in progress.
 
 Each takes ids (or nothing) and calls a service; each is safe to run twice or at once on several
 workers: the consumer group shares the stream's entries, partitions are created under an
@@ -40,6 +41,13 @@ logger = logging.getLogger(__name__)
 def post_recurring_charges() -> int:
     """This month's number charges (a number assigned since the last run is charged now)."""
     return services.recurring_charges_post(month=services.month_of(timezone.now()))
+
+
+@shared_task(ignore_result=True)
+def check_prepaid_calls() -> int:
+    """End prepaid customers' calls that would outrun their balance (beat: every
+    PREPAID_CHECK_SECONDS); the number of calls ended."""
+    return len(services.prepaid_calls_check())
 
 
 @shared_task

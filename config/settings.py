@@ -146,6 +146,8 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# Seconds between two checks of prepaid customers' calls in progress (billing.tasks).
+PREPAID_CHECK_SECONDS = env.float("PREPAID_CHECK_SECONDS", default=5.0)
 CELERY_BEAT_SCHEDULE = {
     # Re-push to edges whose applied version drifted, and mark unreachable ones.
     "reconcile-edges": {
@@ -162,6 +164,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.cdr_consume",
         "schedule": env.float("CDR_CONSUME_INTERVAL", default=1.0),
         "options": {"expires": env.float("CDR_CONSUME_INTERVAL", default=1.0)},
+    },
+    # Prepaid customers' calls in progress against their balance (docs/billing.md "Prepaid
+    # calls in progress"): the interval is the worst-case overrun's length.
+    "prepaid-calls": {
+        "task": "billing.tasks.check_prepaid_calls",
+        "schedule": PREPAID_CHECK_SECONDS,
+        "options": {"expires": PREPAID_CHECK_SECONDS},
     },
     "cdr-partitions": {
         "task": "billing.tasks.cdr_partitions_ensure",

@@ -30,6 +30,7 @@ from edge import cdr, numbering, routing, salvage
 from edge.call_events import CallEvent, call_event
 from edge.calls import (
     ENDINGS,
+    HANGUP_REASONS,
     Address,
     Call,
     CallInput,
@@ -492,13 +493,18 @@ class B2bua:
             for c in self._calls.values()
         ]
 
-    def hangup(self, call_id: str, now: float, wall: float) -> list[Output] | None:
-        """End a call on the operator's request; None if there is no such call."""
+    def hangup(
+        self, call_id: str, now: float, wall: float, reason: str = "operator_hangup"
+    ) -> list[Output] | None:
+        """End a call on the control plane's request, for `reason` (a key of
+        `edge.calls.HANGUP_REASONS`: the operator's, or `no_credit`); None if there is no such
+        call."""
+        event = HANGUP_REASONS[reason]
         call = self._calls.get(call_id)
         if call is None:
             return None
         out = self._out = []
-        self._step(call, CallInput.OPERATOR_HANGUP, None, now, wall)
+        self._step(call, event, None, now, wall)
         return out
 
     def close(self, now: float, wall: float) -> list[Output]:
@@ -1607,7 +1613,7 @@ class B2bua:
     def _abandon(
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
     ) -> _Ended | None:
-        """The edge ends an unanswered call (operator, shutdown)."""
+        """The edge ends an unanswered call (operator, no credit, shutdown)."""
         return self._give_up(call, event.value, now)
 
     def _give_up(self, call: Call, reason: str, now: float) -> _Ended:
@@ -1822,6 +1828,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.OFFERING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
     (_S.OFFERING, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
     (_S.OFFERING, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.OFFERING, _I.NO_CREDIT): (B2bua._abandon, _S.ENDED),
     (_S.OFFERING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.ADMITTING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
     (_S.ADMITTING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
@@ -1834,6 +1841,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.CALLING, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
     (_S.CALLING, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
     (_S.CALLING, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.CALLING, _I.NO_CREDIT): (B2bua._abandon, _S.ENDED),
     (_S.CALLING, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.B_PROVISIONAL): (B2bua._relay_provisional, _S.EARLY),
     (_S.EARLY, _I.B_ANSWER): (B2bua._answer, _S.ANSWERED),
@@ -1845,6 +1853,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.CONNECTING, _I.CALLER_CANCEL): (B2bua._abandon_connecting, _S.ENDED),
     (_S.CONNECTING, _I.NO_ANSWER): (B2bua._abandon_connecting, _S.ENDED),
     (_S.CONNECTING, _I.OPERATOR_HANGUP): (B2bua._abandon_connecting, _S.ENDED),
+    (_S.CONNECTING, _I.NO_CREDIT): (B2bua._abandon_connecting, _S.ENDED),
     (_S.CONNECTING, _I.SHUTDOWN): (B2bua._abandon_connecting, _S.ENDED),
     (_S.EARLY, _I.B_FAILOVER): (B2bua._fail_over, _S.CALLING),
     (_S.EARLY, _I.B_REJECTED): (B2bua._relay_rejection, _S.ENDED),
@@ -1852,6 +1861,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.EARLY, _I.CALLER_CANCEL): (B2bua._cancel, _S.ENDED),
     (_S.EARLY, _I.NO_ANSWER): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.OPERATOR_HANGUP): (B2bua._abandon, _S.ENDED),
+    (_S.EARLY, _I.NO_CREDIT): (B2bua._abandon, _S.ENDED),
     (_S.EARLY, _I.SHUTDOWN): (B2bua._abandon, _S.ENDED),
     (_S.ANSWERED, _I.B_ANSWER): (B2bua._take_down_stray, _S.ANSWERED),
     (_S.ANSWERED, _I.CALLER_BYE): (B2bua._bye_other, _S.ENDED),
@@ -1859,6 +1869,7 @@ CALL: dict[tuple[CallState, CallInput], tuple[_Action, CallState]] = {
     (_S.ANSWERED, _I.ACK_TIMEOUT): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.MAX_DURATION): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.OPERATOR_HANGUP): (B2bua._bye_both, _S.ENDED),
+    (_S.ANSWERED, _I.NO_CREDIT): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.SHUTDOWN): (B2bua._bye_both, _S.ENDED),
     (_S.ANSWERED, _I.B_ANSWER_ANCHORED): (B2bua._take_down_stray, _S.ANSWERED),
     (_S.ANSWERED, _I.MEDIA_READY): (B2bua._renegotiated, _S.ANSWERED),

@@ -30,6 +30,7 @@ from edge.sip.uri import parse_name_addr
 
 __all__ = [
     "ENDINGS",
+    "HANGUP_REASONS",
     "Address",
     "Call",
     "CallInput",
@@ -75,6 +76,7 @@ class CallInput(enum.Enum):
     ACK_TIMEOUT = "ack_timeout"  # the caller never acknowledged our 2xx
     MAX_DURATION = "max_duration"
     OPERATOR_HANGUP = "operator_hangup"
+    NO_CREDIT = "no_credit"  # the control plane ends a prepaid customer's call: money ran out
     SHUTDOWN = "shutdown"
     # Over, but its B-leg INVITE never got a final answer, even to our CANCEL (RFC 3261 9.1:
     # after 64*T1 the transaction is considered destroyed).
@@ -128,6 +130,11 @@ ENDINGS: dict[str, Ending] = {
     "operator_hangup": Ending(
         480, "Temporarily Unavailable", "edge", "`DELETE /calls/{id}` on the control API"
     ),
+    "no_credit": Ending(
+        402, "Payment Required", "edge",
+        "`DELETE /calls/{id}?reason=no_credit`: the prepaid customer's balance minus the running "
+        "cost of its calls reached zero (docs/billing.md); an answered call gets BYE on both legs",
+    ),
     "shutdown": Ending(
         503, "Service Unavailable", "edge", "the edge stopped while the call was up"
     ),
@@ -140,6 +147,12 @@ ENDINGS: dict[str, Ending] = {
         "before the death)",
     ),
 }  # fmt: skip
+# What the control API's hang-up may give as the reason (`DELETE /calls/{id}?reason=...`): the
+# input each one feeds the call. Anything else is the caller's error (400).
+HANGUP_REASONS: dict[str, CallInput] = {
+    "operator_hangup": CallInput.OPERATOR_HANGUP,
+    "no_credit": CallInput.NO_CREDIT,
+}
 # A call whose slot is refused (`channel_limit`, `cps_limit`) ends as a refusal: its code and
 # phrase are edge.policy.REFUSALS', not repeated here.
 

@@ -1,6 +1,7 @@
 """Writes of the trunking app that do more than save a row. Each audits in its transaction."""
 
 import secrets
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -311,6 +312,20 @@ class EdgeUnavailable(Exception):
 HANGUP_TIMEOUT = 5.0
 
 
+def edge_call_end(*, node: EdgeNode, call_id: str, reason: str = "operator_hangup") -> bool:
+    """Ask ``node``'s control API to end ``call_id`` (``DELETE /calls/{id}?reason=``; the
+    reasons are `edge.calls.HANGUP_REASONS`, written on the CDR); False if the edge no longer
+    carries the call. EdgeUnavailable if it did not answer or refused."""
+    path = f"/calls/{urllib.parse.quote(call_id, safe='')}?reason={urllib.parse.quote(reason)}"
+    try:
+        _request(node, "DELETE", path, None, HANGUP_TIMEOUT)
+    except EdgePushError as exc:
+        if exc.status == 404:
+            return False
+        raise EdgeUnavailable(str(exc)) from exc
+    return True
+
+
 @transaction.atomic
 def call_hangup(*, actor: Caller, call_id: str) -> dict[str, Any]:
     """End a call in progress through its edge's control API (``DELETE /calls/{id}``).
@@ -324,12 +339,8 @@ def call_hangup(*, actor: Caller, call_id: str) -> dict[str, Any]:
     if found is None:
         raise CallNotFound(call_id)
     node, call = found
-    try:
-        _request(node, "DELETE", f"/calls/{call_id}", None, HANGUP_TIMEOUT)
-    except EdgePushError as exc:
-        if "HTTP 404" in str(exc):  # it ended meanwhile
-            raise CallNotFound(call_id) from exc
-        raise EdgeUnavailable(str(exc)) from exc
+    if not edge_call_end(node=node, call_id=call_id):  # it ended meanwhile
+        raise CallNotFound(call_id)
     trunk = Trunk.objects.filter(pk=call["trunk_id"]).first()
     audit.record(
         actor=actor,

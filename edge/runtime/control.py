@@ -17,7 +17,9 @@ balancer or container health check can probe it; with the token it says more.
                               413 if larger than the limit
     POST   /drain             202 {"status": "draining", "active_calls": N}
     GET    /calls             200 {"calls": [...]}  (core.calls())
-    DELETE /calls/{call_id}   204, or 404 {"error"}
+    DELETE /calls/{call_id}   204, or 404 {"error"}; ``?reason=no_credit`` (or the default
+                              ``operator_hangup``: `edge.calls.HANGUP_REASONS`) goes on the
+                              CDR, any other reason is 400 {"error"}
     anything else             401 without the token, then 404 / 405 {"error"}
 
 A snapshot is decoded and compiled on a worker thread (100,000 numbers take longer than the
@@ -42,6 +44,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping, Sequence
 from concurrent.futures import Executor
@@ -56,6 +59,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from edge import native, snapshot_wire
+from edge.calls import HANGUP_REASONS
 from edge.config import ConfigError, EdgeConfig
 
 if TYPE_CHECKING:
@@ -113,7 +117,9 @@ class ControlledCore(Protocol):
 
     def calls(self) -> list[dict[str, object]]: ...
 
-    def hangup(self, call_id: str, now: float, wall: float) -> Sequence[Output] | None: ...
+    def hangup(
+        self, call_id: str, now: float, wall: float, reason: str = ...
+    ) -> Sequence[Output] | None: ...
 
 
 # --- snapshots --------------------------------------------------------------------------------
@@ -352,7 +358,8 @@ class ControlApp:
                     await _json(send, 200, {"status": self._status()})
                     return
                 raise _HttpError(401, "missing or invalid bearer token")
-            status, body, content_type = await self._route(method, path, receive)
+            query: bytes = scope.get("query_string", b"")
+            status, body, content_type = await self._route(method, path, query, receive)
         except _HttpError as error:
             headers = [(b"www-authenticate", b"Bearer")] if error.status == 401 else []
             if error.status == 405:
@@ -377,7 +384,9 @@ class ControlApp:
     def _status(self) -> str:
         return "draining" if self.core.draining else "ok"
 
-    async def _route(self, method: str, path: str, receive: Receive) -> tuple[int, Any, str | None]:
+    async def _route(
+        self, method: str, path: str, query: bytes, receive: Receive
+    ) -> tuple[int, Any, str | None]:
         if path == "/health":
             _allow(method, "GET", "HEAD")
             return 200, self.health(), None
@@ -396,7 +405,7 @@ class ControlApp:
             return 200, {"calls": self.core.calls()}, None
         if path.startswith("/calls/") and len(path) > len("/calls/"):
             _allow(method, "DELETE")
-            return self.hangup(path[len("/calls/") :]), None, None
+            return self.hangup(path[len("/calls/") :], _hangup_reason(query)), None, None
         raise _HttpError(404, "no such route")
 
     def health(self) -> dict[str, object]:
@@ -409,9 +418,9 @@ class ControlApp:
             "core": native.status(),
         }
 
-    def hangup(self, call_id: str) -> int:
+    def hangup(self, call_id: str, reason: str = "operator_hangup") -> int:
         loop = asyncio.get_running_loop()
-        outputs = self.core.hangup(call_id, loop.time(), time.time())
+        outputs = self.core.hangup(call_id, loop.time(), time.time(), reason)
         if outputs is None:
             raise _HttpError(404, f"no call {call_id!r}")
         self._dispatch(outputs)
@@ -466,6 +475,16 @@ class ControlApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _hangup_reason(query: bytes) -> str:
+    """The ``reason`` of a hang-up's query string: one of `HANGUP_REASONS`, else 400."""
+    values = urllib.parse.parse_qs(query.decode("latin-1")).get("reason", ["operator_hangup"])
+    reason = values[-1]
+    if reason not in HANGUP_REASONS:
+        allowed = ", ".join(sorted(HANGUP_REASONS))
+        raise _HttpError(400, f"reason {reason!r} is not one of: {allowed}")
+    return reason
 
 
 def _allow(method: str, *allowed: str) -> None:

@@ -571,6 +571,43 @@ def test_operator_hangup_and_shutdown_write_cdrs():
     assert [c.reason for c in edge.cdrs] == ["operator_hangup", "shutdown"]
 
 
+def test_no_credit_hangup_byes_both_legs_and_records_200():
+    edge = Edge()
+    connect_outbound(edge)
+    call_id = edge.core.calls()[0]["call_id"]
+    edge._keep(edge.core.hangup(call_id, edge.now, edge.wall, "no_credit"))
+    assert [m.method for m in edge.take(PBX)] == ["BYE"]
+    assert [m.method for m in edge.take(GATEWAY)] == ["BYE"]
+    (record,) = edge.cdrs
+    assert (record.reason, record.final_code, record.hangup_side) == ("no_credit", 200, "edge")
+    assert edge.core.stats.ends_total == {"no_credit": 1}
+
+
+def test_no_credit_hangup_of_a_ringing_call_answers_402_and_cancels():
+    edge = Edge()
+    edge.send(invite(PBX), PBX)
+    assert [m.status for m in edge.take(PBX)] == [100]
+    (b_invite,) = edge.take(GATEWAY)
+    edge.send(answer(b_invite, 180, tag="gw", peer=GATEWAY), GATEWAY)
+    edge.take(PBX)
+    call_id = edge.core.calls()[0]["call_id"]
+    edge._keep(edge.core.hangup(call_id, edge.now, edge.wall, "no_credit"))
+    (refusal,) = edge.take(PBX)
+    assert (refusal.status, refusal.reason) == (402, "Payment Required")
+    assert [m.method for m in edge.take(GATEWAY)] == ["CANCEL"]
+    (record,) = edge.cdrs
+    assert (record.reason, record.final_code) == ("no_credit", 402)
+
+
+def test_a_hangup_reason_outside_the_table_is_a_bug_of_the_caller():
+    edge = Edge()
+    connect_outbound(edge)
+    call_id = edge.core.calls()[0]["call_id"]
+    with pytest.raises(KeyError):
+        edge.core.hangup(call_id, edge.now, edge.wall, "normal_clearing")
+    assert edge.core.active_calls == 1
+
+
 def test_new_config_applies_to_new_calls_only():
     edge = Edge()
     connect_outbound(edge)

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from edge.calls import HANGUP_REASONS
 from edge.limits import LocalLimits, SlotGranted, SlotRefused
 from edge.sip.message import Request, Response, make_response, new_tag
 from edge.sip.parser import parse_message
@@ -219,8 +220,9 @@ class CallMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def operator_hangs_up(self, data: st.DataObject) -> None:
         call_id = data.draw(st.sampled_from([c["call_id"] for c in self.edge.core.calls()]))
+        reason = data.draw(st.sampled_from(sorted(HANGUP_REASONS)))
         edge = self.edge
-        outputs = edge.core.hangup(str(call_id), edge.now, edge.wall)
+        outputs = edge.core.hangup(str(call_id), edge.now, edge.wall, reason)
         assert outputs is not None
         edge._keep(outputs)
         self._pump()

@@ -43,6 +43,7 @@ class FakeCore:
         self.stats.refusals_total.update({"channel_limit": 2})
         self.stats.ends_total.update({"normal_clearing": 7, "no_answer": 1})
         self.stats.active.update({1: 2})  # the two calls below
+        self.hangups: list[tuple[str, str]] = []
         self._calls = {
             "abc": {"call_id": "abc", "trunk_id": 1, "state": "answered"},
             "def": {"call_id": "def", "trunk_id": 1, "state": "ringing"},
@@ -63,9 +64,10 @@ class FakeCore:
     def calls(self):
         return list(self._calls.values())
 
-    def hangup(self, call_id, now, wall):
+    def hangup(self, call_id, now, wall, reason="operator_hangup"):
         if self._calls.pop(call_id, None) is None:
             return None
+        self.hangups.append((call_id, reason))
         return [Transmit(b"BYE", ("127.0.0.1", 5062, "udp"))]
 
 
@@ -243,6 +245,20 @@ async def test_drain_calls_and_hangup():
     assert (status, json_of(body)) == (202, {"status": "draining", "active_calls": 1})
     _, _, body = await control.request("GET", "/health", token=None)
     assert json_of(body) == {"status": "draining"}
+    await control.stop()
+
+
+@run_async
+async def test_hangup_passes_an_allowed_reason_and_refuses_others():
+    control = await Control().start()
+    status, _, body = await control.request("DELETE", "/calls/abc?reason=shutdown")
+    assert status == 400 and "no_credit" in json_of(body)["error"]
+    assert control.core.hangups == [] and control.dispatched == []
+    status, _, _ = await control.request("DELETE", "/calls/abc?reason=no_credit")
+    assert status == 204
+    status, _, _ = await control.request("DELETE", "/calls/def")
+    assert status == 204
+    assert control.core.hangups == [("abc", "no_credit"), ("def", "operator_hangup")]
     await control.stop()
 
 

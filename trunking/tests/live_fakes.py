@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 
 class FakeEdge:
@@ -17,6 +18,7 @@ class FakeEdge:
         self.token = token
         self.calls: list[dict[str, Any]] = []
         self.deleted: list[str] = []
+        self.reasons: dict[str, str] = {}  # call id -> the hang-up's ?reason=
         self.requests: list[tuple[str, str]] = []
         self.port = 0
 
@@ -68,11 +70,13 @@ def fake_edge(token: str) -> Iterator[FakeEdge]:
         def do_DELETE(self) -> None:
             if not self._authorized():
                 return
-            call_id = self.path.removeprefix("/calls/")
+            path, _, query = self.path.partition("?")
+            call_id = path.removeprefix("/calls/")
             if not any(c["call_id"] == call_id for c in edge.calls):
                 self._answer(404, {"error": f"no call {call_id!r}"})
                 return
             edge.deleted.append(call_id)
+            edge.reasons[call_id] = parse_qs(query).get("reason", ["operator_hangup"])[-1]
             edge.calls = [c for c in edge.calls if c["call_id"] != call_id]
             self._answer(204)
 

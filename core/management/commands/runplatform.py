@@ -7,7 +7,8 @@ embedded default of DESIGN.md). The edge reads the same EDGE_* variables as ``ru
 config pushes on its control API like any other edge.
 
 - Without ``REDIS_URL`` tasks run in-process, so this command also runs the periodic edge
-  reconcile that Celery beat runs in production.
+  reconcile and the prepaid calls check (every ``PREPAID_CHECK_SECONDS``) that Celery beat
+  runs in production.
 - With ``REDIS_URL`` it starts a Celery worker (with beat) as a child process.
 
 In production each of these is its own process (see docker-compose.yml).
@@ -29,7 +30,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from billing.services import cdr_batches_ingest_in_process
-from billing.tasks import cdr_partitions_ensure
+from billing.tasks import cdr_partitions_ensure, check_prepaid_calls
 from edge.options import EdgeOptions, UsageError, options_from_environment
 from edge.runtime.control import ControlServer
 from edge.runtime.events import BatchingSink
@@ -126,16 +127,17 @@ class Command(BaseCommand):
             except (StartupError, UsageError) as error:
                 self.stderr.write(f"The SIP edge did not start: {error}")
                 runtime = None
-        reconcile = None
+        periodic: list[asyncio.Task[None]] = []
         if not settings.REDIS_URL:
-            reconcile = asyncio.create_task(self._reconcile_forever())
+            periodic.append(asyncio.create_task(self._reconcile_forever()))
+            periodic.append(asyncio.create_task(self._prepaid_check_forever()))
         await stopping.wait()
         self.stdout.write("Stopping: draining calls, then the web app.")
         if runtime is not None:
             runtime.stop()
             await runtime.shutdown()
-        if reconcile is not None:
-            reconcile.cancel()
+        for task in periodic:
+            task.cancel()
         web.should_exit = True
         await web_task
 
@@ -148,3 +150,13 @@ class Command(BaseCommand):
             await asyncio.sleep(settings.CELERY_BEAT_SCHEDULE["reconcile-edges"]["schedule"])
             with contextlib.suppress(Exception):  # logged by the task; try again next round
                 await sync_to_async(reconcile_edges, thread_sensitive=False)()
+
+    async def _prepaid_check_forever(self) -> None:
+        """What Celery beat does in production: end prepaid customers' calls that would
+        outrun their balance (`billing.tasks.check_prepaid_calls`)."""
+        while True:
+            await asyncio.sleep(settings.PREPAID_CHECK_SECONDS)
+            try:
+                await sync_to_async(check_prepaid_calls, thread_sensitive=False)()
+            except Exception:  # an edge or the database away: try again next round
+                logger.exception("prepaid calls check failed")
