@@ -277,20 +277,19 @@ def _lag(directory: Path, redis_url: str, rate: float, seconds: float, timeout: 
 def _raw_copy(journal_dir: Path, work: Path, rows: int) -> float:
     """The peer: the same rows, decoded beforehand, COPYed straight into the table."""
     from django.db import connection
-    from psycopg.types.json import Jsonb
 
-    from billing.services import CDR_COLUMNS, _column_values
+    from billing.selectors import RatingBook
+    from billing.services import CDR_COLUMNS, _copy_row
     from edge.cdr import CallDetailRecord
 
     # The pipeline removed its files once committed: write the same records again.
     _write_journal(work / "again", rows)
+    book = RatingBook()  # the same rows as the pipeline's, rating columns included
     values = []
     for path in sorted((work / "again").iterdir()):
         with path.open("rb") as file:
             for line in file:
-                row = _column_values(CallDetailRecord.from_json(line))
-                row["routes"], row["codecs"] = Jsonb(row["routes"]), Jsonb(row["codecs"])
-                values.append([row[column] for column in CDR_COLUMNS])
+                values.append(_copy_row(CallDetailRecord.from_json(line), book))
     _empty()
     columns = ", ".join(CDR_COLUMNS)
     connection.ensure_connection()
