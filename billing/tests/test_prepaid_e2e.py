@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -221,38 +220,16 @@ def _platform(
     )  # fmt: skip
     ids = json.loads(seeded.stdout.strip().splitlines()[-1])
     carrier.start().wait_listening()
-    for attempt in range(3):  # a free port may be taken before we bind it: try others
-        web_port, sip_port, control_port = h.free_tcp_port(), h.free_port(), h.free_tcp_port()
-        env["EDGE_NODE_NAME"] = "embedded" if attempt == 0 else f"embedded-{attempt}"
-        env["EDGE_SIP_ADDRESS"] = f"{h.EDGE_IP}:{sip_port}"
-        env["EDGE_CONTROL_ADDRESS"] = f"127.0.0.1:{control_port}"
-        log_path = tmp_path / f"platform-{attempt}.log"
-        log = open(log_path, "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [*manage, "runplatform", "--port", str(web_port)],
-            env=env, cwd=h.REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while b"edge ready" not in log_path.read_bytes():
-            failed = process.poll() is not None or b"did not start" in log_path.read_bytes()
-            if failed or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        if b"edge ready" in log_path.read_bytes():
-            break
-        _stop(process)
-        log.close()
-    else:
-        raise AssertionError("the platform did not start:\n" + log_path.read_text())
+    platform = h.start_platform(manage, env, tmp_path)
     # With Redis, Celery (and its beat) does the work the embedded loop does without it.
-    assert (b"Celery worker (with beat) started" in log_path.read_bytes()) is bool(
+    assert (b"Celery worker (with beat) started" in platform.log_path.read_bytes()) is bool(
         services.get("REDIS_URL")
     )
     try:
         yield (
             Platform(
-                url=f"http://127.0.0.1:{web_port}",
-                sip=(h.EDGE_IP, sip_port),
+                url=platform.url,
+                sip=(h.EDGE_IP, platform.sip_port),
                 key=ids["key"],
                 database=database,
                 node=env["EDGE_NODE_NAME"],
@@ -261,19 +238,8 @@ def _platform(
             carrier,
         )
     finally:
-        _stop(process)
-        log.close()
+        platform.stop()
         carrier.stop(grace=2)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
 
 
 CDR_SQL = (

@@ -1058,3 +1058,69 @@ class Rtpengine:
         if self.process is not None and self.process.poll() is None:
             _terminate(self.process, 3.0)
         self._sock.close()
+
+
+def stop_group(process: subprocess.Popen[Any], grace: float = 20) -> None:
+    """SIGTERM a process's whole group (started with start_new_session), SIGKILL it if it is
+    still there after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+@dataclass
+class RunningPlatform:
+    """`manage.py runplatform` running (web app and embedded edge), as `start_platform` left it."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    web_port: int
+    sip_port: int
+    control_port: int
+    node: str
+    _log: Any = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def stop(self) -> None:
+        stop_group(self.process)
+        self._log.close()
+
+
+def start_platform(
+    manage: Sequence[str], env: dict[str, str], workdir: Path, attempts: int = 3
+) -> RunningPlatform:
+    """Start `manage.py runplatform` on free ports and wait for its edge to be ready. A free
+    port may be taken before the platform binds it: then try again with others, as a new node
+    (runplatform records a node's control URL when it creates it). `env` is updated with the
+    edge's name and addresses."""
+    log_path = workdir / "platform.log"
+    for attempt in range(attempts):
+        web_port, sip_port, control_port = free_tcp_port(), free_port(), free_tcp_port()
+        env["EDGE_NODE_NAME"] = node = "embedded" if attempt == 0 else f"embedded-{attempt}"
+        env["EDGE_SIP_ADDRESS"] = f"{EDGE_IP}:{sip_port}"
+        env["EDGE_CONTROL_ADDRESS"] = f"127.0.0.1:{control_port}"
+        log_path = workdir / f"platform-{attempt}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 -- the platform's stdout while it runs
+        process = subprocess.Popen(
+            [*manage, "runplatform", "--port", str(web_port)],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while b"edge ready" not in log_path.read_bytes():
+            failed = process.poll() is not None or b"did not start" in log_path.read_bytes()
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if b"edge ready" in log_path.read_bytes():
+            return RunningPlatform(process, log_path, web_port, sip_port, control_port, node, log)
+        stop_group(process)
+        log.close()
+    raise AssertionError("the platform did not start:\n" + log_path.read_text())

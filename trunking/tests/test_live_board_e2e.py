@@ -14,11 +14,9 @@ PostgreSQL; it ignores DATABASE_URL and REDIS_URL on purpose: it tests the embed
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -93,54 +91,19 @@ def platform(tmp_path: Path) -> Iterator[dict[str, object]]:
     )  # fmt: skip
     subprocess.run([*manage, "shell", "-c", seed], env=env, cwd=h.REPO, check=True, timeout=60)
     uas.start().wait_listening()
-    # Free ports may be taken by someone else before we bind them: try again with others.
-    for attempt in range(3):
-        web_port, sip_port, control_port = h.free_tcp_port(), h.free_port(), h.free_tcp_port()
-        # A new node each time: runplatform records its control URL when it creates it.
-        env["EDGE_NODE_NAME"] = node = "embedded" if attempt == 0 else f"embedded-{attempt}"
-        env["EDGE_SIP_ADDRESS"] = f"{h.EDGE_IP}:{sip_port}"
-        env["EDGE_CONTROL_ADDRESS"] = f"127.0.0.1:{control_port}"
-        log_path = tmp_path / f"platform-{attempt}.log"
-        log = open(log_path, "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [*manage, "runplatform", "--port", str(web_port)],
-            env=env, cwd=h.REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while b"edge ready" not in log_path.read_bytes():
-            failed = process.poll() is not None or b"did not start" in log_path.read_bytes()
-            if failed or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        if b"edge ready" in log_path.read_bytes():
-            break
-        _stop(process)
-        log.close()
-    else:
-        raise AssertionError("the platform did not start:\n" + log_path.read_text())
+    platform = h.start_platform(manage, env, tmp_path)
     try:
         yield {
-            "url": f"http://127.0.0.1:{web_port}",
-            "sip": (h.EDGE_IP, sip_port),
+            "url": platform.url,
+            "sip": (h.EDGE_IP, platform.sip_port),
             "uas": uas,
-            "node": node,
-            "log": log_path,
+            "node": platform.node,
+            "log": platform.log_path,
             "workdir": tmp_path,
         }
     finally:
-        _stop(process)
-        log.close()
+        platform.stop()
         uas.stop(grace=2)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
 
 
 def test_a_call_appears_is_hung_up_from_the_page_and_leaves(platform) -> None:
