@@ -4,7 +4,8 @@ A call's CDR is written when it ends. An edge killed mid-call (SIGKILL, OOM, pow
 leave its answered calls without any record, and their minutes unbilled. So the edge keeps,
 in its journal directory, a checkpoint file (``calls-<node>.checkpoint``, JSON lines): each
 answered call's CDR so far (`B2bua.record_so_far`), appended within ``append_delay`` of the
-answer, and every ``interval`` seconds (5 by default) the whole file rewritten with the lines
+answer (built then, and only for the calls still up: a call that ended sooner has its CDR in the
+journal), and every ``interval`` seconds (5 by default) the whole file rewritten with the lines
 of the calls still up (the call events say which: "answered", "ended"; the core is not asked
 again) and the time the edge was last known alive (written to a temporary file, fsynced,
 renamed over the old one, directory fsynced). Every line carries the time it was written.
@@ -214,7 +215,8 @@ class CallCheckpoint:
         self.append_delay = append_delay
         self._loop = loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-checkpoint")
-        self._pending: list[bytes] = []
+        # Answered calls whose line is not built yet (see `answered`).
+        self._answered: list[str] = []
         # The checkpoint line of every answered call still up, by record id.
         self._lines: dict[str, bytes] = {}
         self._append_timer: asyncio.TimerHandle | None = None
@@ -235,14 +237,12 @@ class CallCheckpoint:
     # --- the loop's side ---------------------------------------------------------------------
 
     def answered(self, call_id: str) -> None:
+        """Note an answer; its line is built when the appends are flushed (`append_delay`
+        later), and only if the call is still up then: a call that ended first has its CDR in
+        the journal, so the many short calls of a busy edge cost the checkpoint nothing."""
         if self._closed:
             return
-        wall = time.time()
-        record = self.core.record_so_far(call_id, wall)
-        if record is None:
-            return
-        line = self._lines[call_id] = _line(record, iso_utc(wall))
-        self._pending.append(line)
+        self._answered.append(call_id)
         if self._append_timer is None:
             self._append_timer = self._loop.call_later(self.append_delay, self._flush_appends)
 
@@ -250,9 +250,21 @@ class CallCheckpoint:
         """The call's CDR is in the journal's buffer: the next rewrite leaves it out."""
         self._lines.pop(call_id, None)
 
+    def _take_answered(self, wall: float) -> list[bytes]:
+        """The lines of the calls answered since the last flush that are still up."""
+        ids, self._answered = self._answered, []
+        alive_at = iso_utc(wall)
+        lines = []
+        for call_id in ids:
+            record = self.core.record_so_far(call_id, wall)
+            if record is not None:
+                line = self._lines[call_id] = _line(record, alive_at)
+                lines.append(line)
+        return lines
+
     def _flush_appends(self) -> None:
         self._append_timer = None
-        lines, self._pending = self._pending, []
+        lines = self._take_answered(time.time())
         if lines:
             self._submit(self._append, b"".join(lines))
 
@@ -265,7 +277,7 @@ class CallCheckpoint:
         if self._append_timer is not None:
             self._append_timer.cancel()
             self._append_timer = None
-        self._pending.clear()
+        self._take_answered(wall)
         # The calls' lines are the ones written at their answer: nothing of a call changes
         # after it but its end, which recovery takes from the newest `alive_at`.
         data = _line(None, iso_utc(wall)) + b"".join(self._lines.values())

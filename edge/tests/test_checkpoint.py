@@ -136,3 +136,40 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         return b""
+
+
+def test_a_call_that_ends_before_the_appends_are_flushed_costs_no_line(tmp_path):
+    """The line is built at the flush, for the calls still up then: a short call (most of a
+    busy edge's) is never asked for its record, and a long one is written once."""
+
+    class CountingCore(Core):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: list[str] = []
+
+        def record_so_far(self, call_id: str, wall: float) -> CallDetailRecord | None:
+            self.asked.append(call_id)
+            return super().record_so_far(call_id, wall)
+
+    async def scene() -> None:
+        loop = asyncio.get_running_loop()
+        journal = CdrJournal(tmp_path, node="edge-1")
+        core = CountingCore()
+        checkpoint = CallCheckpoint(core, journal, loop=loop, interval=60, append_delay=0.05)
+        checkpoint.start()
+        core.up["long"] = answered("long")
+        checkpoint.answered("long")
+        core.up["short"] = answered("short")
+        checkpoint.answered("short")
+        del core.up["short"]  # it ends (its CDR journalled) before the appends are flushed
+        checkpoint.ended("short")
+        deadline = time.monotonic() + 5
+        while b'"call_id":"long"' not in _read(checkpoint.path):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert core.asked == ["long", "short"]  # asked once each, at the flush
+        assert b'"call_id":"short"' not in _read(checkpoint.path)
+        journal.close()
+        await checkpoint.aclose()
+
+    asyncio.run(asyncio.wait_for(scene(), 20))
