@@ -1076,18 +1076,35 @@ class B2bua:
         leg, other = self._legs(call, ack)
         if leg.dialog is not None and not leg.dialog.matches(ack):
             return  # same Call-ID, tags of no dialog: an ACK is never answered
-        if leg is call.a and ack.cseq[0] == call.a_invite.cseq[0]:
-            if call.a_retransmitter is not None:
-                call.a_retransmitter.inner.acknowledged()
-                self._timers.update(call.a_retransmitter)
+        if leg is call.a and ack.cseq[0] == call.a_cseq:
+            retransmitter = call.a_retransmitter
+            if retransmitter is not None:
+                retransmitter.inner.acknowledged()
+                self._timers.update(retransmitter)
             if call.b_ack is None:  # a retransmitted ACK is absorbed here
                 self._ack_b(call, ack.body, ack.headers.get("Content-Type"))
+            if retransmitter is not None:
+                self._settle(call)
         elif other.dialog is not None and other.dialog.can_acknowledge:  # relayed re-INVITE
             content_type = ack.headers.get("Content-Type") if ack.body else None
             relayed = other.dialog.create_request(
                 "ACK", via=self._via(other.addr[2]), body=ack.body, content_type=content_type
             )
             self._transmit(relayed, other.addr)
+
+    def _settle(self, call: Call) -> None:
+        """The answered call is acknowledged on both legs: from now to its BYE (minutes, for
+        thousands of calls) it needs its dialogs, not the messages that set it up. Their parse
+        goes (their bytes stay, for the resends its lingering transactions may still make; a
+        later read parses again) and so does the 2xx resender, which refers back to the call."""
+        call.a_invite.forget_parsed()
+        for message in (call.b_invite, call.b_ack):
+            if message is not None:
+                message.forget_parsed()
+        retransmitter = call.a_retransmitter
+        if retransmitter is not None:
+            retransmitter.inner.response.forget_parsed()
+            call.a_retransmitter = None
 
     def _ensure_b_dialog(self, call: Call, response: Response) -> None:
         b = call.b

@@ -192,6 +192,7 @@ class Call:
 
     __slots__ = (
         "a",
+        "a_cseq",
         "a_invite",
         "a_retransmitter",
         "a_txn",
@@ -246,6 +247,9 @@ class Call:
         self.state = CallState.ADMITTING
         self.incoming = incoming
         self.a_invite = incoming.request
+        # The INVITE's CSeq number: its ACK has it (a re-INVITE's has another). Kept apart so
+        # that matching an ACK never parses the INVITE again once its parse is dropped.
+        self.a_cseq = incoming.request.cseq[0]
         self.a_txn = incoming.txn
         self.source = incoming.source
         self.direction = direction
