@@ -124,19 +124,26 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Transmit:
     """Put `data` on the wire to `addr`."""
 
     data: bytes
     addr: Address
 
+    def __init__(self, data: bytes, addr: Address) -> None:
+        self.data = data
+        self.addr = addr
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class CdrReady:
     """A call attempt ended: journal its record."""
 
     record: CallDetailRecord
+
+    def __init__(self, record: CallDetailRecord) -> None:
+        self.record = record
 
 
 Output: TypeAlias = (

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["CallEvent", "call_event"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class CallEvent:
     """A change of a call's state, for the live board."""
 
@@ -29,6 +29,30 @@ class CallEvent:
     at: float
     reason: str | None = None
     final_code: int | None = None
+
+    def __init__(
+        self,
+        kind: str,
+        call_id: str,
+        trunk_id: int | None,
+        customer_id: int | None,
+        direction: str,
+        caller: str | None,
+        callee: str | None,
+        at: float,
+        reason: str | None = None,
+        final_code: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.call_id = call_id
+        self.trunk_id = trunk_id
+        self.customer_id = customer_id
+        self.direction = direction
+        self.caller = caller
+        self.callee = callee
+        self.at = at
+        self.reason = reason
+        self.final_code = final_code
 
     def as_dict(self) -> dict[str, object]:
         """The fields, for JSON. Not orjson's own dataclass support: it reads the instance's

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class AcquireSlot:
     """Core output: take one of `trunk`'s channels (and a CPS token if `count_cps`: outbound
     calls) for `call_id`, then answer `B2bua.slot_decided`."""
@@ -43,28 +43,44 @@ class AcquireSlot:
     trunk: TrunkPolicy
     count_cps: bool
 
+    def __init__(self, call_id: str, trunk: TrunkPolicy, count_cps: bool) -> None:
+        self.call_id = call_id
+        self.trunk = trunk
+        self.count_cps = count_cps
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class ReleaseSlot:
     """Core output: the call that asked for a slot is over; give the slot back."""
 
     call_id: str
     trunk_id: int
 
+    def __init__(self, call_id: str, trunk_id: int) -> None:
+        self.call_id = call_id
+        self.trunk_id = trunk_id
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class SlotGranted:
     """Core input: the call holds its slot."""
 
     call_id: str
 
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class SlotRefused:
     """Core input: no slot; `reason` is the limit it broke (`channel_limit` or `cps_limit`)."""
 
     call_id: str
     reason: str
+
+    def __init__(self, call_id: str, reason: str) -> None:
+        self.call_id = call_id
+        self.reason = reason
 
 
 SlotDecision: TypeAlias = SlotGranted | SlotRefused

@@ -100,15 +100,19 @@ def reason_header(refusal: Reject) -> tuple[str, str]:
     return ("Reason", f'SIP ;cause={refusal.code} ;text="{refusal.reason}"')
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Usage:
     """A trunk's counters at decision time, from `edge.limits`."""
 
     active_calls: int
     cps_available: bool
 
+    def __init__(self, active_calls: int, cps_available: bool) -> None:
+        self.active_calls = active_calls
+        self.cps_available = cps_available
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class OutboundCall:
     """What admission needs to know of a call from a trunk.
 
@@ -120,6 +124,16 @@ class OutboundCall:
     callee_e164: str | None
     caller_e164: str | None
     callee_region: str | None = None
+
+    def __init__(
+        self,
+        callee_e164: str | None,
+        caller_e164: str | None,
+        callee_region: str | None = None,
+    ) -> None:
+        self.callee_e164 = callee_e164
+        self.caller_e164 = caller_e164
+        self.callee_region = callee_region
 
 
 def limit_refusal(trunk: TrunkPolicy, usage: Usage, *, count_cps: bool = True) -> Reject | None:

@@ -32,7 +32,7 @@ __all__ = [
 TargetKind = Literal["origination", "contact", "gateway"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Target:
     """One place to send the call: connect to `host:port` over `transport`, with `request_uri`.
 
@@ -49,6 +49,28 @@ class Target:
     gateway_id: int | None = None
     carrier_id: int | None = None
     srtp: bool = False  # a gateway that wants SRTP (SDES) when the call's media is anchored
+
+    def __init__(
+        self,
+        kind: TargetKind,
+        ref: str,
+        host: str,
+        port: int,
+        transport: str,
+        request_uri: str,
+        gateway_id: int | None = None,
+        carrier_id: int | None = None,
+        srtp: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.ref = ref
+        self.host = host
+        self.port = port
+        self.transport = transport
+        self.request_uri = request_uri
+        self.gateway_id = gateway_id
+        self.carrier_id = carrier_id
+        self.srtp = srtp
 
 
 class ContactLike(Protocol):

@@ -62,13 +62,18 @@ class AbuseSettings:
     max_sources: int = 100_000  # sources remembered; the least recently seen go first
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class SecurityEvent:
     """One line of the security log."""
 
     kind: str  # "scanner" | "flood" | "auth_failed" | "banned"
     source: str  # the source IP address
     detail: str = ""
+
+    def __init__(self, kind: str, source: str, detail: str = "") -> None:
+        self.kind = kind
+        self.source = source
+        self.detail = detail
 
     def log_line(self) -> str:
         # Fixed format, one line, the address after "src=": a fail2ban failregex is

@@ -69,7 +69,7 @@ _TRANSITIONS: dict[tuple[DialogState, _Input], DialogState] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class DialogId:
     """Call-ID plus both tags, seen from our side. The remote tag is None only for an RFC 2543
     peer that sent no From tag."""
@@ -77,6 +77,11 @@ class DialogId:
     call_id: str
     local_tag: str
     remote_tag: str | None
+
+    def __init__(self, call_id: str, local_tag: str, remote_tag: str | None) -> None:
+        self.call_id = call_id
+        self.local_tag = local_tag
+        self.remote_tag = remote_tag
 
     @classmethod
     def of_received_request(cls, request: Request) -> DialogId:

@@ -223,7 +223,6 @@ _PARAM_VALUE_CHARS = TOKEN_CHARS | frozenset(":[]")
 
 _MAX_CSEQ = 2**32 - 1
 _MAX_FORWARDS_LIMIT = 255
-_LINE_BREAKS = frozenset("\r\n")
 
 T = TypeVar("T")
 # One header line: (lookup key, name as written, unfolded value, line as received or None).
@@ -290,9 +289,16 @@ _KEY_BY_SPELLING = {
 
 
 def _checked_field(name: str, value: str) -> _Field:
-    if not name or not TOKEN_CHARS.issuperset(name) or not _LINE_BREAKS.isdisjoint(value):
+    # Every header line we build comes through here: a usual spelling needs no name check,
+    # and `in` finds a line break with memchr where a set test would hash every character.
+    key = _KEY_BY_SPELLING.get(name)
+    if key is None:
+        if not name or not TOKEN_CHARS.issuperset(name):
+            raise LocalProtocolError(f"Invalid header {name!r}: {value!r}")
+        key = _fold_header_name(name)
+    if "\r" in value or "\n" in value:
         raise LocalProtocolError(f"Invalid header {name!r}: {value!r}")
-    return (_header_key(name), name, value, None)
+    return (key, name, value, None)
 
 
 class Headers:
@@ -475,7 +481,7 @@ class Headers:
         return lines
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Via:
     """One Via value: `SIP/2.0/<transport> <host>[:<port>];params` (RFC 3261 20.42)."""
 
@@ -483,6 +489,18 @@ class Via:
     host: str
     port: int | None = None
     params: Parameters = field(default_factory=Parameters)
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Parameters | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = Parameters() if params is None else params
 
     @property
     def branch(self) -> str | None:

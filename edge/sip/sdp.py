@@ -47,7 +47,7 @@ _MAX_PAYLOAD_TYPE = 127
 _AFTER_CONNECTION = frozenset("btrzka")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Codec:
     """One RTP payload format offered in a media description."""
 
@@ -55,6 +55,18 @@ class Codec:
     name: str
     clock_rate: int | None
     channels: int = 1
+
+    def __init__(
+        self,
+        payload_type: int,
+        name: str,
+        clock_rate: int | None,
+        channels: int = 1,
+    ) -> None:
+        self.payload_type = payload_type
+        self.name = name
+        self.clock_rate = clock_rate
+        self.channels = channels
 
 
 def _split_line_end(line: str) -> tuple[str, str]:

@@ -103,7 +103,7 @@ _SENT = {1: _I.SEND_1XX, 2: _I.SEND_2XX, **dict.fromkeys((3, 4, 5, 6), _I.SEND_F
 # --- events -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class SendMessage:
     """Put `message` on the wire to `addr`."""
 
@@ -111,8 +111,18 @@ class SendMessage:
     addr: Address
     transaction: Transaction | None = None
 
+    def __init__(
+        self,
+        message: Request | Response,
+        addr: Address,
+        transaction: Transaction | None = None,
+    ) -> None:
+        self.message = message
+        self.addr = addr
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class DeliverToTU:
     """Hand `message` to the transaction user.
 
@@ -127,26 +137,47 @@ class DeliverToTU:
     transaction: Transaction | None
     cancelled: ServerInviteTransaction | None = None
 
+    def __init__(
+        self,
+        message: Request | Response,
+        addr: Address,
+        transaction: Transaction | None,
+        cancelled: ServerInviteTransaction | None = None,
+    ) -> None:
+        self.message = message
+        self.addr = addr
+        self.transaction = transaction
+        self.cancelled = cancelled
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Timeout:
     """Timer B or F (no final response: treat as 408) or H (the ACK never came) fired."""
 
     transaction: Transaction
 
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class TransportError:
     """The transport could not deliver a message of `transaction`, which is now terminated."""
 
     transaction: Transaction
 
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Terminated:
     """`transaction` is over; the layer has forgotten it."""
 
     transaction: Transaction
+
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
 
 TransactionEvent: TypeAlias = SendMessage | DeliverToTU | Timeout | TransportError | Terminated

@@ -99,7 +99,7 @@ class Parameters(MutableMapping[str, str | None]):
         )
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class SipUri:
     """A sip:, sips: or tel: URI. `user` stays escaped as received; a tel number is `user`."""
 
@@ -110,6 +110,24 @@ class SipUri:
     port: int | None = None
     params: Parameters = field(default_factory=Parameters)
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def __init__(
+        self,
+        scheme: str = "sip",
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: Parameters | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = Parameters() if params is None else params
+        self.headers = [] if headers is None else headers
 
     @property
     def unescaped_user(self) -> str | None:
@@ -133,12 +151,16 @@ class SipUri:
         return f"{self.scheme}:{userinfo}{self.host_port}{self.params}{headers}"
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class AbsoluteUri:
     """A URI of a scheme we do not interpret (http:, isbn:, urn:...), kept as text."""
 
     scheme: str
     opaque: str
+
+    def __init__(self, scheme: str, opaque: str) -> None:
+        self.scheme = scheme
+        self.opaque = opaque
 
     def __str__(self) -> str:
         return f"{self.scheme}:{self.opaque}"
@@ -250,6 +272,12 @@ def bracket_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+# Hosts already found well-formed (bounded: emptied when full). Checking is a pure function of
+# the text, and a busy edge reads the same few peers' addresses in every message.
+_HOSTS_SEEN: set[str] = set()
+_HOSTS_SEEN_MAX = 4096
+
+
 def parse_host_port(text: str) -> tuple[str, int | None]:
     """Split `host[:port]` where host is a hostname, IPv4 address or [IPv6] reference."""
     if text.startswith("["):
@@ -266,8 +294,14 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
         port_text = port_text[1:]
     else:
         host, colon, port_text = text.partition(":")
-        if not host or not _HOSTNAME_CHARS.issuperset(host) or (colon and not port_text):
+        if colon and not port_text:
             raise RemoteProtocolError("Malformed host")
+        if host not in _HOSTS_SEEN:  # the same few peers write most messages
+            if not host or not _HOSTNAME_CHARS.issuperset(host):
+                raise RemoteProtocolError("Malformed host")
+            if len(_HOSTS_SEEN) >= _HOSTS_SEEN_MAX:
+                _HOSTS_SEEN.clear()
+            _HOSTS_SEEN.add(host)
     if not port_text:
         return host, None
     if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > _MAX_PORT:
@@ -275,17 +309,32 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
+# Parameter names seen in almost every message, as usually spelled -> lookup key: valid tokens
+# (and URI parameter names) by construction, so they skip the character checks.
+_USUAL_PARAM_KEYS: dict[str, str] = {
+    spelling: name
+    for name in (
+        "branch", "tag", "received", "rport", "transport", "lr", "user", "maddr", "ttl",
+        "method", "expires", "q", "alias", "ob", "gr", "keep", "sigcomp-id",
+    )
+    for spelling in (name, name.upper())
+}  # fmt: skip
+
+
 def _parse_uri_params(pieces: list[str]) -> Parameters:
     params = Parameters()
     items = params._items
     for piece in pieces:
         name, equals, value = piece.partition("=")
-        _check_uri_part(name, _URI_PARAM_CHARS, "parameter")
+        key = _USUAL_PARAM_KEYS.get(name)
+        if key is None:
+            _check_uri_part(name, _URI_PARAM_CHARS, "parameter")
+            key = name.lower()
         if equals:
             _check_uri_part(value, _URI_PARAM_CHARS, "parameter")
-            items[name.lower()] = (name, value)
+            items[key] = (name, value)
         else:
-            items[name.lower()] = (name, None)
+            items[key] = (name, None)
     return params
 
 
@@ -385,17 +434,21 @@ def parse_header_params(text: str) -> Parameters:
     items = params._items
     for piece in pieces:
         name, equals, value = piece.partition("=")
-        # The checks are written so that the common case (no spaces) costs one set test each.
-        if not name or not TOKEN_CHARS.issuperset(name):
-            name = name.strip()
-            if not is_token(name):
-                raise RemoteProtocolError("Malformed parameter")
+        # The checks are written so that the common case (no spaces) costs one set test each,
+        # and a usual name (tag, branch...) none: its lookup key comes from a table.
+        key = _USUAL_PARAM_KEYS.get(name)
+        if key is None:
+            if not name or not TOKEN_CHARS.issuperset(name):
+                name = name.strip()
+                if not is_token(name):
+                    raise RemoteProtocolError("Malformed parameter")
+            key = name.lower()
         if not equals:
-            items[name.lower()] = (name, None)
+            items[key] = (name, None)
             continue
         if not value or not _GENERIC_VALUE_CHARS.issuperset(value):
             value = _parse_header_param_value(value)
-        items[name.lower()] = (name, value)
+        items[key] = (name, value)
     return params
 
 
