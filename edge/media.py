@@ -49,15 +49,15 @@ __all__ = [
 
 Params: TypeAlias = dict[str, Any]
 LEGS = ("a", "b")
-# Every operation rewrites both addresses in the SDP (topology hiding), drops ICE candidates
-# (the media goes through rtpengine, never around it), and lets rtpengine learn each side's
-# real address from the packets it receives (symmetric RTP: a PBX behind NAT gets its audio
-# back where it sends from, whatever private address its SDP names).
+# Every operation rewrites both addresses in the SDP (topology hiding) and drops ICE candidates
+# (the media goes through rtpengine, never around it). rtpengine learns each side's real
+# address from the packets it receives (symmetric RTP, or latching: a PBX behind NAT gets its
+# audio back where it sends from, whatever private address its SDP names) unless told
+# "asymmetric"; it has no "symmetric" flag (it logs one as unknown, on every operation).
 _COMMON: Params = {
     "replace": ["origin", "session-connection"],
     "ICE": "remove",
     "DTLS": "off",
-    "flags": ["symmetric"],
 }
 
 
@@ -158,7 +158,7 @@ def _customer_protocol(trunk: TrunkPolicy, params: Params) -> Params:
         params["SDES"] = SDES_SUITES
     elif srtp == "offered":
         params["transport-protocol"] = "RTP/AVP"
-        params["flags"] = [*params["flags"], "OSRTP-offer"]
+        params["flags"] = ["OSRTP-offer"]
         params["SDES"] = SDES_SUITES
     else:
         params["transport-protocol"] = "RTP/AVP"

@@ -64,7 +64,7 @@ def _answered_call(edge: MediaEdge) -> tuple[Request, Request, Response]:
     (offer,) = edge.media()
     assert isinstance(offer, MediaOffer) and (offer.op, offer.leg, offer.sdp) == (1, "a", SDP)
     assert offer.params["transport-protocol"] == "RTP/AVP"  # the carrier's side: plain RTP
-    assert offer.params["ICE"] == "remove" and "symmetric" in offer.params["flags"]
+    assert offer.params["ICE"] == "remove" and "flags" not in offer.params  # latching: default
     assert offer.params["replace"] == ["origin", "session-connection"]
     assert edge.take(GATEWAY) == []  # nothing goes out before rtpengine has rewritten it
     edge.decided(MediaReady(offer.call_id, 1, OFFERED, ENGINE))
@@ -296,7 +296,7 @@ def test_carriers_get_plain_rtp_unless_their_gateway_asks_for_srtp(gateway_srtp,
     edge.send(invite(PBX), PBX)
     (offer,) = [e for e in edge.events if isinstance(e, MediaOffer)]
     assert offer.params["transport-protocol"] == protocol
-    assert "OSRTP-offer" not in offer.params["flags"]  # the customer's SRTP is its own side's
+    assert "flags" not in offer.params  # no OSRTP-offer: the customer's SRTP is its own side's
 
 
 # --- the call machine under random input, with media anchored -----------------------------------
