@@ -38,13 +38,17 @@ Then, for the edge:
 Output: one line per step, a summary, and last ``edge_cps_ratio_vs_kamailio=<x>`` (edge
 calls/s over Kamailio's; ``nan`` when only one peer ran).
 
-``--media``: the same search with every call's media anchored in one userspace rtpengine
-(``--table=-1`` on loopback, started for the run) that both peers drive: the edge's trunk in
-media mode ``anchor`` (``--rtpengine``), Kamailio with its ``rtpengine`` module
-(bench/kamailio-media/, a copy of shared/peers extended with offer/answer/delete and the same
-flags). SIPp's built-in scenarios carry SDP (no RTP is played: this measures signalling with
-media control). After each peer the run prints how many sessions rtpengine still holds (0: every
-call's session was deleted). Last line ``edge_media_cps_ratio_vs_kamailio=<x>``; no RSS run.
+``--media``: the same search with every call's media anchored in a userspace rtpengine
+(``--table=-1`` on loopback) that the peer under test drives: the edge's trunk in media mode
+``anchor`` (``--rtpengine``), Kamailio with its ``rtpengine`` module (bench/kamailio-media/, a
+copy of shared/peers extended with offer/answer/delete and the same flags). Like the proxy and
+the UAS, each step gets a fresh rtpengine: after an overloaded step it holds thousands of
+half-made sessions and answers the retransmissions of their requests, which made the steps
+after it (and the other peer, when one rtpengine served the whole run) fail at rates that had
+passed. SIPp's built-in scenarios carry SDP (no RTP is played: this measures signalling with
+media control). Each step's line ends with the sessions its rtpengine still held when the
+proxy had stopped (0: every call's session was deleted). Last line
+``edge_media_cps_ratio_vs_kamailio=<x>``; no RSS run.
 
 Usage:
     .venv/bin/python bench/edge_cps.py                  # both peers, about 6 minutes
@@ -60,6 +64,7 @@ beside the repository (../shared/peers), or give --peers DIR.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -98,7 +103,7 @@ class Peer:
     uac_ip = h.EDGE_IP
     uas_ip = h.EDGE_IP
 
-    def start(self, workdir: Path, uas_port: int) -> Proxy:
+    def start(self, workdir: Path, uas_port: int, rtpengine: h.Rtpengine | None = None) -> Proxy:
         raise NotImplementedError
 
 
@@ -110,7 +115,9 @@ class KamailioPeer(Peer):
     def __init__(self, peers: Path) -> None:
         self.peers = peers
 
-    def start(self, workdir: Path, uas_port: int) -> Proxy:
+    def start(self, workdir: Path, uas_port: int, rtpengine: h.Rtpengine | None = None) -> Proxy:
+        if rtpengine is not None:  # bench/kamailio-media/run-kamailio.sh reads it
+            os.environ["TRUNKLINE_RTPENGINE_NG"] = "{}:{}".format(*rtpengine.ng_address)
         proxy = h.Kamailio(workdir, uas_port, peers=self.peers).start()
         return Proxy(proxy.sip_address, proxy.stop)
 
@@ -125,14 +132,15 @@ class EdgePeer(Peer):
         self.media = media
         self.core: str | None = None  # "compiled" or "interpreted (why)", from its /health
 
-    def start(self, workdir: Path, uas_port: int) -> Proxy:
+    def start(self, workdir: Path, uas_port: int, rtpengine: h.Rtpengine | None = None) -> Proxy:
+        media_args = [] if rtpengine is None else ["--rtpengine", rtpengine.spec]
         edge = h.EdgeProcess(
             workdir,
             bench_snapshot(uas_port, media=self.media),
             node="bench-edge",
             drain_timeout=1,
             launcher=[sys.executable, str(Path(__file__).resolve()), "--serve-edge"],
-            extra_args=["--log-level", "WARNING", *self.extra_args],
+            extra_args=["--log-level", "WARNING", *self.extra_args, *media_args],
         ).start()
         if self.core is None:
             self.core = str(edge.health().get("core"))
@@ -194,12 +202,15 @@ class Step:
     elapsed: float
     passed: bool
     workdir: Path
+    sessions_left: int | None = None  # --media: what the step's rtpengine still held
 
     def line(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
+        left = "" if self.sessions_left is None else f"  {self.sessions_left} sessions left"
         return (
             f"  {self.peer:9} {self.rate:6d} calls/s  {self.successful:7d}/{self.calls:<7d} ok"
             f"  {self.failed:6d} failed  {self.elapsed:5.1f} s  exit {self.returncode}  {verdict}"
+            f"{left}"
         )
 
 
@@ -219,15 +230,26 @@ def _uas(peer: Peer, workdir: Path, *, wall_timeout: float) -> h.Sipp:
 
 
 def run_step(
-    peer: Peer, rate: int, seconds: float, workdir: Path, *, trace_rtt: bool = False
+    peer: Peer,
+    rate: int,
+    seconds: float,
+    workdir: Path,
+    *,
+    trace_rtt: bool = False,
+    media: bool = False,
 ) -> Step:
     workdir.mkdir(parents=True, exist_ok=True)
     calls = max(1, round(rate * seconds))
     uas = _uas(peer, workdir, wall_timeout=seconds + 120)
     uas.start().wait_listening()
     proxy = None
+    rtpengine = None
+    sessions_left = None
     try:
-        proxy = peer.start(workdir, uas.local_port)
+        if media:
+            # 4 ports per call in flight (RTP and RTCP on both legs): 5,000 calls at once.
+            rtpengine = h.Rtpengine(workdir / "rtpengine", ports=(10000, 29999)).start()
+        proxy = peer.start(workdir, uas.local_port, rtpengine)
         uac = h.Sipp(
             workdir,
             "uac",
@@ -254,6 +276,10 @@ def run_step(
         uas.stop()
         if proxy is not None:
             proxy.stop()
+        if rtpengine is not None:
+            with contextlib.suppress(OSError):  # no answer to `list`: unknown
+                sessions_left = len(rtpengine.sessions())
+            rtpengine.stop()
     # SIPp throttles when calls pile up (-l): a run that overran did not carry the rate.
     on_time = elapsed <= seconds * 1.1 + 0.5
     passed = (
@@ -273,6 +299,7 @@ def run_step(
         elapsed,
         passed,
         workdir,
+        sessions_left,
     )
 
 
@@ -296,6 +323,7 @@ def find_max_rate(
     seconds: float,
     resolution: float,
     budget: float,
+    media: bool = False,
 ) -> Search:
     deadline = time.monotonic() + budget
     steps: list[Step] = []
@@ -304,7 +332,9 @@ def find_max_rate(
         return time.monotonic() + seconds + STEP_OVERHEAD_S <= deadline
 
     def attempt(rate: int) -> bool:
-        step = run_step(peer, rate, seconds, workdir / f"{peer.name}-{rate}-{len(steps)}")
+        step = run_step(
+            peer, rate, seconds, workdir / f"{peer.name}-{rate}-{len(steps)}", media=media
+        )
         steps.append(step)
         print(step.line(), flush=True)
         return step.passed
@@ -350,10 +380,12 @@ class Latency:
     passed: bool
 
 
-def measure_latency(peer: Peer, rate: int, seconds: float, workdir: Path) -> Latency | None:
+def measure_latency(
+    peer: Peer, rate: int, seconds: float, workdir: Path, *, media: bool = False
+) -> Latency | None:
     if rate <= 0:
         return None
-    step = run_step(peer, rate, seconds, workdir, trace_rtt=True)
+    step = run_step(peer, rate, seconds, workdir, trace_rtt=True, media=media)
     print(step.line() + "  (latency)", flush=True)
     times = []
     for path in workdir.glob("*_rtt.csv"):
@@ -464,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--media",
         action="store_true",
-        help="anchor every call's media in one rtpengine driven by both peers (needs rtpengine)",
+        help="anchor every call's media in rtpengine, a fresh one per step (needs rtpengine)",
     )
     parser.add_argument(
         "--interpreted",
@@ -488,25 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     if h.sipp_binary() is None:
         print("sipp is not installed (apt-get install sip-tester)", file=sys.stderr)
         return 2
-    rtpengine = None
     edge_args = list(args.edge_arg)
     if args.media:
         if h.rtpengine_binary() is None:
             print("rtpengine is not installed (apt-get install rtpengine-daemon)", file=sys.stderr)
             return 2
-        # 4 ports per call in flight (RTP and RTCP on both legs): 5,000 calls at once.
-        rtpengine = h.Rtpengine(workdir / "rtpengine", ports=(10000, 29999)).start()
-        os.environ["TRUNKLINE_RTPENGINE_NG"] = "{}:{}".format(*rtpengine.ng_address)
         peers_dir = REPO / "bench" / "kamailio-media"
-        edge_args += ["--rtpengine", rtpengine.spec]
         args.no_rss = True
-    try:
-        return _run(args, peers_dir, workdir, edge_args, rtpengine, seconds=seconds,
-                    start_rate=start_rate, budget=budget, resolution=resolution,
-                    rss_calls=rss_calls)  # fmt: skip
-    finally:
-        if rtpengine is not None:
-            rtpengine.stop()
+    return _run(args, peers_dir, workdir, edge_args, seconds=seconds, start_rate=start_rate,
+                budget=budget, resolution=resolution, rss_calls=rss_calls)  # fmt: skip
 
 
 def _run(
@@ -514,7 +536,6 @@ def _run(
     peers_dir: Path,
     workdir: Path,
     edge_args: list[str],
-    rtpengine: h.Rtpengine | None,
     *,
     seconds: float,
     start_rate: int,
@@ -560,14 +581,16 @@ def _run(
             seconds=seconds,
             resolution=resolution,
             budget=search_budget,
+            media=args.media,
         )
         found[peer.name] = search
         latencies[peer.name] = measure_latency(
-            peer, search.best // 2, latency_seconds, workdir / f"{peer.name}-latency"
+            peer,
+            search.best // 2,
+            latency_seconds,
+            workdir / f"{peer.name}-latency",
+            media=args.media,
         )
-        if rtpengine is not None:
-            time.sleep(1)  # the last deletes
-            print(f"  rtpengine sessions left after {peer.name}: {len(rtpengine.sessions())}")
 
     memory = None
     edge_peer = next((p for p in peers if isinstance(p, EdgePeer)), None)

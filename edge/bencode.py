@@ -1,5 +1,9 @@
 """Bencode, as rtpengine's ng protocol speaks it.
 
+The edge's ng client speaks JSON (edge/runtime/rtpengine.py: orjson is several times faster);
+it bencodes only a request whose SDP is not UTF-8, which JSON cannot carry byte for byte. The
+tests' rtpengine helper (edge/tests/sipp_harness.py) speaks bencode, as Kamailio does.
+
 Written here rather than taken from a library: the bencode libraries refuse dictionaries whose
 keys are not sorted, and rtpengine's answers do not sort them. Strings decode to `bytes`; the
 encoder takes `str` (as UTF-8) and `bytes`, ints, lists and dicts (keys sorted, as the

@@ -49,15 +49,15 @@ __all__ = [
 
 Params: TypeAlias = dict[str, Any]
 LEGS = ("a", "b")
-# Every operation rewrites both addresses in the SDP (topology hiding), drops ICE candidates
-# (the media goes through rtpengine, never around it), and lets rtpengine learn each side's
-# real address from the packets it receives (symmetric RTP: a PBX behind NAT gets its audio
-# back where it sends from, whatever private address its SDP names).
+# Every operation rewrites both addresses in the SDP (topology hiding) and drops ICE candidates
+# (the media goes through rtpengine, never around it). rtpengine learns each side's real
+# address from the packets it receives (symmetric RTP, or latching: a PBX behind NAT gets its
+# audio back where it sends from, whatever private address its SDP names) unless told
+# "asymmetric"; it has no "symmetric" flag (it logs one as unknown, on every operation).
 _COMMON: Params = {
     "replace": ["origin", "session-connection"],
     "ICE": "remove",
     "DTLS": "off",
-    "flags": ["symmetric"],
 }
 
 
@@ -158,7 +158,7 @@ def _customer_protocol(trunk: TrunkPolicy, params: Params) -> Params:
         params["SDES"] = SDES_SUITES
     elif srtp == "offered":
         params["transport-protocol"] = "RTP/AVP"
-        params["flags"] = [*params["flags"], "OSRTP-offer"]
+        params["flags"] = ["OSRTP-offer"]
         params["SDES"] = SDES_SUITES
     else:
         params["transport-protocol"] = "RTP/AVP"
@@ -204,45 +204,45 @@ def media_address(sdp: bytes) -> str | None:
     return None
 
 
-def summary_from_query(answer: dict[bytes, Any], engine: str) -> MediaSummary:
+def summary_from_query(answer: dict[str, Any], engine: str) -> MediaSummary:
     """A `MediaSummary` from rtpengine's statistics (its answer to `delete` with a from-tag,
-    or to `query`): packets and bytes it received (`totals`) and sent (per
+    or to `query`, as JSON decodes it): packets and bytes it received (`totals`) and sent (per
     stream), loss, and jitter/MOS per SSRC where it measured them."""
     summary: MediaSummary = {"engine": engine}  # the core adds "mode"
-    totals = answer.get(b"totals")
-    rtp = totals.get(b"RTP") if isinstance(totals, dict) else None
+    totals = answer.get("totals")
+    rtp = totals.get("RTP") if isinstance(totals, dict) else None
     if isinstance(rtp, dict):
-        summary["packets_in"] = _count(rtp.get(b"packets"))
-        summary["bytes_in"] = _count(rtp.get(b"bytes"))
+        summary["packets_in"] = _count(rtp.get("packets"))
+        summary["bytes_in"] = _count(rtp.get("bytes"))
     packets_out = bytes_out = 0
-    tags = answer.get(b"tags")
+    tags = answer.get("tags")
     for tag in tags.values() if isinstance(tags, dict) else ():
-        for medium in tag.get(b"medias", []) if isinstance(tag, dict) else ():
-            for stream in medium.get(b"streams", []) if isinstance(medium, dict) else ():
+        for medium in tag.get("medias", []) if isinstance(tag, dict) else ():
+            for stream in medium.get("streams", []) if isinstance(medium, dict) else ():
                 # What rtpengine sent on a stream (newer versions); what it received is in
                 # "totals" above.
-                sent = stream.get(b"stats_out") if isinstance(stream, dict) else None
+                sent = stream.get("stats_out") if isinstance(stream, dict) else None
                 if isinstance(sent, dict):
-                    packets_out += _count(sent.get(b"packets"))
-                    bytes_out += _count(sent.get(b"bytes"))
+                    packets_out += _count(sent.get("packets"))
+                    bytes_out += _count(sent.get("bytes"))
     if packets_out:
         summary["packets_out"] = packets_out
         summary["bytes_out"] = bytes_out
     lost = 0
     jitter: list[float] = []
     mos: list[float] = []
-    ssrcs = answer.get(b"SSRC")
+    ssrcs = answer.get("SSRC")
     for entry in ssrcs.values() if isinstance(ssrcs, dict) else ():
         if not isinstance(entry, dict):
             continue
-        for key in (b"average MOS", b"lowest MOS"):
+        for key in ("average MOS", "lowest MOS"):
             value = entry.get(key)
-            if isinstance(value, dict) and isinstance(value.get(b"MOS"), int):
-                mos.append(value[b"MOS"] / 10)  # rtpengine sends MOS times ten
-                if isinstance(value.get(b"jitter"), int):
-                    jitter.append(float(value[b"jitter"]))
-                if isinstance(value.get(b"packet loss"), int):
-                    lost = max(lost, value[b"packet loss"])
+            if isinstance(value, dict) and isinstance(value.get("MOS"), int):
+                mos.append(value["MOS"] / 10)  # rtpengine sends MOS times ten
+                if isinstance(value.get("jitter"), int):
+                    jitter.append(float(value["jitter"]))
+                if isinstance(value.get("packet loss"), int):
+                    lost = max(lost, value["packet loss"])
                 break
     if ssrcs:
         summary["packets_lost"] = lost

@@ -997,8 +997,11 @@ class Rtpengine:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                binary, "--foreground", "--log-stderr", "--log-level=6", "--table=-1",
-                "--no-fallback", f"--interface={self.media_ip}",
+                # --config-file=none: the package's /etc/rtpengine/rtpengine.conf would add
+                # its CLI and HTTP ports (2224, 2225), which a second rtpengine (a parallel
+                # test, the bench, the packaged service) then fails to bind, and exits.
+                binary, "--foreground", "--config-file=none", "--log-stderr", "--log-level=6",
+                "--table=-1", "--no-fallback", f"--interface={self.media_ip}",
                 f"--listen-ng={self.ng_address[0]}:{self.ng_address[1]}",
                 f"--port-min={self.ports[0]}", f"--port-max={self.ports[1]}",
                 "--delete-delay=0", "--num-threads=2", "--pidfile=/dev/null",

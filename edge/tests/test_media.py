@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import orjson
 import pytest
 
 from edge import bencode
@@ -24,7 +25,7 @@ from edge.media import (
     MediaStats,
     summary_from_query,
 )
-from edge.runtime.rtpengine import NgClient, parse_engines
+from edge.runtime.rtpengine import MediaRelay, NgClient, parse_engines
 from edge.sip.message import Request, Response, make_request
 from edge.tests.factories import customer_doc, gateway_doc, trunk_doc
 from edge.tests.test_b2bua import GATEWAY, PBX, SDP, Edge, answer, in_dialog, invite
@@ -64,7 +65,7 @@ def _answered_call(edge: MediaEdge) -> tuple[Request, Request, Response]:
     (offer,) = edge.media()
     assert isinstance(offer, MediaOffer) and (offer.op, offer.leg, offer.sdp) == (1, "a", SDP)
     assert offer.params["transport-protocol"] == "RTP/AVP"  # the carrier's side: plain RTP
-    assert offer.params["ICE"] == "remove" and "symmetric" in offer.params["flags"]
+    assert offer.params["ICE"] == "remove" and "flags" not in offer.params  # latching: default
     assert offer.params["replace"] == ["origin", "session-connection"]
     assert edge.take(GATEWAY) == []  # nothing goes out before rtpengine has rewritten it
     edge.decided(MediaReady(offer.call_id, 1, OFFERED, ENGINE))
@@ -188,10 +189,10 @@ def test_srtp_required_refuses_a_plain_rtp_offer_488():
 
 def test_summary_reads_rtpengines_statistics():
     query = {
-        b"totals": {b"RTP": {b"packets": 500, b"bytes": 86000, b"errors": 0}},
-        b"SSRC": {
-            b"1234": {b"average MOS": {b"MOS": 43, b"jitter": 3, b"packet loss": 2}},
-            b"5678": {b"average MOS": {b"MOS": 41, b"jitter": 5, b"packet loss": 0}},
+        "totals": {"RTP": {"packets": 500, "bytes": 86000, "errors": 0}},
+        "SSRC": {
+            "1234": {"average MOS": {"MOS": 43, "jitter": 3, "packet loss": 2}},
+            "5678": {"average MOS": {"MOS": 41, "jitter": 5, "packet loss": 0}},
         },
     }
     assert summary_from_query(query, ENGINE) == {
@@ -245,8 +246,8 @@ def test_ng_client_resends_a_lost_request_and_gives_up_on_a_silent_engine():
             data, addr = server.recvfrom(65535)
             cookie, _, body = data.partition(b" ")
             seen.append(cookie)
-            if bencode.decode(body)[b"command"] == b"ping" or len(seen) > 1:
-                server.sendto(cookie + b" d6:result4:ponge", addr)
+            if orjson.loads(body)["command"] == "ping" or len(seen) > 1:
+                server.sendto(cookie + b' {"result":"pong"}', addr)
 
         loop.add_reader(server.fileno(), on_datagram)
         client = NgClient(
@@ -281,9 +282,75 @@ def test_ng_client_resends_a_lost_request_and_gives_up_on_a_silent_engine():
         return answered, failed, up.count(True)
 
     answered, failed, up = asyncio.run(scenario())
-    assert answered == [{b"result": b"pong"}]  # the second sending was answered
+    assert answered == [{"result": "pong"}]  # the second sending was answered
     assert len(failed) == 1 and "no answer" in str(failed[0])
     assert up == 1  # the silent engine is down: new calls go elsewhere
+
+
+def test_relay_speaks_json_and_bencodes_an_sdp_that_is_not_utf8_byte_for_byte():
+    """rtpengine takes either format and answers in kind: this one plays rtpengine, rewriting
+    the SDP's address, and records the format of each request."""
+    utf8 = OFFERED.replace(b"s=-", b"s=Caf\xc3\xa9")
+    latin1 = OFFERED.replace(b"s=-", b"s=Caf\xe9")  # not UTF-8: JSON cannot carry it
+
+    async def scenario() -> tuple[list[bytes], list[object], list[object], str]:
+        loop = asyncio.get_running_loop()
+        engine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        engine.bind(("127.0.0.1", 0))
+        engine.setblocking(False)
+        formats: list[bytes] = []
+
+        def on_datagram() -> None:
+            data, addr = engine.recvfrom(65535)
+            cookie, _, body = data.partition(b" ")
+            formats.append(body[:1])
+            if body[:1] == b"{":
+                command = orjson.loads(body)
+                if command["command"] == "offer":
+                    sdp = command["sdp"].replace("192.0.2", "203.0.113")
+                    answer = orjson.dumps({"result": "ok", "sdp": sdp})
+                else:
+                    answer = b'{"result":"ok","totals":{"RTP":{"packets":7,"bytes":700}}}'
+            else:
+                sdp = bencode.decode(body)[b"sdp"].replace(b"192.0.2", b"203.0.113")
+                answer = bencode.encode({"result": "ok", "sdp": sdp})
+            engine.sendto(cookie + b" " + answer, addr)
+
+        loop.add_reader(engine.fileno(), on_datagram)
+        client = NgClient([engine.getsockname()], loop=loop, health_interval=60)
+        await loop.create_datagram_endpoint(lambda: client, local_addr=("127.0.0.1", 0))
+        decided: list[object] = []
+        deleted: list[object] = []
+        done = asyncio.Event()
+
+        def on_decided(decision: object) -> None:
+            decided.append(decision)
+
+        def on_deleted(stats: object) -> None:
+            deleted.append(stats)
+            done.set()
+
+        relay = MediaRelay(client, decided=on_decided, deleted=on_deleted)
+        params = {"ICE": "remove", "transport-protocol": "RTP/AVP"}
+        relay.handle(MediaOffer("utf8", 1, "a", utf8, params))
+        relay.handle(MediaOffer("latin1", 1, "a", latin1, params))
+        while len(decided) < 2:
+            await asyncio.sleep(0.01)
+        relay.handle(MediaDelete("utf8"))
+        await asyncio.wait_for(done.wait(), 5)
+        loop.remove_reader(engine.fileno())
+        client.close()
+        engine.close()
+        return formats, decided, deleted, client.engines[0].name
+
+    formats, decided, deleted, name = asyncio.run(scenario())
+    assert formats == [b"{", b"d", b"{"]  # offer as JSON, offer bencoded, delete as JSON
+    ready = {d.call_id: d.sdp for d in decided if isinstance(d, MediaReady)}
+    assert ready == {
+        "utf8": utf8.replace(b"192.0.2", b"203.0.113"),
+        "latin1": latin1.replace(b"192.0.2", b"203.0.113"),  # the same bytes back
+    }
+    assert deleted == [MediaStats("utf8", {"engine": name, "packets_in": 7, "bytes_in": 700})]
 
 
 @pytest.mark.parametrize("gateway_srtp, protocol", [(False, "RTP/AVP"), (True, "RTP/SAVP")])
@@ -296,7 +363,7 @@ def test_carriers_get_plain_rtp_unless_their_gateway_asks_for_srtp(gateway_srtp,
     edge.send(invite(PBX), PBX)
     (offer,) = [e for e in edge.events if isinstance(e, MediaOffer)]
     assert offer.params["transport-protocol"] == protocol
-    assert "OSRTP-offer" not in offer.params["flags"]  # the customer's SRTP is its own side's
+    assert "flags" not in offer.params  # no OSRTP-offer: the customer's SRTP is its own side's
 
 
 # --- the call machine under random input, with media anchored -----------------------------------
