@@ -86,13 +86,20 @@ class Scheduled(Protocol):
 ScheduledT = TypeVar("ScheduledT", bound=Scheduled)
 
 
+# Stale heap entries tolerated beyond twice the live ones before the heap is rebuilt.
+COMPACT_MIN = 1024
+
+
 class TimerQueue(Generic[ScheduledT]):
     """The deadlines of many objects, each of which reports its own via `next_timer()`.
 
     Call `update(item)` after anything that may have moved an item's deadline. A moved
     deadline leaves its old heap entry behind; entries that no longer match their item's
     current deadline are skipped when they reach the top (lazy deletion), which keeps every
-    update O(log n) without searching the heap.
+    update O(log n) without searching the heap. Stale entries still hold their item, and an
+    answered call's (its maximum duration, hours away) would keep every call that ended before
+    it in memory until then: when they outnumber the live ones (and `COMPACT_MIN`), the heap is
+    rebuilt from the live deadlines, O(n) once per n updates.
     """
 
     __slots__ = ("_counter", "_deadlines", "_heap")
@@ -105,10 +112,22 @@ class TimerQueue(Generic[ScheduledT]):
     def update(self, item: ScheduledT) -> None:
         deadline = item.next_timer()
         if deadline is None:
-            self._deadlines.pop(item, None)
+            if self._deadlines.pop(item, None) is None:
+                return
         elif self._deadlines.get(item) != deadline:
             self._deadlines[item] = deadline
             heapq.heappush(self._heap, (deadline, next(self._counter), item))
+        else:
+            return
+        if len(self._heap) > 2 * len(self._deadlines) + COMPACT_MIN:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the stale entries: one entry per item with a deadline, in heap order."""
+        counter = self._counter
+        heap = [(deadline, next(counter), item) for item, deadline in self._deadlines.items()]
+        heapq.heapify(heap)
+        self._heap = heap
 
     def next_deadline(self) -> float | None:
         heap = self._heap

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import pytest
 
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError
 from edge.sip.message import Request, Response, make_request, make_response, new_branch
 from edge.sip.parser import parse_message
-from edge.sip.timers import Timer, TimerConfig, TimerQueue
+from edge.sip.timers import COMPACT_MIN, Timer, TimerConfig, TimerQueue
 from edge.sip.transaction import (
     DeliverToTU,
     SendMessage,
@@ -116,6 +118,37 @@ def test_timer_queue_skips_superseded_deadlines() -> None:
     late.deadline = None
     queue.update(late)
     assert len(queue) == 0
+
+
+def test_timer_queue_lets_go_of_items_whose_deadline_moved_or_went() -> None:
+    """An ended call's entry at its maximum duration (hours away) must not keep it alive."""
+
+    class Item:
+        def __init__(self, deadline: float | None) -> None:
+            self.deadline = deadline
+
+        def next_timer(self) -> float | None:
+            return self.deadline
+
+    queue: TimerQueue[Item] = TimerQueue()
+    alive = [Item(1.0 + i) for i in range(10)]
+    for item in alive:
+        queue.update(item)
+    ended, lingering = [], []
+    for i in range(20_000):  # calls answered (deadline hours away), then ended
+        item = Item(14_400.0 + i)
+        queue.update(item)
+        item.deadline = 30.0 + i if i % 200 == 0 else None  # a few linger a while
+        queue.update(item)
+        (ended if item.deadline is None else lingering).append(weakref.ref(item))
+        del item
+    gc.collect()
+    held = sum(ref() is not None for ref in ended)
+    # Without the rebuilds all 19,900 would be held until their hours-away deadline.
+    assert held <= len(alive) + len(lingering) + COMPACT_MIN, held
+    assert all(ref() is not None for ref in lingering)
+    assert queue.pop_due(10.0) == alive  # order and deadlines kept through the rebuilds
+    assert len(queue) == len(lingering)
 
 
 # --- client INVITE ------------------------------------------------------------------------
