@@ -459,7 +459,12 @@ class ControlApp:
                     await loop.run_in_executor(self._executor, save_snapshot, self.state_dir, data)
                 except OSError as error:
                     logger.error("applied snapshot not saved to %s: %s", self.state_dir, error)
-        return {"applied_version": config.version}
+        # What this version left out (the rest applied): the pusher sees it in the answer.
+        refusals = [
+            {"kind": r.kind, "id": r.id, "field": r.field, "reason": r.reason}
+            for r in config.refusals
+        ]
+        return {"applied_version": config.version, "refusals": refusals}
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

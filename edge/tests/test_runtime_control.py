@@ -166,13 +166,29 @@ async def test_metrics_read_the_core_counters():
 
 
 @run_async
+async def test_the_answer_to_a_snapshot_lists_what_it_left_out(tmp_path):
+    doc = snapshot_doc(version=5)
+    doc["trunks"][0]["origination_uris"] = [{"uri": "sips:pbx.example;transport=udp"}]
+    control = await Control().start(state_dir=tmp_path)
+    status, _, body = await control.request(
+        "POST", "/config", orjson.dumps(doc), content_type="application/json"
+    )
+    answer = json_of(body)
+    assert (status, answer["applied_version"]) == (200, 5)
+    (refusal,) = answer["refusals"]
+    assert refusal["kind"] == "origination_uri" and refusal["field"] == "origination_uris"
+    assert refusal["id"] == doc["trunks"][0]["id"] and "transport" in refusal["reason"]
+    await control.stop()
+
+
+@run_async
 async def test_a_snapshot_is_compiled_applied_and_saved(tmp_path):
     control = await Control().start(state_dir=tmp_path)
     data = orjson.dumps(snapshot_doc(version=4))
     status, _, body = await control.request(
         "POST", "/config", data, content_type="application/json"
     )
-    assert (status, json_of(body)) == (200, {"applied_version": 4})
+    assert (status, json_of(body)) == (200, {"applied_version": 4, "refusals": []})
     assert control.core.applied == [4]
     assert (tmp_path / SNAPSHOT_FILE).read_bytes() == data
     assert (tmp_path / SNAPSHOT_FILE).stat().st_mode & 0o077 == 0  # it holds HA1 digests
@@ -217,7 +233,8 @@ async def test_an_older_snapshot_is_refused_with_409():
     status, _, body = await control.request(
         "POST", "/config", orjson.dumps(snapshot_doc(version=3))
     )
-    assert (status, json_of(body)) == (200, {"applied_version": 3})  # the same one is fine
+    # The same version again is fine.
+    assert (status, json_of(body)) == (200, {"applied_version": 3, "refusals": []})
     await control.stop()
 
 
@@ -314,7 +331,7 @@ async def test_a_delta_on_the_applied_version_is_applied_and_saved_whole(tmp_pat
     before = control.core.config
     data = _delta(3, 4, trunks=[trunk_doc(id=1, max_channels=7)], deleted_trunks=[2])
     status, _, body = await control.request("POST", "/config", data)
-    assert (status, json_of(body)) == (200, {"applied_version": 4})
+    assert (status, json_of(body)) == (200, {"applied_version": 4, "refusals": []})
     config = control.core.config
     assert config.trunks[1].max_channels == 7 and 2 not in config.trunks
     assert config.customers == before.customers
