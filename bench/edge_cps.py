@@ -35,6 +35,49 @@ Then, for the edge:
   calls (the UAC with ``-d 60000 -l N -r 500 -m N``), read when the control API reports them
   all active; then everything is stopped.
 
+Issue 15's figures, each behind a flag, each bounded in time (the searches share ``--budget``;
+these add fixed times), each stopping what it starts:
+
+- ``--pauses`` (with ``--latency-seconds 60``): during the edge's latency soak, a process of
+  its own sends the edge an OPTIONS every 5 ms from the PBX's address and times each answer
+  (`h.OptionsProbe`). A request arriving while the event loop is paused (a garbage collection,
+  a config swap, any long callback) waits out the pause, so the longest answer bounds the
+  longest pause from above; it also holds the loopback, the edge's handling and the probe's own
+  scheduling on shared cores, and a pause shows at least its length minus 5 ms (an OPTIONS
+  unanswered in 2 s counts as 2 s, and the unanswered are counted). Half-way, a
+  full snapshot of 100,000 numbers and 10,000 trunks (the load's trunk among them) is POSTed to
+  the control API: the worst case of a config change (a delta carries only what changed). The
+  run prints the longest answer and p99 over the soak, the apply's time, the probe's and
+  INVITE->200's p99 and max before, during (request to answer) and after the apply, and the
+  edge's longest garbage collection from /metrics. ``--no-apply``: the probe only. Adds
+  about 2 s (building the snapshot).
+- ``--rss-after``: the memory run holds the calls only until they are read, then lets SIPp
+  end them (BYE) and reads memory again 2 s after the edge reports 0 active calls and 34 s
+  later (a finished call's transactions linger up to 32 s), as ratios to idle; and measures
+  Kamailio the same way (its active dialogs: the UAC's calls in progress). Memory is also read
+  as RSS and PSS summed over the peer's processes (/proc/PID/smaps_rollup): Kamailio keeps
+  dialogs in memory shared by its processes, which summed RSS counts once per process and PSS
+  once; KiB per call compares by PSS. Adds about 2 x (``--rss-calls`` / 500 + 55) s.
+- ``--cpu-levels 100,1000,10000``: the edge's CPU (utime + stime, /proc/PID/stat, all threads)
+  per call while it holds N long calls: one UAC fills it with N calls at ``--fill-rate`` and
+  holds them; its CPU is read for 3 s with no other traffic (printed per second: the cost of
+  holding); then a second UAC sends short calls at ``--cpu-rate`` and, 34 s later (when as
+  many short calls' lingering transactions end each second as start, and the fill's have
+  ended), the CPU over ``--cpu-seconds`` (10 s) is divided by the calls the edge's own counter
+  (/metrics) saw in that window. Both rates stay well below what the edge carried in this run
+  (defaults: 500/s and 200/s, or half and a quarter of the rate found if less), so the window
+  measures work, not a backlog; a level whose window was not steady (the rate not kept, calls
+  lost from the hold, failures) says so. One line per level, also net of the holding cost, and
+  the ratio of the last level to the first (target: flat). Adds about N / 500 + 55 s a level.
+- ``--edges 2``: after the single edge, the same search with two edge processes on
+  127.0.0.11 and 127.0.0.12, each its own SIP and control port, node name and journal, sharing
+  their trunk limits through Redis (``--redis-url``, default $REDIS_URL; CDRs stay in the
+  journals, as for one edge), each fed by its own SIPp UAC at half the rate, one UAS behind
+  both; a step passes when both UACs pass. The figure is the aggregate calls/s; printed as
+  ``edge_x2_cps_ratio_vs_kamailio=<x>`` (Kamailio: one worker) before the last line.
+- ``--known-rate PEER=N`` (kamailio, edge, edge-x2): skip that peer's search and take N as
+  found (its latency run is at N / 2), to re-run one measurement without the searches.
+
 Output: one line per step, a summary, and last ``edge_cps_ratio_vs_kamailio=<x>`` (edge
 calls/s over Kamailio's; ``nan`` when only one peer ran).
 
@@ -53,6 +96,9 @@ Usage:
     .venv/bin/python bench/edge_cps.py --interpreted    # the edge without its compiled core
     .venv/bin/python bench/edge_cps.py --only edge --latency-seconds 60   # a minute at half rate
     .venv/bin/python bench/edge_cps.py --media --quick  # media anchored in rtpengine, both peers
+    # every figure of issue 15 in one run, about 20 minutes:
+    REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/edge_cps.py --latency-seconds 60 \
+        --pauses --rss-after --cpu-levels 100,1000,10000 --edges 2 --budget 600
 Needs sipp (Debian sip-tester) and kamailio (Debian kamailio); shared/peers is looked for
 beside the repository (../shared/peers), or give --peers DIR.
 """
@@ -60,6 +106,7 @@ beside the repository (../shared/peers), or give --peers DIR.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -96,6 +143,7 @@ STEP_OVERHEAD_S = 1.5  # start and stop of a proxy, a UAS and a UAC, roughly
 # retransmissions; whatever they hold is freed when the last one ends.
 LINGER_S = 34.0
 PROBE_EVERY_S = 0.005  # --pauses: one OPTIONS every 5 ms
+PROBE_TIMEOUT_S = 2.0  # an OPTIONS unanswered this long counts as this long
 IDLE_WINDOW_S = 3.0  # --cpu-levels: the edge's CPU holding the calls, before the short calls
 FIRST_SCALE_OUT_IP = 11  # --edges N: edge i listens on 127.0.0.(11 + i)
 
@@ -184,7 +232,7 @@ class EdgePeer(Peer):
 
         def stop() -> None:
             for edge in edges:
-                code = edge.stop(grace=5)
+                code = edge.stop(grace=30)  # ending thousands of held calls takes a while
                 if code not in (0, None):
                     print(f"  (the edge exited {code})\n{edge.explain()}", file=sys.stderr)
 
@@ -306,7 +354,7 @@ def serve_probe(argv: list[str]) -> int:
     out = Path(argv[1])
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    probe = h.OptionsProbe((host, int(port)), every=PROBE_EVERY_S)
+    probe = h.OptionsProbe((host, int(port)), every=PROBE_EVERY_S, timeout=PROBE_TIMEOUT_S)
     probe.start()
     while not stopping.wait(0.1):
         pass
@@ -589,7 +637,7 @@ class PauseWatch:
         self.applied: tuple[int, Any] | None = None
         self.snapshot_mb = 0.0
         self.numbers = 0
-        self.gc_longest_s: float | None = None
+        self.gc_longest_s: dict[str, float] = {}  # by generation
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._probe: subprocess.Popen[bytes] | None = None
@@ -636,14 +684,12 @@ class PauseWatch:
         if self._thread is not None:
             self._thread.join(125)
         if self._edge is not None and self._edge.running:
-            try:
-                self.gc_longest_s = max(
-                    value
-                    for (name, _), value in self._edge.metrics().items()
+            with contextlib.suppress(h.EdgeError, OSError):
+                self.gc_longest_s = {
+                    dict(labels).get("generation", "?"): value
+                    for (name, labels), value in self._edge.metrics().items()
                     if name == "trunkline_edge_gc_longest_pause_seconds"
-                )
-            except (h.EdgeError, OSError, ValueError):
-                self.gc_longest_s = None
+                }
         if self._probe is not None:
             h._terminate(self._probe, 5)
             self._probe = None
@@ -664,14 +710,19 @@ class PauseWatch:
         if not probes:
             return ["edge      pauses: no data (the probe recorded nothing)"]
         delays = [d for _, d in probes]
+        unanswered = sum(1 for d in delays if d >= PROBE_TIMEOUT_S * 1000)
         gc_note = ""
-        if self.gc_longest_s is not None:
-            gc_note = f"; the edge's longest GC pause (/metrics) {self.gc_longest_s * 1000:.1f} ms"
+        if self.gc_longest_s:
+            by_generation = ", ".join(
+                f"{value * 1000:.1f}" for _, value in sorted(self.gc_longest_s.items())
+            )
+            gc_note = f"; the edge's longest GC pause by generation (/metrics) {by_generation} ms"
         lines = [
             f"edge      pauses over the {latency.elapsed:.0f} s soak at {latency.rate} calls/s: "
             f"OPTIONS answered in max {max(delays):.1f} ms, p99 {percentile(delays, 99):.1f} ms "
             f"({len(delays)} probes, one every {PROBE_EVERY_S * 1000:g} ms from another "
-            f"process; target: no pause over 20 ms){gc_note}"
+            f"process, {unanswered} unanswered in {PROBE_TIMEOUT_S:g} s; target: no pause over "
+            f"20 ms){gc_note}"
         ]
         if not self.apply:
             return lines
@@ -824,13 +875,13 @@ def memory_lines(memory: Memory) -> list[str]:
         f"(idle PSS {memory.idle[1] / 1024:.1f} MiB, loaded {memory.loaded[1] / 1024:.1f} MiB)"
     ]
     if memory.ended is not None and memory.settled is not None:
-        idle = memory.idle[1]
+        rss_idle, pss_idle = memory.idle
         lines.append(
-            f"{memory.peer:9} after the calls ended ({memory.ended_active} active): PSS "
-            f"{memory.ended[1] / 1024:.1f} MiB ({memory.ended[1] / idle:.2f} x idle), "
-            f"{LINGER_S:.0f} s later {memory.settled[1] / 1024:.1f} MiB "
-            f"({memory.settled[1] / idle:.2f} x idle; target <= 1.10); RSS "
-            f"{memory.settled[0] / 1024:.1f} MiB ({memory.settled[0] / memory.idle[0]:.2f} x idle)"
+            f"{memory.peer:9} after the calls ended ({memory.ended_active} active): RSS "
+            f"{memory.ended[0] / 1024:.1f} MiB ({memory.ended[0] / rss_idle:.2f} x idle), "
+            f"{LINGER_S:.0f} s later {memory.settled[0] / 1024:.1f} MiB "
+            f"({memory.settled[0] / rss_idle:.2f} x idle; target <= 1.10); PSS then "
+            f"{memory.settled[1] / 1024:.1f} MiB ({memory.settled[1] / pss_idle:.2f} x idle)"
         )
     return lines
 
@@ -841,25 +892,38 @@ def memory_lines(memory: Memory) -> list[str]:
 @dataclass
 class CpuLevel:
     held: int  # concurrent long calls wanted
-    active: int  # what the edge reported when the window started
+    fill_rate: int
+    rate: int  # short calls/s wanted
+    active: tuple[int, int]  # calls the edge reported when the window started, ended
     idle_us_per_s: float  # the edge's CPU holding them, before the short calls
-    calls: int  # short calls attempted inside the window
+    calls: int  # short calls attempted inside the window (the edge's counter)
     cpu_s: float  # the edge's CPU over the window
     window_s: float
     short_failed: int
-    note: str = ""
 
     @property
     def us_per_call(self) -> float:
         return self.cpu_s * 1e6 / self.calls if self.calls else math.nan
 
-    def line(self, rate: int) -> str:
-        net = self.us_per_call - self.idle_us_per_s / rate
+    @property
+    def achieved(self) -> float:
+        return self.calls / self.window_s if self.window_s else 0.0
+
+    def line(self) -> str:
+        net = self.us_per_call - self.idle_us_per_s / self.achieved if self.calls else math.nan
+        warnings = []
+        if self.achieved < 0.9 * self.rate:
+            warnings.append(f"the edge took {self.achieved:.0f} of the {self.rate} calls/s")
+        if min(self.active) < self.held:
+            warnings.append(f"holding {self.active[0]}/{self.active[1]} at the window's ends")
+        if self.short_failed:
+            warnings.append(f"{self.short_failed} short calls failed")
+        warning = f" (NOT STEADY: {'; '.join(warnings)})" if warnings else ""
         return (
-            f"edge      holding {self.held:6d} calls ({self.active} active): "
-            f"{self.us_per_call:6.0f} us CPU per short call ({self.calls} calls at {rate}/s over "
-            f"{self.window_s:.0f} s; {self.short_failed} failed); idle holding them "
-            f"{self.idle_us_per_s:.0f} us/s, so {net:.0f} us per call net{self.note}"
+            f"edge      holding {self.held:6d} calls: {self.us_per_call:6.0f} us CPU per call "
+            f"({self.calls} short calls over {self.window_s:.0f} s at {self.rate}/s); holding "
+            f"them idle costs {self.idle_us_per_s:.0f} us/s, so {net:.0f} us per call net"
+            f"{warning}"
         )
 
 
@@ -867,18 +931,22 @@ def _attempts(edge: h.EdgeProcess) -> float:
     return edge.metric("trunkline_edge_call_attempts_total")
 
 
+def _active(edge: h.EdgeProcess) -> int:
+    return int(edge.health().get("active_calls", 0))
+
+
 def measure_cpu_level(
-    peer: EdgePeer, held: int, rate: int, seconds: float, workdir: Path
+    peer: EdgePeer, held: int, rate: int, seconds: float, workdir: Path, *, fill_rate: int
 ) -> CpuLevel:
     """The edge's CPU per call (utime + stime of its process, all threads) while it holds
-    `held` long calls: one UAC fills it at `RSS_RATE` calls/s and holds them; a second UAC
+    `held` long calls: one UAC fills it at `fill_rate` calls/s and holds them; a second UAC
     then sends short calls at `rate`; the window of `seconds` starts `LINGER_S` after the short
     calls do, when as many of their lingering transactions end each second as start (steady
     state), and after the fill's have ended. Calls in the window: the edge's own attempt
     counter (/metrics, read outside the CPU readings)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    fill_s = held / RSS_RATE
-    hold_s = fill_s + 1 + IDLE_WINDOW_S + LINGER_S + seconds + 20
+    fill_s = held / fill_rate
+    hold_s = fill_s + 2 + IDLE_WINDOW_S + LINGER_S + seconds + 40
     short_s = LINGER_S + seconds + 5
     uas = _uas(peer, workdir, wall_timeout=hold_s + 120)
     uas.start().wait_listening()
@@ -890,20 +958,15 @@ def measure_cpu_level(
         assert edge is not None
         holder = h.Sipp(
             workdir, "hold", builtin="uac", local_ip=peer.uac_ip, remote=proxy.address,
-            calls=held, rate=RSS_RATE, limit=held, duration_ms=round(hold_s * 1000),
+            calls=held, rate=fill_rate, limit=held, duration_ms=round(hold_s * 1000),
             service=CALLEE, recv_timeout_ms=None, trace_messages=False, trace_errors=False,
             wall_timeout=hold_s + 60,
         )  # fmt: skip
         sipps.append(holder.start())
         deadline = time.monotonic() + fill_s + 20
-        active = 0
-        while time.monotonic() < deadline:
-            active = int(edge.health().get("active_calls", 0))
-            if active >= held:
-                break
+        while _active(edge) < held and time.monotonic() < deadline:
             time.sleep(0.25)
-        note = "" if active >= held else f" (only {active} of {held} held)"
-        time.sleep(1.0)
+        time.sleep(2.0)  # the fill's ACKs and last answers
         idle_started, idle_cpu = time.monotonic(), edge.cpu_seconds()
         time.sleep(IDLE_WINDOW_S)
         idle_us_per_s = (edge.cpu_seconds() - idle_cpu) * 1e6 / (time.monotonic() - idle_started)
@@ -915,22 +978,24 @@ def measure_cpu_level(
         )  # fmt: skip
         sipps.append(short.start())
         time.sleep(LINGER_S)
-        active = int(edge.health().get("active_calls", 0))
+        active_before = _active(edge)
         attempts_before = _attempts(edge)
         window_started, cpu_before = time.monotonic(), edge.cpu_seconds()
         time.sleep(seconds)
         cpu_after, window_ended = edge.cpu_seconds(), time.monotonic()
         attempts_after = _attempts(edge)
+        active_after = _active(edge)
         result = short.wait()
         return CpuLevel(
             held=held,
-            active=active,
+            fill_rate=fill_rate,
+            rate=rate,
+            active=(active_before, active_after),
             idle_us_per_s=idle_us_per_s,
             calls=round(attempts_after - attempts_before),
             cpu_s=cpu_after - cpu_before,
             window_s=window_ended - window_started,
             short_failed=result.failed,
-            note=note,
         )
     finally:
         for sipp in sipps:
@@ -1013,7 +1078,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the edge's CPU per short call while it holds N long calls, e.g. 100,1000,10000",
     )
     parser.add_argument(
-        "--cpu-rate", type=int, default=200, help="short calls/s of --cpu-levels (200)"
+        "--cpu-rate",
+        type=int,
+        help="short calls/s of --cpu-levels (default: 200, or a quarter of the edge's rate "
+        "found if that is less)",
+    )
+    parser.add_argument(
+        "--fill-rate",
+        type=int,
+        help="calls/s that fill the edge with long calls for --cpu-levels (default: 500, or "
+        "half the edge's rate found if that is less)",
     )
     parser.add_argument(
         "--cpu-seconds", type=float, default=10.0, help="CPU window of --cpu-levels (10 s)"
@@ -1186,12 +1260,22 @@ def _run(
 
     levels: list[CpuLevel] = []
     if edge_peer is not None and args.cpu_levels:
+        # Below what the edge carries here, so that every window is steady (a busy machine
+        # carries less: rates that overload the edge would measure its backlog instead).
+        edge_rate = found["edge"].best or RSS_RATE
+        cpu_rate = args.cpu_rate or max(10, min(200, edge_rate // 4))
+        fill_rate = args.fill_rate or max(10, min(RSS_RATE, edge_rate // 2))
         for held in args.cpu_levels:
-            print(f"edge CPU per call holding {held} calls:", flush=True)
-            level = measure_cpu_level(
-                edge_peer, held, args.cpu_rate, args.cpu_seconds, workdir / f"edge-cpu-{held}"
+            print(
+                f"edge CPU per call holding {held} calls (filled at {fill_rate}/s; short calls "
+                f"at {cpu_rate}/s):",
+                flush=True,
             )
-            print(level.line(args.cpu_rate), flush=True)
+            level = measure_cpu_level(
+                edge_peer, held, cpu_rate, args.cpu_seconds, workdir / f"edge-cpu-{held}",
+                fill_rate=fill_rate,
+            )  # fmt: skip
+            print(level.line(), flush=True)
             levels.append(level)
 
     print()
@@ -1242,7 +1326,7 @@ def _run(
                 print(f"memory    edge KiB per call / kamailio's per dialog (PSS): "
                       f"{edge_kib / kamailio_kib:.2f}")  # fmt: skip
     for level in levels:
-        print(level.line(args.cpu_rate))
+        print(level.line())
     if len(levels) > 1 and levels[0].calls and levels[-1].calls:
         print(
             f"edge      CPU per call holding {levels[-1].held} / holding {levels[0].held}: "
