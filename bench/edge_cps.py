@@ -96,7 +96,7 @@ Usage:
     .venv/bin/python bench/edge_cps.py --interpreted    # the edge without its compiled core
     .venv/bin/python bench/edge_cps.py --only edge --latency-seconds 60   # a minute at half rate
     .venv/bin/python bench/edge_cps.py --media --quick  # media anchored in rtpengine, both peers
-    # every figure of issue 15 in one run, about 20 minutes:
+    # every figure of issue 15 in one run, about 15 minutes:
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/edge_cps.py --latency-seconds 60 \
         --pauses --rss-after --cpu-levels 100,1000,10000 --edges 2 --budget 600
 Needs sipp (Debian sip-tester) and kamailio (Debian kamailio); shared/peers is looked for
