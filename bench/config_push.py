@@ -29,10 +29,8 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -56,6 +54,7 @@ from edge.tests.sipp_harness import (  # noqa: E402
     CARRIER_IP,
     PBX_IP,
     EdgeProcess,
+    OptionsProbe,
     Sipp,
     free_tcp_port,
     free_udp_port,
@@ -63,55 +62,11 @@ from edge.tests.sipp_harness import (  # noqa: E402
 )
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-PROBE_EVERY = 0.005
 LOAD_CPS = 50
 
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
-
-
-class OptionsProbe(threading.Thread):
-    """Sends OPTIONS to an edge every few ms and records (sent at, delay) of each answer."""
-
-    def __init__(self, edge: tuple[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.edge = edge
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((PBX_IP, 0))  # a trunk ACL address: the abuse guard leaves it alone
-        self.sock.settimeout(1.0)
-        self.samples: list[tuple[float, float]] = []
-        self.stopping = threading.Event()
-
-    def _options(self, n: int) -> bytes:
-        host, port = self.sock.getsockname()
-        return (
-            f"OPTIONS sip:{self.edge[0]}:{self.edge[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-probe-{n}-{uuid.uuid4().hex[:8]}\r\n"
-            f"From: <sip:probe@{host}>;tag=probe\r\nTo: <sip:{self.edge[0]}>\r\n"
-            f"Call-ID: probe-{n}@{host}\r\nCSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\n"
-            "Content-Length: 0\r\n\r\n"
-        ).encode()
-
-    def run(self) -> None:
-        n = 0
-        while not self.stopping.is_set():
-            n += 1
-            sent = time.monotonic()
-            self.sock.sendto(self._options(n), self.edge)
-            try:
-                self.sock.recvfrom(65535)
-                self.samples.append((sent, time.monotonic() - sent))
-            except TimeoutError:
-                self.samples.append((sent, 1.0))
-            time.sleep(max(0.0, PROBE_EVERY - (time.monotonic() - sent)))
-
-    def worst(self, windows: list[tuple[float, float]], inside: bool) -> float:
-        def within(t: float) -> bool:
-            return any(start <= t <= end for start, end in windows)
-
-        delays = [d for t, d in self.samples if within(t) == inside]
-        return max(delays, default=0.0)
 
 
 def health_version(edge: EdgeProcess) -> int:
@@ -278,8 +233,7 @@ def main() -> int:
             apply_to_solo()
             windows.append((started, time.monotonic()))
             time.sleep(1)
-        probe.stopping.set()
-        probe.join(5)
+        probe.stop()
         during, outside = probe.worst(windows, True), probe.worst(windows, False)
         under = f"with SIPp at {LOAD_CPS} calls/s" if load else "without SIPp (not installed)"
         print(f"stall while applying ({args.applies} applies, {under}): longest answer "

@@ -35,6 +35,49 @@ Then, for the edge:
   calls (the UAC with ``-d 60000 -l N -r 500 -m N``), read when the control API reports them
   all active; then everything is stopped.
 
+Issue 15's figures, each behind a flag, each bounded in time (the searches share ``--budget``;
+these add fixed times), each stopping what it starts:
+
+- ``--pauses`` (with ``--latency-seconds 60``): during the edge's latency soak, a process of
+  its own sends the edge an OPTIONS every 5 ms from the PBX's address and times each answer
+  (`h.OptionsProbe`). A request arriving while the event loop is paused (a garbage collection,
+  a config swap, any long callback) waits out the pause, so the longest answer bounds the
+  longest pause from above; it also holds the loopback, the edge's handling and the probe's own
+  scheduling on shared cores, and a pause shows at least its length minus 5 ms (an OPTIONS
+  unanswered in 2 s counts as 2 s, and the unanswered are counted). Half-way, a
+  full snapshot of 100,000 numbers and 10,000 trunks (the load's trunk among them) is POSTed to
+  the control API: the worst case of a config change (a delta carries only what changed). The
+  run prints the longest answer and p99 over the soak, the apply's time, the probe's and
+  INVITE->200's p99 and max before, during (request to answer) and after the apply, and the
+  edge's longest garbage collection from /metrics. ``--no-apply``: the probe only. Adds
+  about 2 s (building the snapshot).
+- ``--rss-after``: the memory run holds the calls only until they are read, then lets SIPp
+  end them (BYE) and reads memory again 2 s after the edge reports 0 active calls and 34 s
+  later (a finished call's transactions linger up to 32 s), as ratios to idle; and measures
+  Kamailio the same way (its active dialogs: the UAC's calls in progress). Memory is also read
+  as RSS and PSS summed over the peer's processes (/proc/PID/smaps_rollup): Kamailio keeps
+  dialogs in memory shared by its processes, which summed RSS counts once per process and PSS
+  once; KiB per call compares by PSS. Adds about 2 x (``--rss-calls`` / 500 + 55) s.
+- ``--cpu-levels 100,1000,10000``: the edge's CPU (utime + stime, /proc/PID/stat, all threads)
+  per call while it holds N long calls: one UAC fills it with N calls at ``--fill-rate`` and
+  holds them; its CPU is read for 3 s with no other traffic (printed per second: the cost of
+  holding); then a second UAC sends short calls at ``--cpu-rate`` and, 34 s later (when as
+  many short calls' lingering transactions end each second as start, and the fill's have
+  ended), the CPU over ``--cpu-seconds`` (10 s) is divided by the calls the edge's own counter
+  (/metrics) saw in that window. Both rates stay well below what the edge carried in this run
+  (defaults: 500/s and 200/s, or half and a quarter of the rate found if less), so the window
+  measures work, not a backlog; a level whose window was not steady (the rate not kept, calls
+  lost from the hold, failures) says so. One line per level, also net of the holding cost, and
+  the ratio of the last level to the first (target: flat). Adds about N / 500 + 55 s a level.
+- ``--edges 2``: after the single edge, the same search with two edge processes on
+  127.0.0.11 and 127.0.0.12, each its own SIP and control port, node name and journal, sharing
+  their trunk limits through Redis (``--redis-url``, default $REDIS_URL; CDRs stay in the
+  journals, as for one edge), each fed by its own SIPp UAC at half the rate, one UAS behind
+  both; a step passes when both UACs pass. The figure is the aggregate calls/s; printed as
+  ``edge_x2_cps_ratio_vs_kamailio=<x>`` (Kamailio: one worker) before the last line.
+- ``--known-rate PEER=N`` (kamailio, edge, edge-x2): skip that peer's search and take N as
+  found (its latency run is at N / 2), to re-run one measurement without the searches.
+
 Output: one line per step, a summary, and last ``edge_cps_ratio_vs_kamailio=<x>`` (edge
 calls/s over Kamailio's; ``nan`` when only one peer ran).
 
@@ -57,6 +100,9 @@ Usage:
     .venv/bin/python bench/edge_cps.py --interpreted    # the edge without its compiled core
     .venv/bin/python bench/edge_cps.py --only edge --latency-seconds 60   # a minute at half rate
     .venv/bin/python bench/edge_cps.py --media --quick  # media anchored in rtpengine, both peers
+    # every figure of issue 15 in one run, about 15 minutes:
+    REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/edge_cps.py --latency-seconds 60 \
+        --pauses --rss-after --cpu-levels 100,1000,10000 --edges 2 --budget 600
 Needs sipp (Debian sip-tester) and kamailio (Debian kamailio); shared/peers is looked for
 beside the repository (../shared/peers), or give --peers DIR.
 """
@@ -67,25 +113,43 @@ import argparse
 import contextlib
 import math
 import os
+import re
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import mkdtemp
 from typing import Any
+
+import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge import native  # noqa: E402
 from edge.tests import sipp_harness as h  # noqa: E402
-from edge.tests.factories import gateway_doc, snapshot_doc, trunk_doc  # noqa: E402
+from edge.tests.factories import (  # noqa: E402
+    big_snapshot_doc,
+    gateway_doc,
+    snapshot_doc,
+    trunk_doc,
+)
 
 CALLEE = "14155550100"  # the R-URI user of the built-in uac (-s); +14155550100 once normalised
-RSS_RATE = 500
+RSS_RATE = 500  # calls/s that fill the edge with long calls (memory, CPU levels)
 RSS_HOLD_MS = 60_000
 STEP_OVERHEAD_S = 1.5  # start and stop of a proxy, a UAS and a UAC, roughly
+# A finished call's transactions linger up to 32 s (64 x T1, RFC 3261 17) to absorb
+# retransmissions; whatever they hold is freed when the last one ends.
+LINGER_S = 34.0
+PROBE_EVERY_S = 0.005  # --pauses: one OPTIONS every 5 ms
+PROBE_TIMEOUT_S = 2.0  # an OPTIONS unanswered this long counts as this long
+IDLE_WINDOW_S = 3.0  # --cpu-levels: the edge's CPU holding the calls, before the short calls
+FIRST_SCALE_OUT_IP = 11  # --edges N: edge i listens on 127.0.0.(11 + i)
 
 
 # --- peers ------------------------------------------------------------------------------------
@@ -93,15 +157,29 @@ STEP_OVERHEAD_S = 1.5  # start and stop of a proxy, a UAS and a UAC, roughly
 
 @dataclass
 class Proxy:
-    address: tuple[str, int]
+    addresses: list[tuple[str, int]]  # one SIPp UAC each
     stop: Callable[[], None]
-    edge: h.EdgeProcess | None = None
+    edges: list[h.EdgeProcess] = field(default_factory=list)
+    pids: Callable[[], list[int]] = list  # the processes whose memory counts
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.addresses[0]
+
+    @property
+    def edge(self) -> h.EdgeProcess | None:
+        return self.edges[0] if self.edges else None
 
 
 class Peer:
     name = ""
     uac_ip = h.EDGE_IP
     uas_ip = h.EDGE_IP
+
+    @property
+    def key(self) -> str:
+        """The peer's name on the command line (``--known-rate edge-x2=1200``)."""
+        return self.name.replace(" ", "-")
 
     def start(self, workdir: Path, uas_port: int, rtpengine: h.Rtpengine | None = None) -> Proxy:
         raise NotImplementedError
@@ -119,39 +197,77 @@ class KamailioPeer(Peer):
         if rtpengine is not None:  # bench/kamailio-media/run-kamailio.sh reads it
             os.environ["TRUNKLINE_RTPENGINE_NG"] = "{}:{}".format(*rtpengine.ng_address)
         proxy = h.Kamailio(workdir, uas_port, peers=self.peers).start()
-        return Proxy(proxy.sip_address, proxy.stop)
+        assert proxy.process is not None
+        group = proxy.process.pid  # run in a session of its own: its workers share the group
+        return Proxy([proxy.sip_address], proxy.stop, pids=lambda: process_group(group))
 
 
 class EdgePeer(Peer):
-    name = "edge"
     uac_ip = h.PBX_IP  # in the trunk's ACL
     uas_ip = h.CARRIER_IP  # the carrier gateway
 
-    def __init__(self, extra_args: list[str], *, media: bool = False) -> None:
+    def __init__(
+        self,
+        extra_args: list[str],
+        *,
+        media: bool = False,
+        count: int = 1,
+        redis_url: str | None = None,
+    ) -> None:
         self.extra_args = extra_args
         self.media = media
+        self.count = count
+        self.redis_url = redis_url
+        self.name = "edge" if count == 1 else f"edge x{count}"
         self.core: str | None = None  # "compiled" or "interpreted (why)", from its /health
 
     def start(self, workdir: Path, uas_port: int, rtpengine: h.Rtpengine | None = None) -> Proxy:
-        media_args = [] if rtpengine is None else ["--rtpengine", rtpengine.spec]
-        edge = h.EdgeProcess(
-            workdir,
-            bench_snapshot(uas_port, media=self.media),
-            node="bench-edge",
-            drain_timeout=1,
-            launcher=[sys.executable, str(Path(__file__).resolve()), "--serve-edge"],
-            extra_args=["--log-level", "WARNING", *self.extra_args, *media_args],
-        ).start()
+        """One edge on 127.0.0.1, or `count` edges on 127.0.0.11, .12, ... sharing their
+        limits through Redis (each its own node name, journal and control port)."""
+        edges: list[h.EdgeProcess] = []
+        try:
+            for index in range(self.count):
+                edges.append(self._start_one(workdir, uas_port, index, rtpengine))
+        except BaseException:
+            for edge in edges:
+                edge.stop(grace=2)
+            raise
         if self.core is None:
-            self.core = str(edge.health().get("core"))
+            self.core = str(edges[0].health().get("core"))
             print(f"  (edge core: {self.core})", flush=True)
 
         def stop() -> None:
-            code = edge.stop(grace=5)
-            if code not in (0, None):
-                print(f"  (the edge exited {code})\n{edge.explain()}", file=sys.stderr)
+            for edge in edges:
+                code = edge.stop(grace=30)  # ending thousands of held calls takes a while
+                if code not in (0, None):
+                    print(f"  (the edge exited {code})\n{edge.explain()}", file=sys.stderr)
 
-        return Proxy(edge.sip_address, stop, edge)
+        return Proxy(
+            [edge.sip_address for edge in edges],
+            stop,
+            edges,
+            pids=lambda: [edge.pid for edge in edges if edge.running],
+        )
+
+    def _start_one(
+        self, workdir: Path, uas_port: int, index: int, rtpengine: h.Rtpengine | None
+    ) -> h.EdgeProcess:
+        extra = ["--log-level", "WARNING", *self.extra_args]
+        if rtpengine is not None:
+            extra += ["--rtpengine", rtpengine.spec]
+        if self.redis_url is not None:
+            # Shared limits only: CDRs stay in the journal, as for the single edge.
+            extra += ["--redis-url", self.redis_url, "--cdr-ship", "0"]
+        single = self.count == 1
+        return h.EdgeProcess(
+            workdir if single else workdir / f"edge-{index + 1}",
+            bench_snapshot(uas_port, media=self.media),
+            node="bench-edge" if single else f"bench-edge-{index + 1}",
+            ip=h.EDGE_IP if single else f"127.0.0.{FIRST_SCALE_OUT_IP + index}",
+            drain_timeout=1,
+            launcher=[sys.executable, str(Path(__file__).resolve()), "--serve-edge"],
+            extra_args=extra,
+        ).start()
 
 
 def bench_snapshot(gateway_port: int, *, media: bool = False) -> dict[str, Any]:
@@ -171,6 +287,58 @@ def bench_snapshot(gateway_port: int, *, media: bool = False) -> dict[str, Any]:
     return snapshot_doc(trunks=[trunk], numbers=[["+14155550100", 1, 1]], gateways=[gateway])
 
 
+def big_bench_snapshot(gateway_port: int, *, version: int) -> tuple[bytes, int]:
+    """The benchmark's trunk, number and gateway inside a production-sized snapshot
+    (`big_snapshot_doc`: 10,000 trunks, 100,000 more numbers): (the encoded document, the
+    number of numbers). Its other trunks' addresses and numbers are none of the load's."""
+    small = bench_snapshot(gateway_port)
+    big = big_snapshot_doc()
+    trunks = [*small["trunks"], *(t for t in big["trunks"] if t["id"] != small["trunks"][0]["id"])]
+    numbers = [*small["numbers"], *big["numbers"]]
+    gateways = [{**g, "carrier": c["id"]} for c in small["carriers"] for g in c["gateways"]]
+    doc = snapshot_doc(
+        customers=big["customers"],
+        trunks=trunks,
+        numbers=numbers,
+        gateways=gateways,
+        version=version,
+    )
+    return orjson.dumps(doc), len(numbers)
+
+
+def process_group(group: int) -> list[int]:
+    """The processes of a process group (Kamailio and the workers it forked)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:  # after the state: ppid, pgrp
+            pids.append(int(entry.name))
+    return pids
+
+
+def memory_kib(pids: list[int]) -> tuple[int, int] | None:
+    """(RSS, PSS) summed over `pids`, in KiB, from /proc/PID/smaps_rollup. PSS splits each
+    shared page between the processes that map it, so the sum over Kamailio's processes
+    counts its shared memory (where it keeps dialogs) once; RSS summed counts it per process."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for name, value in re.findall(r"^(Rss|Pss):\s+(\d+) kB", text, re.MULTILINE):
+            if name == "Rss":
+                rss += int(value)
+            else:
+                pss += int(value)
+    return (rss, pss) if rss else None
+
+
 def serve_edge(argv: list[str]) -> int:
     """``python -m edge`` with a live-event sink: each batch is encoded, counted, dropped."""
     from edge.options import build_parser, options_from_namespace
@@ -188,6 +356,23 @@ def serve_edge(argv: list[str]) -> int:
     return run(options, events=BatchingSink(publish, node=options.node))
 
 
+def serve_probe(argv: list[str]) -> int:
+    """``--serve-probe HOST:PORT FILE``: `h.OptionsProbe` in a process of its own (this one's
+    GIL and CPU never delay it) until SIGTERM, then its samples to FILE, one
+    ``sent;delay`` line each (time.monotonic seconds: one clock for every process)."""
+    host, port = argv[0].rsplit(":", 1)
+    out = Path(argv[1])
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    probe = h.OptionsProbe((host, int(port)), every=PROBE_EVERY_S, timeout=PROBE_TIMEOUT_S)
+    probe.start()
+    while not stopping.wait(0.1):
+        pass
+    probe.stop()
+    out.write_text("".join(f"{sent:.6f};{delay:.6f}\n" for sent, delay in probe.samples))
+    return 0
+
+
 # --- one step ---------------------------------------------------------------------------------
 
 
@@ -202,6 +387,7 @@ class Step:
     elapsed: float
     passed: bool
     workdir: Path
+    started_at: float = 0.0  # time.monotonic() when the UAC started
     sessions_left: int | None = None  # --media: what the step's rtpengine still held
 
     def line(self) -> str:
@@ -236,13 +422,19 @@ def run_step(
     workdir: Path,
     *,
     trace_rtt: bool = False,
+    watch: PauseWatch | None = None,
     media: bool = False,
 ) -> Step:
+    """`rate` calls/s for `seconds` through the peer: one UAC per proxy address (several
+    edges: the rate and the calls split evenly between them), one UAS behind them all."""
     workdir.mkdir(parents=True, exist_ok=True)
     calls = max(1, round(rate * seconds))
     uas = _uas(peer, workdir, wall_timeout=seconds + 120)
     uas.start().wait_listening()
     proxy = None
+    uacs: list[h.Sipp] = []
+    results: list[h.SippResult] = []
+    started = elapsed = 0.0
     rtpengine = None
     sessions_left = None
     try:
@@ -250,29 +442,43 @@ def run_step(
             # 4 ports per call in flight (RTP and RTCP on both legs): 5,000 calls at once.
             rtpengine = h.Rtpengine(workdir / "rtpengine", ports=(10000, 29999)).start()
         proxy = peer.start(workdir, uas.local_port, rtpengine)
-        uac = h.Sipp(
-            workdir,
-            "uac",
-            builtin="uac",
-            local_ip=peer.uac_ip,
-            remote=proxy.address,
-            calls=calls,
-            rate=rate,
-            limit=max(100, rate),  # a second's worth of calls in flight
-            duration_ms=0,
-            service=CALLEE,
-            recv_timeout_ms=5_000,  # a call waiting 5 s for an answer has failed anyway
-            trace_messages=False,
-            trace_errors=False,
-            wall_timeout=seconds + 20,
-            extra=["-trace_rtt", "-rtt_freq", "1"]
-            if trace_rtt
-            else (),  # SIPp drops a partial dump at exit
-        )
+        count = len(proxy.addresses)
+        for index, address in enumerate(proxy.addresses):
+            share = calls // count + (1 if index < calls % count else 0)
+            uacs.append(
+                h.Sipp(
+                    workdir,
+                    "uac" if count == 1 else f"uac{index + 1}",
+                    builtin="uac",
+                    local_ip=peer.uac_ip,
+                    remote=address,
+                    calls=share,
+                    rate=rate / count,
+                    limit=max(100, rate // count),  # a second's worth of calls in flight
+                    duration_ms=0,
+                    service=CALLEE,
+                    recv_timeout_ms=5_000,  # a call waiting 5 s for an answer has failed anyway
+                    trace_messages=False,
+                    trace_errors=False,
+                    wall_timeout=seconds + 20,
+                    extra=["-trace_rtt", "-rtt_freq", "1"]
+                    if trace_rtt
+                    else (),  # SIPp drops a partial dump at exit
+                )
+            )
+        if watch is not None:
+            watch.start(proxy, uas.local_port)
         started = time.monotonic()
-        result = uac.run()
+        for uac in uacs:
+            uac.start()
+        results = [uac.wait() for uac in uacs]
         elapsed = time.monotonic() - started
     finally:
+        for uac in uacs:
+            if uac.running:
+                uac.stop()
+        if watch is not None:
+            watch.stop()
         uas.stop()
         if proxy is not None:
             proxy.stop()
@@ -280,25 +486,28 @@ def run_step(
             with contextlib.suppress(OSError):  # no answer to `list`: unknown
                 sessions_left = len(rtpengine.sessions())
             rtpengine.stop()
+    successful = sum(r.successful for r in results)
+    failed = sum(r.failed for r in results)
+    returncode = next((r.returncode for r in results if r.returncode != 0), 0)
     # SIPp throttles when calls pile up (-l): a run that overran did not carry the rate.
     on_time = elapsed <= seconds * 1.1 + 0.5
     passed = (
-        result.returncode == 0
-        and not result.timed_out
-        and result.failed == 0
-        and result.successful == calls
+        all(r.returncode == 0 and not r.timed_out for r in results)
+        and failed == 0
+        and successful == calls
         and on_time
     )
     return Step(
         peer.name,
         rate,
         calls,
-        result.successful,
-        result.failed,
-        result.returncode,
+        successful,
+        failed,
+        returncode,
         elapsed,
         passed,
         workdir,
+        started,
         sessions_left,
     )
 
@@ -333,7 +542,7 @@ def find_max_rate(
 
     def attempt(rate: int) -> bool:
         step = run_step(
-            peer, rate, seconds, workdir / f"{peer.name}-{rate}-{len(steps)}", media=media
+            peer, rate, seconds, workdir / f"{peer.key}-{rate}-{len(steps)}", media=media
         )
         steps.append(step)
         print(step.line(), flush=True)
@@ -367,7 +576,7 @@ def find_max_rate(
     return Search(best, failure, steps, out_of_time)
 
 
-# --- latency and memory -----------------------------------------------------------------------
+# --- latency and pauses -----------------------------------------------------------------------
 
 
 @dataclass
@@ -378,28 +587,48 @@ class Latency:
     max_ms: float
     calls: int
     passed: bool
+    # (time.monotonic() when SIPp recorded it, INVITE->200 in ms), one per call
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    started_at: float = 0.0
+    elapsed: float = 0.0
 
 
 def measure_latency(
-    peer: Peer, rate: int, seconds: float, workdir: Path, *, media: bool = False
+    peer: Peer,
+    rate: int,
+    seconds: float,
+    workdir: Path,
+    *,
+    watch: PauseWatch | None = None,
+    media: bool = False,
 ) -> Latency | None:
     if rate <= 0:
         return None
-    step = run_step(peer, rate, seconds, workdir, trace_rtt=True, media=media)
+    step = run_step(peer, rate, seconds, workdir, trace_rtt=True, watch=watch, media=media)
     print(step.line() + "  (latency)", flush=True)
-    times = []
+    samples = []
     for path in workdir.glob("*_rtt.csv"):
         for line in path.read_text().splitlines()[1:]:
             fields = line.split(";")
             if len(fields) >= 3 and fields[2].strip() == "1":
                 try:
-                    times.append(float(fields[1]))
+                    # Date_ms counts from SIPp's start, a few ms after the harness's clock
+                    samples.append((step.started_at + float(fields[0]) / 1000, float(fields[1])))
                 except ValueError:
                     continue
-    if not times:
+    if not samples:
         return None
+    times = [ms for _, ms in samples]
     return Latency(
-        rate, percentile(times, 50), percentile(times, 99), max(times), len(times), step.passed
+        rate,
+        percentile(times, 50),
+        percentile(times, 99),
+        max(times),
+        len(times),
+        step.passed,
+        samples,
+        step.started_at,
+        step.elapsed,
     )
 
 
@@ -414,26 +643,205 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank]
 
 
+class PauseWatch:
+    """What the edge's latency soak also measures with ``--pauses``.
+
+    - An `h.OptionsProbe` in a process of its own (``--serve-probe``) sends the edge an
+      OPTIONS every 5 ms from the PBX's address and records how long each answer takes: a
+      request that arrives while the edge's event loop is paused (a garbage collection, a
+      config swap, a long callback) waits out the pause, so the longest delay bounds the
+      longest pause from above (it also holds the kernel's loopback and the probe's own
+      scheduling on these shared cores; with 5 ms between probes a pause shows at least
+      its length minus 5 ms).
+    - Half-way through the soak, one full snapshot of 100,000 numbers and 10,000 trunks (the
+      load's trunk among them, `big_bench_snapshot`) is POSTed to the control API, the worst
+      case of a config change (a delta carries only what changed): the window from the
+      request to its answer (decoded, compiled, swapped and saved) splits the figures into
+      before, during and after.
+    - At the end, the edge's own longest garbage collection (/metrics) for comparison.
+    """
+
+    def __init__(self, workdir: Path, *, apply_after: float, apply: bool = True) -> None:
+        self.workdir = workdir
+        self.apply_after = apply_after
+        self.apply = apply
+        self.samples: list[tuple[float, float]] = []
+        self.window: tuple[float, float] | None = None
+        self.applied: tuple[int, Any] | None = None
+        self.snapshot_mb = 0.0
+        self.numbers = 0
+        self.gc_longest_s: dict[str, float] = {}  # by generation
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._probe: subprocess.Popen[bytes] | None = None
+        self._edge: h.EdgeProcess | None = None
+
+    @property
+    def out_path(self) -> Path:
+        return self.workdir / "probe.csv"
+
+    def start(self, proxy: Proxy, uas_port: int) -> None:
+        edge = proxy.edge
+        assert edge is not None, "the pause watch is for an edge"
+        self._edge = edge
+        body = b""
+        if self.apply:  # built before the soak starts: the bench's own CPU stays out of it
+            body, self.numbers = big_bench_snapshot(uas_port, version=2)
+            self.snapshot_mb = len(body) / 1e6
+        host, port = edge.sip_address
+        self._probe = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-probe", f"{host}:{port}",
+             str(self.out_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "probe.stderr.log").open("wb"),
+            start_new_session=True,
+        )  # fmt: skip
+        if self.apply:
+            self._thread = threading.Thread(target=self._apply, args=(edge, body), daemon=True)
+            self._thread.start()
+
+    def _apply(self, edge: h.EdgeProcess, body: bytes) -> None:
+        if self._stopping.wait(self.apply_after):
+            return
+        began = time.monotonic()
+        try:
+            self.applied = edge.api("POST", "/config", body, timeout=120)
+        except OSError as error:
+            self.applied = (0, str(error))
+        self.window = (began, time.monotonic())
+
+    def stop(self) -> None:
+        """Before the edge stops: end the apply, read the edge's GC pause, stop the probe."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(125)
+        if self._edge is not None and self._edge.running:
+            with contextlib.suppress(h.EdgeError, OSError):
+                self.gc_longest_s = {
+                    dict(labels).get("generation", "?"): value
+                    for (name, labels), value in self._edge.metrics().items()
+                    if name == "trunkline_edge_gc_longest_pause_seconds"
+                }
+        if self._probe is not None:
+            h._terminate(self._probe, 5)
+            self._probe = None
+        try:
+            lines = self.out_path.read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            sent, delay = line.split(";")
+            self.samples.append((float(sent), float(delay)))
+
+    def report(self, latency: Latency | None) -> list[str]:
+        """The summary lines: pauses over the soak, then before/during/after the apply."""
+        if latency is None:
+            return ["edge      pauses: no data (the latency run had none)"]
+        soak = (latency.started_at, latency.started_at + latency.elapsed)
+        probes = [(t, d * 1000) for t, d in self.samples if soak[0] <= t <= soak[1]]
+        if not probes:
+            return ["edge      pauses: no data (the probe recorded nothing)"]
+        delays = [d for _, d in probes]
+        unanswered = sum(1 for d in delays if d >= PROBE_TIMEOUT_S * 1000)
+        gc_note = ""
+        if self.gc_longest_s:
+            by_generation = ", ".join(
+                f"{value * 1000:.1f}" for _, value in sorted(self.gc_longest_s.items())
+            )
+            gc_note = f"; the edge's longest GC pause by generation (/metrics) {by_generation} ms"
+        lines = [
+            f"edge      pauses over the {latency.elapsed:.0f} s soak at {latency.rate} calls/s: "
+            f"OPTIONS answered in max {max(delays):.1f} ms, p99 {percentile(delays, 99):.1f} ms "
+            f"({len(delays)} probes, one every {PROBE_EVERY_S * 1000:g} ms from another "
+            f"process, {unanswered} unanswered in {PROBE_TIMEOUT_S:g} s; target: no pause over "
+            f"20 ms){gc_note}"
+        ]
+        if not self.apply:
+            return lines
+        if self.window is None or self.applied is None:
+            lines.append("edge      snapshot apply: not reached within the soak")
+            return lines
+        began, ended = self.window
+        status, body = self.applied
+        version = body.get("applied_version") if isinstance(body, dict) else body
+        lines.append(
+            f"edge      snapshot of {self.numbers:,} numbers ({self.snapshot_mb:.1f} MB) applied "
+            f"{began - soak[0]:.0f} s into the soak: {ended - began:.2f} s to its answer "
+            f"({status}, applied version {version})"
+        )
+        windows = {
+            "before": (soak[0], began),
+            "during": (began, ended),
+            "after": (ended, soak[1]),
+        }
+        for label, values in (
+            ("OPTIONS answer", probes),
+            ("INVITE->200", latency.samples),
+        ):
+            parts = []
+            for name, (low, high) in windows.items():
+                inside = [v for t, v in values if low <= t < high]
+                if inside:
+                    parts.append(
+                        f"{name} p99 {percentile(inside, 99):.1f} max {max(inside):.1f} ms "
+                        f"({len(inside)})"
+                    )
+                else:
+                    parts.append(f"{name} -")
+            lines.append(f"edge      {label:14} " + "; ".join(parts))
+        return lines
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
 @dataclass
 class Memory:
+    peer: str
     idle_kib: int | None
     loaded_kib: int | None
     active_calls: int
     wanted: int
+    # --rss-after: (RSS, PSS) summed over the peer's processes, in KiB
+    idle: tuple[int, int] | None = None
+    loaded: tuple[int, int] | None = None
+    ended: tuple[int, int] | None = None  # once the calls have ended
+    settled: tuple[int, int] | None = None  # LINGER_S later
+    ended_active: int | None = None
+
+    def per_call(self, which: int) -> float | None:
+        """KiB per concurrent call: RSS (0) or PSS (1), loaded minus idle."""
+        if self.idle is None or self.loaded is None or not self.active_calls:
+            return None
+        return (self.loaded[which] - self.idle[which]) / self.active_calls
 
 
-def measure_rss(peer: EdgePeer, calls: int, workdir: Path) -> Memory:
-    """The edge's RSS idle and holding `calls` concurrent calls."""
+def _current_calls(uac: h.Sipp) -> int:
+    """Calls the UAC has in progress (its statistics, written every second)."""
+    stats = h.read_sipp_stats(uac.stats_path)
+    return 0 if stats is None else stats.count("CurrentCall")
+
+
+def measure_rss(peer: Peer, calls: int, workdir: Path, *, after: bool = False) -> Memory:
+    """The peer's memory idle and holding `calls` concurrent calls (VmRSS of the edge process,
+    as before). With `after`, the calls are held just long enough to be read, then SIPp ends
+    them (BYE) and the memory is read again when they are gone and `LINGER_S` later; and every
+    reading is also the sum of RSS and of PSS over the peer's processes (Kamailio has several)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    fill_s = calls / RSS_RATE
+    hold_ms = round((fill_s + 15) * 1000) if after else RSS_HOLD_MS
     uas = _uas(peer, workdir, wall_timeout=600)
     uas.start().wait_listening()
     proxy = None
     uac = None
+    memory = Memory(peer.name, None, None, 0, calls)
     try:
         proxy = peer.start(workdir, uas.local_port)
-        assert proxy.edge is not None
         edge = proxy.edge
-        idle = edge.rss_kib()
+        time.sleep(1.0)  # settled after start-up
+        memory.idle_kib = edge.rss_kib() if edge is not None else None
+        memory.idle = memory_kib(proxy.pids())
         uac = h.Sipp(
             workdir,
             "uac",
@@ -443,33 +851,215 @@ def measure_rss(peer: EdgePeer, calls: int, workdir: Path) -> Memory:
             calls=calls,
             rate=RSS_RATE,
             limit=calls,
-            duration_ms=RSS_HOLD_MS,
+            duration_ms=hold_ms,
             service=CALLEE,
             recv_timeout_ms=None,
             trace_messages=False,
             trace_errors=False,
-            wall_timeout=RSS_HOLD_MS / 1000 + 60,
+            wall_timeout=hold_ms / 1000 + 60,
         ).start()
-        deadline = time.monotonic() + calls / RSS_RATE + 20
-        active = 0
+
+        def active() -> int:
+            if edge is not None:
+                return int(edge.health().get("active_calls", 0))
+            return _current_calls(uac)  # Kamailio: the UAC's calls in progress
+
+        deadline = time.monotonic() + fill_s + 20
+        count = 0
         while time.monotonic() < deadline:
-            active = int(edge.health().get("active_calls", 0))
-            if active >= calls:
+            count = active()
+            if count >= calls:
                 break
             time.sleep(0.25)
-        time.sleep(0.5)  # let the last answers settle
-        loaded = edge.rss_kib()
-        active = int(edge.health().get("active_calls", active))
+        time.sleep(1.0 if edge is None else 0.5)  # the last answers (SIPp's stats: each second)
+        memory.loaded_kib = edge.rss_kib() if edge is not None else None
+        memory.loaded = memory_kib(proxy.pids())
+        memory.active_calls = active()
+        if after:
+            uac.wait()  # every call BYE'd by the UAC at the end of its hold
+            deadline = time.monotonic() + 30
+            while (left := active()) and time.monotonic() < deadline:
+                time.sleep(0.25)
+            memory.ended_active = left
+            time.sleep(2.0)
+            memory.ended = memory_kib(proxy.pids())
+            time.sleep(LINGER_S)
+            memory.settled = memory_kib(proxy.pids())
     finally:
         if uac is not None:
             uac.stop()
         if proxy is not None:
             proxy.stop()
         uas.stop()
-    return Memory(idle, loaded, active, calls)
+    return memory
+
+
+def memory_lines(memory: Memory) -> list[str]:
+    """--rss-after: per call, then after the calls, for one peer."""
+    if memory.idle is None or memory.loaded is None:
+        return [f"{memory.peer:9} memory: no data"]
+    rss, pss = memory.per_call(0), memory.per_call(1)
+    if rss is None or pss is None:
+        return [f"{memory.peer:9} memory: no call was held"]
+    lines = [
+        f"{memory.peer:9} memory holding {memory.active_calls} calls (wanted {memory.wanted}): "
+        f"{pss:.1f} KiB per call by PSS, {rss:.1f} by RSS, summed over its "
+        f"{'process' if memory.peer.startswith('edge') else 'processes'} "
+        f"(idle PSS {memory.idle[1] / 1024:.1f} MiB, loaded {memory.loaded[1] / 1024:.1f} MiB)"
+    ]
+    if memory.ended is not None and memory.settled is not None:
+        rss_idle, pss_idle = memory.idle
+        lines.append(
+            f"{memory.peer:9} after the calls ended ({memory.ended_active} active): RSS "
+            f"{memory.ended[0] / 1024:.1f} MiB ({memory.ended[0] / rss_idle:.2f} x idle), "
+            f"{LINGER_S:.0f} s later {memory.settled[0] / 1024:.1f} MiB "
+            f"({memory.settled[0] / rss_idle:.2f} x idle; target <= 1.10); PSS then "
+            f"{memory.settled[1] / 1024:.1f} MiB ({memory.settled[1] / pss_idle:.2f} x idle)"
+        )
+    return lines
+
+
+# --- CPU per call while holding many ------------------------------------------------------------
+
+
+@dataclass
+class CpuLevel:
+    held: int  # concurrent long calls wanted
+    fill_rate: int
+    rate: int  # short calls/s wanted
+    active: tuple[int, int]  # calls the edge reported when the window started, ended
+    idle_us_per_s: float  # the edge's CPU holding them, before the short calls
+    calls: int  # short calls attempted inside the window (the edge's counter)
+    cpu_s: float  # the edge's CPU over the window
+    window_s: float
+    short_failed: int
+
+    @property
+    def us_per_call(self) -> float:
+        return self.cpu_s * 1e6 / self.calls if self.calls else math.nan
+
+    @property
+    def achieved(self) -> float:
+        return self.calls / self.window_s if self.window_s else 0.0
+
+    def line(self) -> str:
+        net = self.us_per_call - self.idle_us_per_s / self.achieved if self.calls else math.nan
+        warnings = []
+        if self.achieved < 0.9 * self.rate:
+            warnings.append(f"the edge took {self.achieved:.0f} of the {self.rate} calls/s")
+        if min(self.active) < self.held:
+            warnings.append(f"holding {self.active[0]}/{self.active[1]} at the window's ends")
+        if self.short_failed:
+            warnings.append(f"{self.short_failed} short calls failed")
+        warning = f" (NOT STEADY: {'; '.join(warnings)})" if warnings else ""
+        return (
+            f"edge      holding {self.held:6d} calls: {self.us_per_call:6.0f} us CPU per call "
+            f"({self.calls} short calls over {self.window_s:.0f} s at {self.rate}/s); holding "
+            f"them idle costs {self.idle_us_per_s:.0f} us/s, so {net:.0f} us per call net"
+            f"{warning}"
+        )
+
+
+def _attempts(edge: h.EdgeProcess) -> float:
+    return edge.metric("trunkline_edge_call_attempts_total")
+
+
+def _active(edge: h.EdgeProcess) -> int:
+    return int(edge.health().get("active_calls", 0))
+
+
+def measure_cpu_level(
+    peer: EdgePeer, held: int, rate: int, seconds: float, workdir: Path, *, fill_rate: int
+) -> CpuLevel:
+    """The edge's CPU per call (utime + stime of its process, all threads) while it holds
+    `held` long calls: one UAC fills it at `fill_rate` calls/s and holds them; a second UAC
+    then sends short calls at `rate`; the window of `seconds` starts `LINGER_S` after the short
+    calls do, when as many of their lingering transactions end each second as start (steady
+    state), and after the fill's have ended. Calls in the window: the edge's own attempt
+    counter (/metrics, read outside the CPU readings)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fill_s = held / fill_rate
+    hold_s = fill_s + 2 + IDLE_WINDOW_S + LINGER_S + seconds + 40
+    short_s = LINGER_S + seconds + 5
+    uas = _uas(peer, workdir, wall_timeout=hold_s + 120)
+    uas.start().wait_listening()
+    proxy = None
+    sipps: list[h.Sipp] = []
+    try:
+        proxy = peer.start(workdir, uas.local_port)
+        edge = proxy.edge
+        assert edge is not None
+        holder = h.Sipp(
+            workdir, "hold", builtin="uac", local_ip=peer.uac_ip, remote=proxy.address,
+            calls=held, rate=fill_rate, limit=held, duration_ms=round(hold_s * 1000),
+            service=CALLEE, recv_timeout_ms=None, trace_messages=False, trace_errors=False,
+            wall_timeout=hold_s + 60,
+        )  # fmt: skip
+        sipps.append(holder.start())
+        deadline = time.monotonic() + fill_s + 20
+        while _active(edge) < held and time.monotonic() < deadline:
+            time.sleep(0.25)
+        time.sleep(2.0)  # the fill's ACKs and last answers
+        idle_started, idle_cpu = time.monotonic(), edge.cpu_seconds()
+        time.sleep(IDLE_WINDOW_S)
+        idle_us_per_s = (edge.cpu_seconds() - idle_cpu) * 1e6 / (time.monotonic() - idle_started)
+        short = h.Sipp(
+            workdir, "short", builtin="uac", local_ip=peer.uac_ip, remote=proxy.address,
+            calls=round(rate * short_s), rate=rate, limit=max(100, rate), duration_ms=0,
+            service=CALLEE, recv_timeout_ms=5_000, trace_messages=False, trace_errors=False,
+            wall_timeout=short_s + 30,
+        )  # fmt: skip
+        sipps.append(short.start())
+        time.sleep(LINGER_S)
+        active_before = _active(edge)
+        attempts_before = _attempts(edge)
+        window_started, cpu_before = time.monotonic(), edge.cpu_seconds()
+        time.sleep(seconds)
+        cpu_after, window_ended = edge.cpu_seconds(), time.monotonic()
+        attempts_after = _attempts(edge)
+        active_after = _active(edge)
+        result = short.wait()
+        return CpuLevel(
+            held=held,
+            fill_rate=fill_rate,
+            rate=rate,
+            active=(active_before, active_after),
+            idle_us_per_s=idle_us_per_s,
+            calls=round(attempts_after - attempts_before),
+            cpu_s=cpu_after - cpu_before,
+            window_s=window_ended - window_started,
+            short_failed=result.failed,
+        )
+    finally:
+        for sipp in sipps:
+            if sipp.running:
+                sipp.stop()
+        if proxy is not None:
+            proxy.stop()
+        uas.stop()
 
 
 # --- main -------------------------------------------------------------------------------------
+
+
+def _known_rates(values: list[str], parser: argparse.ArgumentParser) -> dict[str, int]:
+    rates = {}
+    for value in values:
+        name, _, rate = value.partition("=")
+        if not rate.isdigit() or name not in ("kamailio", "edge", "edge-x2"):
+            parser.error(f"--known-rate {value!r}: kamailio=N, edge=N or edge-x2=N")
+        rates[name] = int(rate)
+    return rates
+
+
+def _levels(value: str) -> list[int]:
+    try:
+        levels = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of call counts: {value!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"not a list of call counts: {value!r}")
+    return levels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,11 +1074,69 @@ def main(argv: list[str] | None = None) -> int:
         help="length of the half-rate latency run (default: a step's); 60 or more shows what "
         "state lingering for 32 s costs (garbage-collection pauses, edge/runtime/gc_policy.py)",
     )
+    parser.add_argument(
+        "--pauses",
+        action="store_true",
+        help="during the edge's latency run: an OPTIONS probe every 5 ms (answer delays: the "
+        "longest pause) and a 100,000-number snapshot applied half-way",
+    )
+    parser.add_argument(
+        "--no-apply",
+        action="store_true",
+        help="with --pauses: the probe only, no snapshot applied",
+    )
     parser.add_argument("--start-rate", type=int, help="first rate (default 100; quick 400)")
     parser.add_argument("--max-rate", type=int, default=20_000, help="never try above this")
-    parser.add_argument("--budget", type=float, help="seconds for the whole run (default 360)")
+    parser.add_argument("--budget", type=float, help="seconds for the searches (default 360)")
+    parser.add_argument(
+        "--known-rate",
+        action="append",
+        default=[],
+        metavar="PEER=N",
+        help="skip PEER's search (kamailio, edge, edge-x2): N calls/s is taken as found "
+        "(repeatable); its latency run is at N/2",
+    )
     parser.add_argument("--rss-calls", type=int, help="concurrent calls for RSS (5000; quick 1000)")
     parser.add_argument("--no-rss", action="store_true", help="skip the memory measurement")
+    parser.add_argument(
+        "--rss-after",
+        action="store_true",
+        help="memory also after the calls end (BYE'd by SIPp) and once their lingering "
+        "transactions are gone, and Kamailio's KiB per dialog measured the same way",
+    )
+    parser.add_argument(
+        "--cpu-levels",
+        type=_levels,
+        metavar="N,N,...",
+        help="the edge's CPU per short call while it holds N long calls, e.g. 100,1000,10000",
+    )
+    parser.add_argument(
+        "--cpu-rate",
+        type=int,
+        help="short calls/s of --cpu-levels (default: 200, or a quarter of the edge's rate "
+        "found if that is less)",
+    )
+    parser.add_argument(
+        "--fill-rate",
+        type=int,
+        help="calls/s that fill the edge with long calls for --cpu-levels (default: 500, or "
+        "half the edge's rate found if that is less)",
+    )
+    parser.add_argument(
+        "--cpu-seconds", type=float, default=10.0, help="CPU window of --cpu-levels (10 s)"
+    )
+    parser.add_argument(
+        "--edges",
+        type=int,
+        default=1,
+        help="also search N edge processes together (127.0.0.11, .12, ...; one UAC each, one "
+        "UAS), sharing limits through Redis (--redis-url)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="the Redis of --edges N's shared limits (default: $REDIS_URL)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep SIPp/edge/Kamailio files here")
     parser.add_argument(
         "--edge-arg", action="append", default=[], help="extra option for the edge (repeatable)"
@@ -504,6 +1152,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run the edge's Python source even if its compiled core is built (edge/native.py)",
     )
     args = parser.parse_args(argv)
+    args.known_rate = _known_rates(args.known_rate, parser)
+    if args.edges < 1:
+        parser.error("--edges: 1 or more")
+    if args.edges > 1 and not args.redis_url:
+        parser.error("--edges N shares limits through Redis: give --redis-url or REDIS_URL")
     if args.interpreted:
         os.environ[native.ENV] = "0"  # the edge processes inherit it
 
@@ -553,16 +1206,24 @@ def _run(
             )
             return 2
         peers.append(KamailioPeer(peers_dir))
+    edge_peer = None
     if args.only in (None, "edge"):
-        peers.append(EdgePeer(edge_args, media=args.media))
+        edge_peer = EdgePeer(edge_args, media=args.media)
+        peers.append(edge_peer)
+        if args.edges > 1:
+            peers.append(
+                EdgePeer(edge_args, media=args.media, count=args.edges, redis_url=args.redis_url)
+            )
+    soaked = [p for p in peers if not (isinstance(p, EdgePeer) and p.count > 1)]
 
     began = time.monotonic()
     # The searches share most of the budget; latency and memory runs take the rest.
     latency_seconds = args.latency_seconds or seconds
-    extras = (latency_seconds + STEP_OVERHEAD_S) * len(peers)  # one latency run per peer
-    if any(isinstance(p, EdgePeer) for p in peers) and not args.no_rss:
+    extras = (latency_seconds + STEP_OVERHEAD_S) * len(soaked)  # one latency run per peer
+    if edge_peer is not None and not args.no_rss:
         extras += rss_calls / RSS_RATE + 8
-    search_budget = max(seconds * 2, (budget - extras) / len(peers))
+    searched = [p for p in peers if p.key not in args.known_rate]
+    search_budget = max(seconds * 2, (budget - extras) / max(1, len(searched)))
     print(
         f"edge_cps: {seconds:g} s steps from {start_rate} calls/s, {search_budget:.0f} s of "
         f"search per peer, files in {workdir}",
@@ -571,32 +1232,73 @@ def _run(
 
     found: dict[str, Search] = {}
     latencies: dict[str, Latency | None] = {}
+    watch: PauseWatch | None = None
     for peer in peers:
         print(f"{peer.name}:", flush=True)
-        search = find_max_rate(
-            peer,
-            workdir,
-            start=start_rate,
-            ceiling=args.max_rate,
-            seconds=seconds,
-            resolution=resolution,
-            budget=search_budget,
-            media=args.media,
-        )
+        if peer.key in args.known_rate:
+            search = Search(args.known_rate[peer.key], None, [], False)
+            print(f"  {peer.name:9} {search.best:6d} calls/s given (--known-rate), not searched")
+        else:
+            search = find_max_rate(
+                peer,
+                workdir,
+                start=start_rate,
+                ceiling=args.max_rate,
+                seconds=seconds,
+                resolution=resolution,
+                budget=search_budget,
+                media=args.media,
+            )
+
         found[peer.name] = search
+        if peer not in soaked:
+            continue
+        if args.pauses and peer is edge_peer:
+            watch = PauseWatch(
+                workdir / f"{peer.key}-latency",
+                apply_after=latency_seconds / 2,
+                apply=not args.no_apply,
+            )
         latencies[peer.name] = measure_latency(
             peer,
             search.best // 2,
             latency_seconds,
-            workdir / f"{peer.name}-latency",
+            workdir / f"{peer.key}-latency",
+            watch=watch if peer is edge_peer else None,
             media=args.media,
         )
 
     memory = None
-    edge_peer = next((p for p in peers if isinstance(p, EdgePeer)), None)
+    memories: list[Memory] = []
     if edge_peer is not None and not args.no_rss:
-        print(f"edge memory with {rss_calls} concurrent calls:", flush=True)
-        memory = measure_rss(edge_peer, rss_calls, workdir / "edge-rss")
+        more = " until they end" if args.rss_after else ""
+        print(f"edge memory with {rss_calls} concurrent calls{more}:", flush=True)
+        memory = measure_rss(edge_peer, rss_calls, workdir / "edge-rss", after=args.rss_after)
+        memories.append(memory)
+        kamailio = next((p for p in peers if isinstance(p, KamailioPeer)), None)
+        if args.rss_after and kamailio is not None:
+            print(f"kamailio memory with {rss_calls} concurrent dialogs until they end:")
+            memories.append(measure_rss(kamailio, rss_calls, workdir / "kamailio-rss", after=True))
+
+    levels: list[CpuLevel] = []
+    if edge_peer is not None and args.cpu_levels:
+        # Below what the edge carries here, so that every window is steady (a busy machine
+        # carries less: rates that overload the edge would measure its backlog instead).
+        edge_rate = found["edge"].best or RSS_RATE
+        cpu_rate = args.cpu_rate or max(10, min(200, edge_rate // 4))
+        fill_rate = args.fill_rate or max(10, min(RSS_RATE, edge_rate // 2))
+        for held in args.cpu_levels:
+            print(
+                f"edge CPU per call holding {held} calls (filled at {fill_rate}/s; short calls "
+                f"at {cpu_rate}/s):",
+                flush=True,
+            )
+            level = measure_cpu_level(
+                edge_peer, held, cpu_rate, args.cpu_seconds, workdir / f"edge-cpu-{held}",
+                fill_rate=fill_rate,
+            )  # fmt: skip
+            print(level.line(), flush=True)
+            levels.append(level)
 
     print()
     for name, search in found.items():
@@ -605,8 +1307,12 @@ def _run(
             note = f" (failed at {search.first_failure})"
         if search.out_of_time:
             note += " (time budget reached)"
-        if name == "edge" and edge_peer is not None:
+        if not search.steps:
+            note += " (given with --known-rate)"
+        if name.startswith("edge") and edge_peer is not None:
             note += f" (core: {edge_peer.core})"
+        if name != "edge" and name.startswith("edge"):
+            note += f" ({args.edges} processes together, limits shared through Redis)"
         print(f"{name:9} {search.best:6d} calls/s without a failed call{note}")
     for name, latency in latencies.items():
         if latency is None:
@@ -618,6 +1324,9 @@ def _run(
             f"p99 {_ms(latency.p99_ms)}, max {_ms(latency.max_ms)} "
             f"({latency.calls} calls over {latency_seconds:g} s; SIPp -trace_rtt, whole ms){flag}"
         )
+    if watch is not None:
+        for line in watch.report(latencies.get("edge")):
+            print(line)
     if memory is not None:
         idle = "?" if memory.idle_kib is None else f"{memory.idle_kib / 1024:.1f} MiB"
         loaded = "?" if memory.loaded_kib is None else f"{memory.loaded_kib / 1024:.1f} MiB"
@@ -629,10 +1338,31 @@ def _run(
             f"edge      RSS idle {idle}, {loaded} with {memory.active_calls} active calls "
             f"(wanted {memory.wanted}){per_call}"
         )
+    if args.rss_after:
+        for each in memories:
+            for line in memory_lines(each):
+                print(line)
+        if len(memories) == 2:
+            edge_kib, kamailio_kib = memories[0].per_call(1), memories[1].per_call(1)
+            if edge_kib and kamailio_kib:
+                print(f"memory    edge KiB per call / kamailio's per dialog (PSS): "
+                      f"{edge_kib / kamailio_kib:.2f}")  # fmt: skip
+    for level in levels:
+        print(level.line())
+    if len(levels) > 1 and levels[0].calls and levels[-1].calls:
+        print(
+            f"edge      CPU per call holding {levels[-1].held} / holding {levels[0].held}: "
+            f"{levels[-1].us_per_call / levels[0].us_per_call:.2f} (target: flat, 1.0)"
+        )
     print(f"total {time.monotonic() - began:.0f} s")
+    kamailio_best = found["kamailio"].best if "kamailio" in found else 0
+    scaled = next((n for n in found if n.startswith("edge x")), None)
+    if scaled is not None:
+        ratio_text = f"{found[scaled].best / kamailio_best:.2f}" if kamailio_best else "nan"
+        print(f"edge_x{args.edges}_cps_ratio_vs_kamailio={ratio_text}")
     name = "edge_media_cps_ratio_vs_kamailio" if args.media else "edge_cps_ratio_vs_kamailio"
-    if "edge" in found and "kamailio" in found and found["kamailio"].best:
-        ratio = found["edge"].best / found["kamailio"].best
+    if "edge" in found and kamailio_best:
+        ratio = found["edge"].best / kamailio_best
         print(f"{name}={ratio:.2f}")
     else:
         print(f"{name}=nan")
@@ -642,4 +1372,6 @@ def _run(
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-edge":
         raise SystemExit(serve_edge(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-probe":
+        raise SystemExit(serve_probe(sys.argv[2:]))
     raise SystemExit(main())

@@ -162,11 +162,6 @@ def start_edge(
     ).start()  # fmt: skip
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def load(workdir: Path, edge: h.EdgeProcess, rate: int, seconds: float) -> h.SippResult:
     calls = max(1, round(rate * seconds))
     uac = h.Sipp(
@@ -351,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                     live=live,
                 )  # fmt: skip
                 try:
-                    before = cpu_seconds(edge.pid)
+                    before = edge.cpu_seconds()
                     result = load(workdir, edge, args.cost_rate, args.cost_seconds)
-                    used = cpu_seconds(edge.pid) - before
+                    used = edge.cpu_seconds() - before
                 finally:
                     edge.stop(grace=5)
                 per_call = used / max(result.successful, 1)

@@ -487,6 +487,13 @@ class Sipp:
         return self.start().wait(timeout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is the state, field 3 of proc(5): utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -671,6 +678,10 @@ class EdgeProcess:
         match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
         return int(match.group(1)) if match else None
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the edge process so far, all threads."""
+        return cpu_seconds(self.pid)
+
     def explain(self) -> str:
         code = None if self.process is None else self.process.poll()
         stdout = "\n".join(self.stdout_lines[-40:])
@@ -684,8 +695,9 @@ class EdgeProcess:
     def api(
         self, method: str, path: str, body: Any = None, *, timeout: float = 5.0
     ) -> tuple[int, Any]:
-        """(status, decoded JSON or text) of one control API request."""
-        data = None if body is None else json.dumps(body).encode()
+        """(status, decoded JSON or text) of one control API request; a `body` of bytes is
+        sent as it is (an encoded snapshot), anything else as JSON."""
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
         request = urllib.request.Request(
             f"http://{self.ip}:{self.control_port}{path}",
             data=data,
@@ -898,6 +910,86 @@ class Kamailio:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
         time.sleep(0.5)  # the README: give it a moment before the next one starts
+
+
+# --- a responsiveness probe ------------------------------------------------------------------
+
+
+class OptionsProbe(threading.Thread):
+    """Sends an OPTIONS to an edge every `every` seconds and records (sent at, delay) of each
+    answer (time.monotonic, seconds), matched by CSeq number so that a late answer is not taken
+    for the next one's; an OPTIONS unanswered within `timeout` is recorded with delay `timeout`.
+
+    An answer's delay is what one SIP request waits: the kernel's loopback, the edge's event
+    loop being busy or paused (a garbage collection, a config swap), the edge's handling, and
+    this probe's own scheduling. It is sent from `PBX_IP`, in the benchmark trunks' ACL, so the
+    abuse guard leaves it alone.
+    """
+
+    def __init__(
+        self,
+        edge: tuple[str, int],
+        *,
+        every: float = 0.005,
+        timeout: float = 1.0,
+        local_ip: str = PBX_IP,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.edge = edge
+        self.every = every
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((local_ip, 0))
+        self.samples: list[tuple[float, float]] = []
+        self.stopping = threading.Event()
+
+    def _options(self, n: int) -> bytes:
+        host, port = self.sock.getsockname()
+        return (
+            f"OPTIONS sip:{self.edge[0]}:{self.edge[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-probe-{n}-{os.urandom(4).hex()}\r\n"
+            f"From: <sip:probe@{host}>;tag=probe\r\nTo: <sip:{self.edge[0]}>\r\n"
+            f"Call-ID: probe-{n}@{host}\r\nCSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            sent = time.monotonic()
+            self.sock.sendto(self._options(n), self.edge)
+            delay = self._answer(n, sent)
+            self.samples.append((sent, delay))
+            time.sleep(max(0.0, self.every - (time.monotonic() - sent)))
+
+    def _answer(self, n: int, sent: float) -> float:
+        """The delay of the answer to OPTIONS number `n`; answers to earlier ones are skipped."""
+        deadline = sent + self.timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                break
+            match = re.search(rb"\r\nCSeq:\s*(\d+)", data, re.IGNORECASE)
+            if match is not None and int(match.group(1)) == n:
+                return time.monotonic() - sent
+        return self.timeout
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(self.timeout + 1)
+        self.sock.close()
+
+    def worst(self, windows: list[tuple[float, float]], inside: bool) -> float:
+        """The longest delay of the OPTIONS sent inside (or outside) the `windows`."""
+
+        def within(t: float) -> bool:
+            return any(start <= t <= end for start, end in windows)
+
+        delays = [d for t, d in self.samples if within(t) == inside]
+        return max(delays, default=0.0)
 
 
 # --- a malformed-message sender --------------------------------------------------------------

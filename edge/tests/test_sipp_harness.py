@@ -310,6 +310,41 @@ def test_proc_net_address_matches_the_kernel_format() -> None:
         assert not h._udp_bound(h.CARRIER_IP, port)
 
 
+def test_options_probe_takes_only_the_answer_to_its_own_request() -> None:
+    """The probe's first OPTIONS goes unanswered; its answer comes late, just after the second
+    OPTIONS, which itself is never answered: both count as unanswered (the late answer is not
+    the second's). The third is answered."""
+    edge = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    edge.bind((h.EDGE_IP, 0))
+    edge.settimeout(10)
+    probe = h.OptionsProbe(edge.getsockname(), every=0.001, timeout=0.5)
+
+    def answer(data: bytes) -> bytes:
+        request = parse_message(data)
+        assert isinstance(request, Request)
+        return bytes(make_response(request, 200))
+
+    def far_end() -> None:
+        first, source = edge.recvfrom(65535)
+        edge.recvfrom(65535)  # the second OPTIONS: never answered
+        edge.sendto(answer(first), source)
+        third, _ = edge.recvfrom(65535)
+        edge.sendto(answer(third), source)
+
+    responder = threading.Thread(target=far_end, daemon=True)
+    responder.start()
+    probe.start()
+    responder.join(10)
+    deadline = time.monotonic() + 5
+    while len(probe.samples) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    probe.stop()
+    edge.close()
+    delays = [delay for _, delay in probe.samples[:3]]
+    assert delays[:2] == [0.5, 0.5]
+    assert delays[2] != 0.5
+
+
 # --- through a real proxy (opt-in) ------------------------------------------------------------
 
 
