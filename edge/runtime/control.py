@@ -149,6 +149,11 @@ def _collector_paused() -> Generator[None, None, None]:
         yield
     finally:
         sys.setswitchinterval(interval)
+        # The million new objects are all young now: the first collection after this would
+        # walk them (measured: a 233 ms young collection, then a 121 ms middle one, on the
+        # loop). Moved out of the collector's reach first, as `settle_config_objects` does
+        # after the swap; reference counting still frees them.
+        gc.freeze()
         if was_enabled:
             gc.enable()
 
