@@ -78,6 +78,62 @@ def test_ingest_stores_every_field(customer, trunk):
     assert (stored.answer_at, stored.routes, stored.codecs, stored.media) == (None, [], [], None)
 
 
+AWKWARD = 'tab\there, new\nline, cr\r, back\\slash \\N, "quoted", \\t, é ☎'
+
+
+@pytest.mark.parametrize("path", ["straight", "on_conflict"])
+def test_copy_stores_what_the_columns_say(customer, trunk, path):
+    """COPY text (`_copy_line`) and `_column_values` (the bulk insert's) agree on every column,
+    for text that COPY must escape, JSON, NULLs, rated and unrated calls, both COPY paths."""
+    from billing.models import RateDeck
+    from billing.selectors import RatingBook
+    from billing.services import _column_values, rate_assignment_create, rate_deck_import
+    from core.tenancy import SYSTEM
+
+    deck = RateDeck.objects.create(name="Retail", currency=customer.currency)
+    rate_deck_import(
+        actor=SYSTEM,
+        deck=deck,
+        text="prefix,destination,rate_per_minute,connect_fee,first_block,increment,"
+        "effective_from,effective_to\n44,UK,0.0500,0.0100,60,6,2020-01-01,\n",
+    )
+    rate_assignment_create(
+        actor=SYSTEM, customer=customer, deck=deck, valid_from=parse_iso_utc(iso_utc(SETUP - 9e6))
+    )
+    records = [
+        make_cdr(
+            edge="edge\\1",
+            customer_id=customer.pk,
+            trunk_id=trunk.pk,
+            a_call_id=AWKWARD,
+            b_call_id="b\\\t",
+            caller_raw=AWKWARD,
+            callee_raw="\\",
+            answered_by=AWKWARD,
+            routes=[
+                {"target": AWKWARD, "kind": "gate\\way\t", "status": 200, "reason": "answered"}
+            ],
+            codecs=[AWKWARD, "PCMU"],
+            media={"engine": "rtp\\engine\t1", "mode": "srtp", "packets_in": 5, "mos": 4.25},
+        ),
+        make_cdr(customer_id=customer.pk, callee_e164="+81312345678", media=None),  # no rate
+        make_cdr(customer_id=None, trunk_id=None, caller_e164=None, hangup_side=None),
+        refused_cdr(),
+    ]
+    book = RatingBook()
+    expected = {r.call_id: _column_values(r, book) for r in records}
+    if path == "straight":
+        assert cdrs_ingest(records=records) == len(records)
+    else:
+        assert cdrs_ingest(records=[records[-1]]) == 1
+        assert cdrs_ingest(records=iter(records)) == len(records) - 1  # a re-send, and new
+    stored = {cdr.call_id: _columns(cdr) for cdr in Cdr.objects.all()}
+    for row in stored.values():
+        del row["id"], row["ingested_at"]
+    assert stored == expected
+    assert stored[records[0].call_id]["cost"] is not None  # rated: the rating columns are there
+
+
 def test_ingest_is_idempotent_on_edge_and_call_id():
     first = [make_cdr() for _ in range(3)]
     assert cdrs_ingest(records=first) == 3
