@@ -347,15 +347,16 @@ class CallDetailRecord:
             raise CdrDecodeError(f"not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise CdrDecodeError("not a JSON object")
-        missing = _JSON_FIELDS - data.keys() - _OPTIONAL_JSON_FIELDS
-        unknown = data.keys() - _JSON_FIELDS
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing fields: {', '.join(sorted(missing))}")
-            if unknown:
-                parts.append(f"unknown fields: {', '.join(sorted(unknown))}")
-            raise CdrDecodeError("; ".join(parts))
+        if data.keys() != _JSON_FIELDS:  # every field: the usual line needs no set arithmetic
+            missing = _JSON_FIELDS - data.keys() - _OPTIONAL_JSON_FIELDS
+            unknown = data.keys() - _JSON_FIELDS
+            if missing or unknown:
+                parts = []
+                if missing:
+                    parts.append(f"missing fields: {', '.join(sorted(missing))}")
+                if unknown:
+                    parts.append(f"unknown fields: {', '.join(sorted(unknown))}")
+                raise CdrDecodeError("; ".join(parts))
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
@@ -391,19 +392,23 @@ def clean_media(media: Any) -> MediaSummary:
         raise ValueError("media: must be an object or null")
     clean: dict[str, Any] = {}
     for key, value in media.items():
-        if key in MEDIA_COUNTERS:
-            _check_int(f"media.{key}", value, 0, MAX_INT64)
-        elif key in MEDIA_FIGURES:
-            if type(value) not in (int, float) or not 0 <= value < 1e9:
-                raise ValueError(f"media.{key}: must be a number >= 0, not {value!r}")
-        elif key in MEDIA_TEXT:
-            _check_text(f"media.{key}", value, 100)
-        else:
+        if key not in _MEDIA_KEYS:
             raise ValueError(f"media: unknown key {key!r}")
+        try:
+            if key in MEDIA_COUNTERS:
+                _check_int(key, value, 0, MAX_INT64)
+            elif key in MEDIA_FIGURES:
+                if type(value) not in (int, float) or not 0 <= value < 1e9:
+                    raise ValueError(f"{key}: must be a number >= 0, not {value!r}")
+            else:
+                _check_text(key, value, 100)
+        except ValueError as error:
+            raise ValueError(f"media.{error}") from None  # the name is made only when wrong
         clean[key] = value
     return clean  # type: ignore[return-value]
 
 
+_MEDIA_KEYS = MEDIA_COUNTERS | MEDIA_FIGURES | MEDIA_TEXT
 _ROUTE_KEYS = frozenset(RouteAttempt.__annotations__)
 
 
@@ -490,21 +495,22 @@ def _clean_routes(routes: Any) -> list[RouteAttempt]:
     if not isinstance(routes, list):
         raise ValueError("routes: must be a list")
     cleaned: list[RouteAttempt] = []
-    for index, route in enumerate(routes):
-        name = f"routes[{index}]"
+    for route in routes:
         if not isinstance(route, dict) or route.keys() != _ROUTE_KEYS:
-            raise ValueError(f"{name}: must be an object with target, kind, status, reason")
-        status = route["status"]
-        if status is not None:
-            _check_int(f"{name}.status", status, 100, 699)
-        _check_text(f"{name}.kind", route["kind"], KIND_MAX)
-        _check_reason(f"{name}.reason", route["reason"])
-        cleaned.append(
-            RouteAttempt(
-                target=_peer_text(_require_str(f"{name}.target", route["target"]), TARGET_MAX),
-                kind=route["kind"],
-                status=status,
-                reason=route["reason"],
+            raise ValueError(
+                f"routes[{len(cleaned)}]: must be an object with target, kind, status, reason"
             )
-        )
+        status = route["status"]
+        kind = route["kind"]
+        reason = route["reason"]
+        try:
+            if status is not None:
+                _check_int("status", status, 100, 699)
+            _check_text("kind", kind, KIND_MAX)
+            _check_reason("reason", reason)
+            target = _peer_text(_require_str("target", route["target"]), TARGET_MAX)
+        except ValueError as error:
+            # The route's name is made only when something is wrong (records have a few each).
+            raise ValueError(f"routes[{len(cleaned)}].{error}") from None
+        cleaned.append({"target": target, "kind": kind, "status": status, "reason": reason})
     return cleaned
