@@ -23,11 +23,13 @@ send again what they have not seen confirmed.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -89,7 +91,9 @@ class CdrStreamConsumer:
                 continue
             if not entries:
                 break
-            if not self._process(entries):
+            with _automatic_gc_paused():
+                stored = self._process(entries)
+            if not stored:
                 break  # the database is out of reach: the entries stay pending
             done += len(entries)
         return done
@@ -176,6 +180,22 @@ class CdrStreamConsumer:
     def _ack(self, entry_ids: list[bytes]) -> None:
         self.redis.xack(STREAM, GROUP, *entry_ids)
         self.redis.xdel(STREAM, *entry_ids)
+
+
+@contextmanager
+def _automatic_gc_paused() -> Iterator[None]:
+    """No automatic garbage collection while entries are stored. Decoding allocates several
+    containers a record, all freed by reference counting as the batch ends (records hold no
+    cycles); automatic collections in between only walk the worker's whole heap again, which
+    measured 10-15 % of the ingest's CPU. Anything cyclic made meanwhile is collected after."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _entries(reply: Any) -> list[Entry]:
