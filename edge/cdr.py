@@ -257,21 +257,21 @@ class CallDetailRecord:
     def __post_init__(self) -> None:
         _check_text("edge", self.edge, EDGE_MAX)
         _check_text("call_id", self.call_id, CALL_ID_MAX)
-        self.a_call_id = _peer_text(_require_str("a_call_id", self.a_call_id), SIP_CALL_ID_MAX)
+        self.a_call_id = _peer_text("a_call_id", self.a_call_id, SIP_CALL_ID_MAX)
         if self.b_call_id is not None:
-            self.b_call_id = _peer_text(_require_str("b_call_id", self.b_call_id), SIP_CALL_ID_MAX)
+            self.b_call_id = _peer_text("b_call_id", self.b_call_id, SIP_CALL_ID_MAX)
         _check_id("customer_id", self.customer_id)
         _check_id("trunk_id", self.trunk_id)
         _check_choice("direction", self.direction, DIRECTIONS)
         _check_e164("caller_e164", self.caller_e164)
         _check_e164("callee_e164", self.callee_e164)
-        self.caller_raw = _peer_text(_require_str("caller_raw", self.caller_raw), NUMBER_RAW_MAX)
-        self.callee_raw = _peer_text(_require_str("callee_raw", self.callee_raw), NUMBER_RAW_MAX)
+        self.caller_raw = _peer_text("caller_raw", self.caller_raw, NUMBER_RAW_MAX)
+        self.callee_raw = _peer_text("callee_raw", self.callee_raw, NUMBER_RAW_MAX)
         _check_ip("source_ip", self.source_ip)
         _check_int("source_port", self.source_port, 0, 65535)
         self.routes = _clean_routes(self.routes)
         if self.answered_by is not None:
-            self.answered_by = _peer_text(_require_str("answered_by", self.answered_by), TARGET_MAX)
+            self.answered_by = _peer_text("answered_by", self.answered_by, TARGET_MAX)
         _check_time("setup_at", self.setup_at)
         if self.ringing_at is not None:
             _check_time("ringing_at", self.ringing_at)
@@ -294,7 +294,7 @@ class CallDetailRecord:
             _check_choice("hangup_side", self.hangup_side, HANGUP_SIDES)
         if not isinstance(self.codecs, list):
             raise ValueError("codecs: must be a list")
-        self.codecs = [_peer_text(_require_str("codecs[]", c), CODEC_MAX) for c in self.codecs]
+        self.codecs = [_peer_text("codecs[]", c, CODEC_MAX) for c in self.codecs]
         if self.media is not None:
             self.media = clean_media(self.media)
         _check_int("config_version", self.config_version, 0, MAX_INT64)
@@ -424,17 +424,21 @@ def _require_str(name: str, value: Any) -> str:
 
 
 def _check_text(name: str, value: Any, limit: int) -> None:
-    if not _require_str(name, value) or len(value) > limit or "\x00" in value:
-        raise ValueError(f"{name}: must be 1 to {limit} characters without NUL")
+    if isinstance(value, str) and 0 < len(value) <= limit and "\x00" not in value:
+        return
+    _require_str(name, value)
+    raise ValueError(f"{name}: must be 1 to {limit} characters without NUL")
 
 
-def _peer_text(value: str, limit: int) -> str:
-    """Peer-supplied text made storable: valid UTF-8, no NUL (PostgreSQL refuses both), clipped."""
-    if not value.isascii():
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    if "\x00" in value:
-        value = value.replace("\x00", "")
-    return value[:limit]
+def _peer_text(name: str, value: Any, limit: int) -> str:
+    """Peer-supplied text made storable: valid UTF-8, no NUL (PostgreSQL refuses both), clipped.
+    Only a value that is not text at all is refused."""
+    text = value if isinstance(value, str) else _require_str(name, value)
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text[:limit]
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -508,7 +512,7 @@ def _clean_routes(routes: Any) -> list[RouteAttempt]:
                 _check_int("status", status, 100, 699)
             _check_text("kind", kind, KIND_MAX)
             _check_reason("reason", reason)
-            target = _peer_text(_require_str("target", route["target"]), TARGET_MAX)
+            target = _peer_text("target", route["target"], TARGET_MAX)
         except ValueError as error:
             # The route's name is made only when something is wrong (records have a few each).
             raise ValueError(f"routes[{len(cleaned)}].{error}") from None
