@@ -1,9 +1,9 @@
 """Writes of the billing app: storing (and rating) the edges' call detail records, the balance
 ledger, rate decks and their import, recurring charges, invoices, re-rating.
 
-`cdr_batches_ingest` is the one way shipped journal lines become rows, for the Redis consumer
-(`billing.cdr_stream`) and the embedded in-process shipper alike; `cdrs_ingest` is its bulk
-insert, also used by ``load_cdrs``, and rates every record and debits what it inserted.
+`cdr_batches_ingest` is the one way journal lines become rows, for the Redis consumer
+(`billing.cdr_stream`), the embedded in-process shipper and ``load_cdrs`` alike; `cdrs_ingest`
+is its bulk insert, and rates every record and debits what it inserted.
 """
 
 import logging
