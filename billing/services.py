@@ -365,9 +365,7 @@ def cdr_batches_ingest(*, batches: Sequence[ShipBatch]) -> IngestReport:
         edge = batch.edge
         stored = per_edge[edge]
         known = edge in known_edges
-        offset = batch.start
-        for line in batch.data.splitlines(keepends=True):
-            at, offset = offset, offset + len(line)
+        for at, line in batch.lines():
             try:
                 record = from_json(line)
             except CdrDecodeError as error:
