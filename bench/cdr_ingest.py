@@ -5,24 +5,31 @@ writes them. Then, timed:
 
 1. **pipeline**: a `JournalShipper` (the edge's, with its Redis transport) ships the files to
    the stream of a Redis server started here; ``--workers`` real Celery workers (``--pool
-   solo``, one of them with beat) consume it with `billing.cdr_stream` (XREADGROUP, decode,
-   quarantine checks, COPY into a temporary table, INSERT ... ON CONFLICT DO NOTHING, commit,
-   committed marks, XACK). The clock stops when every row is committed (counted from
-   `CdrIngestProgress`, which the ingest updates in the same transaction);
-2. **raw COPY**: the table is emptied and the same rows (already decoded, not timed) are
-   COPYed by psycopg straight into ``billing_cdr`` in one transaction.
+   solo``, one of them with beat) consume it with `billing.cdr_stream` (XREADGROUP, decode and
+   validate every line, quarantine checks, rating, COPY straight into the table in a savepoint
+   (a re-sent batch would go through a temporary table and INSERT ... ON CONFLICT DO
+   NOTHING), commit, committed marks, XACK). The clock stops when every row is committed
+   (counted from `CdrIngestProgress`, which the ingest updates in the same transaction);
+2. **raw COPY**, two ways: the table is emptied and the same rows (decoded and rated, not
+   timed) are COPYed by psycopg straight into ``billing_cdr`` in one transaction, as the COPY
+   text the pipeline sends (``copy.write``: the database's share of the work alone) and as
+   Python values (``copy.write_row``). The faster of the two is the peer.
 
 Between the two, unless ``--lag-seconds 0``: the shipping lag (call end -> row committed)
-p50/p99 at ``--lag-rate`` (500) CDRs/s for ``--lag-seconds`` (20), journalled as the edge
-journals, shipped and consumed by the same path (a journal writer, not calls through an edge).
+p50/p99 at ``--lag-rate`` (500) calls/s for ``--lag-seconds`` (20) through an edge: SIPp calls
+through ``python -m edge`` (the compiled core if built and current; the run says which), whose
+own shipper sends its journal to the stream, and the same workers consume (`_lag`).
 
-Both write into the same partitioned table with the same indexes. Printed: rows/s of each, the
-time from the first ship to the last commit, and last the line ``cdr_ingest_ratio=<x>``: raw
-COPY seconds / pipeline seconds (1.0 means the pipeline costs nothing over COPY; target >= 0.5).
-The machine is shared and noisy: compare ratios, not absolute figures.
+All write into the same partitioned table with the same indexes. Printed: rows/s of each, the
+time from the first ship to the last commit, the workers' CPU a row (less noisy than the
+times), and last the line ``cdr_ingest_ratio=<x>``: the peer's seconds / pipeline seconds (1.0
+means the pipeline costs nothing over COPY; target >= 0.5). The machine is shared and noisy:
+compare ratios, not absolute figures.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/trunkline_bench_cdr \\
-        .venv/bin/python bench/cdr_ingest.py [--rows N] [--workers N]
+        .venv/bin/python bench/cdr_ingest.py [--rows N] [--workers N] [--lag-seconds S]
+
+Needs redis-server and, for the lag, sipp (Debian sip-tester).
 
 The database is created and migrated if needed; its CDR rows are deleted before and after.
 """
@@ -37,7 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -54,7 +63,7 @@ def main() -> int:
     parser.add_argument(
         "--lag-seconds", type=float, default=20, help="shipping-lag phase at --lag-rate (0: skip)"
     )
-    parser.add_argument("--lag-rate", type=float, default=500, help="CDRs per second")
+    parser.add_argument("--lag-rate", type=float, default=500, help="calls per second")
     args = parser.parse_args()
 
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -182,6 +191,7 @@ def _run(
         JournalShipper(journal_dir, node=NODE, transport=RedisShipTransport(redis_url, node=NODE)),
         interval=0.05,
     )
+    cpu_before = sum(_cpu_seconds(process.pid) for process in workers)
     started = time.monotonic()
     shipper.start()
     deadline = started + args.timeout
@@ -196,113 +206,182 @@ def _run(
     shipper.stop()
     stored = Cdr.objects.count()
     assert stored == args.rows, f"{stored} rows stored, {args.rows} journalled"
+    cpu = sum(_cpu_seconds(process.pid) for process in workers) - cpu_before
     print(
         f"pipeline (journal -> stream -> {args.workers} Celery workers -> COPY -> commit): "
-        f"{pipeline_seconds:.2f} s, {args.rows / pipeline_seconds:,.0f} rows/s",
+        f"{pipeline_seconds:.2f} s, {args.rows / pipeline_seconds:,.0f} rows/s; the workers' "
+        f"CPU {cpu:.1f} s, {cpu / args.rows * 1e6:.1f} us a row",
         flush=True,
     )
 
     if args.lag_seconds > 0:
-        _lag(work / "lag", redis_url, args.lag_rate, args.lag_seconds, args.timeout)
-    copy_seconds = _raw_copy(journal_dir, work, args.rows)
-    print(f"raw psycopg COPY of the same rows into billing_cdr: {copy_seconds:.2f} s, "
-          f"{args.rows / copy_seconds:,.0f} rows/s", flush=True)  # fmt: skip
-    print(f"cdr_ingest_ratio={copy_seconds / pipeline_seconds:.3f}")
+        _lag(work / "lag", redis_url, args.lag_rate, args.lag_seconds, min(args.timeout, 120))
+    text_seconds, row_seconds = _raw_copy(work, args.rows)
+    for how, seconds in (("COPY text", text_seconds), ("write_row values", row_seconds)):
+        print(f"raw psycopg COPY of the same rows into billing_cdr ({how}): {seconds:.2f} s, "
+              f"{args.rows / seconds:,.0f} rows/s", flush=True)  # fmt: skip
+    # The faster peer is the one to measure against.
+    print(f"cdr_ingest_ratio={min(text_seconds, row_seconds) / pipeline_seconds:.3f}")
     return 0
 
 
-def _lag(directory: Path, redis_url: str, rate: float, seconds: float, timeout: float) -> None:
-    """Call end -> row committed, at ``rate`` CDRs/s: records are journalled as the edge does
-    (batches of 64 or every 50 ms, fsynced) with their end time = now, shipped by the edge's
-    shipper, consumed by the same workers. The commit time is the row's ``ingested_at``
-    (the ingest transaction's start, so the lag is understated by that transaction's length)."""
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process (a less noisy figure than wall time here)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _lag(work: Path, redis_url: str, rate: float, seconds: float, timeout: float) -> None:
+    """Call end -> row committed, at ``rate`` calls/s through an edge: SIPp's built-in UAC
+    (from the trunk's address) calls through ``python -m edge`` (its journal shipped to this
+    run's Redis by its own shipper, as in production) to SIPp's built-in UAS; the Celery
+    workers consume. Calls last no time (answer, then BYE), so a call ends about when it
+    starts. A row counts as committed when a separate connection sees it: polled every
+    ``LAG_POLL`` s, so each lag is overstated by up to that much (half of it on average)."""
     from django.db import connection
 
-    from billing.models import CdrIngestProgress
-    from edge.cdr import iso_utc
-    from edge.runtime.cdr_shipper import JournalShipper, RedisShipTransport, ShipperThread
-    from edge.runtime.journal import CdrJournal
-    from edge.tests.test_cdr import make_cdr
+    from accounts.models import Customer
+    from edge.tests import sipp_harness as h
+    from edge.tests.factories import customer_doc, gateway_doc, snapshot_doc, trunk_doc
+    from trunking.models import EdgeNode, Trunk
 
     _empty()
     node = "bench-lag"
-    from trunking.models import EdgeNode
-
     EdgeNode.objects.get_or_create(name=node, defaults={"control_url": "http://127.0.0.1:9"})
-    journal = CdrJournal(directory, node=node)
-    shipper = ShipperThread(
-        JournalShipper(directory, node=node, transport=RedisShipTransport(redis_url, node=node))
-    )
-    shipper.start()
-    total = int(rate * seconds)
-    started = time.monotonic()
-    for n in range(total):
-        wall = time.time()
-        journal.append(
-            make_cdr(
-                edge=node,
-                customer_id=None,
-                trunk_id=None,
-                setup_at=iso_utc(wall - 70),
-                ringing_at=iso_utc(wall - 68),
-                answer_at=iso_utc(wall - 66),
-                end_at=iso_utc(wall),
-            ),
-            now=time.monotonic(),
-        )
-        if journal.should_flush(time.monotonic()):
-            journal.flush()
-        delay = started + (n + 1) / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-    journal.close()
-    deadline = time.monotonic() + timeout
-    while sum(CdrIngestProgress.objects.values_list("committed", flat=True)) < total:
-        if time.monotonic() > deadline:
-            print("lag phase timed out", flush=True)
-            return
-        time.sleep(0.2)
-    shipper.stop()
+    customer, _ = Customer.objects.get_or_create(name="bench-lag")
+    trunk, _ = Trunk.objects.get_or_create(customer=customer, name="bench-lag-pbx")
+    work.mkdir(parents=True, exist_ok=True)
+    calls = max(1, round(rate * seconds))
+    uas = h.Sipp(
+        work, "uas", builtin="uas", local_ip=h.CARRIER_IP, calls=None, recv_timeout_ms=None,
+        trace_messages=False, trace_errors=False, wall_timeout=seconds + timeout,
+    ).start().wait_listening()  # fmt: skip
+    snapshot = snapshot_doc(
+        customers=[customer_doc(id=customer.pk)],
+        trunks=[
+            trunk_doc(
+                id=trunk.pk, customer=customer.pk, acl=[f"{h.PBX_IP}/32"],
+                allowed_destinations=["+1"], caller_id_policy="pass_through",
+                max_channels=100_000, max_cps=100_000, origination_uris=[],
+            )
+        ],
+        numbers=[],
+        gateways=[gateway_doc(id=1, host=h.CARRIER_IP, port=uas.local_port, prefixes=["+1"])],
+    )  # fmt: skip
+    edge = h.EdgeProcess(
+        work, snapshot, node=node, drain_timeout=1,
+        extra_args=["--redis-url", redis_url, "--log-level", "WARNING"],
+    ).start()  # fmt: skip
+    try:
+        print(f"shipping lag: {calls} calls at {rate:.0f} calls/s through an edge "
+              f"(core: {edge.health().get('core')})", flush=True)  # fmt: skip
+        uac = h.Sipp(
+            work, "uac", builtin="uac", local_ip=h.PBX_IP, remote=edge.sip_address, calls=calls,
+            rate=rate, limit=max(100, round(rate)), duration_ms=0, service="14155550100",
+            recv_timeout_ms=5_000, trace_messages=False, trace_errors=False,
+            wall_timeout=seconds + 60,
+        ).start()  # fmt: skip
+        seen = _watch_commits(node, calls, seconds + timeout)
+        result = uac.wait(timeout=60)
+    finally:
+        edge.stop(grace=5)
+        uas.stop()
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP"
-            " (ORDER BY extract(epoch FROM ingested_at - end_at)) FROM billing_cdr"
+            "SELECT call_id, extract(epoch FROM end_at) FROM billing_cdr WHERE edge = %s", [node]
         )
-        p50, p99 = cursor.fetchone()[0]
-    print(f"shipping lag (call end -> row committed) at {rate:.0f} CDRs/s for {seconds:.0f} s "
-          f"(journal writer, not SIPp through an edge): p50 {p50:.2f} s, p99 {p99:.2f} s",
+        ends = dict(cursor.fetchall())
+    lags = sorted(seen[call_id] - float(end) for call_id, end in ends.items() if call_id in seen)
+    print(f"  SIPp: {result.successful} calls ok, {result.failed} failed; {len(ends)} CDRs "
+          f"committed, {len(lags)} seen arrive", flush=True)  # fmt: skip
+    if not lags:
+        return
+    p50, p99 = (lags[min(len(lags) - 1, int(q * len(lags)))] for q in (0.5, 0.99))
+    print(f"shipping lag (call end -> row committed) at {rate:.0f} calls/s through an edge "
+          f"for {seconds:.0f} s: p50 {p50:.2f} s, p99 {p99:.2f} s, max {lags[-1]:.2f} s",
           flush=True)  # fmt: skip
 
 
-def _raw_copy(journal_dir: Path, work: Path, rows: int) -> float:
-    """The peer: the same rows, decoded beforehand, COPYed straight into the table."""
+LAG_POLL = 0.02
+
+
+def _watch_commits(node: str, calls: int, timeout: float) -> dict[str, float]:
+    """The wall time at which each of ``node``'s first ``calls`` CDRs was seen committed."""
+    import psycopg
+
+    seen: dict[str, float] = {}
+    last_id = 0
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        while len(seen) < calls and time.monotonic() < deadline:
+            rows = conn.execute(
+                "SELECT id, call_id FROM billing_cdr WHERE edge = %s AND id > %s",
+                [node, last_id],
+            ).fetchall()
+            now = time.time()
+            for row_id, call_id in rows:
+                seen.setdefault(call_id, now)
+                last_id = max(last_id, row_id)
+            time.sleep(LAG_POLL)
+    return seen
+
+
+def _raw_copy(work: Path, rows: int) -> tuple[float, float]:
+    """The peer, two ways: the same rows, decoded and rated beforehand (not timed), COPYed by
+    psycopg straight into the table in one transaction, (1) as the COPY text the pipeline
+    sends (`copy.write`: the database's share of the work alone) and (2) as Python values
+    (`copy.write_row`, psycopg formatting each value, as the pipeline did before it wrote its
+    own text). Their seconds."""
     from django.db import connection
+    from psycopg.types.json import Jsonb
 
     from billing.selectors import RatingBook
-    from billing.services import CDR_COLUMNS, _copy_row
+    from billing.services import CDR_COLUMNS, COPY_COLUMNS, _column_values, _copy_line
     from edge.cdr import CallDetailRecord
 
     # The pipeline removed its files once committed: write the same records again.
     _write_journal(work / "again", rows)
     book = RatingBook()  # the same rows as the pipeline's, rating columns included
-    values = []
+    records = []
     for path in sorted((work / "again").iterdir()):
         with path.open("rb") as file:
-            for line in file:
-                values.append(_copy_row(CallDetailRecord.from_json(line), book))
-    _empty()
-    columns = ", ".join(CDR_COLUMNS)
+            records.extend(CallDetailRecord.from_json(line) for line in file)
     connection.ensure_connection()
     raw = connection.connection
-    started = time.monotonic()
-    with (
-        raw.transaction(),
-        raw.cursor() as cursor,
-        cursor.copy(f"COPY billing_cdr ({columns}) FROM STDIN") as copy,
-    ):
-        for row in values:
-            copy.write_row(row)
-    return time.monotonic() - started
+
+    def timed_copy(
+        columns: tuple[str, ...], write: Callable[[Any], None], items: list[Any]
+    ) -> float:
+        _empty()
+        started = time.monotonic()
+        with (
+            raw.transaction(),
+            raw.cursor() as cursor,
+            cursor.copy(f"COPY billing_cdr ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for item in items:
+                write(copy, item)
+        return time.monotonic() - started
+
+    chunks = [
+        "".join(_copy_line(record, book)[0] for record in records[n : n + 1000])
+        for n in range(0, len(records), 1000)
+    ]
+    text_seconds = timed_copy(COPY_COLUMNS, lambda copy, chunk: copy.write(chunk), chunks)
+    del chunks
+    values = []
+    for record in records:
+        row = _column_values(record, book)
+        for column in ("routes", "codecs", "media"):
+            if row[column] is not None:
+                row[column] = Jsonb(row[column])
+        values.append([row[column] for column in CDR_COLUMNS])
+    del records
+    row_seconds = timed_copy(CDR_COLUMNS, lambda copy, row: copy.write_row(row), values)
+    return text_seconds, row_seconds
 
 
 if __name__ == "__main__":

@@ -350,9 +350,16 @@ def _start(row: tuple[datetime, int | None, int]) -> datetime:
 
 
 def _unrated(reason: UnratedReason, duration_ms: int) -> Rating:
-    return Rating(
+    return _UNRATED[reason]
+
+
+# One per reason, shared as `UNANSWERED` is (ingest rates every record of a batch).
+_UNRATED = {
+    reason: Rating(
         rate_id=None, billed_seconds=0, cost=None, currency="", unrated_reason=reason.value
     )
+    for reason in UnratedReason
+}
 
 
 def unrated_cdrs() -> Any:

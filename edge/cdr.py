@@ -257,21 +257,21 @@ class CallDetailRecord:
     def __post_init__(self) -> None:
         _check_text("edge", self.edge, EDGE_MAX)
         _check_text("call_id", self.call_id, CALL_ID_MAX)
-        self.a_call_id = _peer_text(_require_str("a_call_id", self.a_call_id), SIP_CALL_ID_MAX)
+        self.a_call_id = _peer_text("a_call_id", self.a_call_id, SIP_CALL_ID_MAX)
         if self.b_call_id is not None:
-            self.b_call_id = _peer_text(_require_str("b_call_id", self.b_call_id), SIP_CALL_ID_MAX)
+            self.b_call_id = _peer_text("b_call_id", self.b_call_id, SIP_CALL_ID_MAX)
         _check_id("customer_id", self.customer_id)
         _check_id("trunk_id", self.trunk_id)
         _check_choice("direction", self.direction, DIRECTIONS)
         _check_e164("caller_e164", self.caller_e164)
         _check_e164("callee_e164", self.callee_e164)
-        self.caller_raw = _peer_text(_require_str("caller_raw", self.caller_raw), NUMBER_RAW_MAX)
-        self.callee_raw = _peer_text(_require_str("callee_raw", self.callee_raw), NUMBER_RAW_MAX)
+        self.caller_raw = _peer_text("caller_raw", self.caller_raw, NUMBER_RAW_MAX)
+        self.callee_raw = _peer_text("callee_raw", self.callee_raw, NUMBER_RAW_MAX)
         _check_ip("source_ip", self.source_ip)
         _check_int("source_port", self.source_port, 0, 65535)
         self.routes = _clean_routes(self.routes)
         if self.answered_by is not None:
-            self.answered_by = _peer_text(_require_str("answered_by", self.answered_by), TARGET_MAX)
+            self.answered_by = _peer_text("answered_by", self.answered_by, TARGET_MAX)
         _check_time("setup_at", self.setup_at)
         if self.ringing_at is not None:
             _check_time("ringing_at", self.ringing_at)
@@ -294,7 +294,7 @@ class CallDetailRecord:
             _check_choice("hangup_side", self.hangup_side, HANGUP_SIDES)
         if not isinstance(self.codecs, list):
             raise ValueError("codecs: must be a list")
-        self.codecs = [_peer_text(_require_str("codecs[]", c), CODEC_MAX) for c in self.codecs]
+        self.codecs = [_peer_text("codecs[]", c, CODEC_MAX) for c in self.codecs]
         if self.media is not None:
             self.media = clean_media(self.media)
         _check_int("config_version", self.config_version, 0, MAX_INT64)
@@ -347,15 +347,16 @@ class CallDetailRecord:
             raise CdrDecodeError(f"not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise CdrDecodeError("not a JSON object")
-        missing = _JSON_FIELDS - data.keys() - _OPTIONAL_JSON_FIELDS
-        unknown = data.keys() - _JSON_FIELDS
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing fields: {', '.join(sorted(missing))}")
-            if unknown:
-                parts.append(f"unknown fields: {', '.join(sorted(unknown))}")
-            raise CdrDecodeError("; ".join(parts))
+        if data.keys() != _JSON_FIELDS:  # every field: the usual line needs no set arithmetic
+            missing = _JSON_FIELDS - data.keys() - _OPTIONAL_JSON_FIELDS
+            unknown = data.keys() - _JSON_FIELDS
+            if missing or unknown:
+                parts = []
+                if missing:
+                    parts.append(f"missing fields: {', '.join(sorted(missing))}")
+                if unknown:
+                    parts.append(f"unknown fields: {', '.join(sorted(unknown))}")
+                raise CdrDecodeError("; ".join(parts))
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
@@ -391,19 +392,23 @@ def clean_media(media: Any) -> MediaSummary:
         raise ValueError("media: must be an object or null")
     clean: dict[str, Any] = {}
     for key, value in media.items():
-        if key in MEDIA_COUNTERS:
-            _check_int(f"media.{key}", value, 0, MAX_INT64)
-        elif key in MEDIA_FIGURES:
-            if type(value) not in (int, float) or not 0 <= value < 1e9:
-                raise ValueError(f"media.{key}: must be a number >= 0, not {value!r}")
-        elif key in MEDIA_TEXT:
-            _check_text(f"media.{key}", value, 100)
-        else:
+        if key not in _MEDIA_KEYS:
             raise ValueError(f"media: unknown key {key!r}")
+        try:
+            if key in MEDIA_COUNTERS:
+                _check_int(key, value, 0, MAX_INT64)
+            elif key in MEDIA_FIGURES:
+                if type(value) not in (int, float) or not 0 <= value < 1e9:
+                    raise ValueError(f"{key}: must be a number >= 0, not {value!r}")
+            else:
+                _check_text(key, value, 100)
+        except ValueError as error:
+            raise ValueError(f"media.{error}") from None  # the name is made only when wrong
         clean[key] = value
     return clean  # type: ignore[return-value]
 
 
+_MEDIA_KEYS = MEDIA_COUNTERS | MEDIA_FIGURES | MEDIA_TEXT
 _ROUTE_KEYS = frozenset(RouteAttempt.__annotations__)
 
 
@@ -419,17 +424,21 @@ def _require_str(name: str, value: Any) -> str:
 
 
 def _check_text(name: str, value: Any, limit: int) -> None:
-    if not _require_str(name, value) or len(value) > limit or "\x00" in value:
-        raise ValueError(f"{name}: must be 1 to {limit} characters without NUL")
+    if isinstance(value, str) and 0 < len(value) <= limit and "\x00" not in value:
+        return
+    _require_str(name, value)
+    raise ValueError(f"{name}: must be 1 to {limit} characters without NUL")
 
 
-def _peer_text(value: str, limit: int) -> str:
-    """Peer-supplied text made storable: valid UTF-8, no NUL (PostgreSQL refuses both), clipped."""
-    if not value.isascii():
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    if "\x00" in value:
-        value = value.replace("\x00", "")
-    return value[:limit]
+def _peer_text(name: str, value: Any, limit: int) -> str:
+    """Peer-supplied text made storable: valid UTF-8, no NUL (PostgreSQL refuses both), clipped.
+    Only a value that is not text at all is refused."""
+    text = value if isinstance(value, str) else _require_str(name, value)
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text[:limit]
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -490,21 +499,22 @@ def _clean_routes(routes: Any) -> list[RouteAttempt]:
     if not isinstance(routes, list):
         raise ValueError("routes: must be a list")
     cleaned: list[RouteAttempt] = []
-    for index, route in enumerate(routes):
-        name = f"routes[{index}]"
+    for route in routes:
         if not isinstance(route, dict) or route.keys() != _ROUTE_KEYS:
-            raise ValueError(f"{name}: must be an object with target, kind, status, reason")
-        status = route["status"]
-        if status is not None:
-            _check_int(f"{name}.status", status, 100, 699)
-        _check_text(f"{name}.kind", route["kind"], KIND_MAX)
-        _check_reason(f"{name}.reason", route["reason"])
-        cleaned.append(
-            RouteAttempt(
-                target=_peer_text(_require_str(f"{name}.target", route["target"]), TARGET_MAX),
-                kind=route["kind"],
-                status=status,
-                reason=route["reason"],
+            raise ValueError(
+                f"routes[{len(cleaned)}]: must be an object with target, kind, status, reason"
             )
-        )
+        status = route["status"]
+        kind = route["kind"]
+        reason = route["reason"]
+        try:
+            if status is not None:
+                _check_int("status", status, 100, 699)
+            _check_text("kind", kind, KIND_MAX)
+            _check_reason("reason", reason)
+            target = _peer_text("target", route["target"], TARGET_MAX)
+        except ValueError as error:
+            # The route's name is made only when something is wrong (records have a few each).
+            raise ValueError(f"routes[{len(cleaned)}].{error}") from None
+        cleaned.append({"target": target, "kind": kind, "status": status, "reason": reason})
     return cleaned

@@ -197,6 +197,29 @@ def test_consumer_stores_confirms_and_acknowledges(edge_node, stream_redis):
     assert stream_redis.xlen(STREAM) == 0
 
 
+def test_consumer_pauses_automatic_gc_while_storing_and_restores_it(
+    edge_node, stream_redis, monkeypatch
+):
+    import gc
+
+    from billing import cdr_stream
+
+    enabled_while_storing = []
+
+    def store(batches):
+        enabled_while_storing.append(gc.isenabled())
+        if len(enabled_while_storing) == 1:
+            raise RuntimeError("a bug in the ingest")  # the round goes on one by one
+        return cdr_batches_ingest(batches=batches)
+
+    monkeypatch.setattr(cdr_stream, "_store", store)
+    stream_redis.xadd(STREAM, _batch([make_cdr().to_json() + b"\n"]).fields())
+    assert gc.isenabled()
+    assert CdrStreamConsumer(stream_redis, name="c1", block_ms=10).consume(budget=5) == 1
+    assert enabled_while_storing == [False, False] and gc.isenabled()
+    assert Cdr.objects.count() == 1
+
+
 def test_consumer_quarantines_an_entry_that_is_not_a_batch(edge_node, stream_redis):
     stream_redis.xadd(STREAM, {"edge": "edge-1", "junk": "1"})
     record = make_cdr()

@@ -32,7 +32,14 @@ from pathlib import Path
 
 from edge.cdr import CallDetailRecord, CdrDecodeError
 
-__all__ = ["CdrJournal", "JournalFlusher", "TornLineError", "journal_files", "read_journal"]
+__all__ = [
+    "CdrJournal",
+    "JournalFlusher",
+    "TornLineError",
+    "journal_file_name",
+    "journal_files",
+    "read_journal",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,12 @@ def journal_files(directory: Path, *, node: str | None = None) -> list[Path]:
         if match and (node is None or match["node"] == node):
             found.append((match["node"], int(match["seq"]), path))
     return [path for _, _, path in sorted(found)]
+
+
+def journal_file_name(name: str) -> tuple[str, int] | None:
+    """(node, sequence number) of a journal file's name; None for another name."""
+    match = _FILE_NAME.fullmatch(name)
+    return None if match is None else (match["node"], int(match["seq"]))
 
 
 def _file_seq(path: Path) -> int:
