@@ -13,11 +13,13 @@ from edge.sip.errors import RemoteProtocolError
 __all__ = [
     "ALPHANUMERIC",
     "HEX_DIGITS",
+    "KNOWN_TEXTS_LIMIT",
     "TOKEN_CHARS",
     "UNRESERVED",
     "is_token",
     "quote_string",
     "read_quoted_string",
+    "remember",
     "split_unquoted",
 ]
 
@@ -29,6 +31,19 @@ UNRESERVED = ALPHANUMERIC | frozenset("-_.!~*'()")
 # Backslash, double quote and line ends are the only characters a quoted string must escape;
 # CR and LF cannot be escaped at all (quoted-pair excludes them).
 _UNESCAPABLE = frozenset("\r\n")
+
+
+# How many texts a cache of `remember` holds before it starts again.
+KNOWN_TEXTS_LIMIT = 4096
+
+
+def remember(known: set[str], text: str) -> None:
+    """Note `text` in `known`, a set of texts already found well-formed (URIs, hosts): checking
+    is a pure function of the text and peers repeat the same few, so a text in the set is not
+    checked again. Bounded: emptied when full."""
+    if len(known) >= KNOWN_TEXTS_LIMIT:
+        known.clear()
+    known.add(text)
 
 
 def is_token(text: str) -> bool:

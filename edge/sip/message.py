@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError
-from edge.sip.grammar import TOKEN_CHARS, is_token, read_quoted_string, split_unquoted
+from edge.sip.grammar import TOKEN_CHARS, is_token, read_quoted_string, remember, split_unquoted
 from edge.sip.uri import (
     NameAddr,
     Parameters,
@@ -193,7 +193,6 @@ _MANDATORY_KEYS = tuple((name, name.lower()) for name in _MANDATORY_HEADERS)
 _SINGLE_VALUED_KEYS = tuple((name, name.lower()) for name in _SINGLE_VALUED_HEADERS)
 # Request-URI texts known to parse without URI headers (_check_request_uri); emptied when full.
 _VALID_REQUEST_URI_TEXTS: set[str] = set()
-_VALID_REQUEST_URI_TEXTS_LIMIT = 4096
 # RFC 3261 8.2.6.2: what a response copies from its request; 100 Trying also echoes Timestamp.
 _RESPONSE_COPIED_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
 _TRYING_COPIED_HEADERS = _RESPONSE_COPIED_HEADERS | {"timestamp"}
@@ -1021,9 +1020,7 @@ def _check_request_uri(request: Request) -> None:
         return
     if request.parsed_uri.headers:
         raise RemoteProtocolError("Headers in Request-URI")
-    if len(_VALID_REQUEST_URI_TEXTS) >= _VALID_REQUEST_URI_TEXTS_LIMIT:
-        _VALID_REQUEST_URI_TEXTS.clear()
-    _VALID_REQUEST_URI_TEXTS.add(text)
+    remember(_VALID_REQUEST_URI_TEXTS, text)
 
 
 def to_tag_or_none(message: Request | Response) -> str | None:

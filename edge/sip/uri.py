@@ -22,6 +22,7 @@ from edge.sip.grammar import (
     is_token,
     quote_string,
     read_quoted_string,
+    remember,
     split_unquoted,
 )
 
@@ -51,7 +52,6 @@ _OPAQUE_URI_FORBIDDEN = frozenset(' \t"<>')
 _MAX_PORT = 65535
 # URI texts of name-addr values known to parse (NameAddr.check_uri); emptied when full.
 _VALID_URI_TEXTS: set[str] = set()
-_VALID_URI_TEXTS_LIMIT = 4096
 
 
 class Parameters(MutableMapping[str, str | None]):
@@ -223,9 +223,7 @@ class NameAddr:
         if self._uri is not None or text in _VALID_URI_TEXTS:
             return
         self._uri = _parse_any_uri(text)
-        if len(_VALID_URI_TEXTS) >= _VALID_URI_TEXTS_LIMIT:
-            _VALID_URI_TEXTS.clear()
-        _VALID_URI_TEXTS.add(text)
+        remember(_VALID_URI_TEXTS, text)
 
     @property
     def tag(self) -> str | None:
@@ -272,10 +270,9 @@ def bracket_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-# Hosts already found well-formed (bounded: emptied when full). Checking is a pure function of
-# the text, and a busy edge reads the same few peers' addresses in every message.
+# Hosts already found well-formed (`remember`): a busy edge reads the same few peers' addresses
+# in every message.
 _HOSTS_SEEN: set[str] = set()
-_HOSTS_SEEN_MAX = 4096
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:
@@ -299,9 +296,7 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
         if host not in _HOSTS_SEEN:  # the same few peers write most messages
             if not host or not _HOSTNAME_CHARS.issuperset(host):
                 raise RemoteProtocolError("Malformed host")
-            if len(_HOSTS_SEEN) >= _HOSTS_SEEN_MAX:
-                _HOSTS_SEEN.clear()
-            _HOSTS_SEEN.add(host)
+            remember(_HOSTS_SEEN, host)
     if not port_text:
         return host, None
     if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > _MAX_PORT:
