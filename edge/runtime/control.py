@@ -465,10 +465,7 @@ class ControlApp:
                 except OSError as error:
                     logger.error("applied snapshot not saved to %s: %s", self.state_dir, error)
         # What this version left out (the rest applied): the pusher sees it in the answer.
-        refusals = [
-            {"kind": r.kind, "id": r.id, "field": r.field, "reason": r.reason}
-            for r in config.refusals
-        ]
+        refusals = [refusal.as_dict() for refusal in config.refusals]
         return {"applied_version": config.version, "refusals": refusals}
 
     async def _body(self, receive: Receive) -> bytes:

@@ -902,6 +902,6 @@ def test_an_acknowledged_call_keeps_its_dialogs_not_the_parse_of_its_setup():
     per_call = (len(gc.get_objects()) - before) / calls
     assert edge.core.active_calls == calls + 1
     assert per_call < 40, per_call
-    # And the calls still work: the last one ends with both legs told.
+    # Its 2xx resender went with the parse (it refers back to the call).
     call = next(reversed(edge.core._calls.values()))
     assert call.a_retransmitter is None
