@@ -6,6 +6,7 @@ import asyncio
 import functools
 import gc
 import signal
+import threading
 import urllib.error
 import urllib.request
 
@@ -14,6 +15,7 @@ import pytest
 
 from edge import native
 from edge.b2bua import Stats, Transmit
+from edge.config import EdgeConfig
 from edge.runtime.control import (
     SNAPSHOT_FILE,
     ControlApp,
@@ -373,3 +375,53 @@ def test_a_compiled_snapshot_leaves_nothing_young_for_the_collector():
         assert young < 5_000, young
     finally:
         gc.unfreeze()
+
+
+class Freed:
+    """Notes the thread that dropped its last reference."""
+
+    def __init__(self, threads: list[int]) -> None:
+        self.threads = threads
+
+    def __del__(self) -> None:
+        self.threads.append(threading.get_ident())
+
+
+def numbers_doc(count: int, **kwargs):
+    """A snapshot with `count` more numbers of trunk 1 (more than a container freed whole)."""
+    doc = snapshot_doc(**kwargs)
+    doc["numbers"] = [*doc["numbers"], *([f"+1212{n:07d}", 1, 1] for n in range(count))]
+    return doc
+
+
+@run_async
+async def test_the_replaced_config_is_freed_off_the_loop():
+    """Freeing a 100,000-number config is a million deallocations: on the loop, a SIP stall."""
+    control = await Control().start()
+    threads: list[int] = []
+    doc = numbers_doc(1_000, version=3)
+    doc["numbers"].append(Freed(threads))  # a refused row: the config's source still holds it
+    control.core.config = EdgeConfig.compile(doc)
+    del doc
+    status, _, _ = await control.request("POST", "/config", orjson.dumps(snapshot_doc(version=4)))
+    assert status == 200 and control.core.config.version == 4
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    await control.stop()
+
+
+@run_async
+async def test_what_the_new_config_shares_with_the_replaced_one_is_left_whole():
+    """A trunk changed, the numbers not: the new config reuses the old one's number tables,
+    which freeing the old one must leave alone."""
+    control = await Control().start()
+    control.core.config = EdgeConfig.compile(numbers_doc(1_000, version=3))
+    numbers = id(control.core.config._numbers)
+    data = orjson.dumps(numbers_doc(1_000, version=4, trunks=[trunk_doc(max_channels=7)]))
+    status, _, _ = await control.request("POST", "/config", data)
+    assert status == 200
+    config = control.core.config
+    assert id(config._numbers) == numbers  # reused, so this checks what it should
+    assert config.trunks[1].max_channels == 7
+    assert config.number("+12120000999") is not None and config.number("+14155550100")
+    assert len(config.customer_numbers(1)) == 1_001
+    await control.stop()
