@@ -90,6 +90,7 @@ from edge.runtime.control import (
 from edge.runtime.events import BatchingSink, EventSink, NodeEvent, live_events_sink
 from edge.runtime.gc_policy import GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
+from edge.runtime.loop_watch import LoopWatch
 from edge.runtime.rtpengine import Media, attach_media
 from edge.runtime.transports import (
     Dispatcher,
@@ -264,6 +265,7 @@ class EdgeRuntime:
         self._gateway_timer: asyncio.TimerHandle | None = None
         # Set by `serve` in a process that is an edge (edge/runtime/gc_policy.py).
         self.gc_policy: GcPolicy | None = None
+        self.loop_watch: LoopWatch | None = None  # likewise (edge/runtime/loop_watch.py)
         self._sockets: list[socket.socket] = []
         self.media: Media | None = None  # rtpengine ng client (edge/runtime/rtpengine.py)
         self.cluster_limits: ClusterLimits | None = None
@@ -647,6 +649,8 @@ class EdgeRuntime:
             yield from self.shipper.shipper.metrics()
         if self.gc_policy is not None:
             yield from self.gc_policy.metrics()
+        if self.loop_watch is not None:
+            yield from self.loop_watch.metrics()
         if self.media is not None:
             yield from self.media.metrics()
         if isinstance(self.events, BatchingSink):
@@ -751,6 +755,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     runtime.gc_policy = GcPolicy(full_interval=options.gc_full_interval)
     runtime.gc_policy.install(loop)
+    runtime.loop_watch = LoopWatch()
+    runtime.loop_watch.start(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, runtime, sig)
     try:
@@ -764,6 +770,7 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         runtime.gc_policy.uninstall()
+        runtime.loop_watch.stop()
     return 0
 
 

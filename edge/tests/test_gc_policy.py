@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 import pytest
 
@@ -59,6 +60,25 @@ def test_collections_are_timed_by_generation(policy):
     assert gc_policy.collections[0] >= 1 and gc_policy.collections[1] >= 1
     assert gc_policy.seconds[0] > 0 and gc_policy.longest[1] > 0
     assert gc_policy.longest[0] <= gc_policy.seconds[0]
+
+
+def test_a_wait_inside_a_collection_is_not_counted_as_collecting(policy):
+    """The collector calls Python callbacks, where its thread may wait for the GIL (another
+    thread's long C call): that wait is not the collector's, and /metrics must not say it is.
+    A callback that sleeps stands for the wait."""
+    gc_policy, _ = policy(full_interval=0)
+    gc.callbacks.append(_sleep_on_start)
+    try:
+        gc.collect(0)
+    finally:
+        gc.callbacks.remove(_sleep_on_start)
+    assert gc_policy.collections[0] == 1
+    assert gc_policy.longest[0] < 0.1  # a young collection of a test's heap, not the 0.2 s wait
+
+
+def _sleep_on_start(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        time.sleep(0.2)
 
 
 def test_allocation_runs_young_and_middle_collections_but_never_a_full_one(policy):
