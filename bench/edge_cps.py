@@ -46,11 +46,14 @@ these add fixed times), each stopping what it starts:
   scheduling on shared cores, and a pause shows at least its length minus 5 ms (an OPTIONS
   unanswered in 2 s counts as 2 s, and the unanswered are counted). Half-way, a
   full snapshot of 100,000 numbers and 10,000 trunks (the load's trunk among them) is POSTed to
-  the control API: the worst case of a config change (a delta carries only what changed). The
-  run prints the longest answer and p99 over the soak, the apply's time, the probe's and
-  INVITE->200's p99 and max before, during (request to answer) and after the apply, and the
-  edge's longest garbage collection from /metrics. ``--no-apply``: the probe only. Adds
-  about 2 s (building the snapshot).
+  the control API as the control plane sends it (snapshot lines, edge/snapshot_wire.py;
+  ``--apply-json``: as one JSON document, which the edge decodes in one C call): the worst case
+  of a config change (a delta carries only what changed). The run prints the longest answer
+  and p99 over the soak, the apply's time, the probe's and INVITE->200's p99 and max before,
+  during (request to answer) and after the apply, the edge's longest garbage collection and
+  its loop watch from /metrics (edge/runtime/loop_watch.py: the longest lag seen from inside,
+  and how much of it the loop was working; not the machine's load). ``--no-apply``: the
+  probe only. Adds about 2 s (building the snapshot).
 - ``--rss-after``: the memory run holds the calls only until they are read, then lets SIPp
   end them (BYE) and reads memory again 2 s after the edge reports 0 active calls and 34 s
   later (a finished call's transactions linger up to 32 s), as ratios to idle; and measures
@@ -130,7 +133,7 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge import native  # noqa: E402
+from edge import native, snapshot_wire  # noqa: E402
 from edge.tests import sipp_harness as h  # noqa: E402
 from edge.tests.factories import (  # noqa: E402
     big_snapshot_doc,
@@ -287,10 +290,11 @@ def bench_snapshot(gateway_port: int, *, media: bool = False) -> dict[str, Any]:
     return snapshot_doc(trunks=[trunk], numbers=[["+14155550100", 1, 1]], gateways=[gateway])
 
 
-def big_bench_snapshot(gateway_port: int, *, version: int) -> tuple[bytes, int]:
+def big_bench_snapshot(gateway_port: int, *, version: int, lines: bool = True) -> tuple[bytes, int]:
     """The benchmark's trunk, number and gateway inside a production-sized snapshot
-    (`big_snapshot_doc`: 10,000 trunks, 100,000 more numbers): (the encoded document, the
-    number of numbers). Its other trunks' addresses and numbers are none of the load's."""
+    (`big_snapshot_doc`: 10,000 trunks, 100,000 more numbers): (the encoded document, as
+    snapshot lines or one JSON document, the number of numbers). Its other trunks' addresses
+    and numbers are none of the load's."""
     small = bench_snapshot(gateway_port)
     big = big_snapshot_doc()
     trunks = [*small["trunks"], *(t for t in big["trunks"] if t["id"] != small["trunks"][0]["id"])]
@@ -303,7 +307,7 @@ def big_bench_snapshot(gateway_port: int, *, version: int) -> tuple[bytes, int]:
         gateways=gateways,
         version=version,
     )
-    return orjson.dumps(doc), len(numbers)
+    return (snapshot_wire.encode_lines(doc) if lines else orjson.dumps(doc)), len(numbers)
 
 
 def process_group(group: int) -> list[int]:
@@ -661,16 +665,20 @@ class PauseWatch:
     - At the end, the edge's own longest garbage collection (/metrics) for comparison.
     """
 
-    def __init__(self, workdir: Path, *, apply_after: float, apply: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, *, apply_after: float, apply: bool = True, lines: bool = True
+    ) -> None:
         self.workdir = workdir
         self.apply_after = apply_after
         self.apply = apply
+        self.lines = lines
         self.samples: list[tuple[float, float]] = []
         self.window: tuple[float, float] | None = None
         self.applied: tuple[int, Any] | None = None
         self.snapshot_mb = 0.0
         self.numbers = 0
         self.gc_longest_s: dict[str, float] = {}  # by generation
+        self.loop_watch: dict[str, float] = {}  # trunkline_edge_loop_* from /metrics
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._probe: subprocess.Popen[bytes] | None = None
@@ -686,7 +694,7 @@ class PauseWatch:
         self._edge = edge
         body = b""
         if self.apply:  # built before the soak starts: the bench's own CPU stays out of it
-            body, self.numbers = big_bench_snapshot(uas_port, version=2)
+            body, self.numbers = big_bench_snapshot(uas_port, version=2, lines=self.lines)
             self.snapshot_mb = len(body) / 1e6
         host, port = edge.sip_address
         self._probe = subprocess.Popen(
@@ -718,10 +726,16 @@ class PauseWatch:
             self._thread.join(125)
         if self._edge is not None and self._edge.running:
             with contextlib.suppress(h.EdgeError, OSError):
+                metrics = self._edge.metrics()
                 self.gc_longest_s = {
                     dict(labels).get("generation", "?"): value
-                    for (name, labels), value in self._edge.metrics().items()
+                    for (name, labels), value in metrics.items()
                     if name == "trunkline_edge_gc_longest_pause_seconds"
+                }
+                self.loop_watch = {
+                    name: value
+                    for (name, _), value in metrics.items()
+                    if name.startswith("trunkline_edge_loop_")
                 }
         if self._probe is not None:
             h._terminate(self._probe, 5)
@@ -757,6 +771,18 @@ class PauseWatch:
             f"process, {unanswered} unanswered in {PROBE_TIMEOUT_S:g} s; target: no pause over "
             f"20 ms){gc_note}"
         ]
+        watch = self.loop_watch
+        if watch:
+            lag = watch.get("trunkline_edge_loop_lag_longest_seconds", 0.0) * 1000
+            busy = watch.get("trunkline_edge_loop_lag_longest_busy_seconds", 0.0) * 1000
+            most = watch.get("trunkline_edge_loop_busy_longest_seconds", 0.0) * 1000
+            stalls = watch.get("trunkline_edge_loop_stalls_total", 0.0)
+            lines.append(
+                f"edge      loop watch (/metrics, since the edge started): longest lag {lag:.1f} "
+                f"ms, the loop's own CPU in it {busy:.1f} ms (the rest it waited for the GIL or "
+                f"a CPU); most loop CPU between two 5 ms ticks {most:.1f} ms; {stalls:.0f} lags "
+                "over 20 ms"
+            )
         if not self.apply:
             return lines
         if self.window is None or self.applied is None:
@@ -766,7 +792,8 @@ class PauseWatch:
         status, body = self.applied
         version = body.get("applied_version") if isinstance(body, dict) else body
         lines.append(
-            f"edge      snapshot of {self.numbers:,} numbers ({self.snapshot_mb:.1f} MB) applied "
+            f"edge      snapshot of {self.numbers:,} numbers ({self.snapshot_mb:.1f} MB as "
+            f"{'lines' if self.lines else 'one JSON document'}) applied "
             f"{began - soak[0]:.0f} s into the soak: {ended - began:.2f} s to its answer "
             f"({status}, applied version {version})"
         )
@@ -1085,6 +1112,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --pauses: the probe only, no snapshot applied",
     )
+    parser.add_argument(
+        "--apply-json",
+        action="store_true",
+        help="with --pauses: POST the snapshot as one JSON document instead of snapshot lines "
+        "(what the control plane sends)",
+    )
     parser.add_argument("--start-rate", type=int, help="first rate (default 100; quick 400)")
     parser.add_argument("--max-rate", type=int, default=20_000, help="never try above this")
     parser.add_argument("--budget", type=float, help="seconds for the searches (default 360)")
@@ -1258,6 +1291,7 @@ def _run(
                 workdir / f"{peer.key}-latency",
                 apply_after=latency_seconds / 2,
                 apply=not args.no_apply,
+                lines=not args.apply_json,
             )
         latencies[peer.name] = measure_latency(
             peer,
