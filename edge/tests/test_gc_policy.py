@@ -101,6 +101,20 @@ def test_frees_of_older_objects_do_not_hold_off_young_collections(policy):
     assert len(gc.get_objects(generation=0)) < 20_000  # without the timer: all 60,000
 
 
+def test_the_timer_leaves_a_compile_in_progress_alone(policy):
+    """A snapshot compiles with the collector disabled; its objects are frozen at the end,
+    not walked on the loop every 0.1 s meanwhile."""
+    gc_policy, loop = policy(full_interval=0)
+    gc.disable()
+    try:
+        loop.run_until_complete(asyncio.sleep(1))
+    finally:
+        gc.enable()
+    assert gc_policy.collections[0] == gc_policy.collections[1] == 0
+    loop.run_until_complete(asyncio.sleep(1))
+    assert gc_policy.collections[0] >= 5
+
+
 def test_allocation_runs_young_and_middle_collections_but_never_a_full_one(policy):
     gc_policy, _ = policy(full_interval=0)
     kept = []
