@@ -24,9 +24,10 @@ balancer or container health check can probe it; with the token it says more.
 
 A snapshot is decoded and compiled on a worker thread (100,000 numbers take longer than the
 loop may wait), then swapped in on the loop with one `apply_config` call: calls in progress
-keep the trunk objects they started with. The accepted bytes are saved to
-``<state-dir>/snapshot.json`` (temp file, fsync, `os.replace`) for a restart that cannot
-reach the control plane.
+keep the trunk objects they started with. The replaced config is freed on a worker thread too
+(`release_config`), and /metrics is built and written out on one (`EdgeCollector`). The
+accepted bytes are saved to ``<state-dir>/snapshot.json`` (temp file, fsync, `os.replace`) for
+a restart that cannot reach the control plane.
 
 This module must never decide anything about calls, never read or write SIP, and never touch
 Django: it translates HTTP into calls of the core and of the runtime.
