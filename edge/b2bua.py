@@ -207,6 +207,7 @@ class Stats:
 class _Auth(enum.Enum):
     """What a request's digest credentials amount to."""
 
+    __hash__ = object.__hash__  # identity hashing in C, as Timer's (edge/sip/timers.py)
     OK = "ok"
     MISSING = "missing"  # none, malformed, or not for our nonce: challenge
     STALE = "stale"  # right answer to an expired nonce: challenge with stale=true

@@ -53,6 +53,11 @@ class TimerConfig:
         if not 0 < self.t1 <= self.t2 or self.t4 <= 0 or self.timer_d < 0:
             raise LocalProtocolError("timer values need 0 < t1 <= t2, t4 > 0, timer_d >= 0")
 
+    def __hash__(self) -> int:
+        # Written out so that it is compiled: the dataclass-made one runs interpreted, and each
+        # new transaction looks its durations up by config (`_durations`' cache).
+        return hash((self.t1, self.t2, self.t4, self.timer_d))
+
     def durations(self, *, reliable: bool) -> Mapping[Timer, float]:
         """The initial value of each timer on one kind of transport. A timer missing from the
         result never runs there: reliable transports do not retransmit (no A, E, G), and they
