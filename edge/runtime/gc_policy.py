@@ -43,9 +43,9 @@ every `QUIET_CHECK_INTERVAL` s) after holding at least `RELEASE_AFTER` since the
 little is left: about 3 ms measured after 5,000 calls) empties the free lists, after which
 pymalloc frees the arenas left empty, and glibc's ``malloc_trim(0)`` returns the free pages of
 its heaps (under 10 ms). Measured with the bench, 34 s after the calls ended: 2.42x idle before,
-1.58x after. What is left: pymalloc frees an arena (1 MiB) only when every block in it is free,
-and the few objects that live on from a busy spell (a timestamp, a cached text, an h11 date
-header, a timer handle...) end up scattered over dozens of them. Started with
+1.58x and 1.68x after (2 runs). What is left: pymalloc frees an arena (1 MiB) only when every
+block in it is free, and the few objects that live on from a busy spell (a timestamp, a cached
+text, an h11 date header, a timer handle...) end up scattered over dozens of them. Started with
 ``PYTHONMALLOC=malloc`` (glibc for every object, trimmed to the page) the edge came back to
 1.06x idle, but it held 10.4 KiB per call instead of 9.8 and its core ran 12 % more
 instructions per call (bench/edge_core.py: 1.88 M against 1.68 M), so it stays an operator's
