@@ -322,6 +322,26 @@ class B2bua:
     def active_calls(self) -> int:
         return len(self._calls)
 
+    def held(self) -> int:
+        """Calls and transactions in memory: what an edge that has gone quiet has few of."""
+        return len(self._calls) + len(self._admitting) + len(self.layer)
+
+    def release_memory(self) -> None:
+        """Rebuild the tables of calls and transactions at their present size. A CPython dict
+        keeps the table of its busiest moment when its entries go (a few MiB in all after 5,000
+        calls, issue 15); the runtime calls this when the edge has gone quiet
+        (edge/runtime/gc_policy.py), where it costs O(what is held), which is little."""
+        self._calls = dict(self._calls)
+        self._admitting = dict(self._admitting)
+        self._by_a_dialog = dict(self._by_a_dialog)
+        self._by_b_call_id = dict(self._by_b_call_id)
+        self._by_a_txn = dict(self._by_a_txn)
+        self._relays = dict(self._relays)
+        self._b_invites = dict(self._b_invites)
+        self._media_ending = dict(self._media_ending)
+        self._timers.shrink()
+        self.layer.release_memory()
+
     def apply_config(self, config: EdgeConfig) -> None:
         """Use `config` for new calls; calls in progress keep the trunk they started with.
 
