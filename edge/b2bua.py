@@ -485,17 +485,17 @@ class B2bua:
                     self._transmit(send.message, send.addr)
                 if item.inner.timed_out:
                     self._step(item.call, CallInput.ACK_TIMEOUT, None, now, wall)
-                self._timers.update(item)
+                self._timers.update(item, item.next_timer())
             elif isinstance(item, PendingChallenge):
                 self._challenge_expired(item)
             elif isinstance(item, _RegistrarSweep):
                 self.registrar.purge(now)
                 item.deadline = now + PURGE_INTERVAL if len(self.registrar) else None
-                self._timers.update(item)
+                self._timers.update(item, item.next_timer())
             elif item.deadline is not None and now >= item.deadline:
                 item.deadline = None
                 self._step(item, _DEADLINE_INPUT[item.state], None, now, wall)
-                self._timers.update(item)
+                self._timers.update(item, item.next_timer())
         return out
 
     def calls(self) -> list[dict[str, object]]:
@@ -799,7 +799,8 @@ class B2bua:
         ]
         request = incoming.request
         self._respond(incoming.txn, request, 407, None, now, to_tag=new_tag(), headers=headers)
-        self._timers.update(self._challenges.challenged(request, incoming.source, now, wall))
+        pending = self._challenges.challenged(request, incoming.source, now, wall)
+        self._timers.update(pending, pending.next_timer())
 
     def _challenge_expired(self, pending: PendingChallenge) -> None:
         """No authenticated retry came: the attempt ends as refused for lack of credentials."""
@@ -1108,7 +1109,7 @@ class B2bua:
             retransmitter = call.a_retransmitter
             if retransmitter is not None:
                 retransmitter.inner.acknowledged()
-                self._timers.update(retransmitter)
+                self._timers.update(retransmitter, retransmitter.next_timer())
             if call.b_ack is None:  # a retransmitted ACK is absorbed here
                 self._ack_b(call, ack.body, ack.headers.get("Content-Type"))
             if retransmitter is not None:
@@ -1424,7 +1425,7 @@ class B2bua:
             )
         if self._sweep.deadline is None and len(self.registrar):
             self._sweep.deadline = now + PURGE_INTERVAL
-            self._timers.update(self._sweep)
+            self._timers.update(self._sweep, self._sweep.next_timer())
         headers = [("Contact", f"<{uri}>;expires={expires}") for uri, expires in granted if expires]
         self._respond(txn, request, 200, None, now, to_tag=new_tag(), headers=headers)
 
@@ -1487,7 +1488,7 @@ class B2bua:
             self.stats.active[call.trunk.id] -= 1
         self._admitting.pop(call.id, None)
         self._by_a_dialog.pop((call.a.call_id, call.a.local_tag), None)
-        self._timers.update(call)
+        self._timers.update(call, call.next_timer())
         ends = self.stats.ends_total
         ends[reason] = ends.get(reason, 0) + 1
         out = self._out
@@ -1549,7 +1550,7 @@ class B2bua:
         active[call.trunk.id] = active.get(call.trunk.id, 0) + 1
         self._emit(call, "started", wall)
         call.deadline = now + self.settings.ring_timeout
-        self._timers.update(call)
+        self._timers.update(call, call.next_timer())
 
     def _refuse_slot(
         self, call: Call, event: CallInput, payload: _Payload, now: float, wall: float
@@ -1609,10 +1610,10 @@ class B2bua:
         if call.a_txn.reliable:
             retransmitter.inner.acknowledged()
         else:
-            self._timers.update(retransmitter)
+            self._timers.update(retransmitter, retransmitter.next_timer())
         call.a_retransmitter = retransmitter
         call.deadline = now + call.trunk.max_call_duration
-        self._timers.update(call)
+        self._timers.update(call, call.next_timer())
         self.stats.answers_total += 1
         self._emit(call, "answered", wall)
 

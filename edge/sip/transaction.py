@@ -836,5 +836,5 @@ class TransactionLayer:
                 del self._clients[key]
             elif self._servers.get(key) is transaction:
                 del self._servers[key]
-        self._timers.update(transaction)
+        self._timers.update(transaction, transaction.next_timer())
         return events
