@@ -48,6 +48,7 @@ Address = tuple[str, int, str]  # (host, port, transport: "udp" | "tcp" | "tls")
 
 
 class CallState(enum.Enum):
+    __hash__ = object.__hash__  # identity hashing in C, as Timer's (edge/sip/timers.py)
     ADMITTING = "admitting"  # asked for a slot (AcquireSlot), waiting for the answer
     OFFERING = "offering"  # anchored: rtpengine is rewriting the caller's offer (MediaOffer)
     CALLING = "calling"  # B-leg INVITE sent, nothing heard yet: a CANCEL must wait (RFC 3261 9.1)
@@ -60,6 +61,7 @@ class CallState(enum.Enum):
 
 
 class CallInput(enum.Enum):
+    __hash__ = object.__hash__  # identity hashing in C, as Timer's (edge/sip/timers.py)
     SLOT_GRANTED = "slot_granted"
     SLOT_GRANTED_ANCHORED = "slot_granted_anchored"  # granted, and the call's media is anchored
     SLOT_REFUSED = "slot_refused"

@@ -46,6 +46,7 @@ SCANNER_USER_AGENTS = (
 
 
 class Verdict(enum.Enum):
+    __hash__ = object.__hash__  # identity hashing in C, as Timer's (edge/sip/timers.py)
     PROCESS = "process"  # handle the request as usual
     DROP = "drop"  # say nothing: scanner, banned, or over the answer budget
 

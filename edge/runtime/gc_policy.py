@@ -39,15 +39,41 @@ hundreds of milliseconds (issue 15's run: 434 and 370 ms while a snapshot was ap
 
 The policy is for a process that is an edge, not one it shares (the embedded ``make run``
 keeps Django's defaults).
+
+Memory after a busy spell (issue 15: the RSS after 5,000 calls end should return to within
+10 % of idle). Measured through the edge with SIPp (bench/edge_cps.py --rss-after), once the
+calls and their lingering transactions were gone nothing of them was left in Python, yet the
+RSS stayed at 2.2-2.4x idle:
+
+- CPython's free lists (2,000 tuples of each small size, floats, dicts, lists...) keep blocks
+  allocated where the last frees left them, each pinning a 16 KiB pymalloc pool and its 1 MiB
+  arena; only a full collection empties them;
+- dicts and lists keep the table of their busiest moment (`B2bua.release_memory`);
+- glibc keeps freed memory in its heaps until it is trimmed.
+
+So when the edge has gone quiet (`held()` calls and transactions at most `QUIET_HELD`, checked
+every `QUIET_CHECK_INTERVAL` s) after holding at least `RELEASE_AFTER` since the last time,
+`release_memory` runs once: the core rebuilds its tables, a full collection (it walks what
+little is left: about 3 ms measured after 5,000 calls) empties the free lists, after which
+pymalloc frees the arenas left empty, and glibc's ``malloc_trim(0)`` returns the free pages of
+its heaps (under 10 ms). Measured with the bench, 34 s after the calls ended: 2.42x idle before,
+1.58x and 1.68x after (2 runs). What is left: pymalloc frees an arena (1 MiB) only when every
+block in it is free, and the few objects that live on from a busy spell (a timestamp, a cached
+text, an h11 date header, a timer handle...) end up scattered over dozens of them. Started with
+``PYTHONMALLOC=malloc`` (glibc for every object, trimmed to the page) the edge came back to
+1.06x idle, but it held 10.4 KiB per call instead of 9.8 and its core ran 12 % more
+instructions per call (bench/edge_core.py: 1.88 M against 1.68 M), so it stays an operator's
+choice (README, "Edges per core").
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -56,6 +82,9 @@ from prometheus_client.metrics_core import Metric
 __all__ = [
     "DEFAULT_FULL_INTERVAL",
     "MIDDLE_THRESHOLD",
+    "QUIET_CHECK_INTERVAL",
+    "QUIET_HELD",
+    "RELEASE_AFTER",
     "YOUNG_INTERVAL",
     "YOUNG_THRESHOLD",
     "GcPolicy",
@@ -70,15 +99,45 @@ _NEVER = 2**31 - 1
 DEFAULT_FULL_INTERVAL = 3600.0
 YOUNG_INTERVAL = 0.1
 GENERATIONS = 3
+# Quiet: at most this many calls and transactions held (a full collection then walks a few
+# thousand objects, a few ms), looked at this often (a finished call's transactions linger 32 s:
+# the release comes within 2 s of the last one ending).
+QUIET_HELD = 64
+QUIET_CHECK_INTERVAL = 2.0
+# How busy the edge must have been since the last release for another to be worth it.
+RELEASE_AFTER = 1000
+
+
+def _malloc_trim() -> Callable[[int], object] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        trim: Callable[[int], object] = ctypes.CDLL(None).malloc_trim
+        return trim
+    except (OSError, AttributeError):
+        return None
 
 
 class GcPolicy:
     """Installs the policy on a running loop and keeps the collector's timings."""
 
-    def __init__(self, *, full_interval: float = DEFAULT_FULL_INTERVAL) -> None:
+    def __init__(
+        self,
+        *,
+        full_interval: float = DEFAULT_FULL_INTERVAL,
+        held: Callable[[], int] | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        """`held`: the calls and transactions the core holds; `release`: the core's own
+        release (its tables). Without `held`, memory is never released."""
         if full_interval < 0:
             raise ValueError("full_interval must not be negative")
         self.full_interval = full_interval
+        self._held = held
+        self._release = release
+        self._peak = 0  # the most held at a check since the last release
+        self._quiet_timer: asyncio.TimerHandle | None = None
+        self._trim = _malloc_trim()
+        self.releases = 0
         self.collections = [0] * GENERATIONS
         self.seconds = [0.0] * GENERATIONS
         self.longest = [0.0] * GENERATIONS
@@ -102,13 +161,15 @@ class GcPolicy:
         self._loop = loop
         self._schedule()
         self._young_timer = loop.call_later(YOUNG_INTERVAL, self._young_collection)
+        if self._held is not None:
+            self._quiet_timer = loop.call_later(QUIET_CHECK_INTERVAL, self._check_quiet)
 
     def uninstall(self) -> None:
         """Back to the thresholds found (for a process that goes on after the edge)."""
-        for timer in (self._timer, self._young_timer):
+        for timer in (self._timer, self._young_timer, self._quiet_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._young_timer = None
+        self._timer = self._young_timer = self._quiet_timer = None
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
         if self._saved_threshold is not None:
@@ -132,6 +193,26 @@ class GcPolicy:
             gc.collect(1 if self._young_runs % MIDDLE_THRESHOLD == 0 else 0)
         if self._loop is not None:
             self._young_timer = self._loop.call_later(YOUNG_INTERVAL, self._young_collection)
+
+    def _check_quiet(self) -> None:
+        assert self._held is not None and self._loop is not None
+        held = self._held()
+        self._peak = max(self._peak, held)
+        if held <= QUIET_HELD and self._peak >= RELEASE_AFTER:
+            self.release_memory()
+            self._peak = held
+        self._quiet_timer = self._loop.call_later(QUIET_CHECK_INTERVAL, self._check_quiet)
+
+    def release_memory(self) -> None:
+        """Give back to the system what a busy spell left allocated (the module's docstring)."""
+        started = time.perf_counter()
+        if self._release is not None:
+            self._release()
+        gc.collect()  # a full collection also empties CPython's free lists
+        if self._trim is not None:
+            self._trim(0)
+        self.releases += 1
+        logger.debug("memory released in %.1f ms", (time.perf_counter() - started) * 1000)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -175,4 +256,9 @@ class GcPolicy:
             "trunkline_edge_gc_collected_objects",
             "Unreachable objects the collector freed (cyclic garbage)",
             value=self.collected,
+        )
+        yield CounterMetricFamily(
+            "trunkline_edge_memory_releases",
+            "Times the edge gave memory back after a busy spell, once quiet",
+            value=self.releases,
         )

@@ -143,6 +143,10 @@ class EdgeCore(SipCore, ControlledCore, Protocol):
 
     def media_deleted(self, stats: MediaStats, now: float, wall: float) -> Sequence[Output]: ...
 
+    def held(self) -> int: ...
+
+    def release_memory(self) -> None: ...
+
 
 # --- the runtime ------------------------------------------------------------------------------
 
@@ -753,7 +757,11 @@ async def serve(
         logger.error("%s", error)  # unconfigured logging still prints errors to stderr
         return 1
     loop = asyncio.get_running_loop()
-    runtime.gc_policy = GcPolicy(full_interval=options.gc_full_interval)
+    core = runtime.core
+    assert core is not None  # started
+    runtime.gc_policy = GcPolicy(
+        full_interval=options.gc_full_interval, held=core.held, release=core.release_memory
+    )
     runtime.gc_policy.install(loop)
     runtime.loop_watch = LoopWatch()
     runtime.loop_watch.start(loop)

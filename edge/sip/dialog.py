@@ -36,12 +36,14 @@ _INITIAL_LOCAL_CSEQ = 1  # any value below 2**31 will do (8.1.1.5)
 
 
 class DialogState(enum.Enum):
+    __hash__ = object.__hash__  # identity hashing in C, as Timer's (edge/sip/timers.py)
     EARLY = "early"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"
 
 
 class _Input(enum.Enum):
+    __hash__ = object.__hash__  # identity hashing in C, as Timer's (edge/sip/timers.py)
     PROVISIONAL = "provisional"  # a 101-199 to the INVITE that created the dialog
     ANSWERED = "answered"  # a 2xx to an INVITE
     REJECTED = "rejected"  # a non-2xx final to the INVITE that created the dialog
@@ -69,7 +71,7 @@ _TRANSITIONS: dict[tuple[DialogState, _Input], DialogState] = {
 }
 
 
-@dataclass(slots=True, init=False, unsafe_hash=True)
+@dataclass(slots=True, init=False, eq=False)  # __eq__, __hash__ below
 class DialogId:
     """Call-ID plus both tags, seen from our side. The remote tag is None only for an RFC 2543
     peer that sent no From tag."""
@@ -82,6 +84,20 @@ class DialogId:
         self.call_id = call_id
         self.local_tag = local_tag
         self.remote_tag = remote_tag
+
+    # Written out so that they are compiled (a dataclass-made one runs interpreted): dialogs
+    # are looked up by id for every message inside one.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DialogId):
+            return NotImplemented
+        return (
+            self.call_id == other.call_id
+            and self.local_tag == other.local_tag
+            and self.remote_tag == other.remote_tag
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.call_id, self.local_tag, self.remote_tag))
 
     @classmethod
     def of_received_request(cls, request: Request) -> DialogId:

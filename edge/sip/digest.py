@@ -179,6 +179,7 @@ def parse_authorization(value: str) -> DigestCredentials:
 
 
 class DigestOutcome(enum.Enum):
+    __hash__ = object.__hash__  # identity hashing in C, as Timer's (edge/sip/timers.py)
     OK = "ok"
     STALE = "stale"  # right answer to a nonce we issued that has expired: re-challenge stale=true
     BAD_NONCE = "bad_nonce"  # not our nonce (forged, other secret, other realm, mangled)

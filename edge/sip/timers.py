@@ -14,7 +14,7 @@ import heapq
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from edge.sip.errors import LocalProtocolError
 
@@ -53,6 +53,11 @@ class TimerConfig:
         if not 0 < self.t1 <= self.t2 or self.t4 <= 0 or self.timer_d < 0:
             raise LocalProtocolError("timer values need 0 < t1 <= t2, t4 > 0, timer_d >= 0")
 
+    def __hash__(self) -> int:
+        # Written out so that it is compiled: the dataclass-made one runs interpreted, and each
+        # new transaction looks its durations up by config (`_durations`' cache).
+        return hash((self.t1, self.t2, self.t4, self.timer_d))
+
     def durations(self, *, reliable: bool) -> Mapping[Timer, float]:
         """The initial value of each timer on one kind of transport. A timer missing from the
         result never runs there: reliable transports do not retransmit (no A, E, G), and they
@@ -79,27 +84,32 @@ def _durations(config: TimerConfig, reliable: bool) -> Mapping[Timer, float]:
     return {**common, **unreliable}
 
 
-class Scheduled(Protocol):
-    def next_timer(self) -> float | None: ...
+# Anything hashable by identity: calls, transactions, retransmitters.
+ScheduledT = TypeVar("ScheduledT")
 
 
-ScheduledT = TypeVar("ScheduledT", bound=Scheduled)
-
-
-# Stale heap entries tolerated beyond twice the live ones before the heap is rebuilt.
-COMPACT_MIN = 1024
+# Stale heap entries tolerated beyond twice the live ones before the heap is rebuilt. A stale
+# entry may be an ended call's (it holds the call, its transactions and messages: about 10 KiB),
+# so this is also how many ended calls a queue can keep alive once traffic stops; 1,024 kept
+# about 10 MiB after 5,000 calls ended (issue 15). A rebuild costs O(live), so a small floor
+# only makes rebuilds of small heaps more frequent, never the amortized cost per update higher.
+COMPACT_MIN = 64
 
 
 class TimerQueue(Generic[ScheduledT]):
-    """The deadlines of many objects, each of which reports its own via `next_timer()`.
+    """The deadlines of many objects.
 
-    Call `update(item)` after anything that may have moved an item's deadline. A moved
-    deadline leaves its old heap entry behind; entries that no longer match their item's
-    current deadline are skipped when they reach the top (lazy deletion), which keeps every
-    update O(log n) without searching the heap. Stale entries still hold their item, and an
-    answered call's (its maximum duration, hours away) would keep every call that ended before
-    it in memory until then: when they outnumber the live ones (and `COMPACT_MIN`), the heap is
-    rebuilt from the live deadlines, O(n) once per n updates.
+    Call `update(item, deadline)` after anything that may have moved an item's deadline (None:
+    it has none). The caller reads the deadline (`item.next_timer()`) where it knows the item's
+    class: through a protocol the compiled core would make a generic method call, about 2,000
+    instructions, some 30 times a call. A moved deadline leaves its old heap entry behind;
+    entries that no longer match their item's current deadline are skipped when they reach the
+    top (lazy deletion), which keeps every update O(log n) without searching the heap. Stale
+    entries still hold their item, and an answered call's (its maximum duration, hours away)
+    would keep every call that ended before it in memory until then: when they outnumber the
+    live ones (and `COMPACT_MIN`), the heap is rebuilt from the live deadlines, O(n) once per n
+    updates; and when the last deadline goes, the heap is emptied, so that a queue whose
+    traffic has stopped holds nothing.
     """
 
     __slots__ = ("_counter", "_deadlines", "_heap")
@@ -109,10 +119,12 @@ class TimerQueue(Generic[ScheduledT]):
         self._deadlines: dict[ScheduledT, float] = {}
         self._counter = itertools.count()  # breaks ties so that items are never compared
 
-    def update(self, item: ScheduledT) -> None:
-        deadline = item.next_timer()
+    def update(self, item: ScheduledT, deadline: float | None) -> None:
         if deadline is None:
             if self._deadlines.pop(item, None) is None:
+                return
+            if not self._deadlines:
+                self._heap.clear()  # every entry left is stale
                 return
         elif self._deadlines.get(item) != deadline:
             self._deadlines[item] = deadline
@@ -128,6 +140,13 @@ class TimerQueue(Generic[ScheduledT]):
         heap = [(deadline, next(counter), item) for item, deadline in self._deadlines.items()]
         heapq.heapify(heap)
         self._heap = heap
+
+    def shrink(self) -> None:
+        """Give back what a queue that was large still holds: CPython's dicts and lists keep
+        their largest table after their entries go (one sized for 20,000 deadlines is about
+        1 MiB). O(live): for a quiet moment (`B2bua.release_memory`)."""
+        self._deadlines = dict(self._deadlines)  # sized for the live entries
+        self._compact()
 
     def next_deadline(self) -> float | None:
         heap = self._heap
@@ -149,6 +168,8 @@ class TimerQueue(Generic[ScheduledT]):
             if deadlines.get(item) == deadline:
                 del deadlines[item]
                 due.append(item)
+        if not deadlines:
+            heap.clear()  # only stale entries are left (see `update`)
         return due
 
     def __len__(self) -> int:

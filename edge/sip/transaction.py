@@ -711,6 +711,13 @@ class TransactionLayer:
     def __len__(self) -> int:
         return len(self._servers) + len(self._clients)
 
+    def release_memory(self) -> None:
+        """Rebuild the tables, which keep the size of their busiest moment (`TimerQueue.shrink`):
+        O(transactions), for a quiet moment."""
+        self._servers = dict(self._servers)
+        self._clients = dict(self._clients)
+        self._timers.shrink()
+
     def receive(
         self, message: Request | Response, addr: Address, now: float
     ) -> list[TransactionEvent]:
@@ -829,5 +836,5 @@ class TransactionLayer:
                 del self._clients[key]
             elif self._servers.get(key) is transaction:
                 del self._servers[key]
-        self._timers.update(transaction)
+        self._timers.update(transaction, transaction.next_timer())
         return events

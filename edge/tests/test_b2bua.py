@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 
 import pytest
 
 from edge.b2bua import B2bua, B2buaSettings, CallEvent, CdrReady, Transmit
+from edge.calls import Call
 from edge.cdr import CallDetailRecord
 from edge.limits import (
     AcquireSlot,
@@ -27,7 +29,14 @@ from edge.registrar import PURGE_INTERVAL
 from edge.sip.digest import answer_challenge, parse_challenge
 from edge.sip.message import Request, Response, make_request, make_response, new_branch, new_tag
 from edge.sip.parser import parse_message
-from edge.sip.transaction import make_cancel
+from edge.sip.timers import COMPACT_MIN
+from edge.sip.transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    make_cancel,
+)
 from edge.tests.factories import (
     GATEWAY_HOST,
     GATEWAY_PORT,
@@ -45,6 +54,16 @@ PBX = ("127.0.0.1", 5062, "udp")  # in trunk 1's ACL
 STRANGER = ("127.0.0.99", 5062, "udp")  # in no ACL
 GATEWAY = (GATEWAY_HOST, GATEWAY_PORT, "udp")
 ORIGINATION = ("127.0.0.1", 5070, "udp")
+# What a call is made of, that nothing should keep once it ended and its transactions did.
+_PER_CALL_TYPES = (
+    Call,
+    Request,
+    Response,
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+)
 SDP = (
     b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     b"m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
@@ -905,3 +924,41 @@ def test_an_acknowledged_call_keeps_its_dialogs_not_the_parse_of_its_setup():
     # Its 2xx resender went with the parse (it refers back to the call).
     call = next(reversed(edge.core._calls.values()))
     assert call.a_retransmitter is None
+
+
+def test_calls_that_ended_are_let_go_while_another_call_goes_on():
+    """Issue 15: the memory of calls that ended returns. An answered call's deadline (its
+    maximum duration, hours away) stays in the timer heap as a stale entry when the call ends,
+    holding the call, its transactions and messages. Behind a call still in progress (its
+    deadline earlier) up to 1,024 such entries stayed: through SIPp, about 1,000 calls (~10 MiB)
+    were still alive long after 5,000 had ended. Now at most `COMPACT_MIN`, and none once the
+    runtime has the core release its memory at a quiet moment (`B2bua.release_memory`)."""
+    edge = Edge(trunks=[trunk_doc(max_cps=10_000, max_channels=10_000)])
+    connect_outbound(edge)  # goes on throughout; its deadline comes before the others'
+    calls = 300  # held at once, as the bench's 5,000 are
+    answered = [connect_outbound(edge) for _ in range(calls)]
+    edge.wire.clear()
+    for cseq, (a_invite, a_ok, _b_invite, _b_ok) in enumerate(answered, start=2):
+        edge.send(in_dialog("BYE", a_ok, a_invite, PBX, cseq=cseq), PBX)
+        for b_bye in edge.take(GATEWAY):
+            edge.send(make_response(b_bye, 200), GATEWAY)
+    del answered, a_invite, a_ok, _b_invite, _b_ok, b_bye
+    edge.wire.clear()
+    edge.advance(64)  # every lingering transaction ends; then nothing happens
+    assert edge.core.active_calls == 1 and len(edge.cdrs) == calls
+    assert edge.core.held() == 1  # the call; its transactions ended
+    gc.collect()
+    assert COMPACT_MIN <= 64 and _count(Call) - 1 <= COMPACT_MIN  # all 300 with 1,024
+    sizes = [sys.getsizeof(table) for table in (edge.core._calls, edge.core.layer._clients)]
+    edge.core.release_memory()
+    gc.collect()
+    assert _count(Call) == 1 and edge.core.active_calls == 1  # the call going on
+    kept = [type(o).__name__ for o in gc.get_objects() if type(o) in _PER_CALL_TYPES]
+    assert len(kept) <= 8, kept  # that call's own transactions and messages (7)
+    # Its tables are sized for what they hold, not for the 301 calls they held.
+    assert sys.getsizeof(edge.core._calls) < sizes[0] / 4
+    assert sys.getsizeof(edge.core.layer._clients) < sizes[1] / 4
+
+
+def _count(kind: type) -> int:
+    return sum(type(o) is kind for o in gc.get_objects())

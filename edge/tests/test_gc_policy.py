@@ -9,7 +9,14 @@ import time
 
 import pytest
 
-from edge.runtime.gc_policy import MIDDLE_THRESHOLD, YOUNG_THRESHOLD, GcPolicy
+from edge.runtime.gc_policy import (
+    MIDDLE_THRESHOLD,
+    QUIET_CHECK_INTERVAL,
+    QUIET_HELD,
+    RELEASE_AFTER,
+    YOUNG_THRESHOLD,
+    GcPolicy,
+)
 from edge.sip.message import make_response
 from edge.tests.test_b2bua import GATEWAY, PBX, Edge, connect_outbound, in_dialog
 from edge.tests.virtual_time import VirtualTimeLoop
@@ -143,6 +150,50 @@ def test_no_interval_means_no_full_collection(policy):
     assert gc_policy.collections[2] == 0
 
 
+def test_memory_is_released_once_the_edge_goes_quiet_after_a_busy_spell(policy):
+    """Issue 15: after thousands of calls end, the core's tables are rebuilt, a full collection
+    empties CPython's free lists and glibc trims its heaps; once per busy spell, and never
+    while calls are held (a full collection walks everything held)."""
+    load = {"held": 0}
+    released: list[float] = []
+    trims: list[int] = []
+    gc_policy, loop = policy(
+        full_interval=0, held=lambda: load["held"], release=lambda: released.append(loop.time())
+    )
+    assert gc_policy._trim is not None  # glibc here
+    gc_policy._trim = trims.append
+
+    def run(seconds: float) -> None:
+        loop.run_until_complete(asyncio.sleep(seconds))
+
+    run(60)
+    assert released == []  # never busy: nothing to give back
+    load["held"] = RELEASE_AFTER * 5
+    run(60)
+    load["held"] = QUIET_HELD * 4  # calmer, not quiet
+    run(60)
+    assert released == [] and gc_policy.collections[2] == 0
+    load["held"] = QUIET_HELD
+    run(QUIET_CHECK_INTERVAL)
+    assert len(released) == 1 and trims == [0]
+    assert gc_policy.collections[2] == 1  # the full collection that empties the free lists
+    run(600)
+    assert len(released) == 1  # once per busy spell
+    load["held"] = RELEASE_AFTER
+    run(QUIET_CHECK_INTERVAL)
+    load["held"] = 0
+    run(QUIET_CHECK_INTERVAL)
+    assert len(released) == gc_policy.releases == 2
+    families = {family.name: family for family in gc_policy.metrics()}
+    assert families["trunkline_edge_memory_releases"].samples[0].value == 2
+
+
+def test_without_a_load_probe_memory_is_never_released(policy):
+    gc_policy, loop = policy(full_interval=0)
+    loop.run_until_complete(asyncio.sleep(600))
+    assert gc_policy.releases == 0 and gc_policy.collections[2] == 0
+
+
 def test_metrics_say_counts_seconds_and_the_longest_pause(policy):
     gc_policy, _ = policy(full_interval=0)
     gc.collect(0)
@@ -152,6 +203,7 @@ def test_metrics_say_counts_seconds_and_the_longest_pause(policy):
         "trunkline_edge_gc_seconds",
         "trunkline_edge_gc_longest_pause_seconds",
         "trunkline_edge_gc_collected_objects",
+        "trunkline_edge_memory_releases",
     }
     young = {
         s.labels.get("generation"): s.value

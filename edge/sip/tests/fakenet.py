@@ -86,12 +86,12 @@ class Peer:
         answer = AnswerRetransmitter(
             response, transaction.addr, self.network.now, self.layer.config
         )
-        self.answers.update(answer)
+        self.answers.update(answer, answer.next_timer())
         return answer
 
     def acknowledged(self, answer: AnswerRetransmitter) -> None:
         answer.acknowledged()
-        self.answers.update(answer)
+        self.answers.update(answer, answer.next_timer())
 
     def next_timer(self) -> float | None:
         deadlines = [self.layer.next_timer(), self.answers.next_deadline()]
@@ -101,7 +101,7 @@ class Peer:
         self.handle(self.layer.on_timer(now))
         for answer in self.answers.pop_due(now):
             self.handle(answer.on_timer(now))
-            self.answers.update(answer)
+            self.answers.update(answer, answer.next_timer())
 
     def receive(self, data: bytes, src: Address) -> None:
         self.handle(self.layer.receive(parse_message(data), src, self.network.now))

@@ -107,16 +107,16 @@ def test_timer_queue_skips_superseded_deadlines() -> None:
 
     queue: TimerQueue[Item] = TimerQueue()
     early, late = Item(1.0), Item(5.0)
-    queue.update(early)
-    queue.update(late)
+    queue.update(early, early.deadline)
+    queue.update(late, late.deadline)
     early.deadline = 9.0  # moved: its entry at 1.0 is now stale
-    queue.update(early)
+    queue.update(early, early.deadline)
     assert queue.next_deadline() == 5.0
     assert queue.pop_due(4.9) == []
     assert queue.pop_due(9.0) == [late, early]
     assert queue.next_deadline() is None
     late.deadline = None
-    queue.update(late)
+    queue.update(late, late.deadline)
     assert len(queue) == 0
 
 
@@ -133,13 +133,13 @@ def test_timer_queue_lets_go_of_items_whose_deadline_moved_or_went() -> None:
     queue: TimerQueue[Item] = TimerQueue()
     alive = [Item(1.0 + i) for i in range(10)]
     for item in alive:
-        queue.update(item)
+        queue.update(item, item.deadline)
     ended, lingering = [], []
     for i in range(20_000):  # calls answered (deadline hours away), then ended
         item = Item(14_400.0 + i)
-        queue.update(item)
+        queue.update(item, item.deadline)
         item.deadline = 30.0 + i if i % 200 == 0 else None  # a few linger a while
-        queue.update(item)
+        queue.update(item, item.deadline)
         (ended if item.deadline is None else lingering).append(weakref.ref(item))
         del item
     gc.collect()
