@@ -118,7 +118,6 @@ if sorted(COPY_COLUMNS) != sorted(CDR_COLUMNS):
 # COPY's text format: columns split by tabs, rows by newlines, NULL as \N; a backslash, tab,
 # newline or carriage return inside a value is written as its backslash escape.
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
-_COPY_SPECIAL_BUT_TAB = re.compile(r"[\\\n\r]")  # for a joined line, whose tabs are its own
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 # A NULL while a line is assembled: NUL is in no value (a record's text has none, JSON escapes
 # it, PostgreSQL text cannot hold it), so it marks the NULLs in the joined line unambiguously.
@@ -193,12 +192,17 @@ def _copy_line(record: CallDetailRecord, book: RatingBook) -> tuple[str, Charge 
         rating.unrated_reason,
     )
     line = "\t".join(values)
-    if line.count("\t") != _COPY_TABS or _COPY_SPECIAL_BUT_TAB.search(line) is not None:
+    # Three scans for one character each (memchr), not a regex scan of the line: that was
+    # 34,000 of the function's 84,000 instructions (callgrind).
+    if line.count("\t") != _COPY_TABS or "\\" in line or "\n" in line or "\r" in line:
         line = "\t".join([_copy_text(value) for value in values])
-    if line.count(_NULL) != values.count(_NULL):  # validation lets none through: never guess
+    copy_line = line.replace(_NULL, "\\N")
+    # Each NULL grew by one character: as many as there are NULLs, or a value held a NUL
+    # (validation lets none through: never guess). One scan of the line instead of two.
+    if len(copy_line) - len(line) != values.count(_NULL):
         raise ValueError(f"CDR {record.edge}:{record.call_id} has a NUL in a value")
     charge = (customer_id, cost, answer_at) if customer_id is not None and cost else None
-    return line.replace(_NULL, "\\N") + "\n", charge
+    return copy_line + "\n", charge
 
 
 def _copy_into(table: str, lines: Iterable[str]) -> int:

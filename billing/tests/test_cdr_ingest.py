@@ -134,6 +134,15 @@ def test_copy_stores_what_the_columns_say(customer, trunk, path):
     assert stored[records[0].call_id]["cost"] is not None  # rated: the rating columns are there
 
 
+@pytest.mark.parametrize("special", ["\\", "\n", "\r", "\t"])
+def test_one_character_that_copy_must_escape_is_escaped_alone(special):
+    # Each is looked for on its own in the joined COPY line: a line with only one of them must
+    # still go the escaping way, or COPY would read the value wrong (or fail).
+    record = make_cdr(caller_raw=f"41{special}55")
+    assert cdrs_ingest(records=[record]) == 1
+    assert Cdr.objects.get(call_id=record.call_id).caller_raw == f"41{special}55"
+
+
 def test_ingest_is_idempotent_on_edge_and_call_id():
     first = [make_cdr() for _ in range(3)]
     assert cdrs_ingest(records=first) == 3

@@ -320,3 +320,23 @@ def test_a_line_from_before_media_was_recorded_still_reads():
     record = CallDetailRecord.from_json(_line(media=...))
     assert record.media is None
     assert orjson.loads(record.to_json())["media"] is None
+
+
+@pytest.mark.parametrize("status", [200.0, "200", True])
+def test_a_route_seen_valid_does_not_pass_with_another_type(status):
+    # Valid routes are remembered by value; a value equal to a valid one (200.0 == 200) but of
+    # another type must still be refused, however often the valid one was seen first.
+    line = make_cdr().to_json()
+    for _ in range(3):
+        CallDetailRecord.from_json(line)
+    data = orjson.loads(line)
+    data["routes"][1]["status"] = status
+    with pytest.raises(CdrDecodeError, match=r"routes\[1\]\.status"):
+        CallDetailRecord.from_json(orjson.dumps(data))
+
+
+def test_a_route_whose_target_was_cleaned_is_cleaned_every_time():
+    route = {"target": "sip:\x00x", "kind": "gateway", "status": 200, "reason": "answered"}
+    line = _line(routes=[route], answered_by="sip:x")
+    for _ in range(3):
+        assert CallDetailRecord.from_json(line).routes[0]["target"] == "sip:x"

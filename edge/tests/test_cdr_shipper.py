@@ -221,6 +221,24 @@ def test_a_stream_entry_that_is_not_a_batch_is_refused(fields: dict[bytes, bytes
         ShipBatch.from_fields(fields)
 
 
+@pytest.mark.parametrize(
+    "data, torn, expected",
+    [
+        (b"a\nbb\n\nccc\n", False, [(100, b"a\n"), (102, b"bb\n"), (105, b"\n"), (106, b"ccc\n")]),
+        # A stray CR stays inside its line (the journal ends lines with LF alone), as a CRLF does.
+        (b"a\rb\nc\r\n", False, [(100, b"a\rb\n"), (104, b"c\r\n")]),
+        (b"a\nbro", True, [(100, b"a\n"), (102, b"bro")]),  # the torn piece comes last, as is
+    ],
+)
+def test_batch_lines_end_at_newlines_with_their_offsets(
+    data: bytes, torn: bool, expected: list[tuple[int, bytes]]
+) -> None:
+    batch = ShipBatch("e", 1, 100, 100 + len(data), data, torn=torn)
+    assert list(batch.lines()) == expected
+    assert b"".join(line for _, line in batch.lines()) == data
+    assert batch.records == len(expected)
+
+
 def test_a_running_edge_ships_its_cdrs_and_says_so_in_metrics(tmp_path: Path) -> None:
     """The runtime wires the shipper: a refused call's CDR reaches the ingest it was given
     (the embedded default's path) with no command run, and /metrics counts it committed."""
