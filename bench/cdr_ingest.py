@@ -44,9 +44,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.cdr import CallDetailRecord
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -125,22 +128,31 @@ def _empty() -> None:
         cursor.execute("TRUNCATE billing_cdr, billing_cdringestprogress, billing_cdrquarantine")
 
 
-def _write_journal(directory: Path, rows: int) -> None:
+def bench_records(first: int, count: int) -> Iterator[CallDetailRecord]:
+    """The benchmark's records ``first`` to ``first + count - 1``: an answered call each, a
+    millisecond apart, its id from its number. One object, changed and yielded again: use each
+    (journal or encode it) before taking the next."""
     from edge.cdr import iso_utc
-    from edge.runtime.journal import CdrJournal
     from edge.tests.test_cdr import make_cdr
 
-    journal = CdrJournal(directory, node=NODE, batch_size=1000)
     template = make_cdr(edge=NODE, customer_id=None, trunk_id=None)
     base = time.time() - 3600
-    for n in range(rows):
+    for n in range(first, first + count):
         template.call_id = f"{n:032x}"
         setup = base + n * 0.001
         template.setup_at = iso_utc(setup)
         template.ringing_at = iso_utc(setup + 1.5)
         template.answer_at = iso_utc(setup + 4)
         template.end_at = iso_utc(setup + 65.2)
-        journal.append(template, now=0.0)
+        yield template
+
+
+def _write_journal(directory: Path, rows: int) -> None:
+    from edge.runtime.journal import CdrJournal
+
+    journal = CdrJournal(directory, node=NODE, batch_size=1000)
+    for record in bench_records(0, rows):
+        journal.append(record, now=0.0)
         if journal.pending >= 1000:
             journal.flush()
     journal.close()

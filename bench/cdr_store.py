@@ -25,36 +25,25 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-NODE = "bench-edge"
+from cdr_ingest import NODE, bench_records  # noqa: E402  (bench/: the same records)
+
 BATCH_LINES = 250
 TRANSACTION_BATCHES = 10
 
 
 def _batches(first: int, count: int) -> list[object]:
-    from edge.cdr import iso_utc
     from edge.runtime.cdr_shipper import ShipBatch
-    from edge.tests.test_cdr import make_cdr
 
-    template = make_cdr(edge=NODE, customer_id=None, trunk_id=None)
-    base = time.time() - 3600
     batches = []
     offset = 0
     for start in range(first, first + count, BATCH_LINES):
-        lines = []
-        for n in range(start, min(start + BATCH_LINES, first + count)):
-            template.call_id = f"{n:032x}"
-            setup = base + n * 0.001
-            template.setup_at = iso_utc(setup)
-            template.ringing_at = iso_utc(setup + 1.5)
-            template.answer_at = iso_utc(setup + 4)
-            template.end_at = iso_utc(setup + 65.2)
-            lines.append(template.to_json() + b"\n")
+        size = min(BATCH_LINES, first + count - start)
+        lines = [record.to_json() + b"\n" for record in bench_records(start, size)]
         data = b"".join(lines)
         batches.append(ShipBatch(NODE, 1, offset, offset + len(data), data))
         offset += len(data)
