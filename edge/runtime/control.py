@@ -348,23 +348,28 @@ class EdgeCollector:
         # Every configured trunk has a series, so an idle trunk reads 0 rather than a gap.
         for trunk_id in config.trunks:
             counts.setdefault(trunk_id, 0)
-        active = GaugeMetricFamily(
-            "trunkline_edge_active_calls",
-            "Calls in progress on this edge, by trunk",
-            labels=["trunk"],
+        active = _by_label(
+            GaugeMetricFamily(
+                "trunkline_edge_active_calls",
+                "Calls in progress on this edge, by trunk",
+                labels=["trunk"],
+            ),
+            counts,
         )
-        for trunk_id, count in sorted(counts.items()):
-            active.add_metric([str(trunk_id)], count)
-        responses = CounterMetricFamily(
-            "trunkline_edge_responses", "Final responses to call attempts, by code", labels=["code"]
+        responses = _by_label(
+            CounterMetricFamily(
+                "trunkline_edge_responses",
+                "Final responses to call attempts, by code",
+                labels=["code"],
+            ),
+            reading["responses"],
         )
-        for code, count in sorted(reading["responses"].items()):
-            responses.add_metric([str(code)], count)
-        refusals = CounterMetricFamily(
-            "trunkline_edge_refusals", "Refused call attempts, by reason", labels=["reason"]
+        refusals = _by_label(
+            CounterMetricFamily(
+                "trunkline_edge_refusals", "Refused call attempts, by reason", labels=["reason"]
+            ),
+            reading["refusals"],
         )
-        for reason, count in sorted(reading["refusals"].items()):
-            refusals.add_metric([reason], count)
         families: list[Metric] = [
             active,
             CounterMetricFamily(
@@ -384,14 +389,16 @@ class EdgeCollector:
             ),
         ]
         if reading["ends"] is not None:
-            ends = CounterMetricFamily(
-                "trunkline_edge_call_ends",
-                "Admitted calls ended, by reason (edge.calls.ENDINGS)",
-                labels=["reason"],
+            families.append(
+                _by_label(
+                    CounterMetricFamily(
+                        "trunkline_edge_call_ends",
+                        "Admitted calls ended, by reason (edge.calls.ENDINGS)",
+                        labels=["reason"],
+                    ),
+                    reading["ends"],
+                )
             )
-            for reason, count in sorted(reading["ends"].items()):
-                ends.add_metric([reason], count)
-            families.append(ends)
         if reading["malformed"] is not None:
             families.append(
                 CounterMetricFamily(
@@ -424,6 +431,15 @@ class EdgeCollector:
         )
         families.extend(reading["runtime"])
         return families
+
+
+def _by_label(
+    family: GaugeMetricFamily | CounterMetricFamily, counts: dict[Any, int]
+) -> GaugeMetricFamily | CounterMetricFamily:
+    """`family` with a sample per key of `counts` (its one label), in key order."""
+    for key, count in sorted(counts.items()):
+        family.add_metric([str(key)], count)
+    return family
 
 
 class _Families(Collector):
