@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, overload
 
 import orjson
 
+from edge.sip.grammar import remember
 from edge.sip.message import random_hex
 
 if TYPE_CHECKING:
@@ -495,13 +496,10 @@ def _check_ip(name: str, value: Any) -> None:
         ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{name}: must be an IPv4 or IPv6 address, not {value!r}") from None
-    if len(_VALID_IPS) >= _VALID_IPS_LIMIT:
-        _VALID_IPS.clear()
-    _VALID_IPS.add(value)
+    remember(_VALID_IPS, value)
 
 
 _VALID_IPS: set[str] = set()
-_VALID_IPS_LIMIT = 4096
 
 
 def _check_time(name: str, value: Any) -> None:
@@ -547,12 +545,9 @@ def _clean_routes(routes: Any) -> list[RouteAttempt]:
             # The route's name is made only when something is wrong (records have a few each).
             raise ValueError(f"routes[{len(cleaned)}].{error}") from None
         if clean_target == target:
-            if len(_VALID_ROUTES) >= _VALID_ROUTES_LIMIT:
-                _VALID_ROUTES.clear()
-            _VALID_ROUTES.add(seen)
+            remember(_VALID_ROUTES, seen)
         cleaned.append({"target": clean_target, "kind": kind, "status": status, "reason": reason})
     return cleaned
 
 
 _VALID_ROUTES: set[tuple[Any, ...]] = set()
-_VALID_ROUTES_LIMIT = 4096

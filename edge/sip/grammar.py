@@ -7,6 +7,8 @@ quoted string and a comma-separated list are. Pure string functions: no I/O, no 
 from __future__ import annotations
 
 import string
+from collections.abc import Hashable
+from typing import TypeVar
 
 from edge.sip.errors import RemoteProtocolError
 
@@ -33,14 +35,16 @@ UNRESERVED = ALPHANUMERIC | frozenset("-_.!~*'()")
 _UNESCAPABLE = frozenset("\r\n")
 
 
+K = TypeVar("K", bound=Hashable)
 # How many texts a cache of `remember` holds before it starts again.
 KNOWN_TEXTS_LIMIT = 4096
 
 
-def remember(known: set[str], text: str) -> None:
-    """Note `text` in `known`, a set of texts already found well-formed (URIs, hosts): checking
-    is a pure function of the text and peers repeat the same few, so a text in the set is not
-    checked again. Bounded: emptied when full."""
+def remember(known: set[K], text: K) -> None:
+    """Note `text` in `known`, a set of texts (or tuples of values) already found well-formed
+    (URIs, hosts, a CDR's addresses and routes): checking is a pure function of the value and
+    peers repeat the same few, so a value in the set is not checked again. Bounded: emptied
+    when full."""
     if len(known) >= KNOWN_TEXTS_LIMIT:
         known.clear()
     known.add(text)
