@@ -97,16 +97,16 @@ def test_timer_durations_follow_rfc3261_table_4() -> None:
         TimerConfig(t1=5.0, t2=4.0)
 
 
+class _Item:
+    """A timer queue's item: its deadline, as a call or transaction would report it."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+
 def test_timer_queue_skips_superseded_deadlines() -> None:
-    class Item:
-        def __init__(self, deadline: float | None) -> None:
-            self.deadline = deadline
-
-        def next_timer(self) -> float | None:
-            return self.deadline
-
-    queue: TimerQueue[Item] = TimerQueue()
-    early, late = Item(1.0), Item(5.0)
+    queue: TimerQueue[_Item] = TimerQueue()
+    early, late = _Item(1.0), _Item(5.0)
     queue.update(early, early.deadline)
     queue.update(late, late.deadline)
     early.deadline = 9.0  # moved: its entry at 1.0 is now stale
@@ -123,20 +123,13 @@ def test_timer_queue_skips_superseded_deadlines() -> None:
 def test_timer_queue_lets_go_of_items_whose_deadline_moved_or_went() -> None:
     """An ended call's entry at its maximum duration (hours away) must not keep it alive."""
 
-    class Item:
-        def __init__(self, deadline: float | None) -> None:
-            self.deadline = deadline
-
-        def next_timer(self) -> float | None:
-            return self.deadline
-
-    queue: TimerQueue[Item] = TimerQueue()
-    alive = [Item(1.0 + i) for i in range(10)]
+    queue: TimerQueue[_Item] = TimerQueue()
+    alive = [_Item(1.0 + i) for i in range(10)]
     for item in alive:
         queue.update(item, item.deadline)
     ended, lingering = [], []
     for i in range(20_000):  # calls answered (deadline hours away), then ended
-        item = Item(14_400.0 + i)
+        item = _Item(14_400.0 + i)
         queue.update(item, item.deadline)
         item.deadline = 30.0 + i if i % 200 == 0 else None  # a few linger a while
         queue.update(item, item.deadline)
