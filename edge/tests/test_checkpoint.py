@@ -140,7 +140,7 @@ def _read(path: Path) -> bytes:
 
 def test_a_call_that_ends_before_the_appends_are_flushed_costs_no_line(tmp_path):
     """The line is built at the flush, for the calls still up then: a short call (most of a
-    busy edge's) is never asked for its record, and a long one is written once."""
+    busy edge's) costs a lookup that finds nothing and no line; a long one is written once."""
 
     class CountingCore(Core):
         def __init__(self) -> None:
