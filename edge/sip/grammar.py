@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Hashable
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from edge.sip.errors import RemoteProtocolError
 
@@ -25,19 +25,19 @@ __all__ = [
     "split_unquoted",
 ]
 
-ALPHANUMERIC = frozenset(string.ascii_letters + string.digits)
-HEX_DIGITS = frozenset(string.hexdigits)
-TOKEN_CHARS = ALPHANUMERIC | frozenset("-.!%*_+`'~")
-UNRESERVED = ALPHANUMERIC | frozenset("-_.!~*'()")
+ALPHANUMERIC: Final = frozenset(string.ascii_letters + string.digits)
+HEX_DIGITS: Final = frozenset(string.hexdigits)
+TOKEN_CHARS: Final = ALPHANUMERIC | frozenset("-.!%*_+`'~")
+UNRESERVED: Final = ALPHANUMERIC | frozenset("-_.!~*'()")
 
 # Backslash, double quote and line ends are the only characters a quoted string must escape;
 # CR and LF cannot be escaped at all (quoted-pair excludes them).
-_UNESCAPABLE = frozenset("\r\n")
+_UNESCAPABLE: Final = frozenset("\r\n")
 
 
 K = TypeVar("K", bound=Hashable)
 # How many texts a cache of `remember` holds before it starts again.
-KNOWN_TEXTS_LIMIT = 4096
+KNOWN_TEXTS_LIMIT: Final = 4096
 
 
 def remember(known: set[K], text: K) -> None:

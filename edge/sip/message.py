@@ -14,7 +14,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError
 from edge.sip.grammar import TOKEN_CHARS, is_token, read_quoted_string, remember, split_unquoted
@@ -50,10 +50,10 @@ __all__ = [
     "validate_for_proxy",
 ]
 
-SIP_VERSION = "SIP/2.0"
-BRANCH_MAGIC_COOKIE = "z9hG4bK"
+SIP_VERSION: Final = "SIP/2.0"
+BRANCH_MAGIC_COOKIE: Final = "z9hG4bK"
 
-REASON_PHRASES: dict[int, str] = {
+REASON_PHRASES: Final[dict[int, str]] = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -128,7 +128,7 @@ REASON_PHRASES: dict[int, str] = {
     608: "Rejected",
 }
 
-_COMPACT_FORMS = {
+_COMPACT_FORMS: Final = {
     "b": "referred-by",
     "c": "content-type",
     "e": "content-encoding",
@@ -147,7 +147,7 @@ _COMPACT_FORMS = {
 }
 
 # RFC 3261 21: what a response of an unknown code means is its class.
-_CLASS_REASON_PHRASES = {
+_CLASS_REASON_PHRASES: Final = {
     1: "Provisional",
     2: "Successful",
     3: "Redirection",
@@ -157,7 +157,7 @@ _CLASS_REASON_PHRASES = {
 }
 
 # Headers whose grammar is a comma-separated list, so several values may share one line.
-_LIST_HEADERS = frozenset(
+_LIST_HEADERS: Final = frozenset(
     {
         "accept",
         "accept-encoding",
@@ -179,8 +179,8 @@ _LIST_HEADERS = frozenset(
 )
 
 # RFC 3261 8.1.1: a request without these cannot be answered or routed.
-_MANDATORY_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
-_SINGLE_VALUED_HEADERS = (
+_MANDATORY_HEADERS: Final = ("Via", "From", "To", "Call-ID", "CSeq")
+_SINGLE_VALUED_HEADERS: Final = (
     "From",
     "To",
     "Call-ID",
@@ -189,16 +189,16 @@ _SINGLE_VALUED_HEADERS = (
     "Content-Type",
 )
 # The same with their lookup keys, as validate_for_proxy reads them from the index.
-_MANDATORY_KEYS = tuple((name, name.lower()) for name in _MANDATORY_HEADERS)
-_SINGLE_VALUED_KEYS = tuple((name, name.lower()) for name in _SINGLE_VALUED_HEADERS)
+_MANDATORY_KEYS: Final = tuple((name, name.lower()) for name in _MANDATORY_HEADERS)
+_SINGLE_VALUED_KEYS: Final = tuple((name, name.lower()) for name in _SINGLE_VALUED_HEADERS)
 # Request-URI texts known to parse without URI headers (_check_request_uri); emptied when full.
-_VALID_REQUEST_URI_TEXTS: set[str] = set()
+_VALID_REQUEST_URI_TEXTS: Final[set[str]] = set()
 # RFC 3261 8.2.6.2: what a response copies from its request; 100 Trying also echoes Timestamp.
-_RESPONSE_COPIED_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
-_TRYING_COPIED_HEADERS = _RESPONSE_COPIED_HEADERS | {"timestamp"}
+_RESPONSE_COPIED_HEADERS: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
+_TRYING_COPIED_HEADERS: Final = _RESPONSE_COPIED_HEADERS | {"timestamp"}
 
 # Spelling of the headers behind Message accessors, for error reasons.
-_ACCESSOR_HEADER_NAMES = {
+_ACCESSOR_HEADER_NAMES: Final = {
     "call-id": "Call-ID",
     "contact": "Contact",
     "content-type": "Content-Type",
@@ -213,20 +213,20 @@ _ACCESSOR_HEADER_NAMES = {
 
 # Limits on what a message may carry and what crosses from one leg to the other (the wire
 # conformance notes in edge/sip/README.md say why these values).
-MAX_HEADER_LINE_LENGTH = 8192
-MAX_CONTENT_TYPE_LENGTH = 256
-MAX_CROSSING_VALUE_LENGTH = 1024
-MAX_CROSSING_VALUES = 32
+MAX_HEADER_LINE_LENGTH: Final = 8192
+MAX_CONTENT_TYPE_LENGTH: Final = 256
+MAX_CROSSING_VALUE_LENGTH: Final = 1024
+MAX_CROSSING_VALUES: Final = 32
 # Parameter values: token, host (IPv6 references too) or quoted-string (RFC 3261 gen-value).
-_PARAM_VALUE_CHARS = TOKEN_CHARS | frozenset(":[]")
+_PARAM_VALUE_CHARS: Final = TOKEN_CHARS | frozenset(":[]")
 
-_MAX_CSEQ = 2**32 - 1
-_MAX_FORWARDS_LIMIT = 255
+_MAX_CSEQ: Final = 2**32 - 1
+_MAX_FORWARDS_LIMIT: Final = 255
 
 T = TypeVar("T")
 # One header line: (lookup key, name as written, unfolded value, line as received or None).
 _Field = tuple[str, str, str, str | None]
-_UNPARSED = object()
+_UNPARSED: Final = object()
 
 
 def _fold_header_name(name: str) -> str:
@@ -243,7 +243,7 @@ def _header_key(name: str) -> str:
 
 # Headers seen in most messages. Their usual spellings map straight to a lookup key, which
 # spares the parser the name check and case folding on almost every line.
-_COMMON_HEADERS = (
+_COMMON_HEADERS: Final = (
     "Accept",
     "Allow",
     "Allow-Events",
@@ -280,7 +280,7 @@ _COMMON_HEADERS = (
     "Via",
     "WWW-Authenticate",
 )
-_KEY_BY_SPELLING = {
+_KEY_BY_SPELLING: Final = {
     spelling: _fold_header_name(spelling)
     for name in (*_COMMON_HEADERS, *_COMPACT_FORMS)
     for spelling in (name, name.lower(), name.upper())
@@ -320,12 +320,12 @@ class Headers:
     @classmethod
     def from_lines(cls, lines: Iterable[str]) -> Headers:
         """Read header lines as received (no CRLF), unfolding continuation lines."""
+        # The dict and the list are used directly, not through bound methods kept in locals:
+        # compiled, `d.get` and `l.append` are C calls, a bound method a Python-level call.
         fields: list[_Field] = []
-        append = fields.append
-        common_key = _KEY_BY_SPELLING.get
         for line in lines:
             name, colon, value = line.partition(":")
-            key = common_key(name)
+            key = _KEY_BY_SPELLING.get(name)
             if key is None or not colon:
                 # Not a usual spelling of a common header: a folded line, space before the
                 # colon, an extension header or garbage.
@@ -340,7 +340,7 @@ class Headers:
                 if not colon or not is_token(name):
                     raise RemoteProtocolError("Malformed header line")
                 key = _header_key(name)
-            append((key, name, value.strip(), line))
+            fields.append((key, name, value.strip(), line))
         headers = cls()
         headers._fields = fields
         return headers
@@ -469,14 +469,13 @@ class Headers:
     def _wire_lines(self, content_length: int) -> list[str]:
         """Header lines to send, ending with a Content-Length that matches the body."""
         lines: list[str] = []
-        append = lines.append
         length_name = "Content-Length"
         for key, name, value, raw in self._fields:
             if key == "content-length":
                 length_name = name  # keep the peer's spelling ("l", "content-length")
             else:
-                append(f"{name}: {value}" if raw is None else raw)
-        append(f"{length_name}: {content_length}")
+                lines.append(f"{name}: {value}" if raw is None else raw)
+        lines.append(f"{length_name}: {content_length}")
         return lines
 
 
@@ -1121,7 +1120,7 @@ def make_request(
     return Request(method, str(uri), Headers(fields), body)
 
 
-_POOL_SIZE = 4096
+_POOL_SIZE: Final = 4096
 _pool = b""
 _pool_at = 0
 

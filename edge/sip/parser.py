@@ -9,6 +9,7 @@ leaves this module on any input is `RemoteProtocolError`.
 from __future__ import annotations
 
 from functools import partial
+from typing import Final
 
 from edge.sip.errors import RemoteProtocolError
 from edge.sip.grammar import is_token
@@ -16,8 +17,8 @@ from edge.sip.message import MAX_HEADER_LINE_LENGTH, SIP_VERSION, Headers, Reque
 
 __all__ = ["DEFAULT_MAX_SIZE", "FramingError", "StreamItem", "StreamParser", "parse_message"]
 
-DEFAULT_MAX_SIZE = 65535
-_COMMON_METHODS = frozenset(
+DEFAULT_MAX_SIZE: Final = 65535
+_COMMON_METHODS: Final = frozenset(
     {
         "ACK",
         "BYE",
@@ -35,7 +36,7 @@ _COMMON_METHODS = frozenset(
         "UPDATE",
     }
 )
-_LINE_END_BYTES = b"\r\n"
+_LINE_END_BYTES: Final = b"\r\n"
 
 _MessageFactory = partial[Request] | partial[Response]
 

@@ -11,6 +11,7 @@ import ipaddress
 import string
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import unquote
 
 from edge.sip.errors import RemoteProtocolError
@@ -38,20 +39,20 @@ __all__ = [
     "parse_uri",
 ]
 
-_USER_CHARS = UNRESERVED | frozenset("%&=+$,;?/")
-_PASSWORD_CHARS = UNRESERVED | frozenset("%&=+$,")
-_URI_PARAM_CHARS = UNRESERVED | frozenset("%[]/:&+$")
-_URI_HEADER_CHARS = UNRESERVED | frozenset("%[]/?:+$")
-_HOSTNAME_CHARS = ALPHANUMERIC | frozenset("-.")
-_TEL_NUMBER_CHARS = frozenset(string.hexdigits + "*#+-.()")
-_SCHEME_CHARS = ALPHANUMERIC | frozenset("+-.")
+_USER_CHARS: Final = UNRESERVED | frozenset("%&=+$,;?/")
+_PASSWORD_CHARS: Final = UNRESERVED | frozenset("%&=+$,")
+_URI_PARAM_CHARS: Final = UNRESERVED | frozenset("%[]/:&+$")
+_URI_HEADER_CHARS: Final = UNRESERVED | frozenset("%[]/?:+$")
+_HOSTNAME_CHARS: Final = ALPHANUMERIC | frozenset("-.")
+_TEL_NUMBER_CHARS: Final = frozenset(string.hexdigits + "*#+-.()")
+_SCHEME_CHARS: Final = ALPHANUMERIC | frozenset("+-.")
 # A header parameter value is a token, a host (IPv6 references bring ':' and brackets) or a
 # quoted string, which is checked separately.
-_GENERIC_VALUE_CHARS = TOKEN_CHARS | frozenset(":[]")
-_OPAQUE_URI_FORBIDDEN = frozenset(' \t"<>')
-_MAX_PORT = 65535
+_GENERIC_VALUE_CHARS: Final = TOKEN_CHARS | frozenset(":[]")
+_OPAQUE_URI_FORBIDDEN: Final = frozenset(' \t"<>')
+_MAX_PORT: Final = 65535
 # URI texts of name-addr values known to parse (NameAddr.check_uri); emptied when full.
-_VALID_URI_TEXTS: set[str] = set()
+_VALID_URI_TEXTS: Final[set[str]] = set()
 
 
 class Parameters(MutableMapping[str, str | None]):
@@ -167,7 +168,7 @@ class AbsoluteUri:
 
 
 # What a NameAddr holds until its URI text is parsed (mypyc-compiled classes have no __new__).
-_UNPARSED = AbsoluteUri("unparsed", "")
+_UNPARSED: Final = AbsoluteUri("unparsed", "")
 
 
 class NameAddr:
@@ -272,7 +273,7 @@ def bracket_host(host: str) -> str:
 
 # Hosts already found well-formed (`remember`): a busy edge reads the same few peers' addresses
 # in every message.
-_HOSTS_SEEN: set[str] = set()
+_HOSTS_SEEN: Final[set[str]] = set()
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:
@@ -306,7 +307,7 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
 
 # Parameter names seen in almost every message, as usually spelled -> lookup key: valid tokens
 # (and URI parameter names) by construction, so they skip the character checks.
-_USUAL_PARAM_KEYS: dict[str, str] = {
+_USUAL_PARAM_KEYS: Final[dict[str, str]] = {
     spelling: name
     for name in (
         "branch", "tag", "received", "rport", "transport", "lr", "user", "maddr", "ttl",
