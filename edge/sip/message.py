@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError
-from edge.sip.grammar import TOKEN_CHARS, is_token, read_quoted_string, remember, split_unquoted
+from edge.sip.grammar import (
+    TOKEN_CHARS,
+    is_ascii_alnum,
+    is_token,
+    read_quoted_string,
+    remember,
+    split_unquoted,
+)
 from edge.sip.uri import (
     NameAddr,
     Parameters,
@@ -599,6 +606,8 @@ def _parse_content_type(values: list[str]) -> str | None:
 def _well_formed_param(param: str, *, valued: bool) -> bool:
     name, equals, value = param.partition("=")
     name, value = name.strip(), value.strip()
+    if is_ascii_alnum(name) and is_ascii_alnum(value):
+        return True
     if not is_token(name) or (equals and not value) or (valued and not equals):
         return False
     if value[:1] == '"':
@@ -614,10 +623,11 @@ def _well_formed_element(value: str, *, media: bool = False) -> bool:
     """`token *(;param)`, or `type/subtype *(;param)` for a media type (RFC 3261 25.1): the
     shape of every header value that crosses between legs."""
     try:
-        head, *params = split_unquoted(value, ";")
+        pieces = split_unquoted(value, ";")
     except RemoteProtocolError:
         return False
-    head = head.strip()
+    head = pieces[0].strip()
+    params = pieces[1:]
     if media:
         kind, slash, subtype = head.partition("/")
         ok = bool(slash) and _media_part(kind.strip()) and _media_part(subtype.strip())

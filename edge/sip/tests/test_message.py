@@ -165,6 +165,9 @@ def test_contact_wildcard() -> None:
         ("Via", "SIP/3.0/UDP host", "vias"),
         ("Via", "SIP/2.0/UDP host:99999", "vias"),
         ("Via", "SIP/2.0/UDP host;branch=", "vias"),
+        ("Via", "SIP/2.0/UD\u00de host;branch=z9hG4bK1", "vias"),
+        ("Via", "SIP/2.0/UDP host;branch=z9hG4bK\u00e91", "vias"),
+        ("CSeq", "1 OPTION\u00d0", "cseq"),
         ("Route", "<sip:unterminated", "routes"),
     ],
 )

@@ -92,6 +92,8 @@ def test_bare_lf_line_ends_are_accepted_and_rewritten_as_crlf() -> None:
         (OPTIONS.replace(b"SIP/2.0\r\n", b"HTTP/1.1\r\n", 1), 400, "version"),
         (OPTIONS.replace(b"OPTIONS sip:", b"OPT(IONS sip:", 1), 400, "method"),
         (OPTIONS.replace(b"OPTIONS sip:", b"OPTIONS\tsip:", 1), 400, "request line"),
+        # alphanumeric but not ASCII: not a token (the ASCII-alphanumeric fast path)
+        (OPTIONS.replace(b"OPTIONS sip:", "OPTIONS\u00b2 sip:".encode(), 1), 400, "method"),
         (OPTIONS.replace(b"Max-Forwards: 70", b"Max-Forwards 70"), 400, "header line"),
         (OPTIONS.replace(b"Max-Forwards: 70", b": 70"), 400, "header line"),
         (OPTIONS.replace(b"\r\nVia:", b"\r\n Via:", 1), 400, "Continuation"),

@@ -91,6 +91,11 @@ INVALID_URIS = [
     ("sip:alice@example.com;lr=", 400),
     ("sip:alice@example.com?", 400),
     ("sip:alice@example.com?novalue", 400),
+    # Letters and digits outside ASCII are not unreserved (the ASCII-alphanumeric fast path)
+    ("sip:\u00e9ve@example.com", 400),
+    ("sip:alice@example.com;transport=ud\u00f0", 400),
+    ("sip:alice@example.com;\u00b2=1", 400),
+    ("tel:+1555;phone-context=\u0661\u0662", 400),
     ("sip:2001:db8::10", 400),  # RFC 5118 4.2: IPv6 without brackets
     ("sip:[2001:db8::10", 400),
     ("sip:[2001:db8::zz]", 400),
@@ -172,6 +177,8 @@ INVALID_NAME_ADDRS = [
     "<sip:a@b>;;",
     "<sip:a@b>;tag=",
     "<sip:a@b>;tag=a b",
+    "<sip:a@b>;tag=caf\u00e9",  # alphanumeric, but not ASCII: not a token
+    "<sip:a@b>;t\u00e4g=1",
     "sip:a@b?Route=x",
     "sip:a@b, sip:c@d",
 ]
