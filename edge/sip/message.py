@@ -6,6 +6,13 @@ serialises back byte for byte, and a modified one reuses the raw text of every h
 not change. Typed accessors (`call_id`, `cseq`, `vias`...) parse on first use and are cached
 until the headers change. Malformed peer input raises `RemoteProtocolError`; this module does
 no I/O and reads no clock.
+
+The head is read once: one pass over its lines finds each line's lookup key (the usual
+spellings from a table, without case folding), its unfolded value and the lookup index that
+every message needs at once for its Content-Length; what a value means is parsed only by the
+accessor that reads it. Character-class checks (tokens, tags, branches, URI parts) try
+`is_ascii_alnum` first: compiled, a set test hashes every character of a branch, the fast
+path is a C loop and a flag.
 """
 
 from __future__ import annotations
@@ -326,10 +333,16 @@ class Headers:
 
     @classmethod
     def from_lines(cls, lines: Iterable[str]) -> Headers:
-        """Read header lines as received (no CRLF), unfolding continuation lines."""
+        """Read header lines as received (no CRLF), unfolding continuation lines.
+
+        The lookup index is built in the same pass (every message is looked up at once, for
+        its Content-Length), unless a line was folded: then on first use, from the unfolded
+        values.
+        """
         # The dict and the list are used directly, not through bound methods kept in locals:
         # compiled, `d.get` and `l.append` are C calls, a bound method a Python-level call.
         fields: list[_Field] = []
+        index: dict[str, list[str]] | None = {}
         for line in lines:
             name, colon, value = line.partition(":")
             key = _KEY_BY_SPELLING.get(name)
@@ -342,14 +355,23 @@ class Headers:
                     key, name, value, raw = fields[-1]
                     value = f"{value} {line.strip()}".lstrip()
                     fields[-1] = (key, name, value, f"{raw}\r\n{line}")
+                    index = None
                     continue
                 name = name.rstrip()
                 if not colon or not is_token(name):
                     raise RemoteProtocolError("Malformed header line")
                 key = _header_key(name)
-            fields.append((key, name, value.strip(), line))
+            value = value.strip()
+            fields.append((key, name, value, line))
+            if index is not None:
+                values = index.get(key)
+                if values is None:
+                    index[key] = [value]
+                else:
+                    values.append(value)
         headers = cls()
         headers._fields = fields
+        headers._index = index
         return headers
 
     def _changed(self) -> None:

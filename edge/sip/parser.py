@@ -8,7 +8,6 @@ leaves this module on any input is `RemoteProtocolError`.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Final
 
 from edge.sip.errors import RemoteProtocolError
@@ -38,7 +37,8 @@ _COMMON_METHODS: Final = frozenset(
 )
 _LINE_END_BYTES: Final = b"\r\n"
 
-_MessageFactory = partial[Request] | partial[Response]
+# A start line read: (status code or 0 for a request, method or reason, Request-URI, version).
+_StartLine = tuple[int, str, str, str]
 
 
 class FramingError(RemoteProtocolError):
@@ -86,15 +86,17 @@ def _check_version(version: str) -> None:
     raise RemoteProtocolError("Malformed SIP version")
 
 
-def _parse_start_line(line: str) -> _MessageFactory:
-    """Check the request or status line; return what builds the message once it is whole."""
+def _parse_start_line(line: str) -> _StartLine:
+    """Check the request or status line; return its parts for `_build` (a tuple, not a
+    `functools.partial`: compiled, calling a partial went through the interpreter's call
+    machinery to the class, about 2,400 instructions a message)."""
     if line[:4].upper() == "SIP/":
         version, _, rest = line.partition(" ")
         _check_version(version)
         code, _, reason = rest.partition(" ")
         if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] not in "123456":
             raise RemoteProtocolError("Malformed status code")
-        return partial(Response, int(code), reason, version=version)
+        return (int(code), reason, "", version)
     # Exactly one SP between the three parts (RFC 4475 lwsruri, lwsstart, trws).
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
@@ -103,10 +105,17 @@ def _parse_start_line(line: str) -> _MessageFactory:
     if method not in _COMMON_METHODS and not is_token(method):
         raise RemoteProtocolError("Malformed method")
     _check_version(version)
-    return partial(Request, method, uri, version=version)
+    return (0, method, uri, version)
 
 
-def _parse_head(data: bytes | bytearray, start: int, end: int) -> tuple[_MessageFactory, Headers]:
+def _build(start_line: _StartLine, headers: Headers, body: bytes, raw: bytes) -> Request | Response:
+    status, method_or_reason, uri, version = start_line
+    if status:
+        return Response(status, method_or_reason, headers, body, version=version, raw=raw)
+    return Request(method_or_reason, uri, headers, body, version=version, raw=raw)
+
+
+def _parse_head(data: bytes | bytearray, start: int, end: int) -> tuple[_StartLine, Headers]:
     # surrogateescape keeps bytes that are not UTF-8, so untouched lines go back out unchanged.
     head = data[start:end].decode("utf-8", "surrogateescape")
     lines = head.split("\r\n")
@@ -118,7 +127,7 @@ def _parse_head(data: bytes | bytearray, start: int, end: int) -> tuple[_Message
 
 
 def _content_length(headers: Headers) -> int | None:
-    values = headers.get_all("Content-Length")
+    values = headers._values("content-length")  # not a list header: get_all's copy, unsplit
     if not values:
         return None
     if len(values) > 1:
@@ -162,13 +171,13 @@ def parse_message(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Request |
     if head_bounds is None:
         raise RemoteProtocolError("Missing blank line after the headers")
     head_end, body_start = head_bounds
-    factory, headers = _parse_head(data, start, head_end)
+    start_line, headers = _parse_head(data, start, head_end)
     content_length = _content_length(headers)
     end = len(data) if content_length is None else body_start + content_length
     if end > len(data):
         raise RemoteProtocolError("Content-Length mismatch")
     raw = data if start == 0 and end == len(data) else data[start:end]
-    return factory(headers, data[body_start:end], raw=raw)
+    return _build(start_line, headers, data[body_start:end], raw)
 
 
 class StreamParser:
@@ -189,9 +198,9 @@ class StreamParser:
         # How much of the buffer was searched for the blank line, so a slow sender costs
         # linear rather than quadratic time.
         self._searched = 0
-        # A message whose head is parsed and whose body is still arriving: how to build it,
+        # A message whose head is parsed and whose body is still arriving: its start line,
         # its headers, where its body starts and where it ends in the buffer.
-        self._pending: tuple[_MessageFactory, Headers, int, int] | None = None
+        self._pending: tuple[_StartLine, Headers, int, int] | None = None
         # Bytes of a refused message still to be discarded as they arrive.
         self._skip = 0
         self._failed = False
@@ -247,7 +256,7 @@ class StreamParser:
             if head_end > self._max_size:
                 raise self._fatal("Message Too Large", 513, head_end)
             try:
-                factory, headers = _parse_head(buffer, 0, head_end)
+                start_line, headers = _parse_head(buffer, 0, head_end)
             except RemoteProtocolError as error:
                 length = _raw_content_length(buffer[:head_end])
                 if length is None or body_start + length > self._max_size:
@@ -267,12 +276,12 @@ class StreamParser:
                 raise self._fatal("Missing Content-Length on a stream transport", 400, head_end)
             if body_start + content_length > self._max_size:
                 raise self._fatal("Request Entity Too Large", 413, head_end)
-            self._pending = (factory, headers, body_start, body_start + content_length)
-        factory, headers, body_start, end = self._pending
+            self._pending = (start_line, headers, body_start, body_start + content_length)
+        start_line, headers, body_start, end = self._pending
         if len(buffer) < end:
             return None
         raw = bytes(buffer[:end])
         del buffer[:end]
         self._pending = None
         self._searched = 0
-        return factory(headers, raw[body_start:], raw=raw)
+        return _build(start_line, headers, raw[body_start:], raw)
