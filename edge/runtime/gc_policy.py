@@ -88,6 +88,8 @@ __all__ = [
     "YOUNG_INTERVAL",
     "YOUNG_THRESHOLD",
     "GcPolicy",
+    "forget_known_values",
+    "prepare_regions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,49 @@ QUIET_HELD = 64
 QUIET_CHECK_INTERVAL = 2.0
 # How busy the edge must have been since the last release for another to be worth it.
 RELEASE_AFTER = 1000
+
+
+def forget_known_values() -> None:
+    """Empty the caches of values already found well-formed or already converted (URIs, hosts,
+    a CDR's addresses and routes, E.164 forms and regions, ACL keys of source addresses).
+
+    They are caches: a value not in them is checked again, at the cost of the first call that
+    brings it. What a busy spell put in them was allocated among its calls' objects, and each
+    survivor pins its pymalloc pool and 1 MiB arena when the calls are gone (the module's
+    docstring); emptied at the quiet release, they fill again from what comes next."""
+    from edge import cdr, numbering, validators
+    from edge.sip import message, uri
+
+    for known in (
+        uri._VALID_URI_TEXTS,
+        uri._HOSTS_SEEN,
+        message._VALID_REQUEST_URI_TEXTS,
+        cdr._VALID_IPS,
+        cdr._VALID_ROUTES,
+    ):
+        known.clear()
+    numbering._parse.cache_clear()
+    numbering.region_of.cache_clear()
+    validators.address_key.cache_clear()
+
+
+def prepare_regions(regions: Iterable[str]) -> None:
+    """Load phonenumbers' metadata of `regions` and compile its patterns for them, before any
+    call needs them: phonenumbers loads a region's metadata (a module, hundreds of objects, a
+    few regular expressions) at the first number dialled there, which otherwise lands among
+    the objects of the first busy spell and outlives it (the module's docstring). Unknown
+    regions are left to the first call, as before."""
+    import phonenumbers
+
+    for region in regions:
+        example = phonenumbers.example_number(region)
+        if example is None:
+            continue
+        national = phonenumbers.national_significant_number(example)
+        parsed = phonenumbers.parse(national, region)
+        if phonenumbers.is_valid_number(parsed):
+            phonenumbers.region_code_for_number(parsed)
+            phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _malloc_trim() -> Callable[[int], object] | None:
@@ -208,6 +253,7 @@ class GcPolicy:
         started = time.perf_counter()
         if self._release is not None:
             self._release()
+        forget_known_values()
         gc.collect()  # a full collection also empties CPython's free lists
         if self._trim is not None:
             self._trim(0)
