@@ -64,6 +64,38 @@ text, an h11 date header, a timer handle...) end up scattered over dozens of the
 1.06x idle, but it held 10.4 KiB per call instead of 9.8 and its core ran 12 % more
 instructions per call (bench/edge_core.py: 1.88 M against 1.68 M), so it stays an operator's
 choice (README, "Edges per core").
+
+What pins those arenas, measured 2026-12-05 (compiled core; a machine at load 9-10, where SIPp
+loses a few calls that then stay up): ``EDGE_CPS_MEMTRACE=DIR bench/edge_cps.py --only edge
+--rss-only`` writes pymalloc's statistics at idle and after the release. After 5,000 calls:
+93 arenas against 20 at idle, 4,402 of their pools free (72 MiB, still resident: pymalloc
+never gives back part of an arena), kept by about 320 pools in use holding 84 KB more than at
+idle. Three kinds of survivor:
+
+- calls still up at the release (``QUIET_HELD`` allows 64): a call's hundred-odd objects were
+  allocated wherever pymalloc had room when it started, so each pins 3-4 arenas. In-process
+  (the core alone, fake network): 5,000 calls all ended leave 17 arenas against 14; 5 of them
+  left up, spread over the spell, 31;
+- what the first calls made once for the process: phonenumbers' metadata of the dialled region
+  (a module import, its regular expressions, ~100 blocks), the journal's and the checkpoint's
+  worker threads (~25), and the known-value caches (``forget_known_values``). These are now
+  made at start-up (`prepare_regions`, the executors' first task) or emptied by the release;
+  tracemalloc through the edge (``EDGE_CPS_MEMTRACE_FRAMES=1``, which slows it: 600 calls at
+  100/s before, 1,500 at 150/s after) counted 312 blocks alive after the release that were not
+  at idle before, 202 after (none of these sites among them);
+- what is replaced all the time and so is wherever the last replacement landed: uvicorn's
+  Date header, rebuilt every second (69 blocks), timer handles and their deadlines, the
+  counters of this policy and of the runtime (ints and floats are objects), asyncio futures,
+  and 28 blocks of the core's (its timer queue, a CDR's timestamps).
+
+The bench's idle is read 1 s after start-up, before any call: what the changes above moved
+to start-up is in it (50.3 MiB against 49.4-51.4 before, within the run-to-run spread). After
+them, on the same loaded machine, 34 s after the calls ended: 2.28x and 2.37x idle (3 and 1
+calls still up; 91 arenas) against 2.45x before (1 up): the second kind of survivor is gone,
+but the first and the third cannot be, and a few objects still keep dozens of arenas. What would reach 1.10x
+by default is not in this policy's reach: returning the free pools' pages inside used arenas
+(``madvise``; CPython 3.11's pymalloc does not, and its pool headers must stay, so at most
+3/4 of them), or an allocator that trims to the page (``PYTHONMALLOC=malloc``, above).
 """
 
 from __future__ import annotations
