@@ -92,10 +92,11 @@ The bench's idle is read 1 s after start-up, before any call: what the changes a
 to start-up is in it (50.3 MiB against 49.4-51.4 before, within the run-to-run spread). After
 them, on the same loaded machine, 34 s after the calls ended: 2.28x and 2.37x idle (3 and 1
 calls still up; 91 arenas) against 2.45x before (1 up): the second kind of survivor is gone,
-but the first and the third cannot be, and a few objects still keep dozens of arenas. What would reach 1.10x
-by default is not in this policy's reach: returning the free pools' pages inside used arenas
-(``madvise``; CPython 3.11's pymalloc does not, and its pool headers must stay, so at most
-3/4 of them), or an allocator that trims to the page (``PYTHONMALLOC=malloc``, above).
+but the first and the third cannot be, and a few objects still keep dozens of arenas. What
+would reach 1.10x by default is not in this policy's reach: returning the free pools' pages
+inside used arenas (``madvise``; CPython 3.11's pymalloc does not, and its pool headers must
+stay, so at most 3/4 of them), or an allocator that trims to the page (``PYTHONMALLOC=malloc``,
+above).
 """
 
 from __future__ import annotations
@@ -166,15 +167,20 @@ def forget_known_values() -> None:
     validators.address_key.cache_clear()
 
 
+_PREPARED_REGIONS: set[str] = set()
+
+
 def prepare_regions(regions: Iterable[str]) -> None:
     """Load phonenumbers' metadata of `regions` and compile its patterns for them, before any
     call needs them: phonenumbers loads a region's metadata (a module, hundreds of objects, a
     few regular expressions) at the first number dialled there, which otherwise lands among
     the objects of the first busy spell and outlives it (the module's docstring). Unknown
-    regions are left to the first call, as before."""
+    regions are left to the first call, as before. A region is prepared once per process, so
+    a config applied on the loop costs a set lookup per region already seen."""
     import phonenumbers
 
-    for region in regions:
+    for region in set(regions) - _PREPARED_REGIONS:
+        _PREPARED_REGIONS.add(region)
         example = phonenumbers.example_number(region)
         if example is None:
             continue
