@@ -90,9 +90,10 @@ idle. Three kinds of survivor:
 
 The bench's idle is read 1 s after start-up, before any call: what the changes above moved
 to start-up is in it (50.3 MiB against 49.4-51.4 before, within the run-to-run spread). After
-them, on the same loaded machine, 34 s after the calls ended: 2.28x and 2.37x idle (3 and 1
-calls still up; 91 arenas) against 2.45x before (1 up): the second kind of survivor is gone,
-but the first and the third cannot be, and a few objects still keep dozens of arenas. What
+them, on the same loaded machine, 34 s after the calls ended: 2.28x, 2.37x and 2.55x idle
+(3, 1 and 5 calls still up; 91 and 96 arenas where read) against 2.45x before (1 up), within
+the spread of such runs: the second kind of survivor is gone, but the first and the third
+cannot be, and a few objects still keep dozens of arenas. What
 would reach 1.10x by default is not in this policy's reach: returning the free pools' pages
 inside used arenas (``madvise``; CPython 3.11's pymalloc does not, and its pool headers must
 stay, so at most 3/4 of them), or an allocator that trims to the page (``PYTHONMALLOC=malloc``,
