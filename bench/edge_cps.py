@@ -80,6 +80,8 @@ these add fixed times), each stopping what it starts:
   ``edge_x2_cps_ratio_vs_kamailio=<x>`` (Kamailio: one worker) before the last line.
 - ``--known-rate PEER=N`` (kamailio, edge, edge-x2): skip that peer's search and take N as
   found (its latency run is at N / 2), to re-run one measurement without the searches.
+- ``--rss-only``: the memory run of ``--rss-after`` and nothing else (no search, no latency
+  run; about 70 s for the edge alone with ``--only edge``).
 
 Output: one line per step, a summary, and last ``edge_cps_ratio_vs_kamailio=<x>`` (edge
 calls/s over Kamailio's; ``nan`` when only one peer ran).
@@ -153,6 +155,7 @@ PROBE_EVERY_S = 0.005  # --pauses: one OPTIONS every 5 ms
 PROBE_TIMEOUT_S = 2.0  # an OPTIONS unanswered this long counts as this long
 IDLE_WINDOW_S = 3.0  # --cpu-levels: the edge's CPU holding the calls, before the short calls
 FIRST_SCALE_OUT_IP = 11  # --edges N: edge i listens on 127.0.0.(11 + i)
+MEMTRACE_ENV = "EDGE_CPS_MEMTRACE"  # the edge's memory before and after a busy spell
 
 
 # --- peers ------------------------------------------------------------------------------------
@@ -352,12 +355,69 @@ def serve_edge(argv: list[str]) -> int:
     parser = build_parser()
     options = options_from_namespace(parser.parse_args(argv))
     published = {"batches": 0, "bytes": 0}
+    if os.environ.get(MEMTRACE_ENV):
+        _trace_memory(Path(os.environ[MEMTRACE_ENV]))
 
     def publish(batch: bytes) -> None:
         published["batches"] += 1
         published["bytes"] += len(batch)
 
     return run(options, events=BatchingSink(publish, node=options.node))
+
+
+def _trace_memory(out: Path) -> None:
+    """``EDGE_CPS_MEMTRACE=DIR``: what a busy spell leaves allocated (gc_policy.py's docstring).
+
+    Writes to DIR, 1 s after start-up ("idle", when the bench reads idle), right after each
+    memory release ("release-N") and when the edge stops ("exit-after-N-releases"): the VmRSS,
+    /proc/self/smaps, pymalloc's arena statistics (``sys._debugmallocstats``) and, with
+    ``EDGE_CPS_MEMTRACE_FRAMES=N`` (tracemalloc from start-up, N frames: it slows the edge,
+    and pymalloc's statistics are then not printed), a snapshot to compare by site
+    (``Snapshot.load(b).compare_to(Snapshot.load(a), "traceback")``)."""
+    import tracemalloc
+
+    from edge.runtime import gc_policy
+
+    out.mkdir(parents=True, exist_ok=True)
+    frames = int(os.environ.get(MEMTRACE_ENV + "_FRAMES", "0"))
+    if frames:
+        tracemalloc.start(frames)
+
+    def dump(name: str) -> None:
+        status = Path("/proc/self/status").read_text()
+        rss = next(line for line in status.splitlines() if line.startswith("VmRSS"))
+        saved = os.dup(2)
+        with open(out / f"{name}.mallocstats", "w") as stats:
+            os.dup2(stats.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        (out / f"{name}.smaps").write_text(Path("/proc/self/smaps").read_text())
+        (out / f"{name}.rss").write_text(rss + "\n")
+        if frames:
+            tracemalloc.take_snapshot().dump(str(out / f"{name}.snap"))
+
+    install, release = gc_policy.GcPolicy.install, gc_policy.GcPolicy.release_memory
+
+    def traced_install(self: gc_policy.GcPolicy, loop: Any) -> None:
+        install(self, loop)
+        loop.call_later(1.0, dump, "idle")
+
+    def traced_release(self: gc_policy.GcPolicy) -> None:
+        release(self)
+        dump(f"release-{self.releases}")
+
+    uninstall = gc_policy.GcPolicy.uninstall
+
+    def traced_uninstall(self: gc_policy.GcPolicy) -> None:
+        dump(f"exit-after-{self.releases}-releases")
+        uninstall(self)
+
+    gc_policy.GcPolicy.uninstall = traced_uninstall  # type: ignore[method-assign]
+    gc_policy.GcPolicy.install = traced_install  # type: ignore[method-assign]
+    gc_policy.GcPolicy.release_memory = traced_release  # type: ignore[method-assign]
 
 
 def serve_probe(argv: list[str]) -> int:
@@ -850,13 +910,15 @@ def _current_calls(uac: h.Sipp) -> int:
     return 0 if stats is None else stats.count("CurrentCall")
 
 
-def measure_rss(peer: Peer, calls: int, workdir: Path, *, after: bool = False) -> Memory:
+def measure_rss(
+    peer: Peer, calls: int, workdir: Path, *, after: bool = False, rate: int = RSS_RATE
+) -> Memory:
     """The peer's memory idle and holding `calls` concurrent calls (VmRSS of the edge process,
     as before). With `after`, the calls are held just long enough to be read, then SIPp ends
     them (BYE) and the memory is read again when they are gone and `LINGER_S` later; and every
     reading is also the sum of RSS and of PSS over the peer's processes (Kamailio has several)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    fill_s = calls / RSS_RATE
+    fill_s = calls / rate
     hold_ms = round((fill_s + 15) * 1000) if after else RSS_HOLD_MS
     uas = _uas(peer, workdir, wall_timeout=600)
     uas.start().wait_listening()
@@ -876,7 +938,7 @@ def measure_rss(peer: Peer, calls: int, workdir: Path, *, after: bool = False) -
             local_ip=peer.uac_ip,
             remote=proxy.address,
             calls=calls,
-            rate=RSS_RATE,
+            rate=rate,
             limit=calls,
             duration_ms=hold_ms,
             service=CALLEE,
@@ -1138,6 +1200,18 @@ def main(argv: list[str] | None = None) -> int:
         "transactions are gone, and Kamailio's KiB per dialog measured the same way",
     )
     parser.add_argument(
+        "--rss-rate",
+        type=int,
+        default=RSS_RATE,
+        help=f"calls/s that fill the edge for the memory run (default {RSS_RATE}; lower for an "
+        "edge slowed by EDGE_CPS_MEMTRACE_FRAMES)",
+    )
+    parser.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="the memory run of --rss-after alone: no search, no latency run (about 70 s a peer)",
+    )
+    parser.add_argument(
         "--cpu-levels",
         type=_levels,
         metavar="N,N,...",
@@ -1186,6 +1260,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.known_rate = _known_rates(args.known_rate, parser)
+    if args.rss_only:
+        if args.no_rss or args.cpu_levels or args.edges > 1 or args.media:
+            parser.error(
+                "--rss-only: the memory run alone (no --no-rss, --cpu-levels, --edges, --media)"
+            )
+        args.rss_after = True
     if args.edges < 1:
         parser.error("--edges: 1 or more")
     if args.edges > 1 and not args.redis_url:
@@ -1266,7 +1346,7 @@ def _run(
     found: dict[str, Search] = {}
     latencies: dict[str, Latency | None] = {}
     watch: PauseWatch | None = None
-    for peer in peers:
+    for peer in [] if args.rss_only else peers:
         print(f"{peer.name}:", flush=True)
         if peer.key in args.known_rate:
             search = Search(args.known_rate[peer.key], None, [], False)
@@ -1307,7 +1387,9 @@ def _run(
     if edge_peer is not None and not args.no_rss:
         more = " until they end" if args.rss_after else ""
         print(f"edge memory with {rss_calls} concurrent calls{more}:", flush=True)
-        memory = measure_rss(edge_peer, rss_calls, workdir / "edge-rss", after=args.rss_after)
+        memory = measure_rss(
+            edge_peer, rss_calls, workdir / "edge-rss", after=args.rss_after, rate=args.rss_rate
+        )
         memories.append(memory)
         kamailio = next((p for p in peers if isinstance(p, KamailioPeer)), None)
         if args.rss_after and kamailio is not None:

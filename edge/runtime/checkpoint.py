@@ -215,6 +215,9 @@ class CallCheckpoint:
         self.append_delay = append_delay
         self._loop = loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-checkpoint")
+        # Its thread started now, not at the first call: what a thread's start allocates would
+        # otherwise outlive that busy spell among its calls' objects (gc_policy.py).
+        self._executor.submit(int)
         # Answered calls whose line is not built yet (see `answered`).
         self._answered: list[str] = []
         # The checkpoint line of every answered call still up, by record id.

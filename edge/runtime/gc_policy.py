@@ -64,6 +64,40 @@ text, an h11 date header, a timer handle...) end up scattered over dozens of the
 1.06x idle, but it held 10.4 KiB per call instead of 9.8 and its core ran 12 % more
 instructions per call (bench/edge_core.py: 1.88 M against 1.68 M), so it stays an operator's
 choice (README, "Edges per core").
+
+What pins those arenas, measured 2026-12-05 (compiled core; a machine at load 9-10, where SIPp
+loses a few calls that then stay up): ``EDGE_CPS_MEMTRACE=DIR bench/edge_cps.py --only edge
+--rss-only`` writes pymalloc's statistics at idle and after the release. After 5,000 calls:
+93 arenas against 20 at idle, 4,402 of their pools free (72 MiB, still resident: pymalloc
+never gives back part of an arena), kept by about 320 pools in use holding 84 KB more than at
+idle. Three kinds of survivor:
+
+- calls still up at the release (``QUIET_HELD`` allows 64): a call's hundred-odd objects were
+  allocated wherever pymalloc had room when it started, so each pins 3-4 arenas. In-process
+  (the core alone, fake network): 5,000 calls all ended leave 17 arenas against 14; 5 of them
+  left up, spread over the spell, 31;
+- what the first calls made once for the process: phonenumbers' metadata of the dialled region
+  (a module import, its regular expressions, ~100 blocks), the journal's and the checkpoint's
+  worker threads (~25), and the known-value caches (``forget_known_values``). These are now
+  made at start-up (`prepare_regions`, the executors' first task) or emptied by the release;
+  tracemalloc through the edge (``EDGE_CPS_MEMTRACE_FRAMES=1``, which slows it: 600 calls at
+  100/s before, 1,500 at 150/s after) counted 312 blocks alive after the release that were not
+  at idle before, 202 after (none of these sites among them);
+- what is replaced all the time and so is wherever the last replacement landed: uvicorn's
+  Date header, rebuilt every second (69 blocks), timer handles and their deadlines, the
+  counters of this policy and of the runtime (ints and floats are objects), asyncio futures,
+  and 28 blocks of the core's (its timer queue, a CDR's timestamps).
+
+The bench's idle is read 1 s after start-up, before any call: what the changes above moved
+to start-up is in it (50.3 MiB against 49.4-51.4 before, within the run-to-run spread). After
+them, on the same loaded machine, 34 s after the calls ended: 2.28x, 2.37x and 2.55x idle
+(3, 1 and 5 calls still up; 91 and 96 arenas where read) against 2.45x before (1 up), within
+the spread of such runs: the second kind of survivor is gone, but the first and the third
+cannot be, and a few objects still keep dozens of arenas. What
+would reach 1.10x by default is not in this policy's reach: returning the free pools' pages
+inside used arenas (``madvise``; CPython 3.11's pymalloc does not, and its pool headers must
+stay, so at most 3/4 of them), or an allocator that trims to the page (``PYTHONMALLOC=malloc``,
+above).
 """
 
 from __future__ import annotations
@@ -88,6 +122,8 @@ __all__ = [
     "YOUNG_INTERVAL",
     "YOUNG_THRESHOLD",
     "GcPolicy",
+    "forget_known_values",
+    "prepare_regions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +142,54 @@ QUIET_HELD = 64
 QUIET_CHECK_INTERVAL = 2.0
 # How busy the edge must have been since the last release for another to be worth it.
 RELEASE_AFTER = 1000
+
+
+def forget_known_values() -> None:
+    """Empty the caches of values already found well-formed or already converted (URIs, hosts,
+    a CDR's addresses and routes, E.164 forms and regions, ACL keys of source addresses).
+
+    They are caches: a value not in them is checked again, at the cost of the first call that
+    brings it. What a busy spell put in them was allocated among its calls' objects, and each
+    survivor pins its pymalloc pool and 1 MiB arena when the calls are gone (the module's
+    docstring); emptied at the quiet release, they fill again from what comes next."""
+    from edge import cdr, numbering, validators
+    from edge.sip import message, uri
+
+    for known in (
+        uri._VALID_URI_TEXTS,
+        uri._HOSTS_SEEN,
+        message._VALID_REQUEST_URI_TEXTS,
+        cdr._VALID_IPS,
+        cdr._VALID_ROUTES,
+    ):
+        known.clear()
+    numbering._parse.cache_clear()
+    numbering.region_of.cache_clear()
+    validators.address_key.cache_clear()
+
+
+_PREPARED_REGIONS: set[str] = set()
+
+
+def prepare_regions(regions: Iterable[str]) -> None:
+    """Load phonenumbers' metadata of `regions` and compile its patterns for them, before any
+    call needs them: phonenumbers loads a region's metadata (a module, hundreds of objects, a
+    few regular expressions) at the first number dialled there, which otherwise lands among
+    the objects of the first busy spell and outlives it (the module's docstring). Unknown
+    regions are left to the first call, as before. A region is prepared once per process, so
+    a config applied on the loop costs a set lookup per region already seen."""
+    import phonenumbers
+
+    for region in set(regions) - _PREPARED_REGIONS:
+        _PREPARED_REGIONS.add(region)
+        example = phonenumbers.example_number(region)
+        if example is None:
+            continue
+        national = phonenumbers.national_significant_number(example)
+        parsed = phonenumbers.parse(national, region)
+        if phonenumbers.is_valid_number(parsed):
+            phonenumbers.region_code_for_number(parsed)
+            phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _malloc_trim() -> Callable[[int], object] | None:
@@ -208,6 +292,7 @@ class GcPolicy:
         started = time.perf_counter()
         if self._release is not None:
             self._release()
+        forget_known_values()
         gc.collect()  # a full collection also empties CPython's free lists
         if self._trim is not None:
             self._trim(0)

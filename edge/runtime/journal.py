@@ -249,6 +249,9 @@ class JournalFlusher:
         self._loop = loop
         # One dedicated thread keeps batches in order and out of the default executor's queue.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdr-journal")
+        # Its thread started now, not at the first call: what a thread's start allocates would
+        # otherwise outlive that busy spell among its calls' objects (gc_policy.py).
+        self._executor.submit(int)
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight: asyncio.Future[int] | None = None
         self._closed = False

@@ -88,7 +88,7 @@ from edge.runtime.control import (
     start_control_server,
 )
 from edge.runtime.events import BatchingSink, EventSink, NodeEvent, live_events_sink
-from edge.runtime.gc_policy import GcPolicy
+from edge.runtime.gc_policy import GcPolicy, prepare_regions
 from edge.runtime.journal import CdrJournal, JournalFlusher
 from edge.runtime.loop_watch import LoopWatch
 from edge.runtime.rtpengine import Media, attach_media
@@ -375,6 +375,7 @@ class EdgeRuntime:
             await self.cluster_limits.start()  # an outage only means local counting for now
             limits = self.cluster_limits
         self.limits = limits
+        prepare_regions(_regions(config))
         core = self.core = self._core_factory(
             CoreParams(
                 node=options.node,
@@ -565,6 +566,7 @@ class EdgeRuntime:
         """Swap in a compiled snapshot (the control API calls this on the loop)."""
         assert self.core is not None
         self._base_config = config
+        prepare_regions(_regions(config))
         self.core.apply_config(self._with_known_gateways(config))
         self._refresh_gateways()
         self._node_event("config_applied")
@@ -736,6 +738,14 @@ class EdgeRuntime:
             if not done:
                 self._control_task.cancel()
         logger.info("edge stopped")
+
+
+def _regions(config: EdgeConfig) -> set[str]:
+    """The regions whose numbers the edge reads: each trunk's default country and inbound's."""
+    from edge.b2bua import B2buaSettings
+
+    regions = {trunk.default_country for trunk in config.trunks.values()}
+    return regions | {B2buaSettings().inbound_default_region}
 
 
 # --- entry points -----------------------------------------------------------------------------

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import time
 
 import pytest
 
+from edge import cdr, numbering, validators
 from edge.runtime.gc_policy import (
     MIDDLE_THRESHOLD,
     QUIET_CHECK_INTERVAL,
@@ -17,6 +20,7 @@ from edge.runtime.gc_policy import (
     YOUNG_THRESHOLD,
     GcPolicy,
 )
+from edge.sip import message, uri
 from edge.sip.message import make_response
 from edge.tests.test_b2bua import GATEWAY, PBX, Edge, connect_outbound, in_dialog
 from edge.tests.virtual_time import VirtualTimeLoop
@@ -246,3 +250,46 @@ def test_a_call_leaves_no_cyclic_garbage():
     assert edge.core.active_calls == 0
     # A cycle per call would leave hundreds of objects; a few may come from elsewhere.
     assert found < 50, found
+
+
+def _known_values() -> dict[str, int]:
+    return {
+        "uri texts": len(uri._VALID_URI_TEXTS),
+        "hosts": len(uri._HOSTS_SEEN),
+        "request-uri texts": len(message._VALID_REQUEST_URI_TEXTS),
+        "cdr addresses": len(cdr._VALID_IPS),
+        "cdr routes": len(cdr._VALID_ROUTES),
+        "e164 forms": numbering._parse.cache_info().currsize,
+        "regions": numbering.region_of.cache_info().currsize,
+        "acl keys": validators.address_key.cache_info().currsize,
+    }
+
+
+def test_the_quiet_release_empties_the_caches_a_busy_spell_filled(policy):
+    """What calls put in the known-value caches outlives them, scattered among their objects,
+    each pinning a pymalloc arena (gc_policy.py); the release empties them."""
+    edge = Edge()
+    numbering.to_e164("2025550123", "US")  # numbering's caches, whatever path a call takes
+    numbering.region_of("+12025550123")
+    _calls(edge, 3)
+    filled = _known_values()
+    assert all(filled.values()), filled  # the call filled each
+    gc_policy, _ = policy(full_interval=0, held=lambda: 0, release=edge.core.release_memory)
+    gc_policy.release_memory()
+    assert set(_known_values().values()) == {0}
+    _calls(edge, 1)  # and they fill again from what comes next
+    assert _known_values()["uri texts"] and _known_values()["cdr routes"]
+
+
+def test_prepare_regions_loads_their_numbering_metadata_before_any_call():
+    """A region's metadata (a module, hundreds of objects, its regular expressions) loaded at
+    the first number dialled there lands among the first busy spell's objects; loaded at
+    start-up, it does not. In a fresh interpreter: other tests load regions too."""
+    code = (
+        "from phonenumbers.phonemetadata import PhoneMetadata as M\n"
+        "from edge.runtime.gc_policy import prepare_regions\n"
+        "assert 'NZ' not in M._region_metadata\n"
+        "prepare_regions(['NZ', 'ZZ'])\n"  # an unknown region is left alone
+        "assert 'NZ' in M._region_metadata\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
