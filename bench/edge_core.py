@@ -34,7 +34,8 @@ walk); misses growing alone, the working set. The simulated caches start cold wh
 calls start (and the transactions ending in them were built uninstrumented), the same at every
 H. Measured 2026-12-05 (200 calls at 100/s), H = 100 / 1,000 / 10,000: core 1.750 / 1.751 /
 1.756 M instructions, D1 misses 28,117 / 28,308 / 28,157, LL (8 MiB) misses 368 / 380 / 467,
-mispredicts 47,725 / 47,959 / 48,183; collector 0.022 M at each: flat.
+mispredicts 47,725 / 47,959 / 48,183; collector 0.022 M at each: flat. With `--last-level 524288`
+(the L2 per core) 6,704 and 6,665 LL misses at 100 and 10,000: the held calls are not touched.
 """
 
 from __future__ import annotations
