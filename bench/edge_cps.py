@@ -63,7 +63,7 @@ these add fixed times), each stopping what it starts:
   once; KiB per call compares by PSS. Adds about 2 x (``--rss-calls`` / 500 + 55) s.
 - ``--cpu-levels 100,1000,10000``: the edge's CPU (utime + stime, /proc/PID/stat, all threads)
   per call while it holds N long calls: one UAC fills it with N calls at ``--fill-rate`` and
-  holds them; its CPU is read for 3 s with no other traffic (printed per second: the cost of
+  holds them; its CPU is read for 5 s with no other traffic (printed per second: the cost of
   holding); then a second UAC sends short calls at ``--cpu-rate`` and, 34 s later (when as
   many short calls' lingering transactions end each second as start, and the fill's have
   ended), the CPU over ``--cpu-seconds`` (10 s) is divided by the calls the edge's own counter
@@ -153,7 +153,10 @@ STEP_OVERHEAD_S = 1.5  # start and stop of a proxy, a UAS and a UAC, roughly
 LINGER_S = 34.0
 PROBE_EVERY_S = 0.005  # --pauses: one OPTIONS every 5 ms
 PROBE_TIMEOUT_S = 2.0  # an OPTIONS unanswered this long counts as this long
-IDLE_WINDOW_S = 3.0  # --cpu-levels: the edge's CPU holding the calls, before the short calls
+# --cpu-levels: the edge's CPU holding the calls, before the short calls. One interval of the
+# call checkpoint's rewrite (edge/runtime/checkpoint.py, every 5 s, O(calls held)): a 3 s window
+# saw one rewrite or none, so the holding cost, and the net figure, depended on the phase.
+IDLE_WINDOW_S = 5.0
 FIRST_SCALE_OUT_IP = 11  # --edges N: edge i listens on 127.0.0.(11 + i)
 MEMTRACE_ENV = "EDGE_CPS_MEMTRACE"  # the edge's memory before and after a busy spell
 
