@@ -769,27 +769,40 @@ class TransactionLayer:
         return self._settled(server, events)
 
     def send_request(
-        self, request: Request, addr: Address, now: float
+        self,
+        request: Request,
+        addr: Address,
+        now: float,
+        *,
+        via: tuple[str, str] | None = None,
     ) -> tuple[ClientTransaction, list[TransactionEvent]]:
         """Start a client transaction for `request` (its top Via carries our fresh branch).
         An ACK has no transaction: send it with a `SendMessage` of your own. A request for
         UDP larger than `udp_request_limit` is not sent: its transaction times out on the
-        next `on_timer` (RFC 3261 18.1.1 would have it go over TCP; the target is UDP)."""
+        next `on_timer` (RFC 3261 18.1.1 would have it go over TCP; the target is UDP).
+
+        `via`: (branch, transport in upper case) of the top Via, from a TU that wrote that Via
+        itself; it spares parsing the Via back (about 18,000 instructions a request,
+        compiled)."""
         method = request.method
         if method == "ACK":
             raise LocalProtocolError("an ACK is sent without a client transaction")
-        try:
-            via = request.top_via
-        except RemoteProtocolError as error:
-            raise LocalProtocolError(f"our request has no usable Via: {error.reason}") from None
-        branch = via.branch
+        branch: str | None
+        if via is None:
+            try:
+                top_via = request.top_via
+            except RemoteProtocolError as error:
+                raise LocalProtocolError(f"our request has no usable Via: {error.reason}") from None
+            branch, transport = top_via.branch, top_via.transport
+        else:
+            branch, transport = via
         if branch is None or not _is_rfc3261_branch(branch):
             raise LocalProtocolError("our requests need an RFC 3261 branch (new_branch())")
         key = (branch, method)
         if key in self._clients:
             raise LocalProtocolError(f"branch {branch} is already in use for {method}")
         kind = ClientInviteTransaction if method == "INVITE" else ClientNonInviteTransaction
-        reliable = via.transport != "UDP"
+        reliable = transport != "UDP"
         client = kind(request, addr, now, key=key, config=self.config, reliable=reliable)
         self._clients[key] = client
         if not reliable and len(request.to_bytes()) > self.udp_request_limit:
