@@ -262,7 +262,15 @@ class Transaction:
 
     def next_timer(self) -> float | None:
         """The earliest deadline of this transaction's running timers."""
-        return min(self._timers.values(), default=None)
+        # A loop over the (at most two) deadlines, not min(..., default=None): the layer asks
+        # after every message and timer, and the builtin called with a keyword was about
+        # 40,000 instructions a call compiled. With _fire_due's loop: 1.52 -> 1.46 M a call
+        # compiled, 4.16 -> 4.11 M interpreted (bench/edge_core.py, issue 15).
+        earliest: float | None = None
+        for deadline in self._timers.values():
+            if earliest is None or deadline < earliest:
+                earliest = deadline
+        return earliest
 
     def on_timer(self, now: float) -> list[TransactionEvent]:
         """Fire every timer due at `now`."""
@@ -323,13 +331,19 @@ class Transaction:
                     self._interval = duration
 
     def _fire_due(self, now: float, out: list[TransactionEvent]) -> None:
+        # Runs after every input: a loop finds the earliest timer where min(timers,
+        # key=timers.__getitem__) made a bound method and a keyword call each time.
         timers = self._timers
         while timers:
-            timer = min(timers, key=timers.__getitem__)
-            if timers[timer] > now:
+            first: Timer | None = None
+            earliest = now
+            for timer, deadline in timers.items():
+                if deadline <= earliest and (first is None or deadline < earliest):
+                    first, earliest = timer, deadline
+            if first is None:
                 return
-            del timers[timer]
-            self._step(timer, None, now, out)
+            del timers[first]
+            self._step(first, None, now, out)
 
     def _rearm_retransmission(self, interval: float, now: float) -> None:
         timer = self.RETRANSMIT_TIMER
