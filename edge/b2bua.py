@@ -16,6 +16,15 @@ Sans-IO like the SIP core: bytes and (monotonic `now`, wall-clock `wall`) in; `T
 `AcquireSlot` comes back through `slot_decided`. It never touches sockets, the clock, asyncio,
 counters kept elsewhere or Django; the runtime (edge/runtime) carries its outputs out and calls
 `on_timer` at `next_timer()`.
+
+What it writes it does not read back (issue 15): the responses relayed to the caller's INVITE
+are put together from a per-call template of the headers they share (`_relay_to_a`); the
+caller's dialog is built from what that 2xx was given (`Dialog.answering`) and the callee's
+from our own Contact (`Dialog.as_uac(local_target=...)`), not from our messages parsed back;
+and the transaction layer gets the branch of each Via we write (`send_request(via=...)`).
+Measured with bench/edge_core.py (callgrind, one INVITE-180-200-ACK-BYE call): 1.65 -> 1.52 M
+instructions per call compiled, 4.37 -> 4.16 M interpreted; 16.0 objects and 8.0 -> 7.9 KiB
+per held call.
 """
 
 from __future__ import annotations
@@ -1009,13 +1018,25 @@ class B2bua:
         return (bracket_host(host), port, name)
 
     def _via(self, transport: str) -> str:
+        return self._via_of(transport)[0]
+
+    def _via_of(self, transport: str) -> tuple[str, tuple[str, str]]:
+        """Our Via with a fresh branch, and (branch, transport) for `TransactionLayer.
+        send_request`, which then need not parse back the Via we just wrote."""
         host, port, _ = self._local(transport)
-        return f"SIP/2.0/{transport.upper()} {host}:{port};branch={new_branch()};rport"
+        branch = new_branch()
+        sent = transport.upper()
+        return f"SIP/2.0/{sent} {host}:{port};branch={branch};rport", (branch, sent)
 
     def _contact(self, transport: str) -> str:
+        return f"<{self._contact_uri(transport)}>"
+
+    def _contact_uri(self, transport: str) -> str:
+        """The URI of our Contact, as a dialog keeps it (given to the dialogs we build, which
+        would otherwise parse it back out of the message we wrote it into)."""
         host, port, _ = self._local(transport)
         suffix = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{host}:{port}{suffix}>"
+        return f"sip:{host}:{port}{suffix}"
 
     def _try_next_target(self, call: Call, now: float, wall: float) -> None:
         """Send the B-leg INVITE to the next target; the caller's leg stays as it is."""
@@ -1031,6 +1052,7 @@ class B2bua:
         from_user = call.caller_e164 or call.caller_raw or "anonymous"
         headers = crossing_headers(a_invite, END_TO_END_HEADERS)
         content_type = a_invite.headers.get("Content-Type")
+        via, sent_via = self._via_of(target.transport)
         invite = make_request(
             "INVITE",
             target.request_uri,
@@ -1038,7 +1060,7 @@ class B2bua:
             to=f"<{target.request_uri}>",
             call_id=call.b.call_id,
             cseq=call.b_cseq,
-            via=self._via(target.transport),
+            via=via,
             max_forwards=max((a_invite.max_forwards or 70) - 1, 0),
             contact=self._contact(target.transport),
             headers=headers,
@@ -1050,7 +1072,7 @@ class B2bua:
             {"target": target.ref, "kind": target.kind, "status": None, "reason": "pending"}
         )
         self._by_b_call_id[call.b.call_id] = call
-        client, events = self.layer.send_request(invite, call.b.addr, now)
+        client, events = self.layer.send_request(invite, call.b.addr, now, via=sent_via)
         call.b_txn = client
         self._b_invites[client] = call
         self._send_events(events)
@@ -1130,6 +1152,7 @@ class B2bua:
         for message in (call.b_invite, call.b_ack):
             if message is not None:
                 message.forget_parsed()
+        call.a_head = None
         retransmitter = call.a_retransmitter
         if retransmitter is not None:
             retransmitter.inner.response.forget_parsed()
@@ -1139,30 +1162,56 @@ class B2bua:
         b = call.b
         assert b is not None and call.b_invite is not None
         if b.dialog is None or b.dialog.remote_tag != response.to_tag:
-            b.dialog = Dialog.as_uac(call.b_invite, response)
+            local_target = self._contact_uri(b.addr[2])
+            b.dialog = Dialog.as_uac(call.b_invite, response, local_target=local_target)
         else:
             b.dialog.update_from_response(response)
-
-    def _a_headers(self, call: Call, response: Response) -> list[tuple[str, str]]:
-        headers = [("Contact", self._contact(call.source[2]))]
-        headers += crossing_headers(response, END_TO_END_HEADERS)
-        content_type = response.headers.get("Content-Type")
-        if content_type and response.body:
-            headers.append(("Content-Type", content_type))
-        return headers
 
     def _relay_to_a(
         self, call: Call, response: Response, now: float, body: bytes | None = None
     ) -> Response:
-        a_response = make_response(
-            call.a_invite,
-            response.status,
-            response.reason,
-            to_tag=call.a.local_tag,
-            headers=self._a_headers(call, response),
-            body=response.body if body is None else body,
-        )
-        self._count_response(call.a_invite, response.status)
+        """Relay a B-leg response to the caller's INVITE.
+
+        What RFC 3261 8.2.6 copies from the INVITE (every Via, From, To with our tag, Call-ID,
+        CSeq) and our Contact are the same in every response of the call: the first relayed
+        response is built by `make_response` and its bytes, from after the status line to
+        before the headers that vary, kept as the call's template (`Call.a_head`); later ones
+        (a 180 after a 183, the 200) are status line + template + the B response's crossing
+        headers and Content-Type + Content-Length + body, the same bytes `make_response` would
+        give, without building its header list or serialising it. The Response handed to the
+        transaction is read from those bytes only if something reads its headers, which the
+        answer path does not (`Dialog.answering`). Figures: this module's docstring.
+        """
+        status = response.status
+        reason = response.reason
+        if body is None:
+            body = response.body
+        extra = crossing_headers(response, END_TO_END_HEADERS)
+        content_type = response.headers.get("Content-Type")
+        if content_type and body:
+            extra.append(("Content-Type", content_type))
+        tail = "".join([f"{name}: {value}\r\n" for name, value in extra])
+        tail += f"Content-Length: {len(body)}\r\n\r\n"
+        tail_bytes = tail.encode("utf-8", "surrogateescape") + body
+        head = call.a_head
+        if head is not None:
+            start = f"SIP/2.0 {status} {reason}\r\n".encode("utf-8", "surrogateescape")
+            a_response = Response(status, reason, body=body, raw=start + head + tail_bytes)
+            a_response.forget_parsed()  # parsed from its bytes only if read
+        else:
+            contact = ("Contact", self._contact(call.source[2]))
+            a_response = make_response(
+                call.a_invite,
+                status,
+                reason,
+                to_tag=call.a.local_tag,
+                headers=[contact, *extra],
+                body=body,
+            )
+            data = a_response.to_bytes()
+            if data.endswith(tail_bytes):  # always, unless make_response changes its layout
+                call.a_head = data[data.index(b"\r\n") + 2 : len(data) - len(tail_bytes)]
+        self._count_response(call.a_invite, status)
         self._send_events(self.layer.send_response(call.a_txn, a_response, now))
         return a_response
 
@@ -1310,14 +1359,15 @@ class B2bua:
         assert other is not None and other.dialog is not None
         content_type = request.headers.get("Content-Type")
         headers = crossing_headers(request, END_TO_END_HEADERS)
+        via, sent_via = self._via_of(other.addr[2])
         relayed = other.dialog.create_request(
             request.method,
-            via=self._via(other.addr[2]),
+            via=via,
             headers=headers,
             body=body,
             content_type=content_type if body else None,
         )
-        client, events = self.layer.send_request(relayed, other.addr, now)
+        client, events = self.layer.send_request(relayed, other.addr, now, via=sent_via)
         self._relays[client] = _Relay(call, txn, leg)
         self._handle_events(events, now, wall)
 
@@ -1361,8 +1411,9 @@ class B2bua:
             return
         if leg.dialog.state is DialogState.EARLY:
             return
-        bye = leg.dialog.create_request("BYE", via=self._via(leg.addr[2]))
-        _, events = self.layer.send_request(bye, leg.addr, now)
+        via, sent_via = self._via_of(leg.addr[2])
+        bye = leg.dialog.create_request("BYE", via=via)
+        _, events = self.layer.send_request(bye, leg.addr, now, via=sent_via)
         self._send_events(events)
 
     # --- registration -------------------------------------------------------------------------
@@ -1516,6 +1567,7 @@ class B2bua:
         # The call stays reachable while its transactions linger (up to 32 s), only to absorb
         # strays: a resend needs a message's bytes, not its parse.
         call.a_invite.forget_parsed()
+        call.a_head = None
         for message in (call.b_invite, call.b_ack):
             if message is not None:
                 message.forget_parsed()
@@ -1602,11 +1654,23 @@ class B2bua:
         if response.body:
             call.codecs = call.codecs or _codecs(response)
         a_response = self._relay_to_a(call, response, now, body)
-        call.a.dialog = Dialog.as_uas(call.a_invite, a_response)
-        self._by_a_dialog[(call.a.call_id, call.a.local_tag)] = call
-        retransmitter = Retransmitter(
-            call, AnswerRetransmitter(a_response, call.source, now, self.settings.timers)
+        a_invite = call.a_invite
+        to = a_invite.headers.get("To")
+        assert to is not None  # validate_for_proxy let the INVITE in
+        # The dialog from what _relay_to_a wrote (make_response's To: the INVITE's, our tag
+        # added), without reading the response back.
+        call.a.dialog = Dialog.answering(
+            a_invite,
+            status=a_response.status,
+            local_tag=call.a.local_tag,
+            local_party=f"{to};tag={call.a.local_tag}",
+            local_target=self._contact_uri(call.source[2]),
         )
+        self._by_a_dialog[(call.a.call_id, call.a.local_tag)] = call
+        inner = AnswerRetransmitter(
+            a_response, call.source, now, self.settings.timers, method="INVITE"
+        )
+        retransmitter = Retransmitter(call, inner)
         if call.a_txn.reliable:
             retransmitter.inner.acknowledged()
         else:

@@ -195,6 +195,7 @@ class Call:
     __slots__ = (
         "a",
         "a_cseq",
+        "a_head",
         "a_invite",
         "a_retransmitter",
         "a_txn",
@@ -265,6 +266,9 @@ class Call:
         self.ringing_at: float | None = None
         self.answer_at: float | None = None
         self.a = Leg(incoming.request.call_id, new_tag(), incoming.source)
+        # The header block every response we relay to the INVITE shares (B2bua._relay_to_a),
+        # from its first one until the call is answered and acknowledged.
+        self.a_head: bytes | None = None
         self.b: Leg | None = None
         self.b_invite: Request | None = None
         self.b_txn: ClientTransaction | None = None

@@ -262,7 +262,15 @@ class Transaction:
 
     def next_timer(self) -> float | None:
         """The earliest deadline of this transaction's running timers."""
-        return min(self._timers.values(), default=None)
+        # A loop over the (at most two) deadlines, not min(..., default=None): the layer asks
+        # after every message and timer, and the builtin called with a keyword was about
+        # 40,000 instructions a call compiled. With _fire_due's loop: 1.52 -> 1.46 M a call
+        # compiled, 4.16 -> 4.11 M interpreted (bench/edge_core.py, issue 15).
+        earliest: float | None = None
+        for deadline in self._timers.values():
+            if earliest is None or deadline < earliest:
+                earliest = deadline
+        return earliest
 
     def on_timer(self, now: float) -> list[TransactionEvent]:
         """Fire every timer due at `now`."""
@@ -323,13 +331,19 @@ class Transaction:
                     self._interval = duration
 
     def _fire_due(self, now: float, out: list[TransactionEvent]) -> None:
+        # Runs after every input: a loop finds the earliest timer where min(timers,
+        # key=timers.__getitem__) made a bound method and a keyword call each time.
         timers = self._timers
         while timers:
-            timer = min(timers, key=timers.__getitem__)
-            if timers[timer] > now:
+            first: Timer | None = None
+            earliest = now
+            for timer, deadline in timers.items():
+                if deadline <= earliest and (first is None or deadline < earliest):
+                    first, earliest = timer, deadline
+            if first is None:
                 return
-            del timers[timer]
-            self._step(timer, None, now, out)
+            del timers[first]
+            self._step(first, None, now, out)
 
     def _rearm_retransmission(self, interval: float, now: float) -> None:
         timer = self.RETRANSMIT_TIMER
@@ -769,27 +783,40 @@ class TransactionLayer:
         return self._settled(server, events)
 
     def send_request(
-        self, request: Request, addr: Address, now: float
+        self,
+        request: Request,
+        addr: Address,
+        now: float,
+        *,
+        via: tuple[str, str] | None = None,
     ) -> tuple[ClientTransaction, list[TransactionEvent]]:
         """Start a client transaction for `request` (its top Via carries our fresh branch).
         An ACK has no transaction: send it with a `SendMessage` of your own. A request for
         UDP larger than `udp_request_limit` is not sent: its transaction times out on the
-        next `on_timer` (RFC 3261 18.1.1 would have it go over TCP; the target is UDP)."""
+        next `on_timer` (RFC 3261 18.1.1 would have it go over TCP; the target is UDP).
+
+        `via`: (branch, transport in upper case) of the top Via, from a TU that wrote that Via
+        itself; it spares parsing the Via back (about 18,000 instructions a request,
+        compiled)."""
         method = request.method
         if method == "ACK":
             raise LocalProtocolError("an ACK is sent without a client transaction")
-        try:
-            via = request.top_via
-        except RemoteProtocolError as error:
-            raise LocalProtocolError(f"our request has no usable Via: {error.reason}") from None
-        branch = via.branch
+        branch: str | None
+        if via is None:
+            try:
+                top_via = request.top_via
+            except RemoteProtocolError as error:
+                raise LocalProtocolError(f"our request has no usable Via: {error.reason}") from None
+            branch, transport = top_via.branch, top_via.transport
+        else:
+            branch, transport = via
         if branch is None or not _is_rfc3261_branch(branch):
             raise LocalProtocolError("our requests need an RFC 3261 branch (new_branch())")
         key = (branch, method)
         if key in self._clients:
             raise LocalProtocolError(f"branch {branch} is already in use for {method}")
         kind = ClientInviteTransaction if method == "INVITE" else ClientNonInviteTransaction
-        reliable = via.transport != "UDP"
+        reliable = transport != "UDP"
         client = kind(request, addr, now, key=key, config=self.config, reliable=reliable)
         self._clients[key] = client
         if not reliable and len(request.to_bytes()) > self.udp_request_limit:

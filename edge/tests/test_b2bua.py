@@ -240,6 +240,55 @@ def test_outbound_call_end_to_end():
     assert edge.core.active_calls == 0
 
 
+def test_responses_relayed_to_the_caller_are_what_make_response_writes():
+    """The 183, 180 and 200 relayed to the caller are put together from a per-call template
+    (B2bua._relay_to_a): each must be byte for byte the response make_response builds, the
+    INVITE's Via/From/To/Call-ID/CSeq with our tag, our Contact, the B response's crossing
+    headers and Content-Type, its body; and the 2xx still opens the caller's dialog, resent
+    until its ACK."""
+    edge = Edge()
+    a_invite = invite(PBX)
+    edge.send(a_invite, PBX)
+    edge.take(PBX)
+    (b_invite,) = edge.take(GATEWAY)
+    (call,) = edge.core._calls.values()
+    early = answer(b_invite, 183, tag="gw", peer=GATEWAY)
+    early.headers.add("Allow", "INVITE, ACK, BYE")
+    ringing = answer(b_invite, 180, tag="gw", peer=GATEWAY)
+    ok = answer(b_invite, 200, tag="gw", peer=GATEWAY)
+    ok.headers.add("Supported", "timer, 100rel")
+    for b_response in (early, ringing, ok):
+        edge.send(b_response, GATEWAY)
+        (sent,) = [t.data for t in edge.wire if t.addr == PBX]
+        edge.wire = [t for t in edge.wire if t.addr != PBX]
+        extra = [("Contact", f"<sip:{EDGE[0]}:{EDGE[1]}>")]
+        extra += [
+            (name, value)
+            for name in ("Allow", "Supported")
+            for value in b_response.headers.get_all(name)
+        ]
+        if b_response.body:
+            extra.append(("Content-Type", "application/sdp"))
+        expected = make_response(
+            call.a_invite,
+            b_response.status,
+            b_response.reason,
+            to_tag=call.a.local_tag,
+            headers=extra,
+            body=b_response.body,
+        )
+        assert sent == expected.to_bytes()
+    a_ok = parse_message(sent)
+    assert call.a.dialog is not None and call.a.dialog.local_party == a_ok.headers.get("To")
+    assert call.a.dialog.local_target == f"sip:{EDGE[0]}:{EDGE[1]}"
+    edge.advance(0.5)  # the 2xx is resent until the ACK comes
+    assert [m.status for m in edge.take(PBX)] == [200]
+    edge.send(in_dialog("ACK", a_ok, a_invite, PBX, cseq=1), PBX)
+    assert [m.method for m in edge.take(GATEWAY)] == ["ACK"]
+    edge.advance(0.5)
+    assert edge.take(PBX) == []
+
+
 def test_bye_from_the_callee():
     edge = Edge()
     a_invite, _a_ok, b_invite, b_ok = connect_outbound(edge)

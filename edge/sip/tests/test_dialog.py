@@ -260,3 +260,45 @@ def test_requests_built_in_a_dialog_parse_back() -> None:
     assert again.headers.get("Session-Expires") == "1800"
     assert again.body == b"v=0\r\n"
     assert again.content_type == "application/sdp"
+
+
+def test_answering_builds_the_uas_dialog_from_what_we_wrote_without_reading_the_response() -> None:
+    """A B2BUA that renders its 2xx as bytes gives the dialog our tag, To and Contact itself;
+    the dialog is the one `as_uas` reads out of that 2xx."""
+    invite = sample_request(samples.INVITE)
+    ok = sample_response(samples.INVITE_OK)
+    to, tag = ok.headers.get("To"), ok.to_tag
+    assert to is not None and tag is not None
+    ours = Dialog.answering(
+        invite,
+        status=200,
+        local_tag=tag,
+        local_party=to,
+        local_target=str(ok.contact[0].uri),
+    )
+    read = edge_dialog()
+    fields = ("is_uac", "state", "id", "local_party", "remote_party", "local_seq")
+    fields += ("remote_seq", "local_target", "remote_target", "route_set", "can_acknowledge")
+    for name in fields:
+        assert getattr(ours, name) == getattr(read, name), name
+    early = Dialog.answering(invite, status=183, local_tag=tag, local_party=to, local_target=None)
+    assert early.state is DialogState.EARLY
+    with pytest.raises(LocalProtocolError):
+        Dialog.answering(invite, status=100, local_tag=tag, local_party=to, local_target=None)
+
+
+def test_uac_dialog_takes_our_contact_as_given() -> None:
+    invite = sample_request(samples.INVITE)
+    dialog = Dialog.as_uac(
+        invite, sample_response(samples.INVITE_OK), local_target="sip:given@192.0.2.10"
+    )
+    assert dialog.local_target == "sip:given@192.0.2.10"
+    assert pbx_dialog().local_target == str(invite.contact[0].uri)  # read when not given
+
+
+def test_answer_retransmitter_takes_the_method_from_a_caller_that_wrote_the_answer() -> None:
+    ok = sample_response(samples.INVITE_OK)
+    answer = AnswerRetransmitter(ok, ("192.0.2.10", 5060), 0.0, method="INVITE")
+    assert answer.on_timer(0.5) == [SendMessage(ok, ("192.0.2.10", 5060))]
+    with pytest.raises(LocalProtocolError):
+        AnswerRetransmitter(ok, ("192.0.2.10", 5060), 0.0, method="BYE")

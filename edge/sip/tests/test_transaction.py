@@ -158,6 +158,22 @@ def test_client_invite_retransmits_doubling_until_timer_b() -> None:
     assert len(layer) == 0
 
 
+def test_a_tu_that_wrote_the_via_gives_its_branch_and_transport() -> None:
+    """`send_request(via=...)`: the layer keys and times the transaction by the branch and
+    transport given (the TU's own Via, not parsed back), and still refuses a branch
+    without the RFC 3261 cookie."""
+    layer = TransactionLayer()
+    branch = new_branch()
+    invite = request(transport="TCP", branch=branch)
+    txn, events = layer.send_request(invite, UAS, 0.0, via=(branch, "TCP"))
+    assert [type(e) for e in events] == [SendMessage]
+    assert txn.reliable and txn.key == (branch, "INVITE")
+    events = layer.receive(wire(make_response(invite, 180, to_tag="b1")), UAS, 0.1)
+    assert [type(e) for e in events] == [DeliverToTU]
+    with pytest.raises(LocalProtocolError):
+        layer.send_request(request(branch="rfc2543"), UAS, 0.0, via=("rfc2543", "UDP"))
+
+
 def test_client_invite_stops_retransmitting_on_provisional() -> None:
     layer = TransactionLayer()
     invite = request()
