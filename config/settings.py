@@ -88,8 +88,15 @@ DATABASES = {
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("TEST", {})
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the in-process edge and tasks read while the web app writes.
-    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;"}
+    # WAL lets the in-process edge and tasks read while the web app writes. IMMEDIATE takes the
+    # write lock when a transaction begins, so a writer waits its turn (up to `timeout` s)
+    # instead of failing at once with "database is locked" when a read transaction upgrades
+    # while another writes (seen under load: the live board's hang-up answered 500).
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
