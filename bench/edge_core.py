@@ -72,43 +72,9 @@ FILL_RATE = 500  # calls/s that fill the held calls, as bench/edge_cps.py --cpu-
 LAST_LEVEL_CACHE = 8 * 1024 * 1024
 
 
-def _edge():  # type: ignore[no-untyped-def]
-    from edge.tests import test_b2bua as t
-    from edge.tests.factories import trunk_doc
-
-    return t, t.Edge(trunks=[trunk_doc(max_cps=10**6, max_channels=10**6)])
-
-
-def _answered(t, edge):  # type: ignore[no-untyped-def]
-    a_invite = t.invite(t.PBX)
-    edge.send(a_invite, t.PBX)
-    edge.take(t.PBX)
-    (b_invite,) = edge.take(t.GATEWAY)
-    edge.send(t.answer(b_invite, 180, tag="gw", peer=t.GATEWAY), t.GATEWAY)
-    edge.send(t.answer(b_invite, 200, tag="gw", peer=t.GATEWAY), t.GATEWAY)
-    _, a_ok = edge.take(t.PBX)
-    edge.send(t.in_dialog("ACK", a_ok, a_invite, t.PBX, cseq=1), t.PBX)
-    edge.take(t.GATEWAY)
-    return a_invite, a_ok
-
-
-def run_calls(calls: int) -> None:
-    """`calls` whole calls through one core (after one warm-up call)."""
-    from edge.sip.message import make_response
-
-    t, edge = _edge()
-    gc.freeze()
-    gc.set_threshold(2_000, 2, 2**31 - 1)  # as the edge runs (edge/runtime/gc_policy.py)
-    for _ in range(calls + 1):
-        a_invite, a_ok = _answered(t, edge)
-        edge.send(t.in_dialog("BYE", a_ok, a_invite, t.PBX, cseq=2), t.PBX)
-        edge.take(t.PBX)
-        (b_bye,) = edge.take(t.GATEWAY)
-        edge.send(make_response(b_bye, 200), t.GATEWAY)
-        edge.advance(0.001)
-        edge.cdrs.clear()
-        edge.events.clear()
-    assert edge.core.active_calls == 0
+from edge.tests.workload import answered_call as _answered  # noqa: E402
+from edge.tests.workload import hang_up, run_calls  # noqa: E402
+from edge.tests.workload import scripted_edge as _edge  # noqa: E402
 
 
 def _callgrind(calls: int, *, compiled: bool) -> int:
@@ -243,14 +209,8 @@ class _HeldRun:
             self.advance(1 / FILL_RATE)
 
     def short_call(self) -> None:
-        from edge.sip.message import make_response
-
         t, edge = self.t, self.edge
-        a_invite, a_ok = _answered(t, edge)
-        edge.send(t.in_dialog("BYE", a_ok, a_invite, t.PBX, cseq=2), t.PBX)
-        edge.take(t.PBX)
-        (b_bye,) = edge.take(t.GATEWAY)
-        edge.send(make_response(b_bye, 200), t.GATEWAY)
+        hang_up(t, edge, *_answered(t, edge))
         self.advance(self.gap)
 
 

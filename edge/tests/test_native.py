@@ -59,7 +59,13 @@ def _import_in_copy(tmp_path: Path, *, env: dict[str, str] | None = None) -> dic
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path), **(env or {})},
+        # Whatever this run was told (TRUNKLINE_EDGE_NATIVE=0 for the interpreted suite), the
+        # copy decides by its own build; a test that wants the variable passes it in `env`.
+        env={
+            **{k: v for k, v in os.environ.items() if k != native.ENV},
+            "PYTHONPATH": str(tmp_path),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -123,3 +129,16 @@ def test_without_a_build_the_source_runs(copy: Path):
     seen = _import_in_copy(copy)
     assert seen["status"] == "interpreted (not built)"
     assert seen["b2bua"].endswith(".py")
+
+
+def test_profile_guided_only_with_gcc_and_not_when_turned_off(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(native.PGO_ENV, raising=False)
+    monkeypatch.setenv("CC", "x86_64-linux-gnu-gcc")
+    generate, use = native._profile_flags() or ([], [])
+    assert generate == [f"-fprofile-generate={native.PROFILE_DIR}"]
+    assert f"-fprofile-use={native.PROFILE_DIR}" in use
+    monkeypatch.setenv("CC", "clang")
+    assert native._profile_flags() is None
+    monkeypatch.setenv("CC", "gcc")
+    monkeypatch.setenv(native.PGO_ENV, "0")
+    assert native._profile_flags() is None
