@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from edge import validators
+from edge.slices import Steps, run_to_end
 from edge.validators import CALLER_ID_POLICIES, TRANSPORTS, address_key
 
 __all__ = [
@@ -361,18 +362,24 @@ def _gateway(obj: Mapping[str, Any], carrier_id: int, where: str) -> Gateway:
 
 # Lists this long are compared a slice at a time (`_same_items`).
 _COMPARE_SLICE = 2_000
+# Steps of a compile (edge/slices.py): a yield after this many trunks, and numbers.
+_TRUNKS_PER_STEP = 4
+_NUMBERS_PER_STEP = 256
 
 
-def _same_items(old: list[Any], new: list[Any]) -> bool:
-    """`old == new`, a slice at a time: compiling runs in a worker thread beside the event
-    loop, and one comparison of two 100,000-number lists is one C call that holds the GIL for
-    15-20 ms (measured), so the loop would wait as long; between slices it can run."""
+def _same_items(old: list[Any], new: list[Any]) -> Steps[bool]:
+    """`old == new`, a slice at a time: one comparison of two 100,000-number lists is one C
+    call of 15-20 ms (measured), a stall of the event loop that runs the compile."""
     if old is new:
         return True
     if len(old) != len(new):
         return False
     step = _COMPARE_SLICE
-    return all(old[i : i + step] == new[i : i + step] for i in range(0, len(old), step))
+    for start in range(0, len(old), step):
+        if old[start : start + step] != new[start : start + step]:
+            return False
+        yield
+    return True
 
 
 # One family's ACL: (shift, {network >> shift: trunk}) from the longest prefix to the shortest.
@@ -452,13 +459,20 @@ class EdgeConfig:
 
     @classmethod
     def compile(cls, doc: Mapping[str, Any], previous: EdgeConfig | None = None) -> EdgeConfig:
-        """Validate a decoded snapshot and build its lookup tables.
+        """Validate a decoded snapshot and build its lookup tables (`compile_steps` at once).
 
         Raises ConfigError if the document's structure is wrong; an object with a refused
         value is left out and listed in `refusals`. With `previous` (the config in use),
         tables whose source did not change are reused: most changes touch a trunk, not the
         100,000 numbers, so a push compiles in half the time and allocates far less.
         """
+        return run_to_end(cls.compile_steps(doc, previous))
+
+    @classmethod
+    def compile_steps(
+        cls, doc: Mapping[str, Any], previous: EdgeConfig | None = None
+    ) -> Steps[EdgeConfig]:
+        """`compile` in steps of a few trunks or a few hundred numbers (edge/slices.py)."""
         if not isinstance(doc, Mapping):
             raise ConfigError(f"snapshot: expected an object, got {type(doc).__name__}")
         schema = doc.get("schema")
@@ -485,8 +499,10 @@ class EdgeConfig:
         refusals: list[Refusal] = []
         # Gateways first: a trunk's ACL may not hold a carrier's address.
         config._compile_gateways(_list(doc, "carriers", "snapshot"), refusals)
-        config._compile_trunks(_list(doc, "trunks", "snapshot"), customers, previous, refusals)
-        config._compile_numbers(_list(doc, "numbers", "snapshot"), previous)
+        yield from config._compile_trunks(
+            _list(doc, "trunks", "snapshot"), customers, previous, refusals
+        )
+        yield from config._compile_numbers(_list(doc, "numbers", "snapshot"), previous)
         config.refusals = (*refusals, *config._number_refusals)
         return config
 
@@ -496,7 +512,7 @@ class EdgeConfig:
         customers: Mapping[int, CustomerState],
         previous: EdgeConfig | None,
         refusals: list[Refusal],
-    ) -> None:
+    ) -> Steps[None]:
         before: Mapping[Any, Any] = previous._trunk_sources if previous is not None else {}
         sources: dict[int, Any] = {}
         trunks: dict[int, TrunkPolicy] = {}
@@ -508,6 +524,8 @@ class EdgeConfig:
         shared: dict[validators.Network, set[int]] = {}
         parse_network = validators.network
         for index, item in enumerate(items):
+            if index % _TRUNKS_PER_STEP == 0:
+                yield
             obj = _object(item, f"trunks[{index}]")
             trunk_id = _int(obj, "id", f"trunks[{index}]", low=1)
             where = f"trunks[{index}] (id {trunk_id})"
@@ -637,10 +655,10 @@ class EdgeConfig:
                 return
         credentials[credential.username] = credential
 
-    def _compile_numbers(self, items: list[Any], previous: EdgeConfig | None) -> None:
+    def _compile_numbers(self, items: list[Any], previous: EdgeConfig | None) -> Steps[None]:
         if (
             previous is not None
-            and _same_items(previous._numbers_source, items)
+            and (yield from _same_items(previous._numbers_source, items))
             and previous._left_out_trunks == self._left_out_trunks
             # The same numbers: their tables stand if every (customer, trunk) pair they use
             # is still valid under the new trunks and customers.
@@ -665,6 +683,8 @@ class EdgeConfig:
         left_out = self._left_out_trunks
         e164_match = validators.E164_NUMBER.fullmatch  # validators.is_e164_number, inlined
         for index, item in enumerate(items):
+            if index % _NUMBERS_PER_STEP == 0:
+                yield
             try:
                 e164, customer_id, trunk_id = item
             except (TypeError, ValueError):
@@ -715,7 +735,15 @@ class EdgeConfig:
         self._number_routes = routes
         self._number_refusals = tuple(refusals)
         self._numbers = numbers
-        self._customer_numbers = {cid: frozenset(owned) for cid, owned in by_customer.items()}
+        customer_numbers: dict[int, frozenset[str]] = {}
+        done = 0
+        for cid, owned in by_customer.items():
+            customer_numbers[cid] = frozenset(owned)
+            done += len(owned)
+            if done >= _NUMBERS_PER_STEP:
+                done = 0
+                yield
+        self._customer_numbers = customer_numbers
 
     def _route_problem(self, customer_id: int, trunk_id: int | None) -> str | None:
         """Why a number of `customer_id` cannot route to `trunk_id`, or None if it can."""

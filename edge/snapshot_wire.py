@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from edge.slices import Steps, run_to_end
+
 __all__ = [
     "DELTA_MAGIC",
     "MAGIC",
@@ -85,6 +87,11 @@ def encode_delta(delta: dict[str, Any]) -> bytes:
 def decode(data: bytes) -> Any:
     """The snapshot document in `data` (lines or one JSON document), not yet validated:
     `EdgeConfig.compile` says what is wrong with its content; a `Delta` for a delta."""
+    return run_to_end(decode_steps(data))
+
+
+def decode_steps(data: bytes) -> Steps[Any]:
+    """`decode` a line at a time (edge/slices.py); one JSON document is one step."""
     try:
         if data.startswith(DELTA_MAGIC):
             return _delta(orjson.loads(data[len(DELTA_MAGIC) :]))
@@ -95,6 +102,7 @@ def decode(data: bytes) -> Any:
         if not isinstance(doc, dict) or any(not isinstance(doc.get(k), list) for k in SPLIT_KEYS):
             raise SnapshotFormatError("the first line must be the document, with its lists")
         for number, line in enumerate(lines, start=2):
+            yield
             piece = orjson.loads(line)
             if not isinstance(piece, dict) or not set(piece) <= set(SPLIT_KEYS):
                 raise SnapshotFormatError(f"line {number}: expected trunks or numbers")
@@ -107,7 +115,7 @@ def decode(data: bytes) -> Any:
 
 def _lines(data: bytes, start: int) -> Iterator[memoryview]:
     """The lines of `data` from `start`, as views: no copy of the whole (a split of 6 MB is
-    one C call of several milliseconds that holds the GIL, so the event loop waits)."""
+    one C call of several milliseconds, a stall of the event loop that decodes)."""
     view = memoryview(data)
     while True:
         end = data.find(b"\n", start)

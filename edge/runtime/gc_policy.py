@@ -43,7 +43,7 @@ Every collection is timed; /metrics exports counts, total seconds and the longes
 generation (`metrics`). The time is the collecting thread's CPU time, not the clock's: the
 collector runs Python callbacks (this timing among them) at its start and end, and there the
 thread may hand the GIL to another and wait for it back, as long as that one's longest C call
-(a snapshot decoded on a worker thread). Timed by the clock, such waits read as collections of
+(a replaced config freed on a worker thread). Timed by the clock, such waits read as collections of
 hundreds of milliseconds (issue 15's run: 434 and 370 ms while a snapshot was applied).
 
 The policy is for a process that is an edge, not one it shares (the embedded ``make run``
@@ -279,7 +279,7 @@ class GcPolicy:
         self._schedule()
 
     def _young_collection(self) -> None:
-        # Disabled: a snapshot compiling on a worker, whose young objects are frozen when it
+        # Disabled: a snapshot compiling in slices, whose young objects are frozen when it
         # ends (edge/runtime/control.py); walked here, 0.1 s of them took 10-25 ms.
         if gc.isenabled():
             self._young_runs += 1

@@ -2,7 +2,7 @@
 
 A callback scheduled every `EVERY` seconds runs late by as long as the loop could not run
 anything: a long callback on the loop, a wait for the GIL that another thread of the edge
-holds (a snapshot compiled or freed on a worker), or a wait for a CPU the machine's other
+holds (a replaced config freed on a worker), or a wait for a CPU the machine's other
 processes hold. The loop thread's own CPU time between two ticks tells the first apart from
 the others, and does not depend on the machine's load; the lag is what SIP saw.
 

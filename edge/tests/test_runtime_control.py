@@ -21,6 +21,8 @@ from edge.runtime.control import (
     ControlApp,
     bind_control_socket,
     compile_snapshot,
+    compile_snapshot_steps,
+    run_in_slices,
     save_snapshot,
     start_control_server,
 )
@@ -375,6 +377,102 @@ def test_a_compiled_snapshot_leaves_nothing_young_for_the_collector():
         assert young < 5_000, young
     finally:
         gc.unfreeze()
+
+
+@run_async
+async def test_a_snapshot_compiles_on_the_loop_with_the_loop_running_between_slices(monkeypatch):
+    """A worker thread beside a busy loop takes the GIL from it half the time (SIP waits);
+    the compile runs on the loop itself, in slices, with everything ready run in between."""
+    from edge.runtime import control as control_module
+
+    control = await Control().start()
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    turns = {"ticker": 0, "between_steps": 0}
+    last_seen = [0]
+
+    def watched(data, previous=None):
+        steps = compile_snapshot_steps(data, previous)
+        while True:
+            threads.add(threading.get_ident())
+            if turns["ticker"] != last_seen[0]:  # the loop ran something since the last step
+                turns["between_steps"] += 1
+                last_seen[0] = turns["ticker"]
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            yield
+
+    monkeypatch.setattr(control_module, "compile_snapshot_steps", watched)
+    stop = asyncio.Event()
+
+    async def ticker():
+        while not stop.is_set():
+            turns["ticker"] += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.ensure_future(ticker())
+    doc = big_snapshot_doc(trunks=2_000, numbers=20_000, customers=200)
+    doc["version"] = 4
+    data = orjson.dumps(doc)
+    status, _, body = await control.request("POST", "/config", data)
+    stop.set()
+    await ticking
+    gc.unfreeze()
+    assert status == 200, body
+    assert len(control.core.config.trunks) == 2_000
+    assert threads == {loop_thread}
+    assert turns["between_steps"] >= 2, turns
+    await control.stop()
+
+
+def test_a_compile_yields_every_few_trunks_and_numbers():
+    doc = big_snapshot_doc(trunks=100, numbers=5_000, customers=10)
+    steps = compile_snapshot_steps(orjson.dumps(doc))
+    count = 0
+    try:
+        while True:
+            next(steps)
+            count += 1
+    except StopIteration as done:
+        config = done.value
+    finally:
+        gc.unfreeze()
+    assert len(config.trunks) == 100 and config.number(doc["numbers"][-1][0]) is not None
+    assert count >= 100 // 4 + 5_000 // 256, count
+
+
+@run_async
+async def test_a_sliced_job_cancelled_half_way_is_closed_and_the_collector_back_on():
+    """The compile pauses the collector; an apply abandoned half-way must not leave it off."""
+    assert gc.isenabled()
+    doc = big_snapshot_doc(trunks=2_000, numbers=20_000, customers=200)
+    job = asyncio.ensure_future(
+        run_in_slices(compile_snapshot_steps(orjson.dumps(doc)), slice_seconds=0.0001)
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not gc.isenabled()  # half-way
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    gc.unfreeze()
+    assert gc.isenabled()
+
+
+@run_async
+async def test_run_in_slices_returns_the_result_and_raises_what_the_steps_raise():
+    def steps(fail: bool):
+        for _ in range(10):
+            yield
+        if fail:
+            raise ValueError("bad line")
+        return 42
+
+    assert await run_in_slices(steps(False)) == 42
+    with pytest.raises(ValueError, match="bad line"):
+        await run_in_slices(steps(True))
 
 
 class Freed:
