@@ -208,6 +208,7 @@ def test_metrics_say_counts_seconds_and_the_longest_pause(policy):
         "trunkline_edge_gc_longest_pause_seconds",
         "trunkline_edge_gc_collected_objects",
         "trunkline_edge_memory_releases",
+        "trunkline_edge_memory_returned_bytes",
     }
     young = {
         s.labels.get("generation"): s.value
