@@ -91,6 +91,7 @@ from edge.sip.errors import RemoteProtocolError
 from edge.sip.message import (
     Request,
     Response,
+    answered_to,
     crossing_headers,
     make_request,
     make_response,
@@ -1655,15 +1656,13 @@ class B2bua:
             call.codecs = call.codecs or _codecs(response)
         a_response = self._relay_to_a(call, response, now, body)
         a_invite = call.a_invite
-        to = a_invite.headers.get("To")
-        assert to is not None  # validate_for_proxy let the INVITE in
-        # The dialog from what _relay_to_a wrote (make_response's To: the INVITE's, our tag
-        # added), without reading the response back.
+        # The dialog from what _relay_to_a wrote (make_response's To), without reading the
+        # response back.
         call.a.dialog = Dialog.answering(
             a_invite,
             status=a_response.status,
             local_tag=call.a.local_tag,
-            local_party=f"{to};tag={call.a.local_tag}",
+            local_party=answered_to(a_invite, call.a.local_tag),
             local_target=self._contact_uri(call.source[2]),
         )
         self._by_a_dialog[(call.a.call_id, call.a.local_tag)] = call

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, overload
 
 import orjson
 
-from edge.sip.grammar import remember
+from edge.sip.grammar import known_values, remember
 from edge.sip.message import random_hex
 
 if TYPE_CHECKING:
@@ -499,7 +499,7 @@ def _check_ip(name: str, value: Any) -> None:
     remember(_VALID_IPS, value)
 
 
-_VALID_IPS: set[str] = set()
+_VALID_IPS: set[str] = known_values()
 
 
 def _check_time(name: str, value: Any) -> None:
@@ -550,4 +550,4 @@ def _clean_routes(routes: Any) -> list[RouteAttempt]:
     return cleaned
 
 
-_VALID_ROUTES: set[tuple[Any, ...]] = set()
+_VALID_ROUTES: set[tuple[Any, ...]] = known_values()

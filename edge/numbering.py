@@ -6,17 +6,21 @@ the allowed-countries check. Numbers already in international form take a fast p
 string operations; national and "00"/"011" forms go through phonenumbers (tens of
 microseconds, cached), which is acceptable once per call and never done per message.
 
-Pure functions only: no I/O, no clock, no Django.
+Pure functions only: no I/O, no clock, no Django (`prepare_regions` loads phonenumbers' metadata
+ahead of the calls that would).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import unquote
 
 import phonenumbers
 
-__all__ = ["region_of", "to_e164"]
+from edge.sip.grammar import forgettable
+
+__all__ = ["prepare_regions", "region_of", "to_e164"]
 
 # RFC 3966 visual separators, plus the spaces people type.
 _SEPARATORS = str.maketrans("", "", "-.() \t")
@@ -76,3 +80,28 @@ def region_of(e164: str) -> str | None:
         return None
     region: str | None = phonenumbers.region_code_for_number(parsed)
     return region
+
+
+forgettable(_parse.cache_clear)
+forgettable(region_of.cache_clear)
+
+_PREPARED_REGIONS: set[str] = set()
+
+
+def prepare_regions(regions: Iterable[str]) -> None:
+    """Load phonenumbers' metadata of `regions` and compile its patterns for them, before any
+    call needs them: phonenumbers loads a region's metadata (a module, hundreds of objects, a
+    few regular expressions) at the first number dialled there, which otherwise lands among
+    the objects of the first busy spell and outlives it (edge/runtime/gc_policy.py). Unknown
+    regions are left to the first call, as before. A region is prepared once per process, so
+    a config applied on the loop costs a set lookup per region already seen."""
+    for region in set(regions) - _PREPARED_REGIONS:
+        _PREPARED_REGIONS.add(region)
+        example = phonenumbers.example_number(region)
+        if example is None:
+            continue
+        national = phonenumbers.national_significant_number(example)
+        parsed = phonenumbers.parse(national, region)
+        if phonenumbers.is_valid_number(parsed):
+            phonenumbers.region_code_for_number(parsed)
+            phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from edge.sip.errors import RemoteProtocolError
+from edge.sip.grammar import forgettable
 from edge.sip.uri import parse_uri
 
 __all__ = [
@@ -164,6 +165,9 @@ def address_key(ip: str) -> tuple[int, int] | None:
             return 128, int(address)
         address = mapped
     return 32, int(address)
+
+
+forgettable(address_key.cache_clear)
 
 
 def gateway_host(value: Any) -> str:

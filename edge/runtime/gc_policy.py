@@ -87,8 +87,9 @@ idle. Three kinds of survivor:
   left up, spread over the spell, 31;
 - what the first calls made once for the process: phonenumbers' metadata of the dialled region
   (a module import, its regular expressions, ~100 blocks), the journal's and the checkpoint's
-  worker threads (~25), and the known-value caches (``forget_known_values``). These are now
-  made at start-up (`prepare_regions`, the executors' first task) or emptied by the release;
+  worker threads (~25), and the known-value caches (edge.sip.grammar's ``forget_known``). These
+  are now made at start-up (edge.numbering's ``prepare_regions``, the executors' first task) or
+  emptied by the release;
   tracemalloc through the edge (``EDGE_CPS_MEMTRACE_FRAMES=1``, which slows it: 600 calls at
   100/s before, 1,500 at 150/s after) counted 312 blocks alive after the release that were not
   at idle before, 202 after (none of these sites among them);
@@ -132,6 +133,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from edge.sip import grammar
+
 __all__ = [
     "DEFAULT_FULL_INTERVAL",
     "MIDDLE_THRESHOLD",
@@ -141,8 +144,6 @@ __all__ = [
     "YOUNG_INTERVAL",
     "YOUNG_THRESHOLD",
     "GcPolicy",
-    "forget_known_values",
-    "prepare_regions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -161,54 +162,6 @@ QUIET_HELD = 64
 QUIET_CHECK_INTERVAL = 2.0
 # How busy the edge must have been since the last release for another to be worth it.
 RELEASE_AFTER = 1000
-
-
-def forget_known_values() -> None:
-    """Empty the caches of values already found well-formed or already converted (URIs, hosts,
-    a CDR's addresses and routes, E.164 forms and regions, ACL keys of source addresses).
-
-    They are caches: a value not in them is checked again, at the cost of the first call that
-    brings it. What a busy spell put in them was allocated among its calls' objects, and each
-    survivor pins its pymalloc pool and 1 MiB arena when the calls are gone (the module's
-    docstring); emptied at the quiet release, they fill again from what comes next."""
-    from edge import cdr, numbering, validators
-    from edge.sip import message, uri
-
-    for known in (
-        uri._VALID_URI_TEXTS,
-        uri._HOSTS_SEEN,
-        message._VALID_REQUEST_URI_TEXTS,
-        cdr._VALID_IPS,
-        cdr._VALID_ROUTES,
-    ):
-        known.clear()
-    numbering._parse.cache_clear()
-    numbering.region_of.cache_clear()
-    validators.address_key.cache_clear()
-
-
-_PREPARED_REGIONS: set[str] = set()
-
-
-def prepare_regions(regions: Iterable[str]) -> None:
-    """Load phonenumbers' metadata of `regions` and compile its patterns for them, before any
-    call needs them: phonenumbers loads a region's metadata (a module, hundreds of objects, a
-    few regular expressions) at the first number dialled there, which otherwise lands among
-    the objects of the first busy spell and outlives it (the module's docstring). Unknown
-    regions are left to the first call, as before. A region is prepared once per process, so
-    a config applied on the loop costs a set lookup per region already seen."""
-    import phonenumbers
-
-    for region in set(regions) - _PREPARED_REGIONS:
-        _PREPARED_REGIONS.add(region)
-        example = phonenumbers.example_number(region)
-        if example is None:
-            continue
-        national = phonenumbers.national_significant_number(example)
-        parsed = phonenumbers.parse(national, region)
-        if phonenumbers.is_valid_number(parsed):
-            phonenumbers.region_code_for_number(parsed)
-            phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _pool_give_back() -> Callable[[], tuple[int, int]] | None:
@@ -330,7 +283,7 @@ class GcPolicy:
         started = time.perf_counter()
         if self._release is not None:
             self._release()
-        forget_known_values()
+        grammar.forget_known()  # the caches of values known well-formed
         gc.collect()  # a full collection also empties CPython's free lists
         if self._trim is not None:
             self._trim(0)

@@ -59,6 +59,7 @@ from edge.limits import (
     decide,
 )
 from edge.media import MediaFailed, MediaReady, MediaStats
+from edge.numbering import prepare_regions
 from edge.options import (
     DEFAULT_DIGEST_ALGORITHMS,
     ENVIRONMENT,
@@ -88,7 +89,7 @@ from edge.runtime.control import (
     start_control_server,
 )
 from edge.runtime.events import BatchingSink, EventSink, NodeEvent, live_events_sink
-from edge.runtime.gc_policy import GcPolicy, prepare_regions
+from edge.runtime.gc_policy import GcPolicy
 from edge.runtime.journal import CdrJournal, JournalFlusher
 from edge.runtime.loop_watch import LoopWatch
 from edge.runtime.rtpengine import Media, attach_media

@@ -1,14 +1,16 @@
 """Character classes and lexical helpers of the SIP grammar (RFC 3261 section 25.1).
 
 Shared by the URI, message and SDP readers so that every module agrees on what a token, a
-quoted string and a comma-separated list are. Pure string functions: no I/O, no state.
+quoted string and a comma-separated list are. Pure string functions, no I/O; the one state is
+the caches of values already found well-formed (`remember`), each registered where it is made
+(`known_values`, `forgettable`) so that `forget_known` empties them all.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Hashable
-from typing import Final, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, Final, TypeVar
 
 from edge.sip.errors import RemoteProtocolError
 
@@ -18,8 +20,11 @@ __all__ = [
     "KNOWN_TEXTS_LIMIT",
     "TOKEN_CHARS",
     "UNRESERVED",
+    "forget_known",
+    "forgettable",
     "is_ascii_alnum",
     "is_token",
+    "known_values",
     "quote_string",
     "read_quoted_string",
     "remember",
@@ -41,8 +46,37 @@ K = TypeVar("K", bound=Hashable)
 KNOWN_TEXTS_LIMIT: Final = 4096
 
 
+# Every cache of known values, for `forget_known`.
+_KNOWN_SETS: Final[list[set[Any]]] = []
+_CACHE_CLEARS: Final[list[Callable[[], object]]] = []
+
+
+def known_values() -> set[Any]:
+    """A new, empty cache for `remember`, which `forget_known` empties."""
+    known: set[Any] = set()
+    _KNOWN_SETS.append(known)
+    return known
+
+
+def forgettable(clear: Callable[[], object]) -> None:
+    """Have `forget_known` call `clear` too: another cache of known values (an lru_cache's
+    ``cache_clear``)."""
+    _CACHE_CLEARS.append(clear)
+
+
+def forget_known() -> None:
+    """Empty every cache of known values. They are caches: a value not in them is checked
+    again, at the cost of the first message that brings it (the edge's quiet release,
+    edge/runtime/gc_policy.py: what a busy spell put in them pins its memory)."""
+    for known in _KNOWN_SETS:
+        known.clear()
+    for clear in _CACHE_CLEARS:
+        clear()
+
+
 def remember(known: set[K], text: K) -> None:
-    """Note `text` in `known`, a set of texts (or tuples of values) already found well-formed
+    """Note `text` in `known` (made by `known_values`), a set of texts (or tuples of values)
+    already found well-formed
     (URIs, hosts, a CDR's addresses and routes): checking is a pure function of the value and
     peers repeat the same few, so a value in the set is not checked again. Bounded: emptied
     when full."""

@@ -28,6 +28,7 @@ from edge.sip.grammar import (
     TOKEN_CHARS,
     is_ascii_alnum,
     is_token,
+    known_values,
     read_quoted_string,
     remember,
     split_unquoted,
@@ -51,6 +52,7 @@ __all__ = [
     "Request",
     "Response",
     "Via",
+    "answered_to",
     "crossing_headers",
     "make_request",
     "make_response",
@@ -206,7 +208,7 @@ _SINGLE_VALUED_HEADERS: Final = (
 _MANDATORY_KEYS: Final = tuple((name, name.lower()) for name in _MANDATORY_HEADERS)
 _SINGLE_VALUED_KEYS: Final = tuple((name, name.lower()) for name in _SINGLE_VALUED_HEADERS)
 # Request-URI texts known to parse without URI headers (_check_request_uri); emptied when full.
-_VALID_REQUEST_URI_TEXTS: Final[set[str]] = set()
+_VALID_REQUEST_URI_TEXTS: Final[set[str]] = known_values()
 # RFC 3261 8.2.6.2: what a response copies from its request; 100 Trying also echoes Timestamp.
 _RESPONSE_COPIED_HEADERS: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
 _TRYING_COPIED_HEADERS: Final = _RESPONSE_COPIED_HEADERS | {"timestamp"}
@@ -1080,6 +1082,13 @@ def _has_tag(request: Request) -> bool:
         return True
 
 
+def answered_to(request: Request, to_tag: str) -> str:
+    """The To of a response to `request` from the party tagged `to_tag` (RFC 3261 8.2.6.2):
+    the request's To as received, with ``;tag=to_tag`` added unless it already has a tag."""
+    to = request.headers.get("To") or ""
+    return to if _has_tag(request) else f"{to};tag={to_tag}"
+
+
 def make_response(
     request: Request,
     status: int,
@@ -1092,21 +1101,21 @@ def make_response(
     """Build a response to `request` as RFC 3261 8.2.6 says.
 
     Copies every Via, From, To, Call-ID and CSeq line as received (and Timestamp for 100);
-    adds `;tag=to_tag` to To unless the request's To already has a tag. `headers` are appended.
+    with `to_tag`, To as `answered_to` says. `headers` are appended.
     """
     if not 100 <= status <= 699:
         raise LocalProtocolError(f"Status {status} is not a SIP status code")
     if reason is None:
         reason = REASON_PHRASES.get(status) or _CLASS_REASON_PHRASES[status // 100]
     copied = _TRYING_COPIED_HEADERS if status == 100 else _RESPONSE_COPIED_HEADERS
-    add_tag = to_tag is not None and not _has_tag(request)
+    to = None if to_tag is None else answered_to(request, to_tag)
     fields: list[_Field] = []
     for copied_field in request.headers._fields:
         key = copied_field[0]
         if key not in copied:
             continue
-        if key == "to" and add_tag:
-            fields.append(("to", copied_field[1], f"{copied_field[2]};tag={to_tag}", None))
+        if key == "to" and to is not None and to is not copied_field[2]:  # the tag added
+            fields.append(("to", copied_field[1], to, None))
         else:
             fields.append(copied_field)
     response_headers = Headers(headers or ())

@@ -22,6 +22,7 @@ from edge.sip.grammar import (
     UNRESERVED,
     is_ascii_alnum,
     is_token,
+    known_values,
     quote_string,
     read_quoted_string,
     remember,
@@ -53,7 +54,7 @@ _GENERIC_VALUE_CHARS: Final = TOKEN_CHARS | frozenset(":[]")
 _OPAQUE_URI_FORBIDDEN: Final = frozenset(' \t"<>')
 _MAX_PORT: Final = 65535
 # URI texts of name-addr values known to parse (NameAddr.check_uri); emptied when full.
-_VALID_URI_TEXTS: Final[set[str]] = set()
+_VALID_URI_TEXTS: Final[set[str]] = known_values()
 
 
 class Parameters(MutableMapping[str, str | None]):
@@ -277,7 +278,7 @@ def bracket_host(host: str) -> str:
 
 # Hosts already found well-formed (`remember`): a busy edge reads the same few peers' addresses
 # in every message.
-_HOSTS_SEEN: Final[set[str]] = set()
+_HOSTS_SEEN: Final[set[str]] = known_values()
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:

@@ -288,7 +288,7 @@ def test_prepare_regions_loads_their_numbering_metadata_before_any_call():
     start-up, it does not. In a fresh interpreter: other tests load regions too."""
     code = (
         "from phonenumbers.phonemetadata import PhoneMetadata as M\n"
-        "from edge.runtime.gc_policy import prepare_regions\n"
+        "from edge.numbering import prepare_regions\n"
         "assert 'NZ' not in M._region_metadata\n"
         "prepare_regions(['NZ', 'ZZ'])\n"  # an unknown region is left alone
         "assert 'NZ' in M._region_metadata\n"

@@ -27,6 +27,7 @@ from edge.sip import (
     random_hex,
     validate_for_proxy,
 )
+from edge.sip.message import answered_to
 from edge.sip.tests.samples import ALL_SAMPLES, BYE, INVITE, OPTIONS, REGISTER
 
 
@@ -310,6 +311,18 @@ def test_100_trying_echoes_timestamp_and_needs_no_tag() -> None:
 def test_make_response_keeps_an_existing_to_tag() -> None:
     bye = parse_request(BYE)
     assert make_response(bye, 200, to_tag="other").to_tag == "a6c85cf"
+
+
+def test_answered_to_is_the_to_a_response_carries() -> None:
+    """One rule for the To of our answers: make_response's, and the dialog the B2BUA builds
+    from its 2xx without reading it back (edge/b2bua.py)."""
+    invite, bye = parse_request(INVITE), parse_request(BYE)
+    assert answered_to(invite, "as83kd9") == f"{invite.headers.get('To')};tag=as83kd9"
+    assert answered_to(bye, "other") == bye.headers.get("To")
+    for request, tag in ((invite, "as83kd9"), (bye, "other")):
+        assert make_response(request, 200, to_tag=tag).headers.get("To") == answered_to(
+            request, tag
+        )
 
 
 def test_make_response_reason_body_and_extra_headers() -> None:
