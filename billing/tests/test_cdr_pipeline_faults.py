@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
@@ -215,16 +216,25 @@ def test_worker_sigkilled_mid_batch(tmp_path, node, stream_redis, worker_env, st
     _writer(start, tmp_path, node, stream_redis.url, count=3000, rate=3000)
     _wait(lambda: "written" in (tmp_path / "writer-0.log").read_text(), 60, "writer done")
     _wait(lambda: client.exists(STREAM) and client.xlen(STREAM) > 0, 30, "batches in the stream")
-    worker = _worker(start, worker_env, tmp_path, name="doomed")
+    # The CDR table locked, the worker blocks in its first store with the batch read and not
+    # acknowledged, however fast it is: "mid-batch" for as long as the test needs (polled
+    # instead, a fast machine read, stored and acknowledged everything between two looks).
+    table_lock = psycopg.connect(_db_url())
+    try:
+        table_lock.execute(f'LOCK TABLE "{Cdr._meta.db_table}" IN ACCESS EXCLUSIVE MODE')
+        worker = _worker(start, worker_env, tmp_path, name="doomed")
 
-    def mid_batch() -> bool:
-        with contextlib.suppress(redis.ResponseError):
-            return client.xpending(STREAM, GROUP)["pending"] > 0
-        return False
+        def mid_batch() -> bool:
+            with contextlib.suppress(redis.ResponseError):
+                return client.xpending(STREAM, GROUP)["pending"] > 0
+            return False
 
-    _wait(mid_batch, 60, "the worker to take a batch")
-    _stop(worker, signal.SIGKILL)  # read, not acknowledged: the batch is in its hands
-    assert client.xpending(STREAM, GROUP)["pending"] > 0
+        _wait(mid_batch, 60, "the worker to take a batch")
+        _stop(worker, signal.SIGKILL)  # read, not acknowledged: the batch is in its hands
+        assert client.xpending(STREAM, GROUP)["pending"] > 0
+    finally:
+        table_lock.rollback()
+        table_lock.close()
     _worker(start, worker_env, tmp_path, name="heir")
     _assert_all_once(tmp_path, node, 3000)
     _wait(lambda: client.xpending(STREAM, GROUP)["pending"] == 0, 30, "all acknowledged")
