@@ -141,6 +141,7 @@ __all__ = [
     "QUIET_CHECK_INTERVAL",
     "QUIET_HELD",
     "RELEASE_AFTER",
+    "THRESHOLDS",
     "YOUNG_INTERVAL",
     "YOUNG_THRESHOLD",
     "GcPolicy",
@@ -152,6 +153,8 @@ YOUNG_THRESHOLD = 2_000
 MIDDLE_THRESHOLD = 2
 # The oldest generation's threshold: never reached, so only `GcPolicy` runs full collections.
 _NEVER = 2**31 - 1
+# gc.set_threshold's arguments as the edge runs (also bench/edge_core.py's workload).
+THRESHOLDS = (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, _NEVER)
 DEFAULT_FULL_INTERVAL = 3600.0
 YOUNG_INTERVAL = 0.1
 GENERATIONS = 3
@@ -173,7 +176,7 @@ def _pool_give_back() -> Callable[[], tuple[int, int]] | None:
         return None
     try:
         from edge import _arenas
-    except ImportError:  # built before it existed: `make native` builds it
+    except ImportError:  # its file removed from a current build
         return None
     _arenas.install()
     return _arenas.give_back
@@ -231,7 +234,7 @@ class GcPolicy:
         if self._held is not None:
             self._give_back = _pool_give_back()  # before the arenas of the calls to come
         self._saved_threshold = gc.get_threshold()
-        gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, _NEVER)
+        gc.set_threshold(*THRESHOLDS)
         gc.callbacks.append(self._on_gc)
         self._loop = loop
         self._schedule()

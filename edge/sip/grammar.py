@@ -46,15 +46,14 @@ K = TypeVar("K", bound=Hashable)
 KNOWN_TEXTS_LIMIT: Final = 4096
 
 
-# Every cache of known values, for `forget_known`.
-_KNOWN_SETS: Final[list[set[Any]]] = []
+# How to empty each cache of known values, for `forget_known`.
 _CACHE_CLEARS: Final[list[Callable[[], object]]] = []
 
 
 def known_values() -> set[Any]:
     """A new, empty cache for `remember`, which `forget_known` empties."""
     known: set[Any] = set()
-    _KNOWN_SETS.append(known)
+    _CACHE_CLEARS.append(known.clear)
     return known
 
 
@@ -68,8 +67,6 @@ def forget_known() -> None:
     """Empty every cache of known values. They are caches: a value not in them is checked
     again, at the cost of the first message that brings it (the edge's quiet release,
     edge/runtime/gc_policy.py: what a busy spell put in them pins its memory)."""
-    for known in _KNOWN_SETS:
-        known.clear()
     for clear in _CACHE_CLEARS:
         clear()
 

@@ -11,6 +11,7 @@ import gc
 from types import ModuleType
 from typing import Any
 
+from edge.runtime.gc_policy import THRESHOLDS
 from edge.sip.message import Request, Response, make_response
 
 
@@ -49,7 +50,7 @@ def run_calls(calls: int) -> None:
     thresholds (edge/runtime/gc_policy.py)."""
     t, edge = scripted_edge()
     gc.freeze()
-    gc.set_threshold(2_000, 2, 2**31 - 1)
+    gc.set_threshold(*THRESHOLDS)
     for _ in range(calls + 1):
         a_invite, a_ok = answered_call(t, edge)
         hang_up(t, edge, a_invite, a_ok)
