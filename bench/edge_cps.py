@@ -741,6 +741,8 @@ class PauseWatch:
         self.snapshot_mb = 0.0
         self.numbers = 0
         self.gc_longest_s: dict[str, float] = {}  # by generation
+        self.gc_totals: dict[str, tuple[float, float]] = {}  # by generation: count, seconds
+        self.gc_collected = 0.0  # cyclic garbage the collections found
         self.loop_watch: dict[str, float] = {}  # trunkline_edge_loop_* from /metrics
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -795,6 +797,17 @@ class PauseWatch:
                     for (name, labels), value in metrics.items()
                     if name == "trunkline_edge_gc_longest_pause_seconds"
                 }
+                self.gc_totals = {
+                    dict(labels).get("generation", "?"): (
+                        metrics.get(("trunkline_edge_gc_collections_total", labels), 0.0),
+                        value,
+                    )
+                    for (name, labels), value in metrics.items()
+                    if name == "trunkline_edge_gc_seconds_total"
+                }
+                self.gc_collected = metrics.get(
+                    ("trunkline_edge_gc_collected_objects_total", frozenset()), 0.0
+                )
                 self.loop_watch = {
                     name: value
                     for (name, _), value in metrics.items()
@@ -827,6 +840,15 @@ class PauseWatch:
                 f"{value * 1000:.1f}" for _, value in sorted(self.gc_longest_s.items())
             )
             gc_note = f"; the edge's longest GC pause by generation (/metrics) {by_generation} ms"
+        if self.gc_totals:
+            gc_note += (
+                " (collections, total ms: "
+                + ", ".join(
+                    f"{count:.0f}, {seconds * 1000:.0f}"
+                    for _, (count, seconds) in sorted(self.gc_totals.items())
+                )
+                + f"; {self.gc_collected:.0f} objects found unreachable; since the edge started)"
+            )
         lines = [
             f"edge      pauses over the {latency.elapsed:.0f} s soak at {latency.rate} calls/s: "
             f"OPTIONS answered in max {max(delays):.1f} ms, p99 {percentile(delays, 99):.1f} ms "

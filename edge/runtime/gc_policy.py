@@ -10,34 +10,48 @@ with full collections off.
 
 The policy (`install`):
 
-- young collections every `YOUNG_THRESHOLD` allocations, the middle generation every
-  `MIDDLE_THRESHOLD` young ones: small collections walk few survivors, so they are short
-  (under 5 ms each in the core bench at 1,000 calls/s of lingering state) and cost less in
-  total than rarer, larger ones (14 against 37 us per call);
+- young collections every `YOUNG_THRESHOLD` allocations: they walk what was allocated since the
+  last one, so they are short (0.3 ms on average at 1,800 calls/s);
+- no middle collections: what survives a young collection (a finished call's lingering
+  transactions, nearly all of it) stays in the middle generation, which only a full collection
+  walks. Each middle collection walked every object that had survived the young ones since the
+  last, so it cost as much per call as the young ones together and stopped the loop for longer:
+  measured through the edge with SIPp at 1,800 calls/s over 60 s (``bench/edge_cps.py --only
+  edge --pauses --no-apply``, 2026-12-05), 1,373 young collections took 409 ms and 613 middle
+  ones 833 ms (longest 6.4 ms), and 2.5 % of the calls took 4 ms or more to their 200 (SIPp's
+  clock), so the p99 read 4 ms; without the middle ones, 635 ms of young collections in all,
+  0.56 % of calls at 4 ms or more, p99 under 1 ms (Kamailio in the same bench: 0.25 %). They
+  never found anything to free: 0 unreachable objects over that soak, and 0 in two full
+  collections 20 s apart at that rate. What a middle collection would reclaim (a reference
+  cycle some code drops after it outlived a young collection: an asyncio future holding its
+  exception's traceback, say) waits for the next full collection instead, which
+  ``trunkline_edge_gc_collected_objects`` counts;
 - no automatic full collection: a full one runs every ``full_interval`` seconds instead (the
   edge's ``--gc-full-interval``, default 3600; 0 never), so what cycles other code leaves
-  (asyncio, the control API) is still reclaimed, at a time an operator chooses. It still walks
-  everything: measured at 700 calls/s, one took 0.55 s, and over 65 s of such load with one
-  every 20 s they found no cyclic garbage at all (``trunkline_edge_gc_collected_objects``
-  tells an operator whether a longer interval, or 0, is safe for their traffic);
+  (asyncio, the control API) is still reclaimed, at a time an operator chooses. It walks
+  everything held, so it stops the loop for as long: measured at 700 calls/s, one took 0.55 s,
+  at 1,800 calls/s 1.15 s; over 65 s of such load with one every 20 s they found no cyclic
+  garbage at all (``trunkline_edge_gc_collected_objects`` tells an operator whether a longer
+  interval, or 0, is safe for their traffic). The release when the edge goes quiet (below)
+  runs one too;
 - what start-up built (modules, the compiled snapshot) is frozen out of every collection;
-- young collections also run every `YOUNG_INTERVAL` seconds (and a middle one every
-  `MIDDLE_THRESHOLD` of those), whatever the allocation count says. CPython counts allocations
-  minus deallocations, and every object freed lowers the count, the frozen and the old
-  included: for 32 s after a snapshot apply froze the live calls' state, their lingering
-  transactions ending kept the count under the threshold while the new calls' objects piled
-  up young, and the first collection then walked them all (measured at 150 calls/s: 231,000
-  young objects 27 s after an apply, a 143 ms young and a 112 ms middle collection, back to
-  back on the loop). On the timer a young collection walks what 0.1 s of calls left alive.
+- young collections also run every `YOUNG_INTERVAL` seconds, whatever the allocation count
+  says. CPython counts allocations minus deallocations, and every object freed lowers the
+  count, the frozen and the old included: for 32 s after a snapshot apply froze the live calls'
+  state, their lingering transactions ending kept the count under the threshold while the new
+  calls' objects piled up young, and the first collection then walked them all (measured at 150
+  calls/s: 231,000 young objects 27 s after an apply, a 143 ms young and a 112 ms middle
+  collection, back to back on the loop). On the timer a young collection walks what 0.1 s of
+  calls left alive.
 
-Calls held for minutes cost the young and middle collections nothing: what survives a middle
-collection is in the oldest generation, which only the full one walks, so there is no freezing
-of settled call state to do. Measured in-process (bench/edge_core.py --held, callgrind, the
-policy installed and its timer simulated, short calls at 100/s): the collector's share of a
-short call 0.022 M instructions holding 100, 1,000 or 10,000 answered calls (the core's 1.750 /
-1.751 / 1.756 M); objects walked per short call 73 and 72 holding 100 and 10,000 (counted from
-``gc.callbacks``). The full collection does walk them: about 100 ms of CPU holding 10,000
-(in-process, busy machine), the pause ``--gc-full-interval`` schedules.
+Calls held for minutes cost the young collections nothing: what survives one is in a generation
+only the full collection walks, so there is no freezing of settled call state to do. Measured
+in-process (bench/edge_core.py --held, callgrind, the policy installed and its timer simulated,
+short calls at 100/s): the collector's share of a short call 0.022 M instructions holding 100,
+1,000 or 10,000 answered calls (the core's 1.750 / 1.751 / 1.756 M); objects walked per short
+call 73 and 72 holding 100 and 10,000 (counted from ``gc.callbacks``). The full collection does
+walk them: about 100 ms of CPU holding 10,000 (in-process, busy machine), the pause
+``--gc-full-interval`` schedules.
 
 Every collection is timed; /metrics exports counts, total seconds and the longest pause per
 generation (`metrics`). The time is the collecting thread's CPU time, not the clock's: the
@@ -137,7 +151,6 @@ from edge.sip import grammar
 
 __all__ = [
     "DEFAULT_FULL_INTERVAL",
-    "MIDDLE_THRESHOLD",
     "QUIET_CHECK_INTERVAL",
     "QUIET_HELD",
     "RELEASE_AFTER",
@@ -150,11 +163,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 YOUNG_THRESHOLD = 2_000
-MIDDLE_THRESHOLD = 2
-# The oldest generation's threshold: never reached, so only `GcPolicy` runs full collections.
+# The middle and oldest generations' thresholds: never reached, so CPython runs only young
+# collections, and only `GcPolicy` runs full ones.
 _NEVER = 2**31 - 1
 # gc.set_threshold's arguments as the edge runs (also bench/edge_core.py's workload).
-THRESHOLDS = (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, _NEVER)
+THRESHOLDS = (YOUNG_THRESHOLD, _NEVER, _NEVER)
 DEFAULT_FULL_INTERVAL = 3600.0
 YOUNG_INTERVAL = 0.1
 GENERATIONS = 3
@@ -222,7 +235,6 @@ class GcPolicy:
         self._started_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._young_timer: asyncio.TimerHandle | None = None
-        self._young_runs = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._saved_threshold: tuple[int, int, int] | None = None
 
@@ -267,8 +279,7 @@ class GcPolicy:
         # Disabled: a snapshot compiling in slices, whose young objects are frozen when it
         # ends (edge/runtime/control.py); walked here, 0.1 s of them took 10-25 ms.
         if gc.isenabled():
-            self._young_runs += 1
-            gc.collect(1 if self._young_runs % MIDDLE_THRESHOLD == 0 else 0)
+            gc.collect(0)
         if self._loop is not None:
             self._young_timer = self._loop.call_later(YOUNG_INTERVAL, self._young_collection)
 

@@ -13,7 +13,6 @@ import pytest
 
 from edge import cdr, numbering, validators
 from edge.runtime.gc_policy import (
-    MIDDLE_THRESHOLD,
     QUIET_CHECK_INTERVAL,
     QUIET_HELD,
     RELEASE_AFTER,
@@ -55,7 +54,8 @@ def test_install_sets_the_thresholds_and_uninstall_restores_them(policy):
     before = gc.get_threshold()
     gc_policy, _ = policy(full_interval=0)
     young, middle, old = gc.get_threshold()
-    assert (young, middle) == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD)
+    assert young == YOUNG_THRESHOLD
+    assert middle >= 2**31 - 1  # no middle collection
     assert old >= 2**31 - 1  # no automatic full collection
     assert gc.get_freeze_count() > 0  # start-up objects are out of every collection
     assert gc_policy._on_gc in gc.callbacks
@@ -108,7 +108,7 @@ def test_frees_of_older_objects_do_not_hold_off_young_collections(policy):
             await asyncio.sleep(0.01)
 
     loop.run_until_complete(churn())
-    assert gc_policy.collections[0] >= 5 and gc_policy.collections[1] >= 2
+    assert gc_policy.collections[0] >= 5
     assert len(gc.get_objects(generation=0)) < 20_000  # without the timer: all 60,000
 
 
@@ -126,17 +126,21 @@ def test_the_timer_leaves_a_compile_in_progress_alone(policy):
     assert gc_policy.collections[0] >= 5
 
 
-def test_allocation_runs_young_and_middle_collections_but_never_a_full_one(policy):
-    gc_policy, _ = policy(full_interval=0)
+def test_allocation_runs_young_collections_only(policy):
+    """What survives a young collection is never walked again by the collections the
+    allocations or the timer trigger (only by a full one): a held call costs them nothing."""
+    gc_policy, loop = policy(full_interval=0)
     kept = []
     for i in range(600_000):  # a third of it survives: about 100 young collections' worth
         item = [i]
         if i % 3 == 0:
             kept.append(item)
-    assert gc_policy.collections[0] > 50
-    assert gc_policy.collections[1] > 10
-    assert gc_policy.collections[2] == 0
+    loop.run_until_complete(asyncio.sleep(60))  # 600 young timers
+    assert gc_policy.collections[0] > 600
+    assert gc_policy.collections[1] == gc_policy.collections[2] == 0
     assert len(kept) == 200_000
+    survivors = {id(item) for item in gc.get_objects(generation=1)}
+    assert all(id(item) in survivors for item in kept[::1000])
 
 
 def test_full_collections_run_on_the_interval(policy):
