@@ -151,6 +151,7 @@ STEP_OVERHEAD_S = 1.5  # start and stop of a proxy, a UAS and a UAC, roughly
 # A finished call's transactions linger up to 32 s (64 x T1, RFC 3261 17) to absorb
 # retransmissions; whatever they hold is freed when the last one ends.
 LINGER_S = 34.0
+LATER_EVERY_S = 15.0  # --rss-later: one more reading this often
 PROBE_EVERY_S = 0.005  # --pauses: one OPTIONS every 5 ms
 PROBE_TIMEOUT_S = 2.0  # an OPTIONS unanswered this long counts as this long
 # --cpu-levels: the edge's CPU holding the calls, before the short calls. One interval of the
@@ -921,6 +922,7 @@ class Memory:
     ended: tuple[int, int] | None = None  # once the calls have ended
     settled: tuple[int, int] | None = None  # LINGER_S later
     ended_active: int | None = None
+    later: list[tuple[float, tuple[int, int]]] = field(default_factory=list)  # --rss-later
 
     def per_call(self, which: int) -> float | None:
         """KiB per concurrent call: RSS (0) or PSS (1), loaded minus idle."""
@@ -936,12 +938,19 @@ def _current_calls(uac: h.Sipp) -> int:
 
 
 def measure_rss(
-    peer: Peer, calls: int, workdir: Path, *, after: bool = False, rate: int = RSS_RATE
+    peer: Peer,
+    calls: int,
+    workdir: Path,
+    *,
+    after: bool = False,
+    rate: int = RSS_RATE,
+    later: float = 0.0,
 ) -> Memory:
     """The peer's memory idle and holding `calls` concurrent calls (VmRSS of the edge process,
     as before). With `after`, the calls are held just long enough to be read, then SIPp ends
-    them (BYE) and the memory is read again when they are gone and `LINGER_S` later; and every
-    reading is also the sum of RSS and of PSS over the peer's processes (Kamailio has several)."""
+    them (BYE) and the memory is read again when they are gone and `LINGER_S` later (then every
+    `LATER_EVERY_S` until `later` s after they were gone); and every reading is also the sum of
+    RSS and of PSS over the peer's processes (Kamailio has several)."""
     workdir.mkdir(parents=True, exist_ok=True)
     fill_s = calls / rate
     hold_ms = round((fill_s + 15) * 1000) if after else RSS_HOLD_MS
@@ -997,8 +1006,12 @@ def measure_rss(
             memory.ended_active = left
             time.sleep(2.0)
             memory.ended = memory_kib(proxy.pids())
+            gone = time.monotonic()
             time.sleep(LINGER_S)
             memory.settled = memory_kib(proxy.pids())
+            while (since := time.monotonic() - gone) + LATER_EVERY_S <= later + 0.5:
+                time.sleep(LATER_EVERY_S)
+                memory.later.append((since + LATER_EVERY_S, memory_kib(proxy.pids())))
     finally:
         if uac is not None:
             uac.stop()
@@ -1029,6 +1042,12 @@ def memory_lines(memory: Memory) -> list[str]:
             f"{LINGER_S:.0f} s later {memory.settled[0] / 1024:.1f} MiB "
             f"({memory.settled[0] / rss_idle:.2f} x idle; target <= 1.10); PSS then "
             f"{memory.settled[1] / 1024:.1f} MiB ({memory.settled[1] / pss_idle:.2f} x idle)"
+        )
+    if memory.later and memory.idle is not None:
+        rss_idle = memory.idle[0]
+        lines.append(
+            f"{memory.peer:9} RSS later (s after the calls were gone: x idle): "
+            + ", ".join(f"{at:.0f}: {kib[0] / rss_idle:.2f}" for at, kib in memory.later)
         )
     return lines
 
@@ -1237,6 +1256,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the memory run of --rss-after alone: no search, no latency run (about 70 s a peer)",
     )
     parser.add_argument(
+        "--rss-later",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --rss-after: the edge's memory also read every 15 s after the 34 s reading, "
+        "until SECONDS after its calls were gone",
+    )
+    parser.add_argument(
         "--cpu-levels",
         type=_levels,
         metavar="N,N,...",
@@ -1413,7 +1440,12 @@ def _run(
         more = " until they end" if args.rss_after else ""
         print(f"edge memory with {rss_calls} concurrent calls{more}:", flush=True)
         memory = measure_rss(
-            edge_peer, rss_calls, workdir / "edge-rss", after=args.rss_after, rate=args.rss_rate
+            edge_peer,
+            rss_calls,
+            workdir / "edge-rss",
+            after=args.rss_after,
+            rate=args.rss_rate,
+            later=args.rss_later,
         )
         memories.append(memory)
         kamailio = next((p for p in peers if isinstance(p, KamailioPeer)), None)
