@@ -163,7 +163,8 @@ def add_arguments(
     )  # fmt: skip
     add(
         "--gc-full-interval", "gc_full_interval",
-        "seconds between full garbage collections (0: never; edge/runtime/gc_policy.py)",
+        "seconds between full garbage collections, each run once the edge is quiet (0: never; "
+        "edge/runtime/gc_policy.py)",
         str(int(DEFAULT_FULL_INTERVAL)),
     )  # fmt: skip
     add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")

@@ -26,14 +26,17 @@ The policy (`install`):
   cycle some code drops after it outlived a young collection: an asyncio future holding its
   exception's traceback, say) waits for the next full collection instead, which
   ``trunkline_edge_gc_collected_objects`` counts;
-- no automatic full collection: a full one runs every ``full_interval`` seconds instead (the
-  edge's ``--gc-full-interval``, default 3600; 0 never), so what cycles other code leaves
-  (asyncio, the control API) is still reclaimed, at a time an operator chooses. It walks
-  everything held, so it stops the loop for as long: measured at 700 calls/s, one took 0.55 s,
-  at 1,800 calls/s 1.15 s; over 65 s of such load with one every 20 s they found no cyclic
-  garbage at all (``trunkline_edge_gc_collected_objects`` tells an operator whether a longer
-  interval, or 0, is safe for their traffic). The release when the edge goes quiet (below)
-  runs one too;
+- no automatic full collection: a full one falls due every ``full_interval`` seconds instead
+  (the edge's ``--gc-full-interval``, default 3600; 0 never), so what cycles other code leaves
+  (asyncio, the control API) is still reclaimed. It walks everything held, so it stops the loop
+  for as long: measured at 700 calls/s, one took 0.55 s, at 1,800 calls/s 1.15 s. So one that
+  falls due while the edge holds more than `QUIET_HELD` calls and transactions waits for the
+  next quiet check that finds it quiet (the release after a busy spell, below, is one), and
+  runs busy only `FULL_DEFER_LIMIT` (a day) after it fell due, with a warning
+  (``trunkline_edge_gc_full_forced``). Over 65 s at 700 calls/s with one every 20 s, and at
+  1,800 calls/s with two, they found no cyclic garbage at all
+  (``trunkline_edge_gc_collected_objects`` tells an operator whether a longer interval, or 0,
+  is safe for their traffic);
 - what start-up built (modules, the compiled snapshot) is frozen out of every collection;
 - young collections also run every `YOUNG_INTERVAL` seconds, whatever the allocation count
   says. CPython counts allocations minus deallocations, and every object freed lowers the
@@ -151,6 +154,7 @@ from edge.sip import grammar
 
 __all__ = [
     "DEFAULT_FULL_INTERVAL",
+    "FULL_DEFER_LIMIT",
     "QUIET_CHECK_INTERVAL",
     "QUIET_HELD",
     "RELEASE_AFTER",
@@ -178,6 +182,9 @@ QUIET_HELD = 64
 QUIET_CHECK_INTERVAL = 2.0
 # How busy the edge must have been since the last release for another to be worth it.
 RELEASE_AFTER = 1000
+# A full collection that fell due while the edge was busy waits for it to be quiet, at most this
+# long (seconds), then runs anyway: an edge busy day and night still reclaims its cycles.
+FULL_DEFER_LIMIT = 86_400.0
 
 
 def _pool_give_back() -> Callable[[], tuple[int, int]] | None:
@@ -232,6 +239,8 @@ class GcPolicy:
         self.longest = [0.0] * GENERATIONS
         self.collected = 0
         self.last_full = 0.0  # seconds the latest full collection took
+        self._full_due_at: float | None = None  # loop time a deferred full collection fell due
+        self.full_forced = 0  # full collections run busy, FULL_DEFER_LIMIT after they fell due
         self._started_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._young_timer: asyncio.TimerHandle | None = None
@@ -271,8 +280,21 @@ class GcPolicy:
             self._timer = self._loop.call_later(self.full_interval, self._full_collection)
 
     def _full_collection(self) -> None:
+        self._timer = None
+        if self._held is not None and self._held() > QUIET_HELD:
+            # Due, but it would stop the loop for as long as it walks what is held: it waits
+            # for a quiet check (`_check_quiet`), at most FULL_DEFER_LIMIT.
+            if self._full_due_at is None and self._loop is not None:
+                self._full_due_at = self._loop.time()
+            return
+        self._collect_full()
+
+    def _collect_full(self) -> None:
+        self._full_due_at = None
         found = gc.collect()
         logger.debug("full collection: %d unreachable, %.1f ms", found, self.last_full * 1000)
+        if self._timer is not None:
+            self._timer.cancel()
         self._schedule()
 
     def _young_collection(self) -> None:
@@ -288,8 +310,20 @@ class GcPolicy:
         held = self._held()
         self._peak = max(self._peak, held)
         if held <= QUIET_HELD and self._peak >= RELEASE_AFTER:
-            self.release_memory()
+            self.release_memory()  # its full collection is the one due, if one is
             self._peak = held
+        elif self._full_due_at is not None and (
+            held <= QUIET_HELD or self._loop.time() - self._full_due_at >= FULL_DEFER_LIMIT
+        ):
+            if held > QUIET_HELD:
+                self.full_forced += 1
+                logger.warning(
+                    "full garbage collection %.0f s overdue, run with %d calls and "
+                    "transactions held: the loop stops while it walks them",
+                    FULL_DEFER_LIMIT,
+                    held,
+                )
+            self._collect_full()
         self._quiet_timer = self._loop.call_later(QUIET_CHECK_INTERVAL, self._check_quiet)
 
     def release_memory(self) -> None:
@@ -298,7 +332,10 @@ class GcPolicy:
         if self._release is not None:
             self._release()
         grammar.forget_known()  # the caches of values known well-formed
-        gc.collect()  # a full collection also empties CPython's free lists
+        if self._full_due_at is not None or self._timer is not None:
+            self._collect_full()  # also empties CPython's free lists; the interval starts again
+        else:
+            gc.collect()  # a full collection also empties CPython's free lists
         if self._trim is not None:
             self._trim(0)
         if self._give_back is not None:
@@ -349,6 +386,11 @@ class GcPolicy:
             "trunkline_edge_gc_collected_objects",
             "Unreachable objects the collector freed (cyclic garbage)",
             value=self.collected,
+        )
+        yield CounterMetricFamily(
+            "trunkline_edge_gc_full_forced",
+            "Full collections run busy, a day after they fell due (the loop stopped meanwhile)",
+            value=self.full_forced,
         )
         yield CounterMetricFamily(
             "trunkline_edge_memory_releases",

@@ -13,6 +13,7 @@ import pytest
 
 from edge import cdr, numbering, validators
 from edge.runtime.gc_policy import (
+    FULL_DEFER_LIMIT,
     QUIET_CHECK_INTERVAL,
     QUIET_HELD,
     RELEASE_AFTER,
@@ -152,6 +153,31 @@ def test_full_collections_run_on_the_interval(policy):
     assert gc_policy.last_full > 0
 
 
+def test_a_full_collection_due_while_busy_waits_for_a_quiet_moment(policy):
+    """It walks everything held: due at 1,800 calls/s it would stop the loop for a second. It
+    runs at the first quiet check instead, and busy only a day late."""
+    load = {"held": QUIET_HELD * 100}
+    gc_policy, loop = policy(full_interval=60, held=lambda: load["held"])
+
+    def run(seconds: float) -> None:
+        loop.run_until_complete(asyncio.sleep(seconds))
+
+    run(600)
+    assert gc_policy.collections[2] == 0  # due since 60 s, busy all along
+    load["held"] = QUIET_HELD
+    run(QUIET_CHECK_INTERVAL)
+    assert gc_policy.collections[2] == 1 and gc_policy.full_forced == 0
+    run(600)  # quiet: on the interval again
+    assert gc_policy.collections[2] == 11
+    load["held"] = QUIET_HELD * 100
+    run(FULL_DEFER_LIMIT)  # busy for a day
+    assert gc_policy.collections[2] == 11
+    run(120)  # the day is up: once, busy, then due again
+    assert gc_policy.collections[2] == 12 and gc_policy.full_forced == 1
+    families = {family.name: family for family in gc_policy.metrics()}
+    assert families["trunkline_edge_gc_full_forced"].samples[0].value == 1
+
+
 def test_no_interval_means_no_full_collection(policy):
     gc_policy, loop = policy(full_interval=0)
     loop.run_until_complete(asyncio.sleep(8_640))  # a tenth of a day: 86,400 young timers
@@ -211,6 +237,7 @@ def test_metrics_say_counts_seconds_and_the_longest_pause(policy):
         "trunkline_edge_gc_seconds",
         "trunkline_edge_gc_longest_pause_seconds",
         "trunkline_edge_gc_collected_objects",
+        "trunkline_edge_gc_full_forced",
         "trunkline_edge_memory_releases",
         "trunkline_edge_memory_returned_bytes",
     }
