@@ -7,6 +7,7 @@ import functools
 import gc
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -473,6 +474,47 @@ async def test_run_in_slices_returns_the_result_and_raises_what_the_steps_raise(
     assert await run_in_slices(steps(False)) == 42
     with pytest.raises(ValueError, match="bad line"):
         await run_in_slices(steps(True))
+
+
+@run_async
+async def test_the_loop_turns_again_between_slices_while_it_has_work_waiting():
+    """One turn of the loop reads at most 32 datagrams a socket: while turns come back busy
+    (SIP was waiting), the loop turns again before the next slice, up to `yields` turns; when a
+    turn comes back at once, the compile goes on."""
+    slice_seconds, yields = 0.002, 4
+    busy = {"turns": 12}
+    turns = [0]
+    gaps: list[int] = []
+
+    def steps():
+        seen = 0
+        for _ in range(12):
+            gaps.append(turns[0] - seen)
+            seen = turns[0]
+            until = time.perf_counter() + slice_seconds  # a step takes the whole slice
+            while time.perf_counter() < until:
+                pass
+            yield
+        return None
+
+    async def other_work():  # a turn of SIP: busy (a backlog) for the first turns, then light
+        while True:
+            turns[0] += 1
+            if busy["turns"] > 0:
+                busy["turns"] -= 1
+                until = time.perf_counter() + slice_seconds / 2
+                while time.perf_counter() < until:
+                    pass
+            await asyncio.sleep(0)
+
+    worker = asyncio.ensure_future(other_work())
+    try:
+        await run_in_slices(steps(), slice_seconds=slice_seconds, yields=yields)
+    finally:
+        worker.cancel()
+    # Slices 2-4 follow the busy turns (4 each at most, 12 in all), then one turn a slice.
+    assert gaps[1:4] == [yields, yields, yields]
+    assert sorted(gaps[5:])[len(gaps[5:]) // 2] == 1
 
 
 class Freed:
