@@ -863,11 +863,16 @@ class PauseWatch:
             busy = watch.get("trunkline_edge_loop_lag_longest_busy_seconds", 0.0) * 1000
             most = watch.get("trunkline_edge_loop_busy_longest_seconds", 0.0) * 1000
             stalls = watch.get("trunkline_edge_loop_stalls_total", 0.0)
+            when = ""
+            at = watch.get("trunkline_edge_loop_lag_longest_timestamp_seconds", 0.0)
+            if at:  # a Unix time; the soak's bounds are monotonic
+                since = at - (time.time() - time.monotonic()) - soak[0]
+                when = f" ({since:.1f} s into the soak)" if 0 <= since <= latency.elapsed else ""
             lines.append(
                 f"edge      loop watch (/metrics, since the edge started): longest lag {lag:.1f} "
-                f"ms, the loop's own CPU in it {busy:.1f} ms (the rest it waited for the GIL or "
-                f"a CPU); most loop CPU between two 5 ms ticks {most:.1f} ms; {stalls:.0f} lags "
-                "over 20 ms"
+                f"ms{when}, the loop's own CPU in it {busy:.1f} ms (the rest it waited for the "
+                f"GIL or a CPU); most loop CPU between two 5 ms ticks {most:.1f} ms; "
+                f"{stalls:.0f} lags over 20 ms"
             )
         if not self.apply:
             return lines

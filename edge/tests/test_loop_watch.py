@@ -4,6 +4,7 @@ the loop shows as lag, and whether the loop worked or waited meanwhile is told a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from edge.runtime.loop_watch import LoopWatch
@@ -24,11 +25,28 @@ def _watched(block) -> LoopWatch:
     return asyncio.run(main())
 
 
-def test_a_wait_on_the_loop_is_lag_but_not_loop_work():
-    watch = _watched(lambda: time.sleep(0.1))  # as a wait for the GIL: no CPU time
+def test_a_wait_on_the_loop_is_lag_but_not_loop_work(caplog):
+    before = time.time()
+    with caplog.at_level(logging.WARNING, logger="edge.runtime.loop_watch"):
+        watch = _watched(lambda: time.sleep(0.1))  # as a wait for the GIL: no CPU time
     assert watch.longest_lag >= 0.09
     assert watch.stalls >= 1
     assert watch.longest_lag_busy < watch.longest_lag / 2
+    assert before + 0.1 <= watch.longest_lag_at <= time.time()  # when, to set beside the logs
+    (stall,) = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+    assert stall.startswith("event loop stalled ")
+
+
+def test_stalls_are_logged_at_most_once_a_second(caplog):
+    watch = LoopWatch()
+    with caplog.at_level(logging.WARNING, logger="edge.runtime.loop_watch"):
+        for now in (10.0, 10.2, 10.5, 11.1):  # loop times of four stalls
+            watch._stalled(now, 0.030, 0.025)
+    assert [r.getMessage() for r in caplog.records] == [
+        "event loop stalled 30.0 ms (25.0 ms of it the loop's own CPU)",
+        "event loop stalled 30.0 ms (25.0 ms of it the loop's own CPU); 2 more stalls since "
+        "the last warning",
+    ]
 
 
 def test_work_on_the_loop_is_lag_and_loop_work():
@@ -47,6 +65,7 @@ def test_metrics_name_the_figures():
     names = {family.name for family in watch.metrics()}
     assert names == {
         "trunkline_edge_loop_lag_longest_seconds",
+        "trunkline_edge_loop_lag_longest_timestamp_seconds",
         "trunkline_edge_loop_lag_longest_busy_seconds",
         "trunkline_edge_loop_busy_longest_seconds",
         "trunkline_edge_loop_stalls",
