@@ -332,10 +332,7 @@ class GcPolicy:
         if self._release is not None:
             self._release()
         grammar.forget_known()  # the caches of values known well-formed
-        if self._full_due_at is not None or self._timer is not None:
-            self._collect_full()  # also empties CPython's free lists; the interval starts again
-        else:
-            gc.collect()  # a full collection also empties CPython's free lists
+        self._collect_full()  # also empties CPython's free lists; the interval starts again
         if self._trim is not None:
             self._trim(0)
         if self._give_back is not None:

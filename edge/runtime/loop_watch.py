@@ -10,7 +10,7 @@ the others, and does not depend on the machine's load; the lag is what SIP saw.
 other metrics) and the loop's CPU time in that interval, the most CPU time the loop spent
 between two ticks, and how many ticks came over `STALL` late (issue 15's target is none over
 20 ms, including while a 100,000-number snapshot is applied). Each such stall is also logged
-as a warning, at most one a second (with how many were not logged since).
+as a warning, at most one a second (`Throttled`: with how many were not logged since).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+
+from edge.runtime.transports import Throttled
 
 __all__ = ["EVERY", "STALL", "LoopWatch"]
 
@@ -48,8 +50,7 @@ class LoopWatch:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._cpu = 0.0
-        self._logged_at = -STALL_LOG_EVERY  # loop time of the last stall warning
-        self._unlogged = 0  # stalls since then not logged
+        self._log = Throttled(STALL_LOG_EVERY, logger)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start ticking (call on the loop's thread: its CPU time is the one read)."""
@@ -81,20 +82,17 @@ class LoopWatch:
             self.longest_busy = busy
         if lag > STALL:
             self.stalls += 1
-            self._stalled(now, lag, busy)
+            self._stalled(lag, busy)
         self._schedule(now)
 
-    def _stalled(self, now: float, lag: float, busy: float) -> None:
-        if now - self._logged_at < STALL_LOG_EVERY:
-            self._unlogged += 1
-            return
-        logger.warning(
-            "event loop stalled %.1f ms (%.1f ms of it the loop's own CPU)%s",
+    def _stalled(self, lag: float, busy: float) -> None:
+        self._log(
+            "stall",
+            logging.WARNING,
+            "event loop stalled %.1f ms (%.1f ms of it the loop's own CPU)",
             lag * 1000,
             busy * 1000,
-            f"; {self._unlogged} more stalls since the last warning" if self._unlogged else "",
         )
-        self._logged_at, self._unlogged = now, 0
 
     def metrics(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(

@@ -104,18 +104,21 @@ class CdrSink(Protocol):
     def append(self, cdr: CallDetailRecord) -> None: ...
 
 
-class _Throttled:
-    """A warning at most once per ``interval`` per kind, with how many were held back."""
+class Throttled:
+    """A warning at most once per ``interval`` per kind, with how many were held back, to
+    `log` (this module's logger by default)."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, log: logging.Logger | None = None) -> None:
         self.interval = interval
+        self.log = logger if log is None else log
+        self.clock: Callable[[], float] = time.monotonic
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
     def __call__(
         self, kind: str, level: int, message: str, *args: object, exc_info: bool = False
     ) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last.get(kind, -math.inf) < self.interval:
             self._held[kind] = self._held.get(kind, 0) + 1
             return
@@ -124,7 +127,7 @@ class _Throttled:
         if held:
             message += " (%d similar messages suppressed)"
             args = (*args, held)
-        logger.log(level, message, *args, exc_info=exc_info)
+        self.log.log(level, message, *args, exc_info=exc_info)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -258,7 +261,7 @@ class Dispatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._timer_stopped = False
-        self.log_throttled = _Throttled()
+        self.log_throttled = Throttled()
         # Plain counters for the metrics endpoint.
         self.transmits_dropped = 0
         self.cdr_failures = 0
