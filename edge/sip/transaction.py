@@ -39,6 +39,7 @@ from edge.sip.message import BRANCH_MAGIC_COOKIE, Request, Response, make_reques
 from edge.sip.timers import Timer, TimerConfig, TimerQueue
 
 __all__ = [
+    "MAX_TIMERS",
     "Address",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
@@ -58,6 +59,10 @@ __all__ = [
     "TransportError",
     "make_cancel",
 ]
+
+# The most timers one transaction runs at once (its `TIMERS` per state: a retransmission
+# timer and a timeout); Transaction keeps them in two pairs of slots.
+MAX_TIMERS = 2
 
 Address: TypeAlias = tuple[Any, ...]
 TransactionKey: TypeAlias = tuple[object, ...]
@@ -214,13 +219,22 @@ class Transaction:
     # garbage collector) with it. A later read parses again.
     ABSORBING: ClassVar[frozenset[TransactionState]] = frozenset()
 
+    # The running timers, at most two (`MAX_TIMERS`), in the order they were started: a
+    # timer and its deadline per pair of slots (`_timer0` None: none runs; `_timer1` is set
+    # only with `_timer0`). Not a dict: every transaction lingers up to 32 s after its call,
+    # and a dict of one or two deadlines was about 420 bytes and an object for the garbage
+    # collector to walk, where two slots and two floats are 32 bytes compiled (floats in a
+    # compiled class are stored unboxed). Issue 15: memory per held call.
     __slots__ = (
         "_ack",
+        "_at0",
+        "_at1",
         "_config",
         "_durations",
         "_interval",
         "_last_sent",
-        "_timers",
+        "_timer0",
+        "_timer1",
         "addr",
         "key",
         "reliable",
@@ -244,7 +258,10 @@ class Transaction:
         self.reliable = reliable
         self._config = config
         self._durations = config.durations(reliable=reliable)
-        self._timers: dict[Timer, float] = {}
+        self._timer0: Timer | None = None
+        self._at0 = 0.0
+        self._timer1: Timer | None = None
+        self._at1 = 0.0
         self._interval = 0.0  # current interval of RETRANSMIT_TIMER
         # What a retransmission resends: the request (client) or the last response (server).
         self._last_sent: Request | Response | None = None
@@ -257,20 +274,48 @@ class Transaction:
 
     @property
     def timers(self) -> Mapping[Timer, float]:
-        """The running timers and their deadlines (read-only view)."""
-        return MappingProxyType(self._timers)
+        """The running timers and their deadlines, in the order they were started (a
+        read-only snapshot)."""
+        running: dict[Timer, float] = {}
+        if self._timer0 is not None:
+            running[self._timer0] = self._at0
+            if self._timer1 is not None:
+                running[self._timer1] = self._at1
+        return MappingProxyType(running)
 
     def next_timer(self) -> float | None:
         """The earliest deadline of this transaction's running timers."""
-        # A loop over the (at most two) deadlines, not min(..., default=None): the layer asks
-        # after every message and timer, and the builtin called with a keyword was about
-        # 40,000 instructions a call compiled. With _fire_due's loop: 1.52 -> 1.46 M a call
-        # compiled, 4.16 -> 4.11 M interpreted (bench/edge_core.py, issue 15).
-        earliest: float | None = None
-        for deadline in self._timers.values():
-            if earliest is None or deadline < earliest:
-                earliest = deadline
-        return earliest
+        if self._timer0 is None:
+            return None
+        if self._timer1 is not None and self._at1 < self._at0:
+            return self._at1
+        return self._at0
+
+    def _start_timer(self, timer: Timer, deadline: float) -> None:
+        """Run `timer` until `deadline`: a running one keeps its place, a new one goes last."""
+        first = self._timer0
+        if first is None or first is timer:
+            self._timer0 = timer
+            self._at0 = deadline
+        elif self._timer1 is None or self._timer1 is timer:
+            self._timer1 = timer
+            self._at1 = deadline
+        else:
+            raise LocalProtocolError(f"more than {MAX_TIMERS} timers for a {type(self).__name__}")
+
+    def _stop_timer(self, timer: Timer) -> None:
+        if self._timer0 is timer:
+            self._timer0 = self._timer1
+            self._at0 = self._at1
+            self._timer1 = None
+        elif self._timer1 is timer:
+            self._timer1 = None
+
+    def _only_timer(self, timer: Timer, deadline: float) -> None:
+        """Stop every timer, then run `timer` until `deadline`."""
+        self._timer0 = None
+        self._timer1 = None
+        self._start_timer(timer, deadline)
 
     def on_timer(self, now: float) -> list[TransactionEvent]:
         """Fire every timer due at `now`."""
@@ -320,37 +365,42 @@ class Transaction:
             if self._last_sent is not None:
                 self._last_sent.forget_parsed()
         wanted = self.TIMERS[state]
-        timers = self._timers
-        for timer in [t for t in timers if t not in wanted]:
-            del timers[timer]
+        second = self._timer1
+        if second is not None and second not in wanted:
+            self._timer1 = None
+        first = self._timer0
+        if first is not None and first not in wanted:
+            self._stop_timer(first)
         for timer in wanted:
+            if timer is self._timer0 or timer is self._timer1:
+                continue  # already running: it keeps its deadline
             duration = self._durations.get(timer)
-            if timer not in timers and duration is not None:
-                timers[timer] = now + duration
+            if duration is not None:
+                self._start_timer(timer, now + duration)
                 if timer is self.RETRANSMIT_TIMER:
                     self._interval = duration
 
     def _fire_due(self, now: float, out: list[TransactionEvent]) -> None:
-        # Runs after every input: a loop finds the earliest timer where min(timers,
-        # key=timers.__getitem__) made a bound method and a keyword call each time.
-        timers = self._timers
-        while timers:
-            first: Timer | None = None
-            earliest = now
-            for timer, deadline in timers.items():
-                if deadline <= earliest and (first is None or deadline < earliest):
-                    first, earliest = timer, deadline
-            if first is None:
+        """Fire the timers due at `now`, earliest first (of two due at once, the one started
+        first); a timer's step may start others, due at once too on reliable transports."""
+        while self._timer0 is not None:
+            timer = self._timer0
+            deadline = self._at0
+            second = self._timer1
+            if second is not None and self._at1 < deadline:
+                timer = second
+                deadline = self._at1
+            if deadline > now:
                 return
-            del timers[first]
-            self._step(first, None, now, out)
+            self._stop_timer(timer)
+            self._step(timer, None, now, out)
 
     def _rearm_retransmission(self, interval: float, now: float) -> None:
         timer = self.RETRANSMIT_TIMER
         if timer is None:
             raise LocalProtocolError(f"{type(self).__name__} has no retransmission timer")
         self._interval = interval
-        self._timers[timer] = now + interval
+        self._start_timer(timer, now + interval)
 
 
 class ClientTransaction(Transaction):
@@ -822,10 +872,7 @@ class TransactionLayer:
         if not reliable and len(request.to_bytes()) > self.udp_request_limit:
             # RFC 3261 18.1.1: too large for UDP. It is not sent: the transaction times out
             # at once (Timer B or F), as after a transport failure, and the TU fails over.
-            timers = client._timers
-            timeout = Timer.B if method == "INVITE" else Timer.F
-            timers.clear()
-            timers[timeout] = now
+            client._only_timer(Timer.B if method == "INVITE" else Timer.F, now)
             return client, self._settled(client, [])
         return client, self._settled(client, [SendMessage(request, addr, client)])
 

@@ -13,6 +13,9 @@ from edge.sip.message import Request, Response, make_request, make_response, new
 from edge.sip.parser import parse_message
 from edge.sip.timers import COMPACT_MIN, Timer, TimerConfig, TimerQueue
 from edge.sip.transaction import (
+    MAX_TIMERS,
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
     DeliverToTU,
     SendMessage,
     ServerInviteTransaction,
@@ -26,6 +29,12 @@ from edge.sip.transaction import (
     make_cancel,
 )
 
+TRANSACTION_KINDS = (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+)
 UAC = ("192.0.2.10", 5060)
 UAS = ("198.51.100.5", 5060)
 
@@ -156,6 +165,29 @@ def test_client_invite_retransmits_doubling_until_timer_b() -> None:
     assert send_times(happened) == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
     assert happened[-2:] == [(32.0, Timeout(txn)), (32.0, Terminated(txn))]
     assert len(layer) == 0
+
+
+def test_timers_keep_their_start_order_and_never_exceed_two() -> None:
+    """A transaction keeps its running timers in two pairs of slots, not a dict (issue 15:
+    a dict of one or two deadlines was about 420 bytes on every lingering transaction).
+    Started order is kept, so of two timers due at once the older fires first; a timer
+    that fired and was started again goes last."""
+    for kind in TRANSACTION_KINDS:
+        assert all(len(timers) <= MAX_TIMERS for timers in kind.TIMERS.values()), kind
+    layer = TransactionLayer()
+    txn, _ = layer.send_request(request(), UAS, 0.0)
+    assert list(txn.timers.items()) == [(Timer.A, 0.5), (Timer.B, 32.0)]
+    shared = layer.config.durations(reliable=False)  # one per configuration, not per transaction
+    assert [r for r in gc.get_referents(txn) if isinstance(r, dict) and r is not shared] == []
+    layer.on_timer(0.5)  # Timer A fires and is started again, after B
+    assert list(txn.timers.items()) == [(Timer.B, 32.0), (Timer.A, 1.5)]
+    with pytest.raises(LocalProtocolError, match="more than 2 timers"):
+        txn._start_timer(Timer.D, 40.0)
+    # Two due at once: the one started first (B) fires first, and ends the transaction.
+    txn._start_timer(Timer.A, 32.0)  # a running timer moved keeps its place
+    assert list(txn.timers) == [Timer.B, Timer.A]
+    assert [type(e) for e in layer.on_timer(32.0)] == [Timeout, Terminated]
+    assert txn.timers == {} and txn.next_timer() is None
 
 
 def test_a_tu_that_wrote_the_via_gives_its_branch_and_transport() -> None:
