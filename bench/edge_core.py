@@ -17,7 +17,9 @@ Instructions: two runs under callgrind, collecting only inside the core's entry 
 run minus a run that builds the same messages without feeding the core), N calls after a
 warm-up; the line is (instructions) / N. Memory: N calls answered and acknowledged and held;
 GC-tracked objects and tracemalloc bytes per held call, after the lingering transactions of
-their set-up ended (the state of a call minutes into its conversation).
+their set-up ended (the state of a call minutes into its conversation); then N short calls
+ended, while their four transactions linger (RFC 3261 17: up to 32 s after the BYE; an edge
+carrying R short calls a second holds about 32 R of them).
 
 --held (issue 15: the cost per call stays flat from 100 to 10,000 concurrent calls; the
 edge_cps.py --cpu-levels figure from /proc moved between 0.88 and 1.76 from run to run with the
@@ -128,6 +130,40 @@ def memory(calls: int) -> None:
     print(
         f"edge core: {objects / calls:.1f} GC-tracked objects and {grown / calls / 1024:.1f} KiB"
         f" (tracemalloc) per held call, {calls} calls"
+    )
+    tracemalloc.stop()
+    del t, edge, start
+    _lingering(calls)
+
+
+def _lingering(calls: int) -> None:
+    """What a finished call holds while its transactions linger (up to 32 s after its BYE):
+    at R short calls a second, an edge holds about 32 R of them."""
+    t, edge = _edge()
+    a_invite, a_ok = _answered(t, edge)
+    hang_up(t, edge, a_invite, a_ok)
+    edge.advance(40)
+    edge.cdrs.clear()
+    gc.collect()
+    before = len(gc.get_objects())
+    tracemalloc.start()
+    start = tracemalloc.take_snapshot()
+    for _ in range(calls):
+        a_invite, a_ok = _answered(t, edge)
+        hang_up(t, edge, a_invite, a_ok)
+        edge.advance(0.0001)  # well inside 32 s: every call's transactions still linger
+    del a_invite, a_ok
+    edge.wire.clear()
+    edge.events.clear()
+    edge.cdrs.clear()
+    gc.collect()
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(start, "filename"))
+    objects = len(gc.get_objects()) - before
+    tracemalloc.stop()
+    assert edge.core.active_calls == 0 and len(edge.core.layer) == 4 * calls
+    print(
+        f"edge core: {objects / calls:.1f} GC-tracked objects and {grown / calls / 1024:.1f} KiB"
+        f" (tracemalloc) per finished call while its 4 transactions linger, {calls} calls"
     )
 
 
@@ -318,7 +354,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--interpreted", action="store_true", help="the core without mypyc")
-    parser.add_argument("--memory", action="store_true", help="objects and bytes per held call")
+    parser.add_argument(
+        "--memory", action="store_true", help="objects and bytes per held and per finished call"
+    )
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)  # the callgrind child
     parser.add_argument("--run-held", type=int, help=argparse.SUPPRESS)  # the --held child
     parser.add_argument("--rate", type=int, default=200, help="--held: short calls/s (simulated)")

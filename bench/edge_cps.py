@@ -711,6 +711,16 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank]
 
 
+def _peak_rss_kib(pid: int) -> int | None:
+    """The process's peak resident memory so far (VmHWM), in KiB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
 class PauseWatch:
     """What the edge's latency soak also measures with ``--pauses``.
 
@@ -745,6 +755,9 @@ class PauseWatch:
         self.gc_totals: dict[str, tuple[float, float]] = {}  # by generation: count, seconds
         self.gc_collected = 0.0  # cyclic garbage the collections found
         self.loop_watch: dict[str, float] = {}  # trunkline_edge_loop_* from /metrics
+        # The edge's VmRSS before the soak and at its end, and its VmHWM (peak), in KiB: a
+        # soak of short calls holds 32 s of finished calls whose transactions linger.
+        self.rss_kib: tuple[int | None, int | None, int | None] = (None, None, None)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._probe: subprocess.Popen[bytes] | None = None
@@ -758,6 +771,7 @@ class PauseWatch:
         edge = proxy.edge
         assert edge is not None, "the pause watch is for an edge"
         self._edge = edge
+        self.rss_kib = (edge.rss_kib(), None, None)
         body = b""
         if self.apply:  # built before the soak starts: the bench's own CPU stays out of it
             body, self.numbers = big_bench_snapshot(uas_port, version=2, lines=self.lines)
@@ -791,6 +805,7 @@ class PauseWatch:
         if self._thread is not None:
             self._thread.join(125)
         if self._edge is not None and self._edge.running:
+            self.rss_kib = (self.rss_kib[0], self._edge.rss_kib(), _peak_rss_kib(self._edge.pid))
             with contextlib.suppress(h.EdgeError, OSError):
                 metrics = self._edge.metrics()
                 self.gc_longest_s = {
@@ -824,6 +839,20 @@ class PauseWatch:
         for line in lines:
             sent, delay = line.split(";")
             self.samples.append((float(sent), float(delay)))
+
+    def memory_line(self, latency: Latency) -> str | None:
+        """The edge's RSS over the soak: its short calls' lingering transactions (32 s of
+        finished calls) are what a steady load of short calls costs in memory."""
+        before, end, peak = self.rss_kib
+        if before is None or end is None or peak is None:
+            return None
+        # RFC 3261 17: Timers D, J, L and M, 32 s on UDP (a shorter soak holds fewer)
+        lingering = latency.rate * min(32.0, latency.elapsed)
+        return (
+            f"edge      RSS over the soak: {before / 1024:.1f} MiB before, {end / 1024:.1f} MiB at "
+            f"its end, peak {peak / 1024:.1f} MiB (about {lingering:,.0f} finished calls lingering "
+            f"at {latency.rate} calls/s: {(end - before) / lingering:.1f} KiB each)"
+        )
 
     def report(self, latency: Latency | None) -> list[str]:
         """The summary lines: pauses over the soak, then before/during/after the apply."""
@@ -874,6 +903,9 @@ class PauseWatch:
                 f"GIL or a CPU); most loop CPU between two 5 ms ticks {most:.1f} ms; "
                 f"{stalls:.0f} lags over 20 ms"
             )
+        memory = self.memory_line(latency)
+        if memory is not None:
+            lines.append(memory)
         if not self.apply:
             return lines
         if self.window is None or self.applied is None:
