@@ -698,7 +698,7 @@ def _invalid_header(name: str, error: RemoteProtocolError) -> RemoteProtocolErro
 class Message(ABC):
     """What requests and responses share: headers, body, serialisation, typed accessors."""
 
-    __slots__ = ("_body", "_headers", "_raw", "_raw_version", "_version")
+    __slots__ = ("_body", "_body_length", "_headers", "_raw", "_raw_version", "_version")
 
     def __init__(
         self,
@@ -712,7 +712,9 @@ class Message(ABC):
             headers = Headers()
         # None once `forget_parsed` dropped them: read again from `_raw` when asked for.
         self._headers: Headers | None = headers
-        self._body = body
+        # None once `forget_parsed` dropped it: the last `_body_length` bytes of `_raw`.
+        self._body: bytes | None = body
+        self._body_length = 0
         self._version = version
         # The bytes this message was parsed from, returned by to_bytes() while nothing changed.
         self._raw = raw
@@ -730,6 +732,8 @@ class Message(ABC):
         dropped by `forget_parsed` are read back from them first)."""
         if self._headers is None:
             self._read_headers_again()
+        if self._body is None:
+            self._body = self.body  # sliced from the bytes while they are at hand
         self._raw = None
 
     def _read_headers_again(self) -> Headers:
@@ -750,7 +754,12 @@ class Message(ABC):
 
     @property
     def body(self) -> bytes:
-        return self._body
+        body = self._body
+        if body is None:
+            raw = self._raw
+            assert raw is not None  # forget_parsed drops the body only with the bytes at hand
+            body = self._body = raw[len(raw) - self._body_length :]
+        return body
 
     @body.setter
     def body(self, body: bytes) -> None:
@@ -767,9 +776,10 @@ class Message(ABC):
         if raw is not None and (headers is None or self._raw_version == headers._version):
             return raw
         headers = self.headers
-        lines = headers._wire_lines(len(self._body))
+        body = self.body
+        lines = headers._wire_lines(len(body))
         head = f"{self._start_line()}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
-        data = head.encode("utf-8", "surrogateescape") + self._body
+        data = head.encode("utf-8", "surrogateescape") + body
         self._raw, self._raw_version = data, headers._version
         return data
 
@@ -783,14 +793,22 @@ class Message(ABC):
         With its bytes current, the message drops its headers whole (a Headers, its list of
         lines and their tuples are three objects the garbage collector would walk for the
         32 s a transaction lingers, seven messages a call); reading them later parses the
-        bytes again. Otherwise it drops what `Headers.forget_parsed` does. Nothing a reader
+        bytes again. Its body, the tail of those bytes, goes too: read again, it is sliced
+        from them. Otherwise it drops what `Headers.forget_parsed` does. Nothing a reader
         sees changes.
         """
         headers = self._headers
         if headers is None:
             return
-        if self._raw is not None and self._raw_version == headers._version:
+        raw = self._raw
+        if raw is not None and self._raw_version == headers._version:
             self._headers = None
+            body = self._body
+            if body and raw.endswith(body):
+                # The body is the tail of the bytes (a parsed datagram's, or what to_bytes
+                # joined): a second copy of an SDP, hundreds of bytes, need not be kept.
+                self._body_length = len(body)
+                self._body = None
         else:
             headers.forget_parsed()
 

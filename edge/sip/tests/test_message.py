@@ -505,3 +505,26 @@ def test_changing_the_start_line_or_body_of_a_forgotten_message_keeps_its_header
     response.forget_parsed()
     response.status = 183
     assert response.call_id == call_id and response.to_bytes().startswith(b"SIP/2.0 183")
+
+
+def test_a_forgotten_parse_keeps_one_copy_of_the_body() -> None:
+    """The body is the tail of the bytes: forgetting the parse drops the second copy (an SDP of
+    hundreds of bytes on every held call and lingering transaction), and reading it again, or
+    changing the start line (which drops the bytes), gives it back whole."""
+    message = parse_message(INVITE)
+    body = message.body
+    assert body and INVITE.endswith(body)
+    message.forget_parsed()
+    assert message._body is None  # one copy left: the bytes
+    assert message.to_bytes() == INVITE
+    assert message.body == body
+    message.forget_parsed()
+    assert isinstance(message, Request)
+    message.uri = "sip:carol@192.0.2.9"  # the bytes go; the body must not go with them
+    assert message.body == body
+    assert message.to_bytes().endswith(b"\r\n\r\n" + body)
+    # A body that is not the tail of the bytes (built from other parts) is kept as it is.
+    odd = parse_message(INVITE)
+    odd._raw = INVITE + b"trailing"
+    odd.forget_parsed()
+    assert odd._body == body
