@@ -362,8 +362,13 @@ class Transaction:
         self.state = state
         if state in self.ABSORBING:
             self.request.forget_parsed()
-            if self._last_sent is not None:
-                self._last_sent.forget_parsed()
+            last = self._last_sent
+            if last is not None:
+                # A final response goes on the wire right after this step: serialised now
+                # (to_bytes keeps the bytes, so sending it costs nothing more), its parse can
+                # go whole instead of staying with its lines for the 32 s it lingers.
+                last.to_bytes()
+                last.forget_parsed()
         wanted = self.TIMERS[state]
         second = self._timer1
         if second is not None and second not in wanted:

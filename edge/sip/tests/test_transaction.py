@@ -397,8 +397,12 @@ def test_server_non_invite_absorbs_then_resends_the_final_until_timer_j() -> Non
     assert isinstance(txn, ServerNonInviteTransaction)
     assert layer.receive(wire(options), UAC, 0.5) == []  # Trying: nothing to resend
     ok = make_response(options, 200, to_tag="b1")
-    layer.send_response(txn, ok, 1.0)
+    (sent,) = layer.send_response(txn, ok, 1.0)
+    # Lingering 32 s, the final keeps its bytes, not its parse (issue 15: memory per call).
+    assert ok._headers is None and sent == SendMessage(ok, UAC, txn)
+    wire_bytes = ok.to_bytes()
     assert layer.receive(wire(options), UAC, 1.5) == [SendMessage(ok, UAC, txn)]
+    assert ok.to_bytes() == wire_bytes and ok.to_tag == "b1"
     assert run_timers(layer) == [(33.0, Terminated(txn))]  # Timer J = 64*T1
 
 
