@@ -360,15 +360,6 @@ class Transaction:
 
     def _enter(self, state: TransactionState, now: float) -> None:
         self.state = state
-        if state in self.ABSORBING:
-            self.request.forget_parsed()
-            last = self._last_sent
-            if last is not None:
-                # A final response goes on the wire right after this step: serialised now
-                # (to_bytes keeps the bytes, so sending it costs nothing more), its parse can
-                # go whole instead of staying with its lines for the 32 s it lingers.
-                last.to_bytes()
-                last.forget_parsed()
         wanted = self.TIMERS[state]
         second = self._timer1
         if second is not None and second not in wanted:
@@ -384,6 +375,15 @@ class Transaction:
                 self._start_timer(timer, now + duration)
                 if timer is self.RETRANSMIT_TIMER:
                     self._interval = duration
+        if state in self.ABSORBING:
+            self.request.forget_parsed()
+            last = self._last_sent
+            if last is not None:
+                # A final response goes on the wire right after this step: serialised now
+                # (to_bytes keeps the bytes, so sending it costs nothing more), its parse can
+                # go whole instead of staying with its lines for the 32 s it lingers.
+                last.to_bytes()
+                last.forget_parsed()
 
     def _fire_due(self, now: float, out: list[TransactionEvent]) -> None:
         """Fire the timers due at `now`, earliest first (of two due at once, the one started
