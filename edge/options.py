@@ -59,6 +59,7 @@ ENVIRONMENT = {
     "limit_share": "EDGE_LIMIT_SHARE",
     "digest_algorithms": "EDGE_DIGEST_ALGORITHMS",
     "gc_full_interval": "EDGE_GC_FULL_INTERVAL",
+    "stall_dump": "EDGE_STALL_DUMP_MS",
     "cdr_ship": "EDGE_CDR_SHIP",
     "live_events": "EDGE_LIVE_EVENTS",
     "rtpengine": "EDGE_RTPENGINE",
@@ -111,6 +112,8 @@ class EdgeOptions:
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS  # challenge order
     gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
+    # Milliseconds the event loop may not run before every thread's stack goes to stderr; 0 off.
+    stall_dump: float = 0.0
     # Ship the journal to --redis-url's CDR stream (edge/runtime/cdr_shipper.py), or in-process
     # where the runtime is given an ingest function (runedge, runplatform without Redis).
     cdr_ship: bool = True
@@ -166,6 +169,12 @@ def add_arguments(
         "seconds between full garbage collections, each run once the edge is quiet (0: never; "
         "edge/runtime/gc_policy.py)",
         str(int(DEFAULT_FULL_INTERVAL)),
+    )  # fmt: skip
+    add(
+        "--stall-dump", "stall_dump",
+        "write every thread's Python stack to stderr when the event loop has not run for this "
+        "many ms (0: off; edge/runtime/loop_watch.py)",
+        "0",
     )  # fmt: skip
     add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")
     add("--live-events", "live_events", "on: call events to --redis-url for the live board", "on")
@@ -250,6 +259,12 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
     if not gc_full_interval >= 0:
         raise UsageError("--gc-full-interval must not be negative")
     try:
+        stall_dump = float(text("stall_dump") or "0")
+    except ValueError:
+        raise UsageError(f"--stall-dump: not a number: {ns.stall_dump!r}") from None
+    if not stall_dump >= 0:
+        raise UsageError("--stall-dump must not be negative")
+    try:
         rtpengine = tuple(parse_engines(text("rtpengine") or ""))
     except ValueError as error:
         raise UsageError(f"--rtpengine: {error}") from None
@@ -281,6 +296,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
         limit_share=limit_share,
         digest_algorithms=algorithms,
         gc_full_interval=gc_full_interval,
+        stall_dump=stall_dump,
         cdr_ship=(text("cdr_ship") or "1").lower() not in ("0", "false", "no", "off"),
         live_events=live_events == "on",
         rtpengine=rtpengine,

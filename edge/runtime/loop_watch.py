@@ -11,14 +11,25 @@ other metrics) and the loop's CPU time in that interval, the most CPU time the l
 between two ticks, and how many ticks came over `STALL` late (issue 15's target is none over
 20 ms, including while a 100,000-number snapshot is applied). Each such stall is also logged
 as a warning, at most one a second (`Throttled`: with how many were not logged since).
+
+What ran in a stall (`--stall-dump MS`, off by default): each tick re-arms CPython's
+`faulthandler.dump_traceback_later`, whose C thread needs no GIL, so when the loop has not
+ticked for MS milliseconds every thread's Python stack is written to stderr while the stall is
+still going on, once a stall. A compiled function adds no frame of its own: a stall inside the
+compiled core shows as the runtime's call into it. One per process (faulthandler has one such
+timer): an edge started inside a test that uses it, or pytest's `faulthandler_timeout`, must
+leave the option off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import sys
 import time
 from collections.abc import Iterable
+from typing import TextIO
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -39,8 +50,13 @@ STALL_LOG_EVERY = 1.0  # seconds between two stall warnings at most
 class LoopWatch:
     """Ticks on a running loop and keeps the figures above."""
 
-    def __init__(self, every: float = EVERY) -> None:
+    def __init__(
+        self, every: float = EVERY, *, dump_after: float = 0.0, dump_file: TextIO | None = None
+    ) -> None:
         self.every = every
+        self.dump_after = dump_after  # seconds; 0: no stack dumps
+        self._dump_file = dump_file  # a file with a descriptor; None: stderr
+        self.dumps = 0  # stalls long enough for a dump
         self.longest_lag = 0.0
         self.longest_lag_busy = 0.0  # the loop thread's CPU time in the longest lag's interval
         self.longest_lag_at = 0.0  # Unix time the longest lag ended
@@ -62,12 +78,20 @@ class LoopWatch:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+            if self.dump_after:
+                faulthandler.cancel_dump_traceback_later()
         self._loop = None
 
     def _schedule(self, now: float) -> None:
         assert self._loop is not None
         self._due = now + self.every
         self._handle = self._loop.call_at(self._due, self._tick)
+        if self.dump_after:
+            # Re-armed from here on: the dump comes `dump_after` after this tick unless the
+            # next one is in time (its lateness counts from its due time, `every` later).
+            faulthandler.dump_traceback_later(
+                self.every + self.dump_after, file=self._dump_file or sys.stderr
+            )
 
     def _tick(self) -> None:
         assert self._loop is not None
@@ -83,6 +107,16 @@ class LoopWatch:
         if lag > STALL:
             self.stalls += 1
             self._stalled(lag, busy)
+        if self.dump_after and lag > self.dump_after:
+            self.dumps += 1
+            self._log(
+                "stall-dump",
+                logging.WARNING,
+                "event loop stalled %.1f ms: every thread's stack was written to stderr after "
+                "%.0f ms of it (above)",
+                lag * 1000,
+                self.dump_after * 1000,
+            )
         self._schedule(now)
 
     def _stalled(self, lag: float, busy: float) -> None:

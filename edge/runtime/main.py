@@ -774,7 +774,7 @@ async def serve(
         full_interval=options.gc_full_interval, held=core.held, release=core.release_memory
     )
     runtime.gc_policy.install(loop)
-    runtime.loop_watch = LoopWatch()
+    runtime.loop_watch = LoopWatch(dump_after=options.stall_dump / 1000)
     runtime.loop_watch.start(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, runtime, sig)

@@ -71,3 +71,50 @@ def test_metrics_name_the_figures():
         "trunkline_edge_loop_busy_longest_seconds",
         "trunkline_edge_loop_stalls",
     }
+
+
+def _spin_for_the_stall_dump(seconds: float) -> None:
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+def test_a_stall_dumps_every_threads_stack_while_it_lasts(tmp_path, caplog):
+    """`--stall-dump`: faulthandler's timer, re-armed by each tick, writes the stacks once the
+    loop has not ticked for `dump_after`, during the stall (the function stalling is named),
+    once a stall; nothing once the watch stopped."""
+    path = tmp_path / "stacks.txt"
+    with path.open("w") as dump, caplog.at_level(logging.WARNING, "edge.runtime.loop_watch"):
+
+        async def main() -> LoopWatch:
+            watch = LoopWatch(dump_after=0.03, dump_file=dump)
+            watch.start(asyncio.get_running_loop())
+            await asyncio.sleep(0.02)
+            _spin_for_the_stall_dump(0.15)
+            await asyncio.sleep(0.02)
+            watch.stop()
+            return watch
+
+        watch = asyncio.run(main())
+        written = path.read_text()
+        time.sleep(0.1)  # stopped: no dump comes later
+        assert path.read_text() == written
+    assert watch.dumps == 1
+    assert written.count("Timeout (") == 1 and "_spin_for_the_stall_dump" in written
+    assert any("stack was written to stderr" in r.getMessage() for r in caplog.records)
+
+
+def test_no_stall_dump_unless_asked(tmp_path):
+    path = tmp_path / "stacks.txt"
+    with path.open("w") as dump:
+
+        async def main() -> LoopWatch:
+            watch = LoopWatch(dump_file=dump)  # dump_after 0: off, the default
+            watch.start(asyncio.get_running_loop())
+            await asyncio.sleep(0.01)
+            _spin_for_the_stall_dump(0.1)
+            watch.stop()
+            return watch
+
+        watch = asyncio.run(main())
+    assert watch.dumps == 0 and path.read_text() == ""

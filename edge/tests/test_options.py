@@ -69,3 +69,13 @@ def test_runplatform_reads_the_same_variables_over_its_own_defaults(monkeypatch,
     assert (options.node, options.sip) == ("edge-9", ("127.0.0.2", 5080))
     assert options.digest_algorithms == ("SHA-256", "MD5")
     assert options.redis_url == "redis://127.0.0.1:1/0"
+
+
+def test_the_stall_dump_is_off_unless_given_in_ms(monkeypatch):
+    assert parse().stall_dump == 0.0
+    assert parse("--stall-dump", "40").stall_dump == 40.0
+    monkeypatch.setenv("EDGE_STALL_DUMP_MS", "25")
+    assert parse().stall_dump == 25.0
+    for bad in ("-1", "soon"):
+        with pytest.raises(UsageError, match="--stall-dump"):
+            parse("--stall-dump", bad)
