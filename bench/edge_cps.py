@@ -758,6 +758,9 @@ class PauseWatch:
         # The edge's VmRSS before the soak and at its end, and its VmHWM (peak), in KiB: a
         # soak of short calls holds 32 s of finished calls whose transactions linger.
         self.rss_kib: tuple[int | None, int | None, int | None] = (None, None, None)
+        # (time.monotonic(), the edge's CPU seconds): at start, around the apply, at the end;
+        # how much of a core the edge used in each window says how close to full it ran.
+        self.cpu_marks: list[tuple[float, float]] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._probe: subprocess.Popen[bytes] | None = None
@@ -772,6 +775,7 @@ class PauseWatch:
         assert edge is not None, "the pause watch is for an edge"
         self._edge = edge
         self.rss_kib = (edge.rss_kib(), None, None)
+        self.cpu_marks = [(time.monotonic(), edge.cpu_seconds())]
         body = b""
         if self.apply:  # built before the soak starts: the bench's own CPU stays out of it
             body, self.numbers = big_bench_snapshot(uas_port, version=2, lines=self.lines)
@@ -793,11 +797,13 @@ class PauseWatch:
         if self._stopping.wait(self.apply_after):
             return
         began = time.monotonic()
+        self.cpu_marks.append((began, edge.cpu_seconds()))
         try:
             self.applied = edge.api("POST", "/config", body, timeout=120)
         except OSError as error:
             self.applied = (0, str(error))
         self.window = (began, time.monotonic())
+        self.cpu_marks.append((self.window[1], edge.cpu_seconds()))
 
     def stop(self) -> None:
         """Before the edge stops: end the apply, read the edge's GC pause, stop the probe."""
@@ -806,6 +812,7 @@ class PauseWatch:
             self._thread.join(125)
         if self._edge is not None and self._edge.running:
             self.rss_kib = (self.rss_kib[0], self._edge.rss_kib(), _peak_rss_kib(self._edge.pid))
+            self.cpu_marks.append((time.monotonic(), self._edge.cpu_seconds()))
             with contextlib.suppress(h.EdgeError, OSError):
                 metrics = self._edge.metrics()
                 self.gc_longest_s = {
@@ -853,6 +860,20 @@ class PauseWatch:
             f"its end, peak {peak / 1024:.1f} MiB (about {lingering:,.0f} finished calls lingering "
             f"at {latency.rate} calls/s: {(end - before) / lingering:.1f} KiB each)"
         )
+
+    def cpu_line(self) -> str | None:
+        """How much of a core the edge process used (all its threads, /proc) from its start to
+        the apply, during it and after it, or over the whole soak without one."""
+        marks = self.cpu_marks
+        if len(marks) < 2:
+            return None
+        names = ("to the apply", "during it", "after it") if len(marks) == 4 else ("over it",)
+        parts = [
+            f"{name} {(c1 - c0) / (t1 - t0) * 100:.0f} %"
+            for name, (t0, c0), (t1, c1) in zip(names, marks, marks[1:], strict=False)
+            if t1 > t0
+        ]
+        return "edge      CPU of the edge process over the soak, of one core: " + ", ".join(parts)
 
     def report(self, latency: Latency | None) -> list[str]:
         """The summary lines: pauses over the soak, then before/during/after the apply."""
@@ -906,6 +927,9 @@ class PauseWatch:
         memory = self.memory_line(latency)
         if memory is not None:
             lines.append(memory)
+        cpu = self.cpu_line()
+        if cpu is not None:
+            lines.append(cpu)
         if not self.apply:
             return lines
         if self.window is None or self.applied is None:
