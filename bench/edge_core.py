@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,29 +111,43 @@ def instructions(calls: int, *, interpreted: bool) -> None:
     print(f"edge core ({core}): {per_call / 1e6:.2f} M instructions per call (callgrind)")
 
 
+def _grown(run: Callable[[], None]) -> tuple[int, int]:
+    """GC-tracked objects and tracemalloc bytes left behind by `run` (after a collection)."""
+    gc.collect()
+    before = len(gc.get_objects())
+    tracemalloc.start()
+    try:
+        start = tracemalloc.take_snapshot()
+        run()
+        gc.collect()
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(start, "filename"))
+    finally:
+        tracemalloc.stop()
+    return len(gc.get_objects()) - before, grown
+
+
+def _per_call(objects: int, grown: int, calls: int, what: str) -> None:
+    print(
+        f"edge core: {objects / calls:.1f} GC-tracked objects and {grown / calls / 1024:.1f} KiB"
+        f" (tracemalloc) per {what}, {calls} calls"
+    )
+
+
 def memory(calls: int) -> None:
     t, edge = _edge()
     _answered(t, edge)
     edge.advance(40)  # the warm-up's lingering transactions end
-    gc.collect()
-    before = len(gc.get_objects())
-    tracemalloc.start()
-    start = tracemalloc.take_snapshot()
-    for _ in range(calls):
-        _answered(t, edge)
-    edge.wire.clear()
-    edge.events.clear()
-    edge.advance(40)  # their set-up transactions end too: a call minutes into its conversation
-    gc.collect()
-    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(start, "filename"))
-    objects = len(gc.get_objects()) - before
+
+    def held() -> None:
+        for _ in range(calls):
+            _answered(t, edge)
+        edge.wire.clear()
+        edge.events.clear()
+        edge.advance(40)  # their set-up transactions end too: a call minutes into its conversation
+
+    objects, grown = _grown(held)
     assert edge.core.active_calls == calls + 1
-    print(
-        f"edge core: {objects / calls:.1f} GC-tracked objects and {grown / calls / 1024:.1f} KiB"
-        f" (tracemalloc) per held call, {calls} calls"
-    )
-    tracemalloc.stop()
-    del t, edge, start
+    _per_call(objects, grown, calls, "held call")
     _lingering(calls)
 
 
@@ -140,31 +155,21 @@ def _lingering(calls: int) -> None:
     """What a finished call holds while its transactions linger (up to 32 s after its BYE):
     at R short calls a second, an edge holds about 32 R of them."""
     t, edge = _edge()
-    a_invite, a_ok = _answered(t, edge)
-    hang_up(t, edge, a_invite, a_ok)
+    hang_up(t, edge, *_answered(t, edge))
     edge.advance(40)
     edge.cdrs.clear()
-    gc.collect()
-    before = len(gc.get_objects())
-    tracemalloc.start()
-    start = tracemalloc.take_snapshot()
-    for _ in range(calls):
-        a_invite, a_ok = _answered(t, edge)
-        hang_up(t, edge, a_invite, a_ok)
-        edge.advance(0.0001)  # well inside 32 s: every call's transactions still linger
-    del a_invite, a_ok
-    edge.wire.clear()
-    edge.events.clear()
-    edge.cdrs.clear()
-    gc.collect()
-    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(start, "filename"))
-    objects = len(gc.get_objects()) - before
-    tracemalloc.stop()
+
+    def finished() -> None:
+        for _ in range(calls):
+            hang_up(t, edge, *_answered(t, edge))
+            edge.advance(0.0001)  # well inside 32 s: every call's transactions still linger
+        edge.wire.clear()
+        edge.events.clear()
+        edge.cdrs.clear()
+
+    objects, grown = _grown(finished)
     assert edge.core.active_calls == 0 and len(edge.core.layer) == 4 * calls
-    print(
-        f"edge core: {objects / calls:.1f} GC-tracked objects and {grown / calls / 1024:.1f} KiB"
-        f" (tracemalloc) per finished call while its 4 transactions linger, {calls} calls"
-    )
+    _per_call(objects, grown, calls, "finished call while its 4 transactions linger")
 
 
 # --- --held: the cost of one more call while the core holds H answered ones -------------------

@@ -711,16 +711,6 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank]
 
 
-def _peak_rss_kib(pid: int) -> int | None:
-    """The process's peak resident memory so far (VmHWM), in KiB."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) if match else None
-
-
 class PauseWatch:
     """What the edge's latency soak also measures with ``--pauses``.
 
@@ -811,7 +801,7 @@ class PauseWatch:
         if self._thread is not None:
             self._thread.join(125)
         if self._edge is not None and self._edge.running:
-            self.rss_kib = (self.rss_kib[0], self._edge.rss_kib(), _peak_rss_kib(self._edge.pid))
+            self.rss_kib = (self.rss_kib[0], self._edge.rss_kib(), self._edge.peak_rss_kib())
             self.cpu_marks.append((time.monotonic(), self._edge.cpu_seconds()))
             with contextlib.suppress(h.EdgeError, OSError):
                 metrics = self._edge.metrics()
@@ -867,10 +857,13 @@ class PauseWatch:
         marks = self.cpu_marks
         if len(marks) < 2:
             return None
-        names = ("to the apply", "during it", "after it") if len(marks) == 4 else ("over it",)
+        if len(marks) == 4:  # start, the apply's start and end, stop
+            windows = zip(("to the apply", "during it", "after it"), marks, marks[1:], strict=False)
+        else:  # no apply, or one still running at the stop
+            windows = zip(("over it",), marks[:1], marks[-1:], strict=True)
         parts = [
             f"{name} {(c1 - c0) / (t1 - t0) * 100:.0f} %"
-            for name, (t0, c0), (t1, c1) in zip(names, marks, marks[1:], strict=False)
+            for name, (t0, c0), (t1, c1) in windows
             if t1 > t0
         ]
         return "edge      CPU of the edge process over the soak, of one core: " + ", ".join(parts)

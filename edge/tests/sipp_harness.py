@@ -487,6 +487,16 @@ class Sipp:
         return self.start().wait(timeout)
 
 
+def status_kib(pid: int, field: str) -> int | None:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM...), in KiB; None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far, all its threads (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -671,12 +681,11 @@ class EdgeProcess:
 
     def rss_kib(self) -> int | None:
         """Resident memory of the edge process (VmRSS), in KiB."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        return int(match.group(1)) if match else None
+        return status_kib(self.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int | None:
+        """The edge process's peak resident memory so far (VmHWM), in KiB."""
+        return status_kib(self.pid, "VmHWM")
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time of the edge process so far, all threads."""
