@@ -172,7 +172,7 @@ def add_arguments(
     )  # fmt: skip
     add(
         "--stall-dump", "stall_dump",
-        "write every thread's Python stack to stderr when the event loop has not run for this "
+        "write the loop thread's Python stack to stderr when the event loop has not run for this "
         "many ms (0: off; edge/runtime/loop_watch.py)",
         "0",
     )  # fmt: skip

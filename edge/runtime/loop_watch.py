@@ -12,13 +12,21 @@ between two ticks, and how many ticks came over `STALL` late (issue 15's target 
 20 ms, including while a 100,000-number snapshot is applied). Each such stall is also logged
 as a warning, at most one a second (`Throttled`: with how many were not logged since).
 
-What ran in a stall (`--stall-dump MS`, off by default): each tick re-arms CPython's
-`faulthandler.dump_traceback_later`, whose C thread needs no GIL, so when the loop has not
-ticked for MS milliseconds every thread's Python stack is written to stderr while the stall is
-still going on, once a stall. A compiled function adds no frame of its own: a stall inside the
-compiled core shows as the runtime's call into it. One per process (faulthandler has one such
-timer): an edge started inside a test that uses it, or pytest's `faulthandler_timeout`, must
-leave the option off.
+What ran in a stall (`--stall-dump MS`, off by default): each tick re-arms a one-shot
+`ITIMER_REAL`, and `faulthandler` writes the stack of the thread that SIGALRM interrupts, the
+loop's (the main thread: the kernel delivers the timer's signal to it), to stderr once the loop has
+not ticked for MS milliseconds: while the stall is still going on, once a stall. The signal
+handler is faulthandler's C one, so it runs whatever the thread holds (the GIL, a collection,
+the compiled core). A compiled function adds no frame of its own: a stall inside the compiled
+core shows as the runtime's call into it. Only the loop thread's stack, never the others':
+reading the stack of a thread that runs on meanwhile is a race CPython 3.11 does not guard
+(CPython issue 116008 crashes it so). The first version of this option armed
+`faulthandler.dump_traceback_later`, whose watchdog thread reads every thread's stack that
+way: of twelve edges run with it at 4,800 calls/s (about twenty dumps), one died of SIGSEGV
+halfway through writing a dump (issue 15's sixth session); eight more with this version wrote
+their eighteen dumps and exited cleanly. One per process (one `ITIMER_REAL`, one SIGALRM
+handler): the loop must run on the main thread, and nothing else in the process may use
+SIGALRM.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import TextIO
@@ -36,7 +46,7 @@ from prometheus_client.metrics_core import Metric
 
 from edge.runtime.transports import Throttled
 
-__all__ = ["EVERY", "STALL", "LoopWatch"]
+__all__ = ["DUMP_SIGNAL", "EVERY", "STALL", "LoopWatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +55,7 @@ logger = logging.getLogger(__name__)
 EVERY = 0.005
 STALL = 0.020
 STALL_LOG_EVERY = 1.0  # seconds between two stall warnings at most
+DUMP_SIGNAL = signal.SIGALRM  # what ITIMER_REAL sends
 
 
 class LoopWatch:
@@ -70,6 +81,12 @@ class LoopWatch:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start ticking (call on the loop's thread: its CPU time is the one read)."""
+        if self.dump_after:
+            if threading.current_thread() is not threading.main_thread():
+                raise RuntimeError("--stall-dump: the event loop must run on the main thread")
+            faulthandler.register(
+                DUMP_SIGNAL, file=self._dump_file or sys.stderr, all_threads=False, chain=False
+            )
         self._loop = loop
         self._cpu = time.thread_time()
         self._schedule(loop.time())
@@ -79,7 +96,8 @@ class LoopWatch:
             self._handle.cancel()
             self._handle = None
             if self.dump_after:
-                faulthandler.cancel_dump_traceback_later()
+                signal.setitimer(signal.ITIMER_REAL, 0)  # disarmed before the handler goes
+                faulthandler.unregister(DUMP_SIGNAL)
         self._loop = None
 
     def _schedule(self, now: float) -> None:
@@ -89,9 +107,7 @@ class LoopWatch:
         if self.dump_after:
             # Re-armed from here on: the dump comes `dump_after` after this tick unless the
             # next one is in time (its lateness counts from its due time, `every` later).
-            faulthandler.dump_traceback_later(
-                self.every + self.dump_after, file=self._dump_file or sys.stderr
-            )
+            signal.setitimer(signal.ITIMER_REAL, self.every + self.dump_after)
 
     def _tick(self) -> None:
         assert self._loop is not None
@@ -112,8 +128,8 @@ class LoopWatch:
             self._log(
                 "stall-dump",
                 logging.WARNING,
-                "event loop stalled %.1f ms: every thread's stack was written to stderr after "
-                "%.0f ms of it (above)",
+                "event loop stalled %.1f ms: the loop thread's stack was written to stderr "
+                "after %.0f ms of it (above)",
                 lag * 1000,
                 self.dump_after * 1000,
             )

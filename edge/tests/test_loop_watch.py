@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 
-from edge.runtime.loop_watch import LoopWatch
+from edge.runtime.loop_watch import DUMP_SIGNAL, LoopWatch
 
 
 def _watched(block) -> LoopWatch:
@@ -79,11 +81,19 @@ def _spin_for_the_stall_dump(seconds: float) -> None:
         pass
 
 
-def test_a_stall_dumps_every_threads_stack_while_it_lasts(tmp_path, caplog):
-    """`--stall-dump`: faulthandler's timer, re-armed by each tick, writes the stacks once the
-    loop has not ticked for `dump_after`, during the stall (the function stalling is named),
-    once a stall; nothing once the watch stopped."""
+def _spin_on_a_worker(stop: threading.Event) -> None:
+    while not stop.is_set():
+        _spin_for_the_stall_dump(0.001)
+
+
+def test_a_stall_dumps_the_loop_threads_stack_while_it_lasts(tmp_path, caplog):
+    """`--stall-dump`: the timer, re-armed by each tick, interrupts the loop thread once it has
+    not ticked for `dump_after` and faulthandler writes that thread's stack, during the stall
+    (the function stalling is named), once a stall; only the loop thread's (a busy worker
+    thread's is not read); nothing once the watch stopped."""
     path = tmp_path / "stacks.txt"
+    stop = threading.Event()
+    worker = threading.Thread(target=_spin_on_a_worker, args=(stop,))
     with path.open("w") as dump, caplog.at_level(logging.WARNING, "edge.runtime.loop_watch"):
 
         async def main() -> LoopWatch:
@@ -95,13 +105,21 @@ def test_a_stall_dumps_every_threads_stack_while_it_lasts(tmp_path, caplog):
             watch.stop()
             return watch
 
-        watch = asyncio.run(main())
+        worker.start()
+        try:
+            watch = asyncio.run(main())
+        finally:
+            stop.set()
+            worker.join()
         written = path.read_text()
         time.sleep(0.1)  # stopped: no dump comes later
         assert path.read_text() == written
     assert watch.dumps == 1
-    assert written.count("Timeout (") == 1 and "_spin_for_the_stall_dump" in written
+    assert written.count("Stack (most recent call first)") == 1
+    assert "_spin_for_the_stall_dump" in written and "_spin_on_a_worker" not in written
     assert any("stack was written to stderr" in r.getMessage() for r in caplog.records)
+    assert signal.getsignal(DUMP_SIGNAL) == signal.SIG_DFL  # handed back
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_no_stall_dump_unless_asked(tmp_path):
