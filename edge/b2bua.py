@@ -1158,6 +1158,7 @@ class B2bua:
         if retransmitter is not None:
             retransmitter.inner.response.forget_parsed()
             call.a_retransmitter = None
+        call.a_txn.answer_done()  # nor does the A leg's INVITE transaction need the 2xx
 
     def _ensure_b_dialog(self, call: Call, response: Response) -> None:
         b = call.b
@@ -1231,7 +1232,10 @@ class B2bua:
         b = call.b
         if b is None or call.b_invite is None:
             return
-        if b.dialog is not None and b.dialog.remote_tag == response.to_tag and call.b_ack:
+        # The answer we acknowledged (an ACK is built only in its dialog, which a call over
+        # has let go: `_end` kept its remote tag).
+        acknowledged = b.dialog.remote_tag if b.dialog is not None else b.remote_tag
+        if call.b_ack is not None and response.to_tag == acknowledged:
             self._transmit(call.b_ack, b.addr)
             return
         dialog = Dialog.as_uac(call.b_invite, response)
@@ -1578,6 +1582,16 @@ class B2bua:
             # timed out); the cycle would leave every finished call to the cyclic garbage
             # collector rather than to reference counting.
             call.a_retransmitter = None
+        call.a_txn.answer_done()
+        # Nor does it need its dialogs (with their URIs and route sets, about 0.5 KiB each):
+        # the A leg's is never read again (its requests now get 481: `_by_a_dialog` forgot
+        # it), and of the B leg's a stray 2xx is only compared with the remote tag
+        # (`_ack_and_bye_stray`).
+        call.a.dialog = None
+        b = call.b
+        if b is not None and b.dialog is not None:
+            b.remote_tag = b.dialog.remote_tag
+            b.dialog = None
         # The B leg's Call-ID stays known while its transactions may still answer; it is
         # dropped with them (see _forget) — but a finished call need not be found again.
         if call.b is not None and (b_txn is None or b_txn.state is TransactionState.TERMINATED):

@@ -180,13 +180,16 @@ class Incoming:
 class Leg:
     """One side of a call: its dialog and where its messages go."""
 
-    __slots__ = ("addr", "call_id", "dialog", "local_tag")
+    __slots__ = ("addr", "call_id", "dialog", "local_tag", "remote_tag")
 
     def __init__(self, call_id: str, local_tag: str, addr: Address) -> None:
         self.call_id = call_id
         self.local_tag = local_tag
         self.addr = addr
         self.dialog: Dialog | None = None
+        # The dialog's remote tag once the call is over and the dialog let go
+        # (`B2bua._end`): all a stray 2xx is compared with.
+        self.remote_tag: str | None = None
 
 
 class Call:

@@ -975,6 +975,43 @@ def test_an_acknowledged_call_keeps_its_dialogs_not_the_parse_of_its_setup():
     assert call.a_retransmitter is None
 
 
+def test_a_call_over_lets_its_dialogs_and_2xx_go_and_still_acknowledges_a_resent_2xx():
+    """Issue 15: a finished call lingers up to 32 s with its transactions. Its dialogs (URIs,
+    route sets) and the 2xx its A leg's INVITE transaction kept are no longer read then, and
+    go (about 1.7 KiB a call); a 2xx the carrier sends again still gets the same ACK, and one
+    with another tag (a fork answering late) still gets its own ACK and a BYE."""
+    edge = Edge()
+    a_invite = invite(PBX)
+    edge.send(a_invite, PBX)
+    (b_invite,) = edge.take(GATEWAY)
+    b_ok = answer(b_invite, 200, tag="gw", peer=GATEWAY)
+    edge.send(b_ok, GATEWAY)
+    (a_ok,) = [m for m in edge.take(PBX) if isinstance(m, Response) and m.status == 200]
+    call = next(iter(edge.core._calls.values()))
+    assert call.a_txn.last_response is not None  # resent by the TU until the ACK
+    edge.send(in_dialog("ACK", a_ok, a_invite, PBX, cseq=1), PBX)
+    (b_ack,) = edge.take(GATEWAY)
+    assert call.a_txn.last_response is None  # acknowledged: nothing resends it any more
+    assert call.a.dialog is not None and call.b is not None and call.b.dialog is not None
+
+    edge.send(in_dialog("BYE", a_ok, a_invite, PBX, cseq=2), PBX)
+    (b_bye,) = edge.take(GATEWAY)
+    edge.send(make_response(b_bye, 200), GATEWAY)
+    assert len(edge.cdrs) == 1 and not edge.core._calls
+    assert call.a.dialog is None and call.b.dialog is None and call.b.remote_tag == "gw"
+
+    edge.send(b_ok, GATEWAY)  # the carrier missed our ACK
+    (again,) = edge.take(GATEWAY)
+    assert again.method == "ACK" and again.headers.get("Via") == b_ack.headers.get("Via")
+    assert again.to_tag == "gw" and again.cseq == b_ack.cseq
+
+    forked = answer(b_invite, 200, tag="fork2", peer=GATEWAY)
+    edge.send(forked, GATEWAY)
+    ack, bye = edge.take(GATEWAY)
+    assert (ack.method, ack.to_tag, bye.method, bye.to_tag) == ("ACK", "fork2", "BYE", "fork2")
+    assert len(edge.cdrs) == 1
+
+
 def test_calls_that_ended_are_let_go_while_another_call_goes_on():
     """Issue 15: the memory of calls that ended returns. An answered call's deadline (its
     maximum duration, hours away) stays in the timer heap as a stale entry when the call ends,

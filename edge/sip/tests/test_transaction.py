@@ -374,6 +374,29 @@ def test_server_invite_accepted_absorbs_invite_retransmissions_until_timer_l() -
     assert run_timers(layer) == [(32.2, Terminated(txn))]  # Timer L
 
 
+def test_server_invite_lets_its_2xx_go_once_the_tu_resends_it_no_more() -> None:
+    """`answer_done`: in Accepted nothing but the TU sends the 2xx, so once the TU is done with
+    it (the ACK came, the call is over) the transaction need not keep it for the rest of
+    Timer L; before a 2xx, the last response stays, for the retransmissions it answers."""
+    layer = TransactionLayer()
+    invite = wire(request())
+    txn = layer.receive(invite, UAC, 0.0)[-1].transaction
+    assert isinstance(txn, ServerInviteTransaction)
+    ringing = make_response(invite, 180, to_tag="b1")
+    layer.send_response(txn, ringing, 0.1)
+    txn.answer_done()  # Proceeding: the 180 still answers a retransmitted INVITE
+    assert txn.last_response is ringing
+    assert layer.receive(wire(invite), UAC, 0.15) == [SendMessage(ringing, UAC, txn)]
+    ok = make_response(invite, 200, to_tag="b1")
+    layer.send_response(txn, ok, 0.2)
+    assert txn.last_response is ok
+    txn.answer_done()
+    assert txn.last_response is None
+    assert not any(held is ok for held in gc.get_referents(txn))  # not kept in another slot
+    assert layer.receive(wire(invite), UAC, 0.5) == []  # absorbed, as before
+    assert run_timers(layer) == [(32.2, Terminated(txn))]  # Timer L as before
+
+
 def test_server_invite_on_reliable_transport() -> None:
     layer = TransactionLayer()
     invite = wire(request(transport="TCP", branch="z9hG4bKrel"))
