@@ -694,9 +694,9 @@ class ServerInviteTransaction(ServerTransaction):
     def answer_done(self) -> None:
         """The TU resends its 2xx no more (the ACK came, or the call is over). In Accepted the
         transaction itself never sends it (a retransmitted INVITE is absorbed: RFC 6026 7.1),
-        so the response goes now instead of lingering with the transaction until Timer L, up
-        to 32 s: about 0.6 KiB of every answered call's memory (issue 15). A 2xx the TU sends
-        again after all is kept again as usual."""
+        so the response goes now instead of staying with the transaction, which the B2BUA's
+        call refers to until it ends: about 0.6 KiB of every answered call (issue 15). A 2xx
+        the TU sends again after all is kept again as usual."""
         if self.state is TransactionState.ACCEPTED:
             self._last_sent = None
 
