@@ -1,8 +1,8 @@
 """How an edge process runs CPython's cyclic garbage collector, and what it costs.
 
 A finished call leaves about twenty GC-tracked objects behind for up to 32 s (transactions
-lingering for retransmissions, RFC 3261 17; 21 by `bench/edge_core.py --memory`), so an edge
-carrying 1,000 calls/s holds about 670,000 of them. Reference counting frees every one when
+lingering for retransmissions, RFC 3261 17; 19 by `bench/edge_core.py --memory`), so an edge
+carrying 1,000 calls/s holds about 610,000 of them. Reference counting frees every one when
 its timer ends; nothing per call is cyclic garbage (the tests check). CPython's default policy
 still walks them all in each full collection, and by its 25 %-growth rule that came every few
 seconds: measured through the edge with SIPp at 700 calls/s for 60 s, INVITE->200 p99 484 ms

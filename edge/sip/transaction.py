@@ -218,6 +218,12 @@ class Transaction:
     # lingers for up to 32 s, and its URIs, dicts and lists would linger (and be walked by the
     # garbage collector) with it. A later read parses again.
     ABSORBING: ClassVar[frozenset[TransactionState]] = frozenset()
+    # Whether an ABSORBING state still needs the request itself. A non-INVITE transaction's
+    # Completed state answers a retransmission from `_last_sent` (server) or absorbs a
+    # response (client), so its request goes there, bytes and all (the caller's BYE for the
+    # 32 s its transaction lingers); `request` then raises. INVITE transactions keep it: the
+    # TU builds from it (an ACK of a non-2xx, a CANCEL, a late fork's dialog).
+    KEEPS_REQUEST: ClassVar[bool] = True
 
     # The running timers, at most two (`MAX_TIMERS`), in the order they were started: a
     # timer and its deadline per pair of slots (`_timer0` None: none runs; `_timer1` is set
@@ -233,12 +239,12 @@ class Transaction:
         "_durations",
         "_interval",
         "_last_sent",
+        "_request",
         "_timer0",
         "_timer1",
         "addr",
         "key",
         "reliable",
-        "request",
         "state",
     )
 
@@ -252,7 +258,7 @@ class Transaction:
         config: TimerConfig,
         reliable: bool,
     ) -> None:
-        self.request = request
+        self._request: Request | None = request
         self.addr = addr
         self.key = key
         self.reliable = reliable
@@ -270,7 +276,17 @@ class Transaction:
         self._enter(self.INITIAL_STATE, now)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.request.method} {self.state.value} {self.key}>"
+        return f"<{type(self).__name__} {self.state.value} {self.key}>"
+
+    @property
+    def request(self) -> Request:
+        """The request this transaction is for; gone once it only absorbs (`KEEPS_REQUEST`)."""
+        request = self._request
+        if request is None:
+            raise LocalProtocolError(
+                f"{type(self).__name__} in state {self.state.value} let its request go"
+            )
+        return request
 
     @property
     def timers(self) -> Mapping[Timer, float]:
@@ -376,7 +392,13 @@ class Transaction:
                 if timer is self.RETRANSMIT_TIMER:
                     self._interval = duration
         if state in self.ABSORBING:
-            self.request.forget_parsed()
+            request = self._request
+            if not self.KEEPS_REQUEST:
+                self._request = None
+                if self._last_sent is request:  # a client's: never resent from here on
+                    self._last_sent = None
+            elif request is not None:
+                request.forget_parsed()
             last = self._last_sent
             if last is not None:
                 # A final response goes on the wire right after this step: serialised now
@@ -627,6 +649,7 @@ class ClientNonInviteTransaction(ClientTransaction):
     INITIAL_STATE = _S.TRYING
     RETRANSMIT_TIMER = Timer.E
     ABSORBING = frozenset({_S.COMPLETED})
+    KEEPS_REQUEST = False
     TIMERS = {
         _S.TRYING: (Timer.E, Timer.F),
         _S.PROCEEDING: (Timer.E, Timer.F),  # still running from Trying, not restarted
@@ -708,6 +731,7 @@ class ServerNonInviteTransaction(ServerTransaction):
     INITIAL_STATE = _S.TRYING
     RETRANSMIT_TIMER = None
     ABSORBING = frozenset({_S.COMPLETED})
+    KEEPS_REQUEST = False
     TIMERS = {
         _S.TRYING: (),
         _S.PROCEEDING: (),

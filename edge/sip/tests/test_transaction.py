@@ -429,6 +429,32 @@ def test_server_non_invite_absorbs_then_resends_the_final_until_timer_j() -> Non
     assert run_timers(layer) == [(33.0, Terminated(txn))]  # Timer J = 64*T1
 
 
+def test_a_completed_non_invite_transaction_lets_its_request_go() -> None:
+    """Issue 15: a finished call's BYE transactions linger (the caller's 32 s). In Completed a
+    non-INVITE transaction answers a retransmission from its final (server) or absorbs a
+    response (client), so it keeps neither the request nor its bytes; `request` says so."""
+    layer = TransactionLayer()
+    bye = wire(request("BYE", to_tag="b1"))
+    server = layer.receive(bye, UAC, 0.0)[0].transaction
+    assert isinstance(server, ServerNonInviteTransaction) and server.request is bye
+    ok = make_response(bye, 200)
+    layer.send_response(server, ok, 0.1)
+    assert not any(held is bye for held in gc.get_referents(server))
+    with pytest.raises(LocalProtocolError, match="let its request go"):
+        _ = server.request
+    assert layer.receive(wire(bye), UAC, 0.5) == [SendMessage(ok, UAC, server)]  # as before
+    assert "completed" in repr(server)
+
+    ours = request("BYE", to_tag="b2")
+    client, _ = layer.send_request(ours, UAS, 1.0)
+    assert client.request is ours
+    layer.receive(wire(make_response(ours, 200)), UAS, 1.1)
+    assert client.state is TransactionState.COMPLETED
+    assert not any(held is ours for held in gc.get_referents(client))
+    assert layer.receive(wire(make_response(ours, 200)), UAS, 1.2) == []  # absorbed
+    assert run_timers(layer) == [(6.1, Terminated(client)), (32.1, Terminated(server))]
+
+
 def test_server_non_invite_on_reliable_transport_ends_with_the_final() -> None:
     layer = TransactionLayer()
     options = wire(request("OPTIONS", transport="TCP"))

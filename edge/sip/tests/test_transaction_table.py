@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.sip.errors import LocalProtocolError, RemoteProtocolError
-from edge.sip.message import make_request, make_response
+from edge.sip.message import Request, make_request, make_response
 from edge.sip.timers import Timer, TimerConfig
 from edge.sip.transaction import (
     ClientInviteTransaction,
@@ -71,9 +71,11 @@ def inputs_of(kind: type[Transaction]) -> tuple[TransactionInput, ...]:
     return CLIENT_INPUTS if issubclass(kind, ClientTransaction) else SERVER_INPUTS
 
 
-def new_transaction(kind: type[Transaction], reliable: bool) -> Transaction:
+def table_request(kind: type[Transaction], reliable: bool) -> Request:
+    """The request a transaction of the table tests is for (rebuilt when a test needs it: a
+    non-INVITE transaction lets its own go in Completed)."""
     invite = kind in (ClientInviteTransaction, ServerInviteTransaction)
-    request = make_request(
+    return make_request(
         "INVITE" if invite else "OPTIONS",
         "sip:bob@198.51.100.5",
         from_="<sip:alice@192.0.2.10>;tag=a1",
@@ -82,6 +84,10 @@ def new_transaction(kind: type[Transaction], reliable: bool) -> Transaction:
         cseq=1,
         via=f"SIP/2.0/{'TCP' if reliable else 'UDP'} 192.0.2.10:5060;branch={BRANCH}",
     )
+
+
+def new_transaction(kind: type[Transaction], reliable: bool) -> Transaction:
+    request = table_request(kind, reliable)
     return kind(request, PEER, 0.0, key=("table",), config=CONFIG, reliable=reliable)
 
 
@@ -94,7 +100,7 @@ def apply(
         return txn.on_timer(deadline), deadline
     if what is TransactionInput.TRANSPORT_ERROR:
         return txn.transport_error(now), now
-    request = txn.request
+    request = table_request(type(txn), txn.reliable)
     if isinstance(txn, ClientTransaction):
         return txn.receive(make_response(request, STATUS[what], to_tag="b1"), now), now
     assert isinstance(txn, ServerTransaction)
