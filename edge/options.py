@@ -112,7 +112,7 @@ class EdgeOptions:
     limit_share: int = 1  # edges splitting each limit while Redis is unreachable
     digest_algorithms: tuple[str, ...] = DEFAULT_DIGEST_ALGORITHMS  # challenge order
     gc_full_interval: float = DEFAULT_FULL_INTERVAL  # seconds between full collections; 0 never
-    # Milliseconds the event loop may not run before every thread's stack goes to stderr; 0 off.
+    # Milliseconds the event loop may not run before its thread's stack goes to stderr; 0 off.
     stall_dump: float = 0.0
     # Ship the journal to --redis-url's CDR stream (edge/runtime/cdr_shipper.py), or in-process
     # where the runtime is given an ingest function (runedge, runplatform without Redis).
@@ -200,6 +200,17 @@ def host_port(text: str, what: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def _not_negative(flag: str, value: str) -> float:
+    """`value` of `flag` as a number that is not negative (nor NaN), or a UsageError."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"{flag}: not a number: {value!r}") from None
+    if not number >= 0:
+        raise UsageError(f"{flag} must not be negative")
+    return number
+
+
 def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
     """Check the parsed options; UsageError says which one is wrong and how to give it."""
     check_retired()
@@ -252,18 +263,8 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
     algorithms = tuple(a.strip() for a in required("digest_algorithms").split(",") if a.strip())
     if not algorithms or set(algorithms) - {"MD5", "SHA-256"}:
         raise UsageError("--digest-algorithms: give MD5 and/or SHA-256, comma-separated")
-    try:
-        gc_full_interval = float(required("gc_full_interval"))
-    except ValueError:
-        raise UsageError(f"--gc-full-interval: not a number: {ns.gc_full_interval!r}") from None
-    if not gc_full_interval >= 0:
-        raise UsageError("--gc-full-interval must not be negative")
-    try:
-        stall_dump = float(text("stall_dump") or "0")
-    except ValueError:
-        raise UsageError(f"--stall-dump: not a number: {ns.stall_dump!r}") from None
-    if not stall_dump >= 0:
-        raise UsageError("--stall-dump must not be negative")
+    gc_full_interval = _not_negative("--gc-full-interval", required("gc_full_interval"))
+    stall_dump = _not_negative("--stall-dump", text("stall_dump") or "0")
     try:
         rtpengine = tuple(parse_engines(text("rtpengine") or ""))
     except ValueError as error:
