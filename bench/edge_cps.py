@@ -353,11 +353,13 @@ def memory_kib(pids: list[int]) -> tuple[int, int] | None:
 def serve_edge(argv: list[str]) -> int:
     """``python -m edge`` with a live-event sink: each batch is encoded, counted, dropped."""
     from edge.options import build_parser, options_from_namespace
+    from edge.runtime import allocator
     from edge.runtime.events import BatchingSink
     from edge.runtime.main import run
 
     parser = build_parser()
     options = options_from_namespace(parser.parse_args(argv))
+    allocator.adopt(options.allocator)
     published = {"batches": 0, "bytes": 0}
     if os.environ.get(MEMTRACE_ENV):
         _trace_memory(Path(os.environ[MEMTRACE_ENV]))

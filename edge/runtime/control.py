@@ -5,7 +5,8 @@ except that ``GET /health`` without a token answers only ``{"status": ...}`` so 
 balancer or container health check can probe it; with the token it says more.
 
     GET    /health            200 {"status": "ok"|"draining", "node", "config_version",
-                                   "active_calls", "core": "compiled"|"interpreted (why)"}
+                                   "active_calls", "core": "compiled"|"interpreted (why)",
+                                   "allocator": "malloc"|"pymalloc"}
                                    (no token: {"status"} only)
     GET    /metrics           200 Prometheus text (private registry, read from core.stats)
     POST   /config            body: a snapshot document (JSON, docs/snapshot.md) or a delta
@@ -64,6 +65,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from edge import native, snapshot_wire
 from edge.calls import HANGUP_REASONS
 from edge.config import ConfigError, EdgeConfig
+from edge.runtime import allocator
 from edge.slices import Steps, run_to_end
 
 if TYPE_CHECKING:
@@ -627,6 +629,7 @@ class ControlApp:
             "config_version": core.config.version,
             "active_calls": core.active_calls,
             "core": native.status(),
+            "allocator": allocator.running(),
         }
 
     def hangup(self, call_id: str, reason: str = "operator_hangup") -> int:

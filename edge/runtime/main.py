@@ -69,6 +69,7 @@ from edge.options import (
     build_parser,
     options_from_namespace,
 )
+from edge.runtime import allocator
 from edge.runtime.cdr_shipper import (
     InProcessTransport,
     JournalShipper,
@@ -292,6 +293,9 @@ class EdgeRuntime:
         data, config, source = await self._load_snapshot()
         logger.info("config version %d loaded from %s", config.version, source)
         logger.info("SIP core: %s (edge/native.py)", native.status())
+        logger.info(
+            "allocator: %s (edge/runtime/allocator.py)", allocator.status(options.allocator)
+        )
 
         try:
             journal = CdrJournal(
@@ -825,4 +829,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = options_from_namespace(namespace)
     except UsageError as error:
         parser.error(str(error))
+    allocator.adopt(options.allocator)
     return run(options)

@@ -283,6 +283,8 @@ def test_digest_authenticated_outbound_call(lab: Lab, tmp_path: Path, launcher) 
         launcher=launcher,
         env=env if launcher else None,
     )
+    # Either entry point re-executed itself on its default allocator (edge/runtime/allocator.py).
+    assert edge.health()["allocator"] == "malloc"
     gateway.start().wait_listening()
 
     caller = lab.uac(

@@ -79,3 +79,13 @@ def test_the_stall_dump_is_off_unless_given_in_ms(monkeypatch):
     for bad in ("-1", "soon"):
         with pytest.raises(UsageError, match="--stall-dump"):
             parse("--stall-dump", bad)
+
+
+def test_the_allocator_is_malloc_unless_pymalloc_is_asked_for(monkeypatch):
+    assert parse().allocator == "malloc"
+    assert parse("--allocator", "pymalloc").allocator == "pymalloc"
+    monkeypatch.setenv("EDGE_ALLOCATOR", "PyMalloc")
+    assert parse().allocator == "pymalloc"
+    assert parse("--allocator", "malloc").allocator == "malloc"  # the command line wins
+    with pytest.raises(UsageError, match="--allocator: malloc or pymalloc, not 'jemalloc'"):
+        parse("--allocator", "jemalloc")

@@ -17,6 +17,7 @@ import pytest
 from edge import native
 from edge.b2bua import Stats, Transmit
 from edge.config import EdgeConfig
+from edge.runtime import allocator
 from edge.runtime.control import (
     SNAPSHOT_FILE,
     ControlApp,
@@ -147,6 +148,7 @@ async def test_every_route_needs_the_token_but_health_says_little_without_it():
         "config_version": 3,
         "active_calls": 2,
         "core": native.status(),
+        "allocator": allocator.running(),
     }
     assert not control.core.draining  # nothing happened without the token
     await control.stop()
