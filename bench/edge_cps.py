@@ -979,6 +979,7 @@ class Memory:
     settled: tuple[int, int] | None = None  # LINGER_S later
     ended_active: int | None = None
     later: list[tuple[float, tuple[int, int]]] = field(default_factory=list)  # --rss-later
+    spells: list[tuple[int, int]] = field(default_factory=list)  # --rss-spells: 2nd, 3rd...
 
     def per_call(self, which: int) -> float | None:
         """KiB per concurrent call: RSS (0) or PSS (1), loaded minus idle."""
@@ -1001,19 +1002,21 @@ def measure_rss(
     after: bool = False,
     rate: int = RSS_RATE,
     later: float = 0.0,
+    spells: int = 1,
 ) -> Memory:
     """The peer's memory idle and holding `calls` concurrent calls (VmRSS of the edge process,
     as before). With `after`, the calls are held just long enough to be read, then SIPp ends
     them (BYE) and the memory is read again when they are gone and `LINGER_S` later (then every
-    `LATER_EVERY_S` until `later` s after they were gone); and every reading is also the sum of
-    RSS and of PSS over the peer's processes (Kamailio has several)."""
+    `LATER_EVERY_S` until `later` s after they were gone; with `spells`, the same `calls` fill
+    and end that many times, each read); and every reading is also the sum of RSS and of PSS
+    over the peer's processes (Kamailio has several)."""
     workdir.mkdir(parents=True, exist_ok=True)
     fill_s = calls / rate
     hold_ms = round((fill_s + 15) * 1000) if after else RSS_HOLD_MS
     uas = _uas(peer, workdir, wall_timeout=600)
     uas.start().wait_listening()
     proxy = None
-    uac = None
+    uacs: list[h.Sipp] = []
     memory = Memory(peer.name, None, None, 0, calls)
     try:
         proxy = peer.start(workdir, uas.local_port)
@@ -1021,60 +1024,90 @@ def measure_rss(
         time.sleep(1.0)  # settled after start-up
         memory.idle_kib = edge.rss_kib() if edge is not None else None
         memory.idle = memory_kib(proxy.pids())
-        uac = h.Sipp(
-            workdir,
-            "uac",
-            builtin="uac",
-            local_ip=peer.uac_ip,
-            remote=proxy.address,
-            calls=calls,
-            rate=rate,
-            limit=calls,
-            duration_ms=hold_ms,
-            service=CALLEE,
-            recv_timeout_ms=None,
-            trace_messages=False,
-            trace_errors=False,
-            wall_timeout=hold_ms / 1000 + 60,
-        ).start()
-
-        def active() -> int:
-            if edge is not None:
-                return int(edge.health().get("active_calls", 0))
-            return _current_calls(uac)  # Kamailio: the UAC's calls in progress
-
-        deadline = time.monotonic() + fill_s + 20
-        count = 0
-        while time.monotonic() < deadline:
-            count = active()
-            if count >= calls:
-                break
-            time.sleep(0.25)
-        time.sleep(1.0 if edge is None else 0.5)  # the last answers (SIPp's stats: each second)
-        memory.loaded_kib = edge.rss_kib() if edge is not None else None
-        memory.loaded = memory_kib(proxy.pids())
-        memory.active_calls = active()
+        for spell in range(spells if after else 1):
+            _rss_spell(
+                memory, spell, peer, proxy, workdir, calls, rate, hold_ms, fill_s, after, uacs
+            )
         if after:
-            uac.wait()  # every call BYE'd by the UAC at the end of its hold
-            deadline = time.monotonic() + 30
-            while (left := active()) and time.monotonic() < deadline:
-                time.sleep(0.25)
-            memory.ended_active = left
-            time.sleep(2.0)
-            memory.ended = memory_kib(proxy.pids())
-            gone = time.monotonic()
-            time.sleep(LINGER_S)
-            memory.settled = memory_kib(proxy.pids())
+            gone = time.monotonic() - LINGER_S
             while (since := time.monotonic() - gone) + LATER_EVERY_S <= later + 0.5:
                 time.sleep(LATER_EVERY_S)
                 memory.later.append((since + LATER_EVERY_S, memory_kib(proxy.pids())))
     finally:
-        if uac is not None:
+        for uac in uacs:
             uac.stop()
         if proxy is not None:
             proxy.stop()
         uas.stop()
     return memory
+
+
+def _rss_spell(
+    memory: Memory,
+    spell: int,
+    peer: Peer,
+    proxy: Any,
+    workdir: Path,
+    calls: int,
+    rate: int,
+    hold_ms: int,
+    fill_s: float,
+    after: bool,
+    uacs: list[h.Sipp],
+) -> None:
+    """One busy spell of `measure_rss`: fill `calls`, read, and with `after` end them and read
+    again once gone and `LINGER_S` later (the first spell into `memory.ended`/`settled`, the
+    next ones appended to `memory.spells`). Its UAC goes into `uacs`, for the caller to stop."""
+    edge = proxy.edge
+    uac = h.Sipp(
+        workdir,
+        "uac" if not spell else f"uac-{spell + 1}",
+        builtin="uac",
+        local_ip=peer.uac_ip,
+        remote=proxy.address,
+        calls=calls,
+        rate=rate,
+        limit=calls,
+        duration_ms=hold_ms,
+        service=CALLEE,
+        recv_timeout_ms=None,
+        trace_messages=False,
+        trace_errors=False,
+        wall_timeout=hold_ms / 1000 + 60,
+    )
+    uacs.append(uac)
+    uac.start()
+
+    def active() -> int:
+        if edge is not None:
+            return int(edge.health().get("active_calls", 0))
+        return _current_calls(uac)  # Kamailio: the UAC's calls in progress
+
+    deadline = time.monotonic() + fill_s + 20
+    count = 0
+    while time.monotonic() < deadline:
+        count = active()
+        if count >= calls:
+            break
+        time.sleep(0.25)
+    time.sleep(1.0 if edge is None else 0.5)  # the last answers (SIPp's stats: each second)
+    if not spell:
+        memory.loaded_kib = edge.rss_kib() if edge is not None else None
+        memory.loaded = memory_kib(proxy.pids())
+        memory.active_calls = active()
+    if after:
+        uac.wait()  # every call BYE'd by the UAC at the end of its hold
+        deadline = time.monotonic() + 30
+        while (left := active()) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        time.sleep(2.0)
+        ended = memory_kib(proxy.pids())
+        time.sleep(LINGER_S)
+        settled = memory_kib(proxy.pids())
+        if not spell:
+            memory.ended_active, memory.ended, memory.settled = left, ended, settled
+        elif settled is not None:
+            memory.spells.append(settled)
 
 
 def memory_lines(memory: Memory) -> list[str]:
@@ -1098,6 +1131,13 @@ def memory_lines(memory: Memory) -> list[str]:
             f"{LINGER_S:.0f} s later {memory.settled[0] / 1024:.1f} MiB "
             f"({memory.settled[0] / rss_idle:.2f} x idle; target <= 1.10); PSS then "
             f"{memory.settled[1] / 1024:.1f} MiB ({memory.settled[1] / pss_idle:.2f} x idle)"
+        )
+    if memory.spells and memory.idle is not None and memory.settled is not None:
+        rss_idle = memory.idle[0]
+        lines.append(
+            f"{memory.peer:9} RSS {LINGER_S:.0f} s after each busy spell of {memory.wanted} calls: "
+            + ", ".join(f"{kib[0] / rss_idle:.2f}" for kib in [memory.settled, *memory.spells])
+            + " x idle"
         )
     if memory.later and memory.idle is not None:
         rss_idle = memory.idle[0]
@@ -1320,6 +1360,14 @@ def main(argv: list[str] | None = None) -> int:
         "until SECONDS after its calls were gone",
     )
     parser.add_argument(
+        "--rss-spells",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --rss-after: the edge goes through N busy spells of --rss-calls, one after "
+        "the other, its memory read after each (is what a spell leaves reused by the next?)",
+    )
+    parser.add_argument(
         "--cpu-levels",
         type=_levels,
         metavar="N,N,...",
@@ -1502,6 +1550,7 @@ def _run(
             after=args.rss_after,
             rate=args.rss_rate,
             later=args.rss_later,
+            spells=args.rss_spells,
         )
         memories.append(memory)
         kamailio = next((p for p in peers if isinstance(p, KamailioPeer)), None)

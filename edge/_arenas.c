@@ -18,6 +18,9 @@
  *   instead of following a free list that was in the dropped pages. A dropped page comes back
  *   as zeros when the pool is written again.
  *
+ * A standalone edge runs on glibc's malloc by default (edge/runtime/allocator.py), which
+ * gives memory back without this; it is for an edge run with EDGE_ALLOCATOR=pymalloc.
+ *
  * It reads and writes CPython's pool header, whose layout is private: `give_back` refuses to
  * run on any other version than the one this file describes (3.11), and the edge calls it
  * only with the GIL held, as pymalloc requires. With PYTHONMALLOC=malloc pymalloc allocates

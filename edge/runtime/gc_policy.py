@@ -88,8 +88,10 @@ block in it is free, and the few objects that live on from a busy spell (a times
 text, an h11 date header, a timer handle...) end up scattered over dozens of them. Started with
 ``PYTHONMALLOC=malloc`` (glibc for every object, trimmed to the page) the edge came back to
 1.06x idle, but it held 10.4 KiB per call instead of 9.8 and its core ran 12 % more
-instructions per call (bench/edge_core.py: 1.88 M against 1.68 M), so it stays an operator's
-choice (README, "Edges per core").
+instructions per call (bench/edge_core.py: 1.88 M against 1.68 M). Since 2026-12-05 a
+standalone edge runs so by default (edge/runtime/allocator.py: 1.07x idle, 8.9 KiB per call
+against 8.4 on pymalloc, 1.21 M instructions a call against 1.03 M); what follows is what
+``EDGE_ALLOCATOR=pymalloc`` leaves, and what this release does for it.
 
 What pins those arenas, measured 2026-12-05 (compiled core; a machine at load 9-10, where SIPp
 loses a few calls that then stay up): ``EDGE_CPS_MEMTRACE=DIR bench/edge_cps.py --only edge
