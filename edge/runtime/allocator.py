@@ -9,11 +9,16 @@ A standalone edge (``python -m edge``, ``manage.py runedge``) runs on ``malloc``
   so after 5,000 calls an edge stays at 1.17-1.21x its idle RSS for good, even with the free
   pools' pages given back (edge/_arenas.c, edge/runtime/gc_policy.py); what is left there is
   the header page of each free pool, which pymalloc links its free pools through.
+  Nor does the next spell reuse what one leaves: three spells of 5,000 calls in a row left
+  1.15, 1.19 and 1.25x idle (``bench/edge_cps.py --only edge --rss-only --rss-spells 3``).
 - ``malloc`` (glibc's): freed blocks go back to its heap, which `gc_policy`'s release trims to
-  the page (``malloc_trim``): 1.07x idle 34 s after 5,000 calls ended. It costs about 15 % more
-  instructions in the core (1.21 M a call against 1.03 M compiled, 3.90 M against 3.55 M
-  interpreted; `bench/edge_core.py`, callgrind), which the edge's end-to-end CPU per call does
-  not show above its run-to-run noise, and 8.9 KiB per call in progress against 8.4 (PSS).
+  the page (``malloc_trim``): 1.07, 1.07 and 1.09x idle after the same three spells. It costs
+  about 15 % more instructions in the core (1.21 M a call against 1.03 M compiled, 3.90 M
+  against 3.55 M interpreted; `bench/edge_core.py`, callgrind; glibc's tcache tunables bring
+  it to 1.18 M at most), about 10 % more of the edge's CPU at 1,125 calls/s (52-61 % of a core
+  against 47-49 %), 8.9 KiB per call in progress against 8.4 (PSS), 11.1 KiB per finished
+  call lingering against 10.4, and a tail: 1.1-1.4 % of INVITE->200 times read 4 ms or more
+  on SIPp's clock against 0.6-0.7 % (README, "Edges per core").
 
 CPython reads its allocator from ``PYTHONMALLOC`` when it starts and never changes it, so
 `adopt` re-executes the process (same PID, same command line) with ``PYTHONMALLOC`` set when
