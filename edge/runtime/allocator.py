@@ -84,5 +84,7 @@ def status(wanted: str) -> str:
     current = running()
     if current == wanted:
         return current
-    why = _obstacle(wanted) or "EDGE_ALLOCATOR applies to python -m edge and runedge"
+    why = _obstacle(wanted)
+    if why is None:  # `adopt` was not called: the embedded platform, or a test
+        return f"{current} (this process's; EDGE_ALLOCATOR applies to python -m edge and runedge)"
     return f"{current} (wanted {wanted}: {why})"

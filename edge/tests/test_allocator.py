@@ -82,3 +82,13 @@ def test_under_minus_e_it_runs_on_and_says_why():
 def test_an_unknown_allocator_is_refused():
     with pytest.raises(ValueError, match="unknown allocator 'jemalloc'"):
         allocator.adopt("jemalloc")
+
+
+def test_a_process_that_did_not_adopt_says_whose_allocator_it_runs():
+    # The embedded platform (and this test process) runs on what it started with.
+    other = "malloc" if allocator.running() == "pymalloc" else "pymalloc"
+    assert allocator.status(other) == (
+        f"{allocator.running()} (this process's; EDGE_ALLOCATOR applies to python -m edge and "
+        "runedge)"
+    )
+    assert allocator.status(allocator.running()) == allocator.running()
