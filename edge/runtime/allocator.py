@@ -6,7 +6,7 @@ A standalone edge (``python -m edge``, ``manage.py runedge``) runs on ``malloc``
 - ``pymalloc``, CPython's own small-object allocator, takes memory in 1 MiB arenas and gives an
   arena back only when every block in it is free. The few objects that outlive a busy spell (a
   timer handle, a counter's last value, a cached header) are scattered over dozens of arenas,
-  so after 5,000 calls an edge stays at 1.17-1.21x its idle RSS for good, even with the free
+  so after 5,000 calls an edge stays at 1.15-1.21x its idle RSS for good, even with the free
   pools' pages given back (edge/_arenas.c, edge/runtime/gc_policy.py); what is left there is
   the header page of each free pool, which pymalloc links its free pools through.
   Nor does the next spell reuse what one leaves: three spells of 5,000 calls in a row left
@@ -17,7 +17,7 @@ A standalone edge (``python -m edge``, ``manage.py runedge``) runs on ``malloc``
   against 3.55 M interpreted; `bench/edge_core.py`, callgrind; glibc's tcache tunables bring
   it to 1.18 M at most), about 10 % more of the edge's CPU at 1,125 calls/s (52-61 % of a core
   against 47-49 %), 8.9 KiB per call in progress against 8.4 (PSS), 11.1 KiB per finished
-  call lingering against 10.4, and a tail: 1.1-1.4 % of INVITE->200 times read 4 ms or more
+  call lingering against 10.4, and a tail: 0.8-1.6 % of INVITE->200 times read 4 ms or more
   on SIPp's clock against 0.6-0.7 % (README, "Edges per core").
 
 CPython reads its allocator from ``PYTHONMALLOC`` when it starts and never changes it, so
