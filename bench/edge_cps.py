@@ -353,13 +353,11 @@ def memory_kib(pids: list[int]) -> tuple[int, int] | None:
 def serve_edge(argv: list[str]) -> int:
     """``python -m edge`` with a live-event sink: each batch is encoded, counted, dropped."""
     from edge.options import build_parser, options_from_namespace
-    from edge.runtime import allocator
     from edge.runtime.events import BatchingSink
     from edge.runtime.main import run
 
     parser = build_parser()
     options = options_from_namespace(parser.parse_args(argv))
-    allocator.adopt(options.allocator)
     published = {"batches": 0, "bytes": 0}
     if os.environ.get(MEMTRACE_ENV):
         _trace_memory(Path(os.environ[MEMTRACE_ENV]))
@@ -1084,11 +1082,7 @@ def _rss_spell(
         return _current_calls(uac)  # Kamailio: the UAC's calls in progress
 
     deadline = time.monotonic() + fill_s + 20
-    count = 0
-    while time.monotonic() < deadline:
-        count = active()
-        if count >= calls:
-            break
+    while time.monotonic() < deadline and active() < calls:
         time.sleep(0.25)
     time.sleep(1.0 if edge is None else 0.5)  # the last answers (SIPp's stats: each second)
     if not spell:

@@ -22,10 +22,11 @@ A standalone edge (``python -m edge``, ``manage.py runedge``) runs on ``malloc``
 
 CPython reads its allocator from ``PYTHONMALLOC`` when it starts and never changes it, so
 `adopt` re-executes the process (same PID, same command line) with ``PYTHONMALLOC`` set when
-the wanted allocator is not the one running; it is called by the standalone entry points before
-anything else starts. The embedded platform (``runplatform``) runs its edge on whatever its
-process has, as it runs it without `gc_policy`. `sys.getallocatedblocks` tells which runs: it
-counts pymalloc's blocks, and is 0 when pymalloc is not in use.
+the wanted allocator is not the one running. `edge.runtime.main.run`, which the standalone
+entry points (and only they) call, calls it before anything else starts. The embedded platform
+(``runplatform``) runs its edge on whatever its process has, as it runs it without
+`gc_policy`. `sys.getallocatedblocks` tells which runs: it counts pymalloc's blocks, and is 0
+when pymalloc is not in use.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def adopt(wanted: str) -> None:
 
 
 def status(wanted: str) -> str:
-    """What runs, for the start-up log and /health: "malloc", or "pymalloc (wanted malloc: why)"."""
+    """What runs, for the start-up log: "malloc", or "pymalloc (wanted malloc: why)"."""
     current = running()
     if current == wanted:
         return current

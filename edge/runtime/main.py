@@ -811,7 +811,10 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(options: EdgeOptions, *, configure_logging: bool = True, **kwargs: Any) -> int:
-    """Run the edge on a new event loop (uvloop when importable); the exit code."""
+    """Run the edge in this process, its own (`python -m edge`, runedge): on the allocator of
+    ``options`` (this may re-execute the process first, edge/runtime/allocator.py), on a new
+    event loop (uvloop when importable); the exit code."""
+    allocator.adopt(options.allocator)
     if configure_logging:
         logging.basicConfig(
             level=options.log_level,
@@ -829,5 +832,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = options_from_namespace(namespace)
     except UsageError as error:
         parser.error(str(error))
-    allocator.adopt(options.allocator)
     return run(options)

@@ -30,7 +30,6 @@ from django.db import DatabaseError
 
 from billing.services import cdr_batches_ingest_in_process
 from edge.options import ENVIRONMENT, UsageError, add_arguments, options_from_namespace
-from edge.runtime import allocator
 from edge.runtime.main import run
 from trunking.models import EdgeNode
 from trunking.tokens import edge_node_token
@@ -75,7 +74,6 @@ class Command(BaseCommand):
             edge_options = options_from_namespace(namespace)
         except UsageError as error:
             raise CommandError(str(error)) from None
-        allocator.adopt(edge_options.allocator)  # may re-execute this command (same PID)
         # Django's LOGGING already configured the handlers; only the edge's level is ours.
         logging.getLogger("edge").setLevel(edge_options.log_level)
         # Without Redis the journal is shipped in-process into this database (billing).
