@@ -183,8 +183,8 @@ def add_arguments(
     add(
         "--allocator", "allocator",
         "malloc: memory goes back to the system after a busy spell; pymalloc: about 15 %% fewer "
-        "instructions in the core, the memory stays (python -m edge and runedge; "
-        "edge/runtime/allocator.py)",
+        "instructions in the core, the memory stays; jemalloc (libjemalloc2): between the two "
+        "(python -m edge and runedge; edge/runtime/allocator.py)",
         DEFAULT_ALLOCATOR,
     )  # fmt: skip
     add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")
@@ -278,7 +278,7 @@ def options_from_namespace(ns: argparse.Namespace) -> EdgeOptions:
     stall_dump = _not_negative("--stall-dump", text("stall_dump") or "0")
     allocator = (text("allocator") or DEFAULT_ALLOCATOR).lower()
     if allocator not in ALLOCATORS:
-        raise UsageError(f"--allocator: {' or '.join(ALLOCATORS)}, not {allocator!r}")
+        raise UsageError(f"--allocator: one of {', '.join(ALLOCATORS)}, not {allocator!r}")
     try:
         rtpengine = tuple(parse_engines(text("rtpengine") or ""))
     except ValueError as error:

@@ -142,7 +142,6 @@ to keep. Hence still not the target's 1.10x; ``PYTHONMALLOC=malloc`` (above) rea
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import time
@@ -152,6 +151,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from edge.runtime import allocator
 from edge.sip import grammar
 
 __all__ = [
@@ -204,15 +204,6 @@ def _pool_give_back() -> Callable[[], tuple[int, int]] | None:
     return _arenas.give_back
 
 
-def _malloc_trim() -> Callable[[int], object] | None:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    try:
-        trim: Callable[[int], object] = ctypes.CDLL(None).malloc_trim
-        return trim
-    except (OSError, AttributeError):
-        return None
-
-
 class GcPolicy:
     """Installs the policy on a running loop and keeps the collector's timings."""
 
@@ -232,7 +223,7 @@ class GcPolicy:
         self._release = release
         self._peak = 0  # the most held at a check since the last release
         self._quiet_timer: asyncio.TimerHandle | None = None
-        self._trim = _malloc_trim()
+        self._trim = allocator.give_back()  # the C allocator's free pages to the system
         self._give_back: Callable[[], tuple[int, int]] | None = None  # set by `install`
         self.releases = 0
         self.returned_bytes = 0  # free pools' pages inside pymalloc's arenas
@@ -336,7 +327,7 @@ class GcPolicy:
         grammar.forget_known()  # the caches of values known well-formed
         self._collect_full()  # also empties CPython's free lists; the interval starts again
         if self._trim is not None:
-            self._trim(0)
+            self._trim()
         if self._give_back is not None:
             _, returned = self._give_back()
             self.returned_bytes += returned

@@ -81,11 +81,14 @@ def test_the_stall_dump_is_off_unless_given_in_ms(monkeypatch):
             parse("--stall-dump", bad)
 
 
-def test_the_allocator_is_malloc_unless_pymalloc_is_asked_for(monkeypatch):
+def test_the_allocator_is_malloc_unless_another_is_asked_for(monkeypatch):
     assert parse().allocator == "malloc"
     assert parse("--allocator", "pymalloc").allocator == "pymalloc"
     monkeypatch.setenv("EDGE_ALLOCATOR", "PyMalloc")
     assert parse().allocator == "pymalloc"
     assert parse("--allocator", "malloc").allocator == "malloc"  # the command line wins
-    with pytest.raises(UsageError, match="--allocator: malloc or pymalloc, not 'jemalloc'"):
-        parse("--allocator", "jemalloc")
+    assert parse("--allocator", "JEMALLOC").allocator == "jemalloc"
+    with pytest.raises(
+        UsageError, match="--allocator: one of malloc, pymalloc, jemalloc, not 'tcmalloc'"
+    ):
+        parse("--allocator", "tcmalloc")
