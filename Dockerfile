@@ -25,6 +25,11 @@ RUN groupadd --system trunkline \
 
 WORKDIR /app
 
+# jemalloc, for the edge's --allocator jemalloc (edge/runtime/allocator.py): preloaded into the
+# edge's process only, never into the others.
+RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, so a code change does not reinstall them. Every pin has a manylinux wheel.
 COPY requirements.txt .
 RUN pip install -r requirements.txt

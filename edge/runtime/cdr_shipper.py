@@ -45,6 +45,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from edge.runtime import allocator
 from edge.runtime.journal import journal_files
 
 __all__ = [
@@ -537,6 +538,7 @@ class ShipperThread:
         self._thread.start()
 
     def _run(self) -> None:
+        allocator.uncached_thread()
         while not self._stopping.is_set():
             if not self.shipper.step():
                 self._stopping.wait(self.interval)

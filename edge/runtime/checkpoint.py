@@ -39,6 +39,7 @@ import orjson
 
 from edge.call_events import CallEvent
 from edge.cdr import CallDetailRecord, CdrDecodeError, iso_utc, parse_iso_utc
+from edge.runtime import allocator
 from edge.runtime.journal import CdrJournal, journal_files, read_journal
 
 if TYPE_CHECKING:
@@ -214,7 +215,11 @@ class CallCheckpoint:
         self.interval = interval
         self.append_delay = append_delay
         self._loop = loop
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-checkpoint")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="call-checkpoint",
+            initializer=allocator.uncached_thread,
+        )
         # Its thread started now, not at the first call: what a thread's start allocates would
         # otherwise outlive that busy spell among its calls' objects (gc_policy.py).
         self._executor.submit(int)

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edge.cdr import CallDetailRecord, CdrDecodeError
+from edge.runtime import allocator
 
 __all__ = [
     "CdrJournal",
@@ -248,7 +249,9 @@ class JournalFlusher:
         self.journal = journal
         self._loop = loop
         # One dedicated thread keeps batches in order and out of the default executor's queue.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdr-journal")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="cdr-journal", initializer=allocator.uncached_thread
+        )
         # Its thread started now, not at the first call: what a thread's start allocates would
         # otherwise outlive that busy spell among its calls' objects (gc_policy.py).
         self._executor.submit(int)

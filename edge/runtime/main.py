@@ -40,6 +40,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -822,6 +823,11 @@ def run(options: EdgeOptions, *, configure_logging: bool = True, **kwargs: Any) 
             stream=sys.stderr,
         )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        # Its worker threads without jemalloc's thread cache, like the edge's others.
+        executor = ThreadPoolExecutor(
+            thread_name_prefix="asyncio", initializer=allocator.uncached_thread
+        )
+        runner.get_loop().set_default_executor(executor)
         return runner.run(serve(options, **kwargs))
 
 
