@@ -182,9 +182,10 @@ def add_arguments(
     )  # fmt: skip
     add(
         "--allocator", "allocator",
-        "malloc: memory goes back to the system after a busy spell; pymalloc: about 15 %% fewer "
-        "instructions in the core, the memory stays; jemalloc (libjemalloc2): between the two "
-        "(python -m edge and runedge; edge/runtime/allocator.py)",
+        "jemalloc (Debian's libjemalloc2; malloc where it is not installed): memory goes back "
+        "to the system after a busy spell, the core on 10 %% fewer instructions than on "
+        "malloc; malloc (glibc's): memory goes back too; pymalloc: the fewest instructions, "
+        "the memory stays (python -m edge and runedge; edge/runtime/allocator.py)",
         DEFAULT_ALLOCATOR,
     )  # fmt: skip
     add("--cdr-ship", "cdr_ship", "1: ship CDRs to the Redis stream of --redis-url; 0: don't", "1")

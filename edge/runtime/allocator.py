@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 ALLOCATORS = ("malloc", "pymalloc", "jemalloc")
-DEFAULT_ALLOCATOR = "malloc"
+DEFAULT_ALLOCATOR = "jemalloc"
 # PYTHONMALLOC values with CPython's debug hooks: a re-execution keeps them on.
 _DEBUG = ("debug", "pymalloc_debug", "malloc_debug")
 # jemalloc's settings when MALLOC_CONF does not give any: a background thread returns the

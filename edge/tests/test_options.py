@@ -81,8 +81,8 @@ def test_the_stall_dump_is_off_unless_given_in_ms(monkeypatch):
             parse("--stall-dump", bad)
 
 
-def test_the_allocator_is_malloc_unless_another_is_asked_for(monkeypatch):
-    assert parse().allocator == "malloc"
+def test_the_allocator_is_jemalloc_unless_another_is_asked_for(monkeypatch):
+    assert parse().allocator == "jemalloc"
     assert parse("--allocator", "pymalloc").allocator == "pymalloc"
     monkeypatch.setenv("EDGE_ALLOCATOR", "PyMalloc")
     assert parse().allocator == "pymalloc"
