@@ -1,33 +1,34 @@
-"""Which allocator the edge's objects live in: glibc's ``malloc``, jemalloc or ``pymalloc``.
+"""Which allocator the edge's objects live in: jemalloc, glibc's ``malloc`` or ``pymalloc``.
 
-A standalone edge (``python -m edge``, ``manage.py runedge``) runs on ``malloc`` by default
-(``--allocator``, ``EDGE_ALLOCATOR``). The choice is a trade between memory given back and CPU:
+A standalone edge (``python -m edge``, ``manage.py runedge``) runs on ``jemalloc`` by default,
+on ``malloc`` where jemalloc is not installed (``--allocator``, ``EDGE_ALLOCATOR``). The choice
+is a trade between memory given back and CPU. Measured with three spells of 5,000 calls in a
+row on one edge, the RSS read 34 s after each (``bench/edge_cps.py --only edge --rss-only
+--rss-spells 3``), and the core's instructions a call (``bench/edge_core.py``, callgrind):
 
-- ``pymalloc``, CPython's own small-object allocator, takes memory in 1 MiB arenas and gives an
-  arena back only when every block in it is free. The few objects that outlive a busy spell (a
-  timer handle, a counter's last value, a cached header) are scattered over dozens of arenas,
-  so after 5,000 calls an edge stays at 1.15-1.21x its idle RSS for good, even with the free
-  pools' pages given back (edge/_arenas.c, edge/runtime/gc_policy.py); what is left there is
-  the header page of each free pool, which pymalloc links its free pools through.
-  Nor does the next spell reuse what one leaves: three spells of 5,000 calls in a row left
-  1.15, 1.19 and 1.25x idle (``bench/edge_cps.py --only edge --rss-only --rss-spells 3``).
+- ``jemalloc`` (Debian's ``libjemalloc2``, preloaded with ``LD_PRELOAD``, with
+  ``PYTHONMALLOC=malloc`` so that every object goes to it): 1.05, 1.06, 1.08x idle, 8.4 KiB
+  per call in progress (PSS), 1.09 M instructions a call compiled (3.71 M interpreted). Its
+  per-thread cache keeps freed blocks of each size to hand out again at once, which is why it
+  is cheaper than glibc; but each cached block keeps its run of pages (a slab) from going
+  back. A worker thread frees what the loop made (a call's CDR, once the journal wrote it) and
+  then sleeps, and a sleeping thread's cache is never flushed: with every thread cached an
+  edge stayed at 1.11-1.13x idle (with no thread cache at all 1.05-1.07x, but 1.95 M
+  instructions a call). So the edge's worker threads run without one (`uncached_thread`), the
+  loop's is flushed and the arenas purged at the quiet moment (`give_back`), and jemalloc's
+  background thread returns pages that fall free later after a second (`JEMALLOC_CONF`, unless
+  ``MALLOC_CONF`` gives other settings).
 - ``malloc`` (glibc's): freed blocks go back to its heap, which `gc_policy`'s release trims to
-  the page (``malloc_trim``, `give_back`): 1.07, 1.07 and 1.09x idle after the same three
-  spells. It costs about 15 % more instructions in the core (1.21 M a call against 1.03 M
-  compiled, 3.90 M against 3.55 M interpreted; `bench/edge_core.py`, callgrind; glibc's tcache
-  tunables bring it to 1.18 M at most), about 10 % more of the edge's CPU at 1,125 calls/s
-  (52-61 % of a core against 47-49 %), 8.9 KiB per call in progress against 8.4 (PSS), 11.1
-  KiB per finished call lingering against 10.4, and a tail: 0.8-1.6 % of INVITE->200 times
-  read 4 ms or more on SIPp's clock against 0.6-0.7 % (README, "Edges per core").
-- ``jemalloc`` (Debian's ``libjemalloc2``, preloaded with ``LD_PRELOAD``; every object goes to
-  it, as with ``malloc``). Its per-thread cache keeps freed blocks of each size to hand back
-  at once, which is why its core runs 1.09 M instructions a call against glibc's 1.21 M; and
-  which is also what it keeps after a spell (1.11-1.13x idle with the cache, 1.05x without it,
-  when the cache costs 1.95 M). So `give_back`, at the edge's quiet moment, flushes that cache
-  and purges what is then free (``thread.tcache.flush``, ``arena.<all>.purge``), and its
-  background thread returns pages freed later after ``dirty_decay_ms`` (`JEMALLOC_CONF`,
-  unless ``MALLOC_CONF`` is set). Where the library is not installed the edge runs on and
-  its start-up log says why.
+  the page (``malloc_trim``, `give_back`): 1.07, 1.07, 1.09x idle, 8.9 KiB per call, 1.21 M
+  instructions a call (3.90 M interpreted; glibc's tcache tunables bring it to 1.18 M at
+  most), and a longer tail of INVITE->200 times (README, "Edges per core").
+- ``pymalloc``, CPython's own small-object allocator: the fewest instructions (1.03 M, 3.55 M
+  interpreted), but it takes memory in 1 MiB arenas and gives an arena back only when every
+  block in it is free. The few objects that outlive a busy spell (a timer handle, a counter's
+  last value, a cached header) are scattered over dozens of arenas, and the next spell does
+  not reuse what one leaves: 1.15, 1.19, 1.25x idle, even with the free pools' pages given
+  back (edge/_arenas.c, edge/runtime/gc_policy.py); what is left there is the header page of
+  each free pool, which pymalloc links its free pools through.
 
 CPython reads its allocator from ``PYTHONMALLOC`` when it starts and never changes it, and the
 dynamic loader reads ``LD_PRELOAD`` before that, so `adopt` re-executes the process (same PID,
@@ -87,8 +88,10 @@ def running() -> str:
     return "jemalloc" if _process_symbol("mallctl") is not None else "malloc"
 
 
+@functools.cache
 def _jemalloc_library() -> str | None:
-    """What LD_PRELOAD names to load jemalloc (libjemalloc.so.2), or None if not installed."""
+    """What LD_PRELOAD names to load jemalloc (libjemalloc.so.2), or None if not installed.
+    Once: `find_library` runs ``ldconfig -p``."""
     return ctypes.util.find_library(_JEMALLOC_NAME)
 
 
@@ -217,15 +220,9 @@ def give_back() -> Callable[[], None] | None:
 
 def uncached_thread() -> None:
     """Run the calling thread without jemalloc's thread cache (elsewhere a no-op): the edge's
-    worker threads (the journal's, the checkpoint's, the shipper's, the loop's executor).
-
-    A thread cache keeps blocks freed by its thread for that thread's next allocations, and
-    each one keeps its whole run of pages (a slab) from going back to the system. A worker
-    frees what the loop made (a call's CDR, once the journal has written it) and then sleeps,
-    and a sleeping thread's cache is never flushed: after a busy spell the workers' caches
-    held about 3 MiB (1.11-1.13x idle; with no thread cache at all 1.05-1.07x, but the loop's
-    allocations cost 1.95 M instructions a call instead of 1.09 M). The loop's own cache is
-    flushed at the release (`give_back`)."""
+    worker threads (the journal's, the checkpoint's, the shipper's, the loop's executor), whose
+    caches would keep the pages of what they freed once they sleep (the module's docstring).
+    The loop's thread keeps its cache, flushed at the release (`give_back`)."""
     mallctl = _mallctl()
     if mallctl is None:
         return

@@ -81,17 +81,19 @@ So when the edge has gone quiet (`held()` calls and transactions at most `QUIET_
 every `QUIET_CHECK_INTERVAL` s) after holding at least `RELEASE_AFTER` since the last time,
 `release_memory` runs once: the core rebuilds its tables, a full collection (it walks what
 little is left: about 3 ms measured after 5,000 calls) empties the free lists, after which
-pymalloc frees the arenas left empty, and glibc's ``malloc_trim(0)`` returns the free pages of
-its heaps (under 10 ms). Measured with the bench, 34 s after the calls ended: 2.42x idle before,
+pymalloc frees the arenas left empty, and the C allocator returns its free pages
+(`allocator.give_back`: glibc's ``malloc_trim(0)``, jemalloc's cache flush and purge; under
+10 ms). Measured with the bench, 34 s after the calls ended: 2.42x idle before,
 1.58x and 1.68x after (2 runs). What is left: pymalloc frees an arena (1 MiB) only when every
 block in it is free, and the few objects that live on from a busy spell (a timestamp, a cached
 text, an h11 date header, a timer handle...) end up scattered over dozens of them. Started with
 ``PYTHONMALLOC=malloc`` (glibc for every object, trimmed to the page) the edge came back to
 1.06x idle, but it held 10.4 KiB per call instead of 9.8 and its core ran 12 % more
 instructions per call (bench/edge_core.py: 1.88 M against 1.68 M). Since 2026-12-05 a
-standalone edge runs so by default (edge/runtime/allocator.py: 1.07x idle, 8.9 KiB per call
-against 8.4 on pymalloc, 1.21 M instructions a call against 1.03 M); what follows is what
-``EDGE_ALLOCATOR=pymalloc`` leaves, and what this release does for it.
+standalone edge runs on glibc's malloc or jemalloc, jemalloc by default (edge/runtime/
+allocator.py: 1.05-1.08x idle, 8.4 KiB per call, 1.09 M instructions a call against 1.03 M on
+pymalloc); what follows is what ``EDGE_ALLOCATOR=pymalloc`` leaves, and what this release does
+for it.
 
 What pins those arenas, measured 2026-12-05 (compiled core; a machine at load 9-10, where SIPp
 loses a few calls that then stay up): ``EDGE_CPS_MEMTRACE=DIR bench/edge_cps.py --only edge
