@@ -85,7 +85,7 @@ def running() -> str:
     """The allocator of this process's objects: "malloc", "pymalloc" or "jemalloc"."""
     if sys.getallocatedblocks():
         return "pymalloc"
-    return "jemalloc" if _process_symbol("mallctl") is not None else "malloc"
+    return "jemalloc" if _mallctl() is not None else "malloc"
 
 
 @functools.cache

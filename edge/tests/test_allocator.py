@@ -1,7 +1,6 @@
 """The standalone edge's allocator (edge/runtime/allocator.py): chosen by re-executing the
 process with PYTHONMALLOC, same PID, same command line; said plainly where it cannot be."""
 
-import ctypes.util
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from edge.runtime import allocator
 REPO = Path(__file__).resolve().parents[2]
 # .ci/run installs it (Debian: libjemalloc2); the Dockerfile's image has it too.
 needs_jemalloc = pytest.mark.skipif(
-    ctypes.util.find_library("jemalloc") is None,
+    allocator._jemalloc_library() is None,
     reason="jemalloc is not installed (apt-get install libjemalloc2)",
 )
 
@@ -49,9 +48,14 @@ def adopt(
     if pythonmalloc is not None:
         env["PYTHONMALLOC"] = pythonmalloc
     env.update(more)
-    env["PYTHONPATH"] = str(REPO)  # -E (one of the cases) ignores it: cwd is the repo too
+    return python(*python_flags, "-c", script, wanted, env=env).splitlines()
+
+
+def python(*args: str, env: dict[str, str]) -> str:
+    """What a new interpreter run in the repository with `args` prints."""
+    env = {**env, "PYTHONPATH": str(REPO)}  # -E (one of the cases) ignores it: cwd is the repo
     done = subprocess.run(
-        [sys.executable, *python_flags, "-c", script, wanted],
+        [sys.executable, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -59,7 +63,7 @@ def adopt(
         timeout=60,
         check=True,
     )
-    return done.stdout.splitlines()
+    return done.stdout
 
 
 def test_adopting_malloc_re_executes_the_same_process_once():
@@ -141,6 +145,12 @@ def test_without_jemalloc_installed_the_edge_runs_on_malloc_and_says_why():
     assert status == "malloc (wanted jemalloc: jemalloc is not installed (Debian: libjemalloc2))"
 
 
+def under_jemalloc(script: str, **more: str) -> list[str]:
+    """The words `script` prints, run by a Python preloaded with jemalloc for every object."""
+    env = {**os.environ, "PYTHONMALLOC": "malloc", "LD_PRELOAD": "libjemalloc.so.2", **more}
+    return python("-c", script, env=env).split()
+
+
 # Under jemalloc with its own purging off: how much the process holds (VmRSS, KiB) after a
 # million small objects were made and freed, then after `give_back`.
 GIVE_BACK = """
@@ -162,22 +172,9 @@ print(before, rss())
 def test_give_back_returns_jemallocs_free_pages_to_the_system():
     """gc_policy's release at the edge's quiet moment: under jemalloc, its caches flushed and
     its free pages purged (here jemalloc's own return of them is off, decay -1)."""
-    done = subprocess.run(
-        [sys.executable, "-c", GIVE_BACK],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "PYTHONMALLOC": "malloc",
-            "LD_PRELOAD": "libjemalloc.so.2",
-            "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    before, after = map(
+        int, under_jemalloc(GIVE_BACK, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
     )
-    before, after = map(int, done.stdout.split())
     assert before - after > 40_000  # KiB: most of the ~60 MiB the objects took
 
 
@@ -212,21 +209,7 @@ print(*seen)
 def test_the_edges_worker_threads_run_without_jemallocs_thread_cache():
     """What a sleeping worker freed would stay in its cache, pinning its pages (1.11-1.13x idle
     after a busy spell instead of 1.05-1.07x); the loop's thread keeps its cache."""
-    done = subprocess.run(
-        [sys.executable, "-c", THREAD_CACHES],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "PYTHONMALLOC": "malloc",
-            "LD_PRELOAD": "libjemalloc.so.2",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert done.stdout.split() == ["True", "False", "False"]
+    assert under_jemalloc(THREAD_CACHES) == ["True", "False", "False"]
 
 
 def test_an_unknown_allocator_is_refused():

@@ -18,7 +18,6 @@ Needs the ``sipp`` binary (Debian package sip-tester; .ci/run installs it); skip
 
 from __future__ import annotations
 
-import ctypes.util
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from edge.runtime import allocator
 from edge.tests import sipp_harness as h
 from edge.tests.factories import gateway_doc, origination_doc, snapshot_doc, trunk_doc
 
@@ -286,9 +286,7 @@ def test_digest_authenticated_outbound_call(lab: Lab, tmp_path: Path, launcher) 
     )
     # Either entry point re-executed itself on its default allocator (edge/runtime/allocator.py):
     # jemalloc, which .ci/run installs; glibc's malloc where it is not installed.
-    assert edge.health()["allocator"] == (
-        "jemalloc" if ctypes.util.find_library("jemalloc") else "malloc"
-    )
+    assert edge.health()["allocator"] == ("jemalloc" if allocator._jemalloc_library() else "malloc")
     gateway.start().wait_listening()
 
     caller = lab.uac(
