@@ -80,6 +80,14 @@ these add fixed times), each stopping what it starts:
   ``edge_x2_cps_ratio_vs_kamailio=<x>`` (Kamailio: one worker) before the last line.
 - ``--known-rate PEER=N`` (kamailio, edge, edge-x2): skip that peer's search and take N as
   found (its latency run is at N / 2), to re-run one measurement without the searches.
+- ``--rounds N``: the searches N times over, each peer once a round in the same order
+  (Kamailio, the edge, the edges together; the budget is shared by the rounds), and the
+  ``--cpu-levels`` sequence N times over. A round's ratio compares peers measured minutes
+  apart; a neighbour's busy spell moves one round, where a single run's figure moved by 40 %
+  within ten minutes on the same code. Printed: each round's rates and ratios, and as the
+  figures the median (the lower middle of an even count): each peer's median search (its
+  latency run at half that rate), the median of the rounds' ratios on the last lines, each
+  level's median CPU per call and the median of the rounds' last-to-first ratios.
 - ``--rss-only``: the memory run of ``--rss-after`` and nothing else (no search, no latency
   run; about 70 s for the edge alone with ``--only edge``).
 
@@ -642,6 +650,16 @@ def find_max_rate(
         best, failure = low, high
     out_of_time = not affordable()
     return Search(best, failure, steps, out_of_time)
+
+
+def median_search(searches: list[Search]) -> Search:
+    """The search whose rate is the median of the rounds' (the lower middle of an even count)."""
+    return sorted(searches, key=lambda search: search.best)[(len(searches) - 1) // 2]
+
+
+def median(values: list[float]) -> float:
+    """The middle value (the lower middle of an even count: a figure some round measured)."""
+    return sorted(values)[(len(values) - 1) // 2]
 
 
 # --- latency and pauses -----------------------------------------------------------------------
@@ -1262,6 +1280,61 @@ def measure_cpu_level(
         uas.stop()
 
 
+def cpu_level_lines(levels: list[CpuLevel], held: list[int], rounds: int) -> list[str]:
+    """Each level's line; with --rounds, each level's median and each round's ratio too."""
+    lines = [level.line() for level in levels]
+    if len(held) < 2:
+        return lines
+    per_round = [levels[i : i + len(held)] for i in range(0, len(levels), len(held))]
+    ratios = [
+        each[-1].us_per_call / each[0].us_per_call
+        for each in per_round
+        if len(each) == len(held) and each[0].calls and each[-1].calls
+    ]
+    if rounds > 1:
+        medians = [
+            median([level.us_per_call for level in levels[i :: len(held)] if level.calls])
+            for i in range(len(held))
+        ]
+        lines.append(
+            "edge      CPU per call, median of "
+            f"{rounds} rounds: "
+            + " / ".join(f"{us:.0f}" for us in medians)
+            + f" us holding {' / '.join(str(n) for n in held)}"
+        )
+        lines.append(
+            f"edge      CPU per call holding {held[-1]} / holding {held[0]}, each round: "
+            + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        )
+    if ratios:
+        which = f"median of {len(ratios)} rounds; " if rounds > 1 else ""
+        lines.append(
+            f"edge      CPU per call holding {held[-1]} / holding {held[0]}: "
+            f"{median(ratios):.2f} ({which}target: flat, 1.0)"
+        )
+    return lines
+
+
+def round_line(found: dict[str, Search]) -> str:
+    """One round's rates, and each edge's ratio to Kamailio's in that round."""
+    kamailio = found["kamailio"].best if "kamailio" in found else 0
+    parts = []
+    for name, search in found.items():
+        ratio = f" ({search.best / kamailio:.2f}x)" if kamailio and name != "kamailio" else ""
+        parts.append(f"{name} {search.best}{ratio}")
+    return ", ".join(parts)
+
+
+def ratio_text(rounds: list[dict[str, Search]], name: str) -> str:
+    """The median over the rounds of `name`'s rate over Kamailio's in the same round."""
+    ratios = [
+        each[name].best / each["kamailio"].best
+        for each in rounds
+        if name in each and "kamailio" in each and each["kamailio"].best
+    ]
+    return f"{median(ratios):.2f}" if ratios else "nan"
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -1394,6 +1467,14 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("REDIS_URL"),
         help="the Redis of --edges N's shared limits (default: $REDIS_URL)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="search every peer N times, in turn (and run --cpu-levels N times): each round's "
+        "ratio, and the median (the machines here are noisy; --budget is shared by the rounds)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep SIPp/edge/Kamailio files here")
     parser.add_argument(
         "--edge-arg", action="append", default=[], help="extra option for the edge (repeatable)"
@@ -1418,6 +1499,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rss_after = True
     if args.edges < 1:
         parser.error("--edges: 1 or more")
+    if args.rounds < 1:
+        parser.error("--rounds: 1 or more")
     if args.edges > 1 and not args.redis_url:
         parser.error("--edges N shares limits through Redis: give --redis-url or REDIS_URL")
     if args.interpreted:
@@ -1486,25 +1569,30 @@ def _run(
     if edge_peer is not None and not args.no_rss:
         extras += rss_calls / RSS_RATE + 8
     searched = [p for p in peers if p.key not in args.known_rate]
-    search_budget = max(seconds * 2, (budget - extras) / max(1, len(searched)))
+    search_budget = max(seconds * 2, (budget - extras) / max(1, len(searched) * args.rounds))
     print(
         f"edge_cps: {seconds:g} s steps from {start_rate} calls/s, {search_budget:.0f} s of "
-        f"search per peer, files in {workdir}",
+        f"search per peer{' a round' if args.rounds > 1 else ''}, files in {workdir}",
         flush=True,
     )
 
-    found: dict[str, Search] = {}
-    latencies: dict[str, Latency | None] = {}
-    watch: PauseWatch | None = None
-    for peer in [] if args.rss_only else peers:
-        print(f"{peer.name}:", flush=True)
-        if peer.key in args.known_rate:
-            search = Search(args.known_rate[peer.key], None, [], False)
-            print(f"  {peer.name:9} {search.best:6d} calls/s given (--known-rate), not searched")
-        else:
-            search = find_max_rate(
+    # The searches, round after round (--rounds: each peer once a round, in the same order,
+    # so each round's ratio compares peers measured minutes apart, not a whole run apart).
+    rounds: list[dict[str, Search]] = []
+    for number in range(0 if args.rss_only else args.rounds):
+        if args.rounds > 1:
+            print(f"round {number + 1} of {args.rounds}:", flush=True)
+        found_now: dict[str, Search] = {}
+        for peer in peers:
+            print(f"{peer.name}:", flush=True)
+            if peer.key in args.known_rate:
+                found_now[peer.name] = Search(args.known_rate[peer.key], None, [], False)
+                print(f"  {peer.name:9} {args.known_rate[peer.key]:6d} calls/s given "
+                      "(--known-rate), not searched")  # fmt: skip
+                continue
+            found_now[peer.name] = find_max_rate(
                 peer,
-                workdir,
+                workdir / (f"round{number + 1}" if args.rounds > 1 else ""),
                 start=start_rate,
                 ceiling=args.max_rate,
                 seconds=seconds,
@@ -1512,10 +1600,16 @@ def _run(
                 budget=search_budget,
                 media=args.media,
             )
+        rounds.append(found_now)
+    found = (
+        {name: median_search([each[name] for each in rounds]) for name in rounds[0]}
+        if rounds
+        else {}
+    )
 
-        found[peer.name] = search
-        if peer not in soaked:
-            continue
+    latencies: dict[str, Latency | None] = {}
+    watch: PauseWatch | None = None
+    for peer in soaked if found else []:
         if args.pauses and peer is edge_peer:
             watch = PauseWatch(
                 workdir / f"{peer.key}-latency",
@@ -1525,7 +1619,7 @@ def _run(
             )
         latencies[peer.name] = measure_latency(
             peer,
-            search.best // 2,
+            found[peer.name].best // 2,
             latency_seconds,
             workdir / f"{peer.key}-latency",
             watch=watch if peer is edge_peer else None,
@@ -1559,18 +1653,21 @@ def _run(
         edge_rate = found["edge"].best or RSS_RATE
         cpu_rate = args.cpu_rate or max(10, min(200, edge_rate // 4))
         fill_rate = args.fill_rate or max(10, min(RSS_RATE, edge_rate // 2))
-        for held in args.cpu_levels:
-            print(
-                f"edge CPU per call holding {held} calls (filled at {fill_rate}/s; short calls "
-                f"at {cpu_rate}/s):",
-                flush=True,
-            )
-            level = measure_cpu_level(
-                edge_peer, held, cpu_rate, args.cpu_seconds, workdir / f"edge-cpu-{held}",
-                fill_rate=fill_rate,
-            )  # fmt: skip
-            print(level.line(), flush=True)
-            levels.append(level)
+        for number in range(args.rounds):
+            for held in args.cpu_levels:
+                of_round = f"; round {number + 1} of {args.rounds}" if args.rounds > 1 else ""
+                print(
+                    f"edge CPU per call holding {held} calls (filled at {fill_rate}/s; short "
+                    f"calls at {cpu_rate}/s{of_round}):",
+                    flush=True,
+                )
+                level = measure_cpu_level(
+                    edge_peer, held, cpu_rate, args.cpu_seconds,
+                    workdir / f"edge-cpu-{held}" / f"round{number + 1}",
+                    fill_rate=fill_rate,
+                )  # fmt: skip
+                print(level.line(), flush=True)
+                levels.append(level)
 
     print()
     for name, search in found.items():
@@ -1585,6 +1682,8 @@ def _run(
             note += f" (core: {edge_peer.core})"
         if name != "edge" and name.startswith("edge"):
             note += f" ({args.edges} processes together, limits shared through Redis)"
+        if len(rounds) > 1 and search.steps:
+            note += f" (the median of {len(rounds)} rounds)"
         print(f"{name:9} {search.best:6d} calls/s without a failed call{note}")
     for name, latency in latencies.items():
         if latency is None:
@@ -1619,25 +1718,17 @@ def _run(
             if edge_kib and kamailio_kib:
                 print(f"memory    edge KiB per call / kamailio's per dialog (PSS): "
                       f"{edge_kib / kamailio_kib:.2f}")  # fmt: skip
-    for level in levels:
-        print(level.line())
-    if len(levels) > 1 and levels[0].calls and levels[-1].calls:
-        print(
-            f"edge      CPU per call holding {levels[-1].held} / holding {levels[0].held}: "
-            f"{levels[-1].us_per_call / levels[0].us_per_call:.2f} (target: flat, 1.0)"
-        )
+    for line in cpu_level_lines(levels, args.cpu_levels or [], args.rounds):
+        print(line)
     print(f"total {time.monotonic() - began:.0f} s")
-    kamailio_best = found["kamailio"].best if "kamailio" in found else 0
+    if len(rounds) > 1 and searched:
+        for number, each in enumerate(rounds, 1):
+            print(f"round {number}: {round_line(each)}")
     scaled = next((n for n in found if n.startswith("edge x")), None)
     if scaled is not None:
-        ratio_text = f"{found[scaled].best / kamailio_best:.2f}" if kamailio_best else "nan"
-        print(f"edge_x{args.edges}_cps_ratio_vs_kamailio={ratio_text}")
+        print(f"edge_x{args.edges}_cps_ratio_vs_kamailio={ratio_text(rounds, scaled)}")
     name = "edge_media_cps_ratio_vs_kamailio" if args.media else "edge_cps_ratio_vs_kamailio"
-    if "edge" in found and kamailio_best:
-        ratio = found["edge"].best / kamailio_best
-        print(f"{name}={ratio:.2f}")
-    else:
-        print(f"{name}=nan")
+    print(f"{name}={ratio_text(rounds, 'edge')}")
     return 0
 
 
