@@ -116,6 +116,9 @@ Usage:
     # every figure of issue 15 in one run, about 15 minutes:
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/edge_cps.py --latency-seconds 60 \
         --pauses --rss-after --cpu-levels 100,1000,10000 --edges 2 --budget 600
+    # the same with three rounds of searches and of CPU levels, their medians (35 minutes):
+    REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/edge_cps.py --latency-seconds 60 \
+        --pauses --rss-after --cpu-levels 100,1000,10000 --edges 2 --rounds 3 --budget 1500
 Needs sipp (Debian sip-tester) and kamailio (Debian kamailio); shared/peers is looked for
 beside the repository (../shared/peers), or give --peers DIR.
 """
