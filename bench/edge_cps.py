@@ -655,14 +655,15 @@ def find_max_rate(
     return Search(best, failure, steps, out_of_time)
 
 
-def median_search(searches: list[Search]) -> Search:
-    """The search whose rate is the median of the rounds' (the lower middle of an even count)."""
-    return sorted(searches, key=lambda search: search.best)[(len(searches) - 1) // 2]
-
-
 def median(values: list[float]) -> float:
     """The middle value (the lower middle of an even count: a figure some round measured)."""
     return sorted(values)[(len(values) - 1) // 2]
+
+
+def median_search(searches: list[Search]) -> Search:
+    """The round's search whose rate is the median of the rounds'."""
+    best = median([search.best for search in searches])
+    return next(search for search in searches if search.best == best)
 
 
 # --- latency and pauses -----------------------------------------------------------------------
@@ -1283,12 +1284,13 @@ def measure_cpu_level(
         uas.stop()
 
 
-def cpu_level_lines(levels: list[CpuLevel], held: list[int], rounds: int) -> list[str]:
+def cpu_level_lines(levels: list[CpuLevel], held: list[int]) -> list[str]:
     """Each level's line; with --rounds, each level's median and each round's ratio too."""
     lines = [level.line() for level in levels]
     if len(held) < 2:
         return lines
     per_round = [levels[i : i + len(held)] for i in range(0, len(levels), len(held))]
+    rounds = len(per_round)
     ratios = [
         each[-1].us_per_call / each[0].us_per_call
         for each in per_round
@@ -1721,7 +1723,7 @@ def _run(
             if edge_kib and kamailio_kib:
                 print(f"memory    edge KiB per call / kamailio's per dialog (PSS): "
                       f"{edge_kib / kamailio_kib:.2f}")  # fmt: skip
-    for line in cpu_level_lines(levels, args.cpu_levels or [], args.rounds):
+    for line in cpu_level_lines(levels, args.cpu_levels or []):
         print(line)
     print(f"total {time.monotonic() - began:.0f} s")
     if len(rounds) > 1 and searched:
