@@ -4,7 +4,8 @@
 core (`datagram_received`, or `message_received` per message a `StreamParser` framed), with
 ``now = loop.time()`` and ``wall = time.time()``. The outputs go to the one `Dispatcher`:
 
-- `Transmit` → the UDP socket, or the stream connection to that peer (opened on demand);
+- `Transmit` → the UDP socket (queued, and sent back to back once the loop has run what was
+  ready: `UdpTransport.sendto`), or the stream connection to that peer (opened on demand);
 - `CdrReady` → the CDR journal (`JournalFlusher.append`: batched, one write+fsync per batch);
 - `CallEvent` → the `EventSink` (one `publish` per input, with that input's events), plus a
   ``refused`` event for each CDR of an attempt refused before it became a call (the core emits
@@ -76,6 +77,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 # UDP datagrams the kernel could not take yet are buffered by asyncio up to this, then dropped.
 UDP_WRITE_LIMIT = 4 * 1024 * 1024
 UDP_SOCKET_BUFFER = 4 * 1024 * 1024
+# Datagrams queued before they are sent without waiting for the loop (UdpTransport.sendto).
+UDP_BATCH = 64
 
 
 class SipCore(Protocol):
@@ -428,6 +431,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._loop = dispatcher.loop
         self.transport: asyncio.DatagramTransport | None = None
         self.errors = 0
+        self._pending: list[tuple[bytes, tuple[str, int]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's own selector transport does not subclass DatagramTransport on 3.11.
@@ -456,6 +460,16 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._dispatcher.log_throttled("udp", logging.DEBUG, "UDP error: %s", exc)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """Queue a datagram; the queue goes out once the loop has run every callback that
+        is ready (the datagrams one wake-up read, a timer), or at `UDP_BATCH`.
+
+        Sent one by one, each datagram woke its receiver on its own: the edge paid a
+        cross-CPU wake-up in `sendto` for most of them, and a SIPp peer a context switch.
+        Sent back to back, a receiver already awake takes the rest of the batch. Measured
+        (issue 15, interpreted core at 1,200 calls/s): half the context switches on the
+        machine, the edge's CPU 8 % lower and the peers' 15 %. A datagram waits at most for
+        the rest of its batch (a few datagrams' work, well under a millisecond at these rates).
+        """
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
@@ -465,14 +479,33 @@ class UdpTransport(asyncio.DatagramProtocol):
                 "udp-full", logging.WARNING, "UDP send buffer full: dropping"
             )
             return False
-        transport.sendto(data, addr)
+        pending = self._pending
+        if not pending:
+            self._loop.call_soon(self.flush)
+        pending.append((data, addr))
+        if len(pending) >= UDP_BATCH:
+            self.flush()
         return True
+
+    def flush(self) -> None:
+        """Send the queued datagrams now (in order); none are queued after."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._dispatcher.transmits_dropped += len(pending)
+            return
+        for data, addr in pending:
+            transport.sendto(data, addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
     def close(self) -> None:
         if self.transport is not None:
+            self.flush()  # the core's last words (BYEs, 503s) were queued just before
             self.transport.close()
 
 

@@ -189,6 +189,78 @@ async def test_a_core_that_raises_is_logged_and_the_edge_keeps_serving(caplog):
     edge.close()
 
 
+def udp_sink() -> tuple[socket.socket, tuple[str, int]]:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    return sink, sink.getsockname()
+
+
+def waiting(sink: socket.socket) -> list[bytes]:
+    """The datagrams already delivered to `sink` (loopback delivers within sendto)."""
+    received = []
+    while True:
+        try:
+            received.append(sink.recv(2048))
+        except BlockingIOError:
+            return received
+
+
+@run_async
+async def test_udp_sends_go_out_together_once_the_ready_callbacks_have_run():
+    # The answers to what one wake-up read leave back to back, in order, after all of it:
+    # their receiver is woken once for the batch, not once a datagram.
+    edge = await Harness().start()
+    sink, addr = udp_sink()
+    assert edge.udp.sendto(b"one", addr) and edge.udp.sendto(b"two", addr)
+    assert waiting(sink) == []
+    await asyncio.sleep(0)  # the flush was scheduled before this task's wake-up
+    assert waiting(sink) == [b"one", b"two"]
+    sink.close()
+    edge.close()
+
+
+@run_async
+async def test_a_full_batch_of_udp_sends_goes_out_at_once():
+    from edge.runtime.transports import UDP_BATCH
+
+    edge = await Harness().start()
+    sink, addr = udp_sink()
+    for number in range(UDP_BATCH + 1):
+        edge.udp.sendto(b"%d" % number, addr)
+    assert waiting(sink) == [b"%d" % number for number in range(UDP_BATCH)]
+    await asyncio.sleep(0)
+    assert waiting(sink) == [b"%d" % UDP_BATCH]
+    sink.close()
+    edge.close()
+
+
+@run_async
+async def test_closing_the_udp_transport_sends_what_was_queued_first():
+    edge = await Harness().start()
+    sink, addr = udp_sink()
+    edge.udp.sendto(b"the last BYE", addr)
+    edge.close()
+    assert waiting(sink) == [b"the last BYE"]
+    assert edge.dispatcher.transmits_dropped == 0
+    sink.close()
+
+
+@run_async
+async def test_udp_sends_queued_when_the_socket_goes_are_counted_as_dropped():
+    edge = await Harness().start()
+    sink, addr = udp_sink()
+    edge.udp.sendto(b"one", addr)
+    edge.udp.sendto(b"two", addr)
+    edge.udp.transport.close()  # the socket closed under the queue (not through close())
+    await asyncio.sleep(0)
+    assert waiting(sink) == []
+    assert edge.dispatcher.transmits_dropped == 2
+    assert not edge.udp.sendto(b"three", addr)
+    sink.close()
+    edge.close()
+
+
 @run_async
 async def test_transmit_to_a_hostname_is_resolved_off_the_loop():
     edge = await Harness().start()
