@@ -203,6 +203,34 @@ def test_validate_for_proxy_refuses(change: Callable[[Headers], None], reason: s
         validate_for_proxy(message)
 
 
+def test_an_address_text_seen_before_is_not_parsed_again() -> None:
+    # Peers repeat their From, To and Contact values on every message: one parse per text.
+    from edge.sip import message
+
+    first, again = parse_request(INVITE), parse_request(INVITE)
+    assert again.from_ is first.from_ and again.to is first.to
+    assert again.contact[0] is first.contact[0]
+    assert str(again.from_) == str(first.from_)
+    # Another text is another value; a malformed one raises every time and is not kept.
+    other = parse_request(INVITE.replace(b";tag=", b";tag=other"))
+    assert other.from_ is not first.from_ and other.from_.tag == "other" + str(first.from_.tag)
+    bad = INVITE.replace(b"From: ", b"From: <sip:bad", 1)
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError, match="Invalid From header"):
+            validate_for_proxy(parse_request(bad))
+    assert all(isinstance(value, NameAddr) for value in message._NAME_ADDRS.values())
+
+
+def test_the_address_cache_is_bounded_and_forgotten_with_the_known_values() -> None:
+    from edge.sip import grammar, message
+
+    for number in range(message._NAME_ADDRS_LIMIT + 10):
+        message._name_addr(f"<sip:{number}@example.test>;tag={number}")
+    assert 0 < len(message._NAME_ADDRS) <= message._NAME_ADDRS_LIMIT
+    grammar.forget_known()
+    assert message._NAME_ADDRS == {}
+
+
 # --- serialisation after changes ------------------------------------------------------------
 
 
