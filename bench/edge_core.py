@@ -11,6 +11,7 @@ edge/tests/test_b2bua.py; the peers' own work is not counted.
     .venv/bin/python bench/edge_core.py --memory     # GC objects and bytes per held call
     .venv/bin/python bench/edge_core.py --calls 300 --interpreted
     .venv/bin/python bench/edge_core.py --held 100,1000,10000 --calls 200 --rate 100
+    .venv/bin/python bench/edge_core.py --stalls 45 --rate 2400   # the longest single inputs
 
 Instructions: two runs under callgrind, collecting only inside the core's entry points
 (compiled: the mypyc wrappers of `datagram_received` and `slot_decided`; interpreted: the whole
@@ -51,6 +52,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -355,6 +357,53 @@ def held_levels(levels: list[int], calls: int, rate: int, last_level: int) -> No
         print(f"  H={held:6d}: " + "; ".join(cells), flush=True)
 
 
+# --- --stalls: the longest single inputs of a steady load -------------------------------------
+
+
+def stalls(seconds: float, rate: int, threshold_ms: float) -> None:
+    """Short calls at `rate` a second of simulated time for `seconds`, one core, and every
+    input (a datagram, a slot decision, a timer) that took `threshold_ms` or more of real time.
+
+    Issue 15: at 2,400 calls/s the edge's loop stalled for 35-70 ms, 34, 36 and 44 s into a
+    soak, inside the core. Past 32 s the finished calls' transactions stop piling up (242,400
+    lingering at 2,400 calls/s) and the tables that hold them churn at a constant size:
+    CPython's dicts then rebuild themselves whole each time their deleted slots run out, one
+    input paying O(table) for all. In-process the same moments show (11, 6 and 5 ms, compiled);
+    the edge pays more (a fresh 10 MiB table faulted in, caches cold).
+    """
+    from edge import b2bua
+    from edge.runtime.gc_policy import THRESHOLDS
+
+    slow: list[tuple[float, str, float, int]] = []
+
+    def timed(name: str, method: Callable[..., object]) -> Callable[..., object]:
+        def entry(self: b2bua.B2bua, *args: object) -> object:
+            started = time.perf_counter()
+            try:
+                return method(self, *args)
+            finally:
+                took = (time.perf_counter() - started) * 1000
+                if took >= threshold_ms:
+                    slow.append((float(args[-2]), name, took, len(self.layer)))  # type: ignore[arg-type]
+
+        return entry
+
+    for name in ("datagram_received", "slot_decided", "on_timer"):
+        setattr(b2bua.B2bua, name, timed(name, getattr(b2bua.B2bua, name)))
+    t, edge = _edge()
+    start = edge.now
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+    for _ in range(int(seconds * rate)):
+        hang_up(t, edge, *_answered(t, edge))
+        edge.advance(1 / rate)
+        edge.cdrs.clear()
+        edge.events.clear()
+    print(f"inputs of {threshold_ms:g} ms or more, {rate} calls/s for {seconds:g} s (simulated):")
+    for now, name, took, layer in slow:
+        print(f"  {now - start:6.2f} s  {name:17s} {took:6.1f} ms  ({layer:,} transactions)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--calls", type=int, default=300)
@@ -364,7 +413,9 @@ def main() -> int:
     )
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)  # the callgrind child
     parser.add_argument("--run-held", type=int, help=argparse.SUPPRESS)  # the --held child
-    parser.add_argument("--rate", type=int, default=200, help="--held: short calls/s (simulated)")
+    parser.add_argument(
+        "--rate", type=int, default=200, help="--held, --stalls: short calls/s (simulated)"
+    )
     parser.add_argument(
         "--held",
         type=lambda v: [int(n) for n in v.split(",")],
@@ -378,8 +429,17 @@ def main() -> int:
         help="--held: bytes of the simulated last-level cache (default this machine's L3, 8 MiB;"
         " 524288 for its per-core L2)",
     )
+    parser.add_argument(
+        "--stalls",
+        type=float,
+        metavar="SECONDS",
+        help="short calls at --rate for SECONDS (simulated): every input of --threshold ms or more",
+    )
+    parser.add_argument("--threshold", type=float, default=5.0, help="--stalls: ms (default 5)")
     args = parser.parse_args()
-    if args.held:
+    if args.stalls is not None:
+        stalls(args.stalls, args.rate, args.threshold)
+    elif args.held:
         held_levels(args.held, args.calls, args.rate, args.last_level)
     elif args.run_held is not None:
         run_held(args.run_held, args.calls, args.rate)
