@@ -104,6 +104,7 @@ from edge.sip.message import (
 )
 from edge.sip.parser import FramingError, parse_message
 from edge.sip.sdp import SessionDescription
+from edge.sip.tables import ShardedDict
 from edge.sip.timers import TimerConfig, TimerQueue
 from edge.sip.transaction import (
     ClientTransaction,
@@ -316,10 +317,12 @@ class B2bua:
         # Where requests of an established call arrive: the A leg by (Call-ID, our tag), the
         # B leg by its Call-ID, which we made and which is unique.
         self._by_a_dialog: dict[tuple[str, str], Call] = {}
-        self._by_b_call_id: dict[str, Call] = {}
-        self._by_a_txn: dict[ServerInviteTransaction, Call] = {}
+        # These three keep a finished call for the 32 s its transactions linger (32 R entries
+        # at R calls/s): sharded (edge.sip.tables).
+        self._by_b_call_id: ShardedDict[str, Call] = ShardedDict()
+        self._by_a_txn: ShardedDict[ServerInviteTransaction, Call] = ShardedDict()
         self._relays: dict[ClientTransaction, _Relay] = {}
-        self._b_invites: dict[ClientTransaction, Call] = {}
+        self._b_invites: ShardedDict[ClientTransaction, Call] = ShardedDict()
         self._challenges = Challenges(self.settings.challenge_timeout)
         self._sweep = _RegistrarSweep()
         # Ended anchored calls whose CDR waits for their media session's statistics.
@@ -344,10 +347,10 @@ class B2bua:
         self._calls = dict(self._calls)
         self._admitting = dict(self._admitting)
         self._by_a_dialog = dict(self._by_a_dialog)
-        self._by_b_call_id = dict(self._by_b_call_id)
-        self._by_a_txn = dict(self._by_a_txn)
+        self._by_b_call_id.compact()
+        self._by_a_txn.compact()
         self._relays = dict(self._relays)
-        self._b_invites = dict(self._b_invites)
+        self._b_invites.compact()
         self._media_ending = dict(self._media_ending)
         self._timers.shrink()
         self.layer.release_memory()
@@ -603,7 +606,7 @@ class B2bua:
     def _forget(self, transaction: object) -> None:
         if isinstance(transaction, ClientTransaction):
             self._relays.pop(transaction, None)
-            call = self._b_invites.pop(transaction, None)
+            call = self._b_invites.pop(transaction)
             if (
                 call is not None
                 and call.state is CallState.ENDED
@@ -611,9 +614,9 @@ class B2bua:
                 and call.b_txn is transaction
             ):
                 # Nothing of this call's B leg can arrive any more.
-                self._by_b_call_id.pop(call.b.call_id, None)
+                self._by_b_call_id.pop(call.b.call_id)
         elif isinstance(transaction, ServerInviteTransaction):
-            self._by_a_txn.pop(transaction, None)
+            self._by_a_txn.pop(transaction)
 
     def _respond(
         self,
@@ -1595,7 +1598,7 @@ class B2bua:
         # The B leg's Call-ID stays known while its transactions may still answer; it is
         # dropped with them (see _forget) — but a finished call need not be found again.
         if call.b is not None and (b_txn is None or b_txn.state is TransactionState.TERMINATED):
-            self._by_b_call_id.pop(call.b.call_id, None)
+            self._by_b_call_id.pop(call.b.call_id)
 
     # The actions of the table. Each gets (call, input, payload, now, wall); one that leads to
     # ENDED returns how the call ended, (reason, final code, hangup side).
@@ -1624,7 +1627,7 @@ class B2bua:
     ) -> _Ended | None:
         """No slot: the attempt is refused for the limit it broke."""
         refusal = reject(payload if isinstance(payload, str) else "channel_limit")
-        self._by_a_txn.pop(call.a_txn, None)
+        self._by_a_txn.pop(call.a_txn)
         self._answer_refusal(call.incoming, refusal, now)
         return refusal.reason, refusal.code, None
 

@@ -85,6 +85,7 @@ TRAINING_CALLS = 3_000  # calls through the instrumented core (edge/tests/worklo
 
 COMPILED = (
     "edge/sip/errors.py",
+    "edge/sip/tables.py",
     "edge/sip/grammar.py",
     "edge/sip/uri.py",
     "edge/sip/message.py",

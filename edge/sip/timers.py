@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from edge.sip.errors import LocalProtocolError
+from edge.sip.tables import ShardedDict
 
 __all__ = ["Timer", "TimerConfig", "TimerQueue"]
 
@@ -112,26 +113,34 @@ class TimerQueue(Generic[ScheduledT]):
     traffic has stopped holds nothing.
     """
 
-    __slots__ = ("_counter", "_deadlines", "_heap")
+    __slots__ = ("_counter", "_deadlines", "_heap", "_live")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, ScheduledT]] = []
-        self._deadlines: dict[ScheduledT, float] = {}
+        # Every item's current deadline; sharded: it holds every lingering transaction
+        # (edge.sip.tables).
+        self._deadlines: ShardedDict[ScheduledT, float] = ShardedDict()
+        self._live = 0  # len(self._deadlines), kept here: the shards' sum is 16 lookups
         self._counter = itertools.count()  # breaks ties so that items are never compared
 
     def update(self, item: ScheduledT, deadline: float | None) -> None:
+        deadlines = self._deadlines
         if deadline is None:
-            if self._deadlines.pop(item, None) is None:
+            if deadlines.pop(item) is None:
                 return
-            if not self._deadlines:
+            self._live -= 1
+            if not self._live:
                 self._heap.clear()  # every entry left is stale
                 return
-        elif self._deadlines.get(item) != deadline:
-            self._deadlines[item] = deadline
-            heapq.heappush(self._heap, (deadline, next(self._counter), item))
         else:
-            return
-        if len(self._heap) > 2 * len(self._deadlines) + COMPACT_MIN:
+            current = deadlines.get(item)
+            if current == deadline:
+                return
+            if current is None:
+                self._live += 1
+            deadlines[item] = deadline
+            heapq.heappush(self._heap, (deadline, next(self._counter), item))
+        if len(self._heap) > 2 * self._live + COMPACT_MIN:
             self._compact()
 
     def _compact(self) -> None:
@@ -145,7 +154,7 @@ class TimerQueue(Generic[ScheduledT]):
         """Give back what a queue that was large still holds: CPython's dicts and lists keep
         their largest table after their entries go (one sized for 20,000 deadlines is about
         1 MiB). O(live): for a quiet moment (`B2bua.release_memory`)."""
-        self._deadlines = dict(self._deadlines)  # sized for the live entries
+        self._deadlines.compact()  # sized for the live entries
         self._compact()
 
     def next_deadline(self) -> float | None:
@@ -166,11 +175,12 @@ class TimerQueue(Generic[ScheduledT]):
         while heap and heap[0][0] <= now:
             deadline, _, item = heapq.heappop(heap)
             if deadlines.get(item) == deadline:
-                del deadlines[item]
+                deadlines.pop(item)
                 due.append(item)
-        if not deadlines:
+        self._live -= len(due)
+        if not self._live:
             heap.clear()  # only stale entries are left (see `update`)
         return due
 
     def __len__(self) -> int:
-        return len(self._deadlines)
+        return self._live
