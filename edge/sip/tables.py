@@ -75,10 +75,6 @@ class ShardedDict(Generic[K, V]):
         for shard in self._shards:
             yield from shard.values()
 
-    def clear(self) -> None:
-        for shard in self._shards:
-            shard.clear()
-
     def compact(self) -> None:
         """Give back what the parts kept from when they were larger (a dict keeps its largest
         table after its entries go): each is copied at its present size. O(entries)."""

@@ -38,8 +38,6 @@ def test_it_answers_as_a_dict_does() -> None:
     assert table.get(keys[1]) == "replaced" and len(table) == 299
     table.compact()
     assert len(table) == 299 and table.get(keys[1]) == "replaced"
-    table.clear()
-    assert len(table) == 0 and not table
 
 
 def test_no_part_holds_much_more_than_its_share() -> None:
