@@ -21,7 +21,7 @@ row on one edge, the RSS read 34 s after each (``bench/edge_cps.py --only edge -
 - ``malloc`` (glibc's): freed blocks go back to its heap, which `gc_policy`'s release trims to
   the page (``malloc_trim``, `give_back`): 1.07, 1.07, 1.09x idle, 8.9 KiB per call, 1.21 M
   instructions a call (3.90 M interpreted; glibc's tcache tunables bring it to 1.18 M at
-  most), and a longer tail of INVITE->200 times (README, "Edges per core").
+  most), and a longer tail of INVITE->200 times (docs/edge-per-core.md, the seventh session).
 - ``pymalloc``, CPython's own small-object allocator: the fewest instructions (1.03 M, 3.55 M
   interpreted), but it takes memory in 1 MiB arenas and gives an arena back only when every
   block in it is free. The few objects that outlive a busy spell (a timer handle, a counter's
