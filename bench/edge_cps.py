@@ -762,10 +762,16 @@ class WireCapture:
         self.dropped: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, address: tuple[str, int]) -> None:
-        tcpdump = shutil.which("tcpdump")
-        if tcpdump is None:
+    @staticmethod
+    def tcpdump() -> str:
+        """tcpdump's path; exits saying what is missing (checked before the searches too)."""
+        path = shutil.which("tcpdump")
+        if path is None:
             raise SystemExit("--wire needs tcpdump (apt-get install tcpdump) and root")
+        return path
+
+    def start(self, address: tuple[str, int]) -> None:
+        tcpdump = self.tcpdump()
         self.port = address[1]
         # The payload's first four bytes: "INVI", or "200 " after "SIP/2.0 " (a response).
         bpf = f"udp port {self.port} and (udp[8:4] = 0x494e5649 or udp[16:4] = 0x32303020)"
@@ -1639,6 +1645,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--edges: 1 or more")
     if args.rounds < 1:
         parser.error("--rounds: 1 or more")
+    if args.wire:
+        WireCapture.tcpdump()  # now, not after the searches
     if args.edges > 1 and not args.redis_url:
         parser.error("--edges N shares limits through Redis: give --redis-url or REDIS_URL")
     if args.interpreted:
