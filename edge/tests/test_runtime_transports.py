@@ -229,6 +229,31 @@ async def test_udp_sends_go_out_together_once_the_ready_callbacks_have_run():
 
 
 @run_async
+async def test_a_datagram_read_after_the_queue_waited_its_limit_sends_the_queue_first(
+    monkeypatch,
+):
+    from edge.runtime import transports
+
+    # One wake-up may read many datagrams: the answers to the first ones do not wait for the
+    # last one's work, only up to UDP_SEND_WAIT. The limit is set here instead of waited for.
+    edge = await Harness().start()
+    sink, addr = udp_sink()
+    monkeypatch.setattr(transports, "UDP_SEND_WAIT", 60.0)
+    edge.udp.sendto(b"first answer", addr)
+    edge.udp.datagram_received(b"soon", addr)  # the next datagram of the wake-up
+    assert waiting(sink) == []
+    monkeypatch.setattr(transports, "UDP_SEND_WAIT", 0.0)
+    edge.udp.datagram_received(b"late", addr)
+    # Sent before the core saw "late", so its own answer is still queued.
+    assert waiting(sink) == [b"first answer", b"echo soon"]
+    assert [data for kind, data, *_ in edge.core.inputs] == [b"soon", b"late"]
+    await asyncio.sleep(0)
+    assert waiting(sink) == [b"echo late"]
+    sink.close()
+    edge.close()
+
+
+@run_async
 async def test_what_is_queued_goes_out_on_close_or_is_counted_as_dropped():
     edge = await Harness().start()
     sink, addr = udp_sink()
