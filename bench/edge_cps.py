@@ -98,7 +98,10 @@ these add fixed times), each stopping what it starts:
   run; about 70 s for the edge alone with ``--only edge``).
 
 Output: one line per step, a summary, and last ``edge_cps_ratio_vs_kamailio=<x>`` (edge
-calls/s over Kamailio's; ``nan`` when only one peer ran).
+calls/s over Kamailio's; ``nan`` when only one peer ran). Each step's line, and each latency
+line, says how much of the machine's CPU the hypervisor took over it (``stolen``, /proc/stat):
+on these virtual machines a spell of steal moved a p99 from 4 ms to over a second, so a step
+with a few % stolen measured the neighbours, not the peer.
 
 ``--media``: the same search with every call's media anchored in a userspace rtpengine
 (``--table=-1`` on loopback) that the peer under test drives: the edge's trunk in media mode
@@ -476,15 +479,37 @@ class Step:
     workdir: Path
     started_at: float = 0.0  # time.monotonic() when the UAC started
     sessions_left: int | None = None  # --media: what the step's rtpengine still held
+    stolen: float | None = None  # share of the machine's CPU time the hypervisor took
 
     def line(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
         left = "" if self.sessions_left is None else f"  {self.sessions_left} sessions left"
+        stolen = "" if self.stolen is None else f"  stolen {100 * self.stolen:4.1f} %"
         return (
             f"  {self.peer:9} {self.rate:6d} calls/s  {self.successful:7d}/{self.calls:<7d} ok"
             f"  {self.failed:6d} failed  {self.elapsed:5.1f} s  exit {self.returncode}  {verdict}"
-            f"{left}"
+            f"{stolen}{left}"
         )
+
+
+def machine_cpu_times() -> tuple[int, int] | None:
+    """(stolen, all) CPU time of the whole machine so far, in clock ticks (/proc/stat).
+
+    On a virtual machine the hypervisor runs other guests on the same physical CPUs and
+    charges the time it took from this one as "steal". Measured here: quiet minutes with none,
+    then spells where it took a quarter of the machine and a peer's p99 went from 4 ms to
+    50-1,600 ms. Each step prints its share ("stolen"), so such a step is told from a slow
+    peer."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(value) for value in fields[1:9]]
+    return ticks[7], sum(ticks)
 
 
 def _uas(peer: Peer, workdir: Path, *, wall_timeout: float) -> h.Sipp:
@@ -523,6 +548,7 @@ def run_step(
     uacs: list[h.Sipp] = []
     results: list[h.SippResult] = []
     started = elapsed = 0.0
+    stolen = None
     rtpengine = None
     sessions_left = None
     try:
@@ -559,10 +585,14 @@ def run_step(
         if wire is not None:
             wire.start(proxy.address)
         started = time.monotonic()
+        cpu_before = machine_cpu_times()
         for uac in uacs:
             uac.start()
         results = [uac.wait() for uac in uacs]
         elapsed = time.monotonic() - started
+        cpu_after = machine_cpu_times()
+        if cpu_before is not None and cpu_after is not None and cpu_after[1] > cpu_before[1]:
+            stolen = (cpu_after[0] - cpu_before[0]) / (cpu_after[1] - cpu_before[1])
     finally:
         for uac in uacs:
             if uac.running:
@@ -601,6 +631,7 @@ def run_step(
         workdir,
         started,
         sessions_left,
+        stolen,
     )
 
 
@@ -695,6 +726,10 @@ class Latency:
     started_at: float = 0.0
     elapsed: float = 0.0
     wire: WireCapture | None = None
+    stolen: float | None = None  # Step.stolen
+
+    def stolen_note(self) -> str:
+        return "" if self.stolen is None else f"; {100 * self.stolen:.1f} % of the CPU stolen"
 
 
 def measure_latency(
@@ -738,6 +773,7 @@ def measure_latency(
         step.started_at,
         step.elapsed,
         capture,
+        step.stolen,
     )
 
 
@@ -1840,7 +1876,8 @@ def _run(
         print(
             f"{name:9} INVITE->200 at {latency.rate} calls/s: p50 {_ms(latency.p50_ms)}, "
             f"p99 {_ms(latency.p99_ms)}, max {_ms(latency.max_ms)} "
-            f"({latency.calls} calls over {latency_seconds:g} s; SIPp -trace_rtt, whole ms){flag}"
+            f"({latency.calls} calls over {latency_seconds:g} s; SIPp -trace_rtt, whole ms"
+            f"{latency.stolen_note()}){flag}"
         )
     wire_p99: dict[str, float] = {}
     for name, latency in latencies.items():
@@ -1857,7 +1894,7 @@ def _run(
             f"{name:9} INVITE->200 on the wire at {latency.rate} calls/s: "
             f"p50 {percentile(times, 50):.2f} ms, p90 {percentile(times, 90):.2f} ms, "
             f"p99 {wire_p99[name]:.2f} ms, max {max(times):.2f} ms "
-            f"({len(times)} calls; tcpdump, µs{lost})"
+            f"({len(times)} calls; tcpdump, µs{lost}{latency.stolen_note()})"
         )
     if "edge" in wire_p99 and "kamailio" in wire_p99:
         print(
