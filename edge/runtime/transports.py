@@ -484,7 +484,9 @@ class UdpTransport(asyncio.DatagramProtocol):
         rate, 20 s soaks alternated, those with little CPU stolen by the hypervisor):
         INVITE->200 p50 2.0-2.1 ms and p99 4.6-4.8 ms unbounded; p50 1.7-2.0 and p99
         3.8-4.1 ms bounded at 0.1-0.3 ms; p99 4.6 ms at 1 ms, and 4.6-4.7 ms at 0 (a flush
-        before every datagram read, so more send calls).
+        before every datagram read, so more wake-ups). At 800 calls/s (six alternated pairs of
+        30 s soaks) p99 5.2 ms against 7.7-14.3 ms, and the edge's CPU 72.8 % of a core against
+        73.3 %: a flush mid-way costs a wake-up of its receivers, a few µs, no more.
         """
         transport = self.transport
         if transport is None or transport.is_closing():
