@@ -1057,20 +1057,30 @@ def validate_for_proxy(message: Request | Response) -> None:
         values = index.get(key)
         if values is not None and len(values) > 1:
             raise RemoteProtocolError(f"Multiple {name} headers")
-    # Each accessor parses and checks the header it serves (and caches the result).
+    # Each accessor parses and checks the header it serves (and caches the result). Those of
+    # optional headers are asked only when the header is there: absent, each answers None or
+    # [] and cannot fail, and most messages lack most of them (a response Max-Forwards, an
+    # in-dialog request Contact, nearly all Route and Record-Route). Asking anyway cost the
+    # interpreted core 3.5 % of its instructions (`bench/edge_core.py --interpreted`: 3.38 M
+    # a call before, 3.26 M after).
     _ = message.vias
     _ = message.call_id
     cseq = message.cseq
-    _ = message.max_forwards
-    _ = message.content_type  # forwarded as received to the other leg: well-formed, short
+    if "max-forwards" in index:
+        _ = message.max_forwards
+    if "content-type" in index:
+        _ = message.content_type  # forwarded as received to the other leg: well-formed, short
     _check_address_uri("From", message.from_)
     _check_address_uri("To", message.to)
-    for address in message.contact:
-        _check_address_uri("Contact", address)
-    for address in message.routes:
-        _check_address_uri("Route", address)
-    for address in message.record_routes:
-        _check_address_uri("Record-Route", address)
+    if "contact" in index:
+        for address in message.contact:
+            _check_address_uri("Contact", address)
+    if "route" in index:
+        for address in message.routes:
+            _check_address_uri("Route", address)
+    if "record-route" in index:
+        for address in message.record_routes:
+            _check_address_uri("Record-Route", address)
     if isinstance(message, Request):
         _check_request_uri(message)
         if cseq[1] != message.method:
