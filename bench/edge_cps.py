@@ -1220,7 +1220,9 @@ def measure_rss(
             gone = time.monotonic() - LINGER_S
             while (since := time.monotonic() - gone) + LATER_EVERY_S <= later + 0.5:
                 time.sleep(LATER_EVERY_S)
-                memory.later.append((since + LATER_EVERY_S, memory_kib(proxy.pids())))
+                reading = memory_kib(proxy.pids())
+                if reading is not None:  # None: the peer's processes are gone
+                    memory.later.append((since + LATER_EVERY_S, reading))
     finally:
         for uac in uacs:
             uac.stop()
@@ -1928,8 +1930,8 @@ def _run(
         print(line)
     print(f"total {time.monotonic() - began:.0f} s")
     if len(rounds) > 1 and searched:
-        for number, each in enumerate(rounds, 1):
-            print(f"round {number}: {round_line(each)}")
+        for number, found_in_round in enumerate(rounds, 1):
+            print(f"round {number}: {round_line(found_in_round)}")
     scaled = next((n for n in found if n.startswith("edge x")), None)
     if scaled is not None:
         print(f"edge_x{args.edges}_cps_ratio_vs_kamailio={ratio_text(rounds, scaled)}")
