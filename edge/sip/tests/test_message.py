@@ -194,6 +194,14 @@ def test_samples_are_valid_for_a_proxy(name: str) -> None:
         (lambda h: h.set("Contact", "sip:a@b?x=y"), "Invalid Contact"),
         (lambda h: h.set("From", "<sip:a@exa_mple>;tag=1"), "Invalid From header: Malformed host"),
         (lambda h: h.add("Route", "<sip:proxy:port;lr>"), "Invalid Route header: Malformed port"),
+        # The optional headers are checked when present, whatever their spelling.
+        (
+            lambda h: h.add("record-route", "<sip:proxy:port;lr>"),
+            "Invalid Record-Route header: Malformed port",
+        ),
+        (lambda h: h.set("Max-Forwards", "256"), "Max-Forwards out of range"),
+        (lambda h: h.set("c", "application"), "Invalid Content-Type header: Malformed media type"),
+        (lambda h: (h.remove("Contact"), h.add("m", "sip:a@b?x=y")), "Invalid Contact"),
     ],
 )
 def test_validate_for_proxy_refuses(change: Callable[[Headers], None], reason: str) -> None:
