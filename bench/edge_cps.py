@@ -136,6 +136,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -175,6 +176,7 @@ STEP_OVERHEAD_S = 1.5  # start and stop of a proxy, a UAS and a UAC, roughly
 LINGER_S = 34.0
 LATER_EVERY_S = 15.0  # --rss-later: one more reading this often
 PROBE_EVERY_S = 0.005  # --pauses: one OPTIONS every 5 ms
+CPU_WINDOW_S = 10.0  # --pauses: the edge's CPU also read this often over the soak
 PROBE_TIMEOUT_S = 2.0  # an OPTIONS unanswered this long counts as this long
 # --cpu-levels: the edge's CPU holding the calls, before the short calls. One interval of the
 # call checkpoint's rewrite (edge/runtime/checkpoint.py, every 5 s, O(calls held)): a 3 s window
@@ -941,8 +943,14 @@ class PauseWatch:
         # (time.monotonic(), the edge's CPU seconds): at start, around the apply, at the end;
         # how much of a core the edge used in each window says how close to full it ran.
         self.cpu_marks: list[tuple[float, float]] = []
+        # The same every CPU_WINDOW_S from the start: the apply is not the soak's only change
+        # of pace. From 32 s on the first calls' transactions stop lingering and each call also
+        # pays for an older one's ending (memory last touched 32 s before), and the apply is
+        # half-way, at 30 s of a 60 s soak: without these windows the two look like one.
+        self.cpu_series: list[tuple[float, float]] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sampler: threading.Thread | None = None
         self._probe: subprocess.Popen[bytes] | None = None
         self._edge: h.EdgeProcess | None = None
 
@@ -956,6 +964,9 @@ class PauseWatch:
         self._edge = edge
         self.rss_kib = (edge.rss_kib(), None, None)
         self.cpu_marks = [(time.monotonic(), edge.cpu_seconds())]
+        self.cpu_series = self.cpu_marks[:1]
+        self._sampler = threading.Thread(target=self._sample_cpu, args=(edge,), daemon=True)
+        self._sampler.start()
         body = b""
         if self.apply:  # built before the soak starts: the bench's own CPU stays out of it
             body, self.numbers = big_bench_snapshot(uas_port, version=2, lines=self.lines)
@@ -985,11 +996,18 @@ class PauseWatch:
         self.window = (began, time.monotonic())
         self.cpu_marks.append((self.window[1], edge.cpu_seconds()))
 
+    def _sample_cpu(self, edge: h.EdgeProcess) -> None:
+        while not self._stopping.wait(CPU_WINDOW_S):
+            with contextlib.suppress(OSError):  # the edge gone: the soak is ending
+                self.cpu_series.append((time.monotonic(), edge.cpu_seconds()))
+
     def stop(self) -> None:
         """Before the edge stops: end the apply, read the edge's GC pause, stop the probe."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(125)
+        if self._sampler is not None:
+            self._sampler.join(5)
         if self._edge is not None and self._edge.running:
             self.rss_kib = (self.rss_kib[0], self._edge.rss_kib(), self._edge.peak_rss_kib())
             self.cpu_marks.append((time.monotonic(), self._edge.cpu_seconds()))
@@ -1056,7 +1074,19 @@ class PauseWatch:
             for name, (t0, c0), (t1, c1) in windows
             if t1 > t0
         ]
-        return "edge      CPU of the edge process over the soak, of one core: " + ", ".join(parts)
+        line = "edge      CPU of the edge process over the soak, of one core: " + ", ".join(parts)
+        series = self.cpu_series
+        if len(series) > 2:
+            shares = [
+                f"{(c1 - c0) / (t1 - t0) * 100:.0f}"
+                for (t0, c0), (t1, c1) in itertools.pairwise(series)
+                if t1 > t0
+            ]
+            line += (
+                f"; by {CPU_WINDOW_S:.0f} s from the start: {', '.join(shares)} % (the first calls'"
+                " transactions stop lingering at 32 s)"
+            )
+        return line
 
     def report(self, latency: Latency | None) -> list[str]:
         """The summary lines: pauses over the soak, then before/during/after the apply."""
