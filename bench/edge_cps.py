@@ -52,7 +52,9 @@ these add fixed times), each stopping what it starts:
   and p99 over the soak, the apply's time, the probe's and INVITE->200's p99 and max before,
   during (request to answer) and after the apply, the edge's longest garbage collection and
   its loop watch from /metrics (edge/runtime/loop_watch.py: the longest lag seen from inside,
-  and how much of it the loop was working; not the machine's load). ``--no-apply``: the
+  and how much of it the loop was working; not the machine's load), and the edge's CPU as a
+  share of a core before, during and after the apply and in each 10 s of the soak (the first
+  calls' transactions stop lingering at 32 s, just after the apply). ``--no-apply``: the
   probe only. Adds about 2 s (building the snapshot).
 - ``--wire``: the latency runs also timed on the wire (`WireCapture`): tcpdump on loopback
   keeps each INVITE to the proxy and each 200 from it, and a call's INVITE->200 is read off
